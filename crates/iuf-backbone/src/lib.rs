@@ -1,0 +1,1 @@
+//! iuf-backbone (being built).

@@ -1,0 +1,2 @@
+//! The `iuf` command.
+fn main() {}

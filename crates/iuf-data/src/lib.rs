@@ -1,0 +1,1 @@
+//! iuf-data (being built).

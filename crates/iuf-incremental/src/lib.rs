@@ -1,0 +1,1 @@
+//! iuf-incremental (being built).

@@ -1,0 +1,1 @@
+//! iuf-metrics (being built).

