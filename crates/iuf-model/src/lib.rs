@@ -1,2 +1,33 @@
-//! iuf-model: the UniAD reconstruction transformer with IUF additions (being built).
+//! iuf-model: UniAD's reconstruction transformer with IUF's discriminator and object-aware
+//! attention (ALGORITHM.md sections 3, 4.1, 4.2), anomaly maps and scores (3.6, 6), the mapping
+//! from reference PyTorch checkpoints, and the model file format.
+//!
+//! The model takes a candle `VarBuilder`, runs on any candle device, and reads no files except
+//! through [`save_model`] / [`load_model`].
+
+pub mod config;
+pub mod discriminator;
+pub mod error;
+pub mod file;
+pub mod map;
+pub mod model;
+pub mod nn;
 pub mod ops;
+pub mod random;
+pub mod reference;
+pub mod transformer;
+
+pub use config::{
+    DiscriminatorConfig, DiscriminatorInput, JitterConfig, ModelConfig, OasaMode,
+    TransformerConfig,
+};
+pub use discriminator::{Discriminator, DiscriminatorOutput};
+pub use error::{ModelError, Result, TensorProblem};
+pub use file::{
+    assign_tensors, load_model, save_model, LearnedClass, LoadedModel, MissingTensors, ModelMeta,
+    FORMAT_VERSION, STATE_PREFIX,
+};
+pub use map::{anomaly_map, image_scores, MAP_STRIDE, SCORE_POOL};
+pub use model::{IufModel, ModelOutput};
+pub use random::Mode;
+pub use transformer::{Transformer, TransformerOutput};

@@ -1,0 +1,421 @@
+//! The model file: one safetensors file holding the weights, the trainer's extra state tensors
+//! (`state.*`) and the metadata (format version, config, backbone, classes, thresholds, ...).
+//!
+//! Header metadata keys: `iuf.format` = `iuf-model`, `iuf.format_version`, `iuf.meta` (the
+//! [`ModelMeta`] JSON, config included) and `iuf.sha256`, a digest of every tensor's name, shape,
+//! dtype and bytes, so that a flipped bit anywhere in the data is reported, not silently used.
+//! Files are written to a temporary file in the destination folder, synced, then renamed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result, TensorProblem};
+use crate::model::IufModel;
+
+/// Value of the `iuf.format` key.
+pub const FORMAT: &str = "iuf-model";
+/// Version of the layout written by [`save_model`]; [`load_model`] accepts only this one.
+pub const FORMAT_VERSION: u32 = 1;
+/// Prefix of the extra state tensors (e.g. `state.gram.transformer.encoder.layers.0.linear2`).
+pub const STATE_PREFIX: &str = "state.";
+
+const KEY_FORMAT: &str = "iuf.format";
+const KEY_VERSION: &str = "iuf.format_version";
+const KEY_META: &str = "iuf.meta";
+const KEY_DIGEST: &str = "iuf.sha256";
+
+/// One class the model has learned, and in which step of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedClass {
+    pub class: String,
+    pub step: usize,
+}
+
+/// Everything about a model that is not a tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub config: ModelConfig,
+    /// Identifier of the frozen backbone producing `feature_align` (e.g. `efficientnet-lite0`).
+    pub backbone: String,
+    /// The protocol's fixed class list: index = class id = logit index (length <= K).
+    pub class_names: Vec<String>,
+    /// Which step learned which class, in learning order.
+    #[serde(default)]
+    pub learned: Vec<LearnedClass>,
+    /// Decision threshold on the image score, per class name.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f32>,
+    /// Anything else the trainer wants to keep (optimizer settings, step history, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+impl ModelMeta {
+    pub fn new(config: ModelConfig, backbone: impl Into<String>, class_names: Vec<String>) -> Self {
+        Self {
+            config,
+            backbone: backbone.into(),
+            class_names,
+            learned: Vec::new(),
+            thresholds: BTreeMap::new(),
+            extra: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A model file read back: its metadata, its weights as trainable variables, its extra state.
+pub struct LoadedModel {
+    pub meta: ModelMeta,
+    /// The weights, one `Var` per parameter name, on the requested device.
+    pub varmap: VarMap,
+    /// The `state.*` tensors, sorted by name.
+    pub state: Vec<(String, Tensor)>,
+    device: Device,
+}
+
+impl LoadedModel {
+    /// Builds the network on the loaded weights (sharing the `varmap`'s variables).
+    pub fn model(&self) -> Result<IufModel> {
+        IufModel::new(
+            &self.meta.config,
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
+        )
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Writes weights, metadata and state to `path` (atomically: temp file + rename).
+///
+/// The varmap must hold exactly the parameters of `meta.config`; state tensor names must start
+/// with [`STATE_PREFIX`].
+pub fn save_model(
+    path: impl AsRef<Path>,
+    varmap: &VarMap,
+    meta: &ModelMeta,
+    state: &[(String, Tensor)],
+) -> Result<()> {
+    let path = path.as_ref();
+    meta.config.check()?;
+    let weights: Vec<(String, Tensor)> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    };
+    let problems = compare_with_config(&meta.config, &weights)?;
+    if !problems.is_empty() {
+        return Err(ModelError::Tensors {
+            source_name: "varmap to save".into(),
+            problems,
+        });
+    }
+    let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(weights.len() + state.len());
+    for (name, t) in weights {
+        tensors.push((name, t.to_device(&Device::Cpu)?.contiguous()?));
+    }
+    let mut seen = HashSet::new();
+    for (name, t) in state {
+        if !name.starts_with(STATE_PREFIX) || !seen.insert(name.as_str()) {
+            return Err(ModelError::Input {
+                name: name.clone(),
+                expected: format!("a unique state tensor name starting with `{STATE_PREFIX}`"),
+                found: name.clone(),
+            });
+        }
+        tensors.push((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut hasher = Sha256::new();
+    for (name, t) in &tensors {
+        let bytes = <Tensor as safetensors::View>::data(t);
+        digest_tensor(&mut hasher, name, t.dims(), t.dtype(), &bytes);
+    }
+    let meta_json = serde_json::to_string(meta).map_err(|source| ModelError::Json {
+        context: "serialising model metadata".into(),
+        source,
+    })?;
+    let header = HashMap::from([
+        (KEY_FORMAT.to_string(), FORMAT.to_string()),
+        (KEY_VERSION.to_string(), FORMAT_VERSION.to_string()),
+        (KEY_META.to_string(), meta_json),
+        (KEY_DIGEST.to_string(), hex(&hasher.finalize())),
+    ]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(header))
+        .map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("cannot serialise: {e}"),
+        })?;
+    write_atomically(path, &bytes)
+}
+
+/// Reads a model file, checking format, version, config, every tensor and the digest.
+pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
+    let path = path.as_ref();
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let format = |reason: String| ModelError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        corrupt(format!(
+            "not a readable safetensors file ({} bytes): {e}",
+            bytes.len()
+        ))
+    })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
+    let header = header.metadata().clone().unwrap_or_default();
+    match header.get(KEY_FORMAT) {
+        Some(f) if f == FORMAT => {}
+        other => return Err(format(format!(
+            "not an iuf model file: header key `{KEY_FORMAT}` is {other:?}, expected \"{FORMAT}\""
+        ))),
+    }
+    let version = header.get(KEY_VERSION).cloned().unwrap_or_default();
+    if version != FORMAT_VERSION.to_string() {
+        return Err(format(format!(
+            "model file format version {version:?}, this build reads version {FORMAT_VERSION}"
+        )));
+    }
+    let meta_json = header
+        .get(KEY_META)
+        .ok_or_else(|| format(format!("header key `{KEY_META}` is missing")))?;
+    let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|source| ModelError::Json {
+        context: format!("{}: model metadata", path.display()),
+        source,
+    })?;
+    meta.config
+        .check()
+        .map_err(|e| format(format!("stored config: {e}")))?;
+
+    // Digest first: a corrupt payload must be reported as such, not as odd numbers.
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut hasher = Sha256::new();
+    for name in &names {
+        let view = st
+            .tensor(name)
+            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        let dtype = DType::try_from(view.dtype()).map_err(|_| {
+            corrupt(format!(
+                "tensor `{name}` has unsupported dtype {:?}",
+                view.dtype()
+            ))
+        })?;
+        digest_tensor(&mut hasher, name, view.shape(), dtype, view.data());
+    }
+    let digest = hex(&hasher.finalize());
+    match header.get(KEY_DIGEST) {
+        Some(d) if *d == digest => {}
+        Some(_) => {
+            return Err(corrupt(
+                "tensor data does not match the digest stored at save time (the file was altered or damaged)".into(),
+            ))
+        }
+        None => return Err(format(format!("header key `{KEY_DIGEST}` is missing"))),
+    }
+
+    let mut weights = Vec::new();
+    let mut state = Vec::new();
+    for name in names {
+        let view = st
+            .tensor(&name)
+            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        let tensor = view.load(device)?;
+        if name.starts_with(STATE_PREFIX) {
+            state.push((name, tensor));
+        } else {
+            weights.push((name, tensor));
+        }
+    }
+    let problems = compare_with_config(&meta.config, &weights)?;
+    if !problems.is_empty() {
+        return Err(ModelError::Tensors {
+            source_name: path.display().to_string(),
+            problems,
+        });
+    }
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        for (name, t) in weights {
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    Ok(LoadedModel {
+        meta,
+        varmap,
+        state,
+        device: device.clone(),
+    })
+}
+
+/// What to do with model parameters that [`assign_tensors`] was given no value for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingTensors {
+    /// Every parameter must be supplied.
+    Error,
+    /// Keep their current (initial) values, e.g. the discriminator when importing a UniAD checkpoint.
+    KeepInit,
+}
+
+/// Sets the variables of `varmap` from `tensors` (e.g. a mapped reference state dict). Unknown
+/// names, wrong shapes and non-f32 tensors are errors naming the tensor; returns the names of the
+/// parameters left untouched (empty under [`MissingTensors::Error`]).
+pub fn assign_tensors(
+    varmap: &VarMap,
+    tensors: Vec<(String, Tensor)>,
+    missing: MissingTensors,
+) -> Result<Vec<String>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut problems = Vec::new();
+    let mut given = HashSet::new();
+    for (name, t) in &tensors {
+        given.insert(name.as_str());
+        match data.get(name) {
+            None => problems.push(TensorProblem::Unexpected {
+                name: name.clone(),
+                found: t.dims().to_vec(),
+            }),
+            Some(v) if v.dims() != t.dims() => problems.push(TensorProblem::Shape {
+                name: name.clone(),
+                expected: v.dims().to_vec(),
+                found: t.dims().to_vec(),
+            }),
+            Some(_) if t.dtype() != DType::F32 => problems.push(TensorProblem::DType {
+                name: name.clone(),
+                found: format!("{:?}", t.dtype()),
+            }),
+            Some(_) => {}
+        }
+    }
+    let mut untouched: Vec<String> = data
+        .keys()
+        .filter(|k| !given.contains(k.as_str()))
+        .cloned()
+        .collect();
+    untouched.sort();
+    if missing == MissingTensors::Error {
+        for name in &untouched {
+            problems.push(TensorProblem::Missing {
+                name: name.clone(),
+                expected: data[name].dims().to_vec(),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ModelError::Tensors {
+            source_name: "assigned tensors".into(),
+            problems,
+        });
+    }
+    for (name, t) in tensors {
+        let var = &data[&name];
+        var.set(&t.to_device(var.device())?)?;
+    }
+    Ok(untouched)
+}
+
+/// Differences between `tensors` and the parameters `cfg` needs, sorted by name.
+fn compare_with_config(
+    cfg: &ModelConfig,
+    tensors: &[(String, Tensor)],
+) -> Result<Vec<TensorProblem>> {
+    let expected: BTreeMap<String, Vec<usize>> =
+        IufModel::expected_tensors(cfg)?.into_iter().collect();
+    let found: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut problems = Vec::new();
+    for (name, shape) in &expected {
+        match found.get(name.as_str()) {
+            None => problems.push(TensorProblem::Missing {
+                name: name.clone(),
+                expected: shape.clone(),
+            }),
+            Some(t) if t.dims() != shape.as_slice() => problems.push(TensorProblem::Shape {
+                name: name.clone(),
+                expected: shape.clone(),
+                found: t.dims().to_vec(),
+            }),
+            Some(t) if t.dtype() != DType::F32 => problems.push(TensorProblem::DType {
+                name: name.clone(),
+                found: format!("{:?}", t.dtype()),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, t) in &found {
+        if !expected.contains_key(*name) {
+            problems.push(TensorProblem::Unexpected {
+                name: name.to_string(),
+                found: t.dims().to_vec(),
+            });
+        }
+    }
+    Ok(problems)
+}
+
+fn digest_tensor(hasher: &mut Sha256, name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) {
+    hasher.update((name.len() as u64).to_le_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update((shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        hasher.update((d as u64).to_le_bytes());
+    }
+    hasher.update(dtype.as_str().as_bytes());
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ModelError::Io { path: p, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| ModelError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+        })?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

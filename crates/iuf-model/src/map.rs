@@ -1,0 +1,115 @@
+//! Anomaly maps and image scores (sections 3.6 and 6), on batches, on any device.
+
+use candle_core::{Tensor, D};
+
+use crate::error::{ModelError, Result};
+
+/// Side of the upsampled map per token: 14 tokens x 16 = 224 pixels.
+pub const MAP_STRIDE: usize = 16;
+/// Side of the average-pool window of the image score (section 6).
+pub const SCORE_POOL: usize = 16;
+
+/// Section 3.6: upsample the token-level map `pred` [B, 1, h, w] to `out` = (H, W) with bilinear
+/// interpolation, align_corners = True (no smoothing).
+pub fn anomaly_map(pred: &Tensor, out: (usize, usize)) -> Result<Tensor> {
+    let dims = pred.dims();
+    if dims.len() != 4 || dims[1] != 1 {
+        return Err(ModelError::Input {
+            name: "pred".into(),
+            expected: "[B, 1, h, w]".into(),
+            found: format!("{dims:?}"),
+        });
+    }
+    Ok(pred.upsample_bilinear2d(out.0, out.1, true)?)
+}
+
+/// Section 6: per image, the maximum of the map after a `kernel` x `kernel` average pool with
+/// stride 1 and no padding. `map` [B, 1, H, W] or [B, H, W]; returns [B].
+///
+/// The pool is separable, so it runs as two matrix products with a banded 1/k matrix
+/// (`A map A^T`), which is fast and identical in value on every device.
+pub fn image_scores(map: &Tensor, kernel: usize) -> Result<Tensor> {
+    let dims = map.dims();
+    let map = match dims.len() {
+        4 if dims[1] == 1 => map.squeeze(1)?,
+        3 => map.clone(),
+        _ => {
+            return Err(ModelError::Input {
+                name: "map".into(),
+                expected: "[B, 1, H, W] or [B, H, W]".into(),
+                found: format!("{dims:?}"),
+            })
+        }
+    };
+    let (b, h, w) = map.dims3()?;
+    if kernel == 0 || kernel > h || kernel > w {
+        return Err(ModelError::Input {
+            name: "kernel".into(),
+            expected: format!("1..={}", h.min(w)),
+            found: format!("{kernel}"),
+        });
+    }
+    let rows = band(h, kernel, map.device())?; // [h - k + 1, h]
+    let cols = band(w, kernel, map.device())?; // [w - k + 1, w]
+    let pooled = rows
+        .unsqueeze(0)?
+        .broadcast_as((b, h - kernel + 1, h))?
+        .matmul(&map.contiguous()?)?
+        .matmul(
+            &cols
+                .t()?
+                .unsqueeze(0)?
+                .broadcast_as((b, w, w - kernel + 1))?,
+        )?;
+    Ok(pooled.flatten_from(1)?.max(D::Minus1)?)
+}
+
+/// [n - k + 1, n] matrix with 1/k on each row's window of k consecutive columns.
+fn band(n: usize, k: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let m = n - k + 1;
+    let mut data = vec![0f32; m * n];
+    let v = 1.0 / k as f32;
+    for i in 0..m {
+        data[i * n + i..i * n + i + k].fill(v);
+    }
+    Ok(Tensor::from_vec(data, (m, n), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn image_scores_match_a_direct_average_pool() {
+        let dev = Device::Cpu;
+        let map = Tensor::rand(0f32, 1f32, (2, 1, 40, 36), &dev).unwrap();
+        let fast = image_scores(&map, 16).unwrap().to_vec1::<f32>().unwrap();
+        let slow = map
+            .avg_pool2d_with_stride(16, 1)
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in fast.iter().zip(&slow) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn constant_map_scores_its_value_and_upsamples_flat() {
+        let dev = Device::Cpu;
+        let pred = Tensor::full(0.25f32, (3, 1, 14, 14), &dev).unwrap();
+        let map = anomaly_map(&pred, (224, 224)).unwrap();
+        assert_eq!(map.dims(), &[3, 1, 224, 224]);
+        let s = image_scores(&map, SCORE_POOL)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(s.iter().all(|v| (v - 0.25).abs() < 1e-6), "{s:?}");
+        assert!(image_scores(&map, 300).is_err());
+    }
+}

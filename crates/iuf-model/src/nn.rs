@@ -1,0 +1,165 @@
+//! Building blocks with the initialisation of section 3.7: linear, layer norm, multi-head attention.
+//!
+//! Linear layers work on 2-D views (`[rows, in] x [in, out]^T`) so that candle runs one large gemm
+//! per projection; attention runs batched matmuls over `[B * heads, N, head_dim]` contiguous tensors.
+
+use candle_core::{Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::error::{ModelError, Result};
+use crate::ops;
+use crate::random::{dropout, Mode};
+
+/// Xavier-uniform bound for a weight of `fan_in` inputs and `fan_out` outputs.
+pub(crate) fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// `y = x W^T + b` over the last dimension. Parameters `weight` [out, in], `bias` [out].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Section 3.7: Xavier-uniform weight, zero bias.
+    pub fn new(vb: VarBuilder<'_>, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::with_weight_init(vb, in_dim, out_dim, xavier_uniform(in_dim, out_dim))
+    }
+
+    pub(crate) fn with_weight_init(
+        vb: VarBuilder<'_>,
+        in_dim: usize,
+        out_dim: usize,
+        init: Init,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let out_dim = self.weight.dim(0)?;
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Layer norm over the last dimension through `ops::layer_norm` (which has a backward pass).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Section 3.7: weight 1, bias 0.
+    pub fn new(vb: VarBuilder<'_>, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}
+
+/// Multi-head attention with separate q/k/v projections (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    nheads: usize,
+    dropout: f64,
+}
+
+impl MultiHeadAttention {
+    /// q/k/v weights use the Xavier bound of PyTorch's packed `[3D, D]` `in_proj_weight` (which is
+    /// initialised as one matrix), so this matches the reference; `out_proj` is a plain Linear.
+    pub fn new(vb: VarBuilder<'_>, dim: usize, nheads: usize, dropout: f64) -> Result<Self> {
+        if nheads == 0 || !dim.is_multiple_of(nheads) {
+            return Err(ModelError::Config(format!(
+                "attention width {dim} is not a multiple of {nheads} heads"
+            )));
+        }
+        let packed = xavier_uniform(dim, 3 * dim);
+        Ok(Self {
+            q_proj: Linear::with_weight_init(vb.pp("q_proj"), dim, dim, packed)?,
+            k_proj: Linear::with_weight_init(vb.pp("k_proj"), dim, dim, packed)?,
+            v_proj: Linear::with_weight_init(vb.pp("v_proj"), dim, dim, packed)?,
+            out_proj: Linear::new(vb.pp("out_proj"), dim, dim)?,
+            nheads,
+            dropout,
+        })
+    }
+
+    /// `query` [Bq, Nq, D] with Bq equal to the batch or 1 (a batch-independent query, projected
+    /// once), `key`/`value` [B, Nk, D], `bias` an additive [Nq, Nk] mask (0 or -inf).
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        bias: Option<&Tensor>,
+        mode: &mut Mode<'_>,
+    ) -> Result<Tensor> {
+        let (b, _, d) = key.dims3()?;
+        let (bq, nq, _) = query.dims3()?;
+        let h = self.nheads;
+        let dh = d / h;
+        let scale = 1.0 / (dh as f64).sqrt();
+        // PyTorch scales the projected query (bias included) before q k^T.
+        let q = self.q_proj.forward(query)?.affine(scale, 0.0)?;
+        let q = if bq != b {
+            q.broadcast_as((b, nq, d))?
+        } else {
+            q
+        };
+        let q = split_heads(&q, h)?;
+        let k = split_heads(&self.k_proj.forward(key)?, h)?;
+        let v = split_heads(&self.v_proj.forward(value)?, h)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let attn = ops::softmax_last_dim(&scores)?;
+        let attn = dropout(&attn, self.dropout, mode)?;
+        let out = attn
+            .matmul(&v)?
+            .reshape((b, h, nq, dh))?
+            .transpose(1, 2)?
+            .reshape((b, nq, d))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+/// [B, N, D] -> [B * heads, N, D / heads], contiguous.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    Ok(x.reshape((b, n, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * heads, n, d / heads))?)
+}
+
+/// Mean over the token axis: [B, N, D] -> [B, D].
+pub(crate) fn mean_tokens(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(D::Minus2)?)
+}

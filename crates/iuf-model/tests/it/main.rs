@@ -1,0 +1,6 @@
+//! Integration tests of iuf-model: reference parity, gradients, forward behaviour, model files.
+
+mod file;
+mod forward;
+mod grads;
+mod parity;
