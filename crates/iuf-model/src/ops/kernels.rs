@@ -1,0 +1,256 @@
+//! Row kernels on f32 slices for the fused CPU ops: layer norm and softmax, forward and backward.
+//!
+//! Every public kernel processes a block of contiguous rows of length `d` and is compiled twice:
+//! once for the baseline target and once with AVX2+FMA, picked at run time. The build has no
+//! `target-cpu` flag, so without the second copy the loops below would only use SSE2. The loops are
+//! written with fixed-width lane accumulators so that LLVM vectorises the reductions (a plain
+//! `iter().sum()` on floats stays sequential, since float addition is not associative).
+
+/// Lanes of the manual reduction accumulators (two AVX registers).
+const LANES: usize = 16;
+
+/// Defines `pub fn $name` that runs its body compiled for AVX2+FMA when the CPU has them.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn inner($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has just been checked to support AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            let v = c[j] - mean;
+            acc[j] += v * v;
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let m = acc
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    chunks
+        .remainder()
+        .iter()
+        .fold(m, |m, &v| if v > m { v } else { m })
+}
+
+/// exp(x) for x <= 0 (softmax arguments after subtracting the row max), branch-free so it vectorises.
+///
+/// Cephes' `expf` range reduction and polynomial (relative error about 1e-7 on [-87, 0]); arguments
+/// below -87.3 (including -inf from an additive mask) give exactly 0, as `exp` underflows there anyway.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let fx = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - fx * C1 - fx * C2;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+multiversion! {
+    /// Layer norm forward over rows of `w.len()`: `y = (x - mean) / sqrt(var + eps) * w + b`.
+    pub fn layer_norm_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32) {
+        let d = w.len();
+        let inv_d = 1.0 / d as f32;
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let mean = sum(xr) * inv_d;
+            let rstd = 1.0 / (sum_sq_dev(xr, mean) * inv_d + eps).sqrt();
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Layer norm backward over rows: writes `dx` and adds this block's share of the weight and
+    /// bias gradients to `dw` and `db`. Mean and 1/std are recomputed from `x` (cheaper than storing
+    /// them). With xh = (x - mean) * rstd and gw = g * w:
+    /// dx = rstd * (gw - mean(gw) - xh * mean(gw * xh)), dw += g * xh, db += g.
+    pub fn layer_norm_bwd(
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        eps: f32,
+    ) {
+        let d = w.len();
+        let inv_d = 1.0 / d as f32;
+        for ((xr, gr), dxr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let mean = sum(xr) * inv_d;
+            let rstd = 1.0 / (sum_sq_dev(xr, mean) * inv_d + eps).sqrt();
+            let mut acc_gw = [0f32; LANES];
+            let mut acc_gwx = [0f32; LANES];
+            let full = d - d % LANES;
+            for k in (0..full).step_by(LANES) {
+                for j in 0..LANES {
+                    let i = k + j;
+                    let xh = (xr[i] - mean) * rstd;
+                    let gw = gr[i] * w[i];
+                    acc_gw[j] += gw;
+                    acc_gwx[j] += gw * xh;
+                    dw[i] += gr[i] * xh;
+                    db[i] += gr[i];
+                }
+            }
+            let mut s_gw: f32 = acc_gw.iter().sum();
+            let mut s_gwx: f32 = acc_gwx.iter().sum();
+            for i in full..d {
+                let xh = (xr[i] - mean) * rstd;
+                let gw = gr[i] * w[i];
+                s_gw += gw;
+                s_gwx += gw * xh;
+                dw[i] += gr[i] * xh;
+                db[i] += gr[i];
+            }
+            let m_gw = s_gw * inv_d;
+            let m_gwx = s_gwx * inv_d;
+            for i in 0..d {
+                let xh = (xr[i] - mean) * rstd;
+                dxr[i] = rstd * (gr[i] * w[i] - m_gw - xh * m_gwx);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax forward over rows of length `d`.
+    pub fn softmax_fwd(x: &[f32], y: &mut [f32], d: usize) {
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let m = max(xr);
+            // A row that is entirely -inf has no valid softmax; give NaN as the composition does.
+            let m = if m == f32::NEG_INFINITY { f32::NAN } else { m };
+            for i in 0..d {
+                yr[i] = exp_nonpositive(xr[i] - m);
+            }
+            let inv = 1.0 / sum(yr);
+            for v in yr.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward over rows of length `d`: dx = y * (g - sum(g * y)).
+    pub fn softmax_bwd(y: &[f32], g: &[f32], dx: &mut [f32], d: usize) {
+        for ((yr, gr), dxr) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let s = dot(yr, gr);
+            for i in 0..d {
+                dxr[i] = yr[i] * (gr[i] - s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_on_softmax_range() {
+        let mut worst = 0f32;
+        for k in 0..=100_000 {
+            let x = -90.0 * k as f32 / 100_000.0;
+            let want = x.exp();
+            let got = exp_nonpositive(x);
+            if want > 1e-30 {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                assert!(got < 1e-30, "exp({x}) = {got}");
+            }
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn reductions_handle_remainders() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
+        assert_eq!(sum(&x), x.iter().sum::<f32>());
+        assert_eq!(max(&x), 26.0);
+        assert_eq!(dot(&x, &x), x.iter().map(|v| v * v).sum::<f32>());
+    }
+}

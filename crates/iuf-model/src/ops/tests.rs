@@ -1,0 +1,280 @@
+//! Tests of the fused CPU ops against the plain candle composition: forward, backward, and finite
+//! differences of the fused gradients.
+
+use super::*;
+use candle_core::{Device, Var};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // Deterministic pseudo-random values (a small LCG), so failures reproduce exactly.
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn fused_applies(t: &Tensor) -> bool {
+    // The tests below are about the fused path: make sure dispatch really takes it.
+    fused::is_cpu_f32(t)
+}
+
+#[test]
+fn layer_norm_forward_matches_composition() {
+    for (shape, seed) in [
+        (vec![2, 5, 256], 1),
+        (vec![7, 37], 2),
+        (vec![3, 1], 3),
+        (vec![4, 2, 3, 19], 4),
+    ] {
+        let d = *shape.last().unwrap();
+        let x = randn(&shape, seed).affine(3.0, 0.5).unwrap();
+        let w = randn(&[d], seed + 10);
+        let b = randn(&[d], seed + 20);
+        assert!(fused_applies(&x));
+        let got = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let want = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 1e-5, "shape {shape:?}: max error {err}");
+    }
+}
+
+#[test]
+fn layer_norm_forward_accepts_non_contiguous_input() {
+    let x = randn(&[6, 40], 5).t().unwrap();
+    let w = randn(&[6], 6);
+    let b = randn(&[6], 7);
+    let got = layer_norm(&x, &w, &b, 1e-5).unwrap();
+    let want = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-5);
+}
+
+/// Gradients of `sum(layer_norm(x, w, b) * r)` w.r.t. x, w, b through `f`.
+fn layer_norm_grads(
+    f: fn(&Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+) -> [Tensor; 3] {
+    let (xv, wv, bv) = (
+        Var::from_tensor(x).unwrap(),
+        Var::from_tensor(w).unwrap(),
+        Var::from_tensor(b).unwrap(),
+    );
+    let y = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
+    let loss = (y * r).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    [&xv, &wv, &bv].map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+}
+
+#[test]
+fn layer_norm_backward_matches_composition() {
+    for (shape, seed) in [(vec![3, 9, 256], 11), (vec![5, 37], 12)] {
+        let d = *shape.last().unwrap();
+        let x = randn(&shape, seed).affine(2.0, -0.3).unwrap();
+        let w = randn(&[d], seed + 1);
+        let b = randn(&[d], seed + 2);
+        let r = randn(&shape, seed + 3);
+        let got = layer_norm_grads(layer_norm, &x, &w, &b, &r);
+        let want = layer_norm_grads(layer_norm_composed, &x, &w, &b, &r);
+        for (name, g, e) in [
+            ("x", &got[0], &want[0]),
+            ("weight", &got[1], &want[1]),
+            ("bias", &got[2], &want[2]),
+        ] {
+            let scale = e
+                .abs()
+                .unwrap()
+                .max_keepdim(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let scale = scale.max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let err = max_abs_diff(g, e) / scale;
+            assert!(
+                err < 1e-5,
+                "shape {shape:?}, grad of {name}: relative error {err}"
+            );
+        }
+    }
+}
+
+/// Central finite difference of a scalar function of one tensor, at every element.
+fn finite_difference(f: &dyn Fn(&Tensor) -> f32, x: &Tensor, h: f32) -> Vec<f32> {
+    let base = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (0..base.len())
+        .map(|i| {
+            let mut plus = base.clone();
+            let mut minus = base.clone();
+            plus[i] += h;
+            minus[i] -= h;
+            let p = Tensor::from_vec(plus, x.shape(), x.device()).unwrap();
+            let m = Tensor::from_vec(minus, x.shape(), x.device()).unwrap();
+            (f(&p) - f(&m)) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, analytic: &Tensor, numeric: &[f32], tol: f32) {
+    let a = analytic.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (i, (a, n)) in a.iter().zip(numeric).enumerate() {
+        assert!(
+            (a - n).abs() <= tol * (1.0 + n.abs()),
+            "{what}[{i}]: analytic {a}, finite difference {n}"
+        );
+    }
+}
+
+#[test]
+fn layer_norm_gradients_match_finite_differences() {
+    let (rows, d) = (3, 21);
+    let x = randn(&[rows, d], 31);
+    let w = randn(&[d], 32);
+    let b = randn(&[d], 33);
+    let r = randn(&[rows, d], 34);
+    let grads = layer_norm_grads(layer_norm, &x, &w, &b, &r);
+    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f32 {
+        let y = layer_norm(x, w, b, 1e-5).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let h = 1e-2;
+    assert_close(
+        "dx",
+        &grads[0],
+        &finite_difference(&|t| loss(t, &w, &b), &x, h),
+        2e-2,
+    );
+    assert_close(
+        "dweight",
+        &grads[1],
+        &finite_difference(&|t| loss(&x, t, &b), &w, h),
+        2e-2,
+    );
+    assert_close(
+        "dbias",
+        &grads[2],
+        &finite_difference(&|t| loss(&x, &w, t), &b, h),
+        2e-2,
+    );
+}
+
+#[test]
+fn softmax_forward_matches_composition() {
+    for (shape, seed) in [
+        (vec![2, 8, 196, 196], 41),
+        (vec![5, 37], 42),
+        (vec![4, 1], 43),
+    ] {
+        let x = randn(&shape, seed).affine(5.0, 0.0).unwrap();
+        assert!(fused_applies(&x));
+        let got = softmax_last_dim(&x).unwrap();
+        let want = softmax_last_dim_composed(&x).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 1e-6, "shape {shape:?}: max error {err}");
+    }
+}
+
+#[test]
+fn softmax_forward_handles_additive_minus_infinity_mask() {
+    // The neighbour mask of section 3.5 is an additive -inf mask: masked keys get exactly 0.
+    let x = randn(&[3, 10], 44);
+    let mask: Vec<f32> = (0..30)
+        .map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, (3, 10), &Device::Cpu).unwrap();
+    let xm = (x + &mask).unwrap();
+    let got = softmax_last_dim(&xm).unwrap();
+    let want = softmax_last_dim_composed(&xm).unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-6);
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for i in (0..30).step_by(3) {
+        assert_eq!(got[i], 0.0);
+    }
+}
+
+#[test]
+fn softmax_backward_matches_composition_and_finite_differences() {
+    let shape = [4, 3, 50];
+    let x = randn(&shape, 51).affine(3.0, 0.0).unwrap();
+    let r = randn(&shape, 52);
+    let grad = |f: fn(&Tensor) -> Result<Tensor>| {
+        let xv = Var::from_tensor(&x).unwrap();
+        let loss = (f(xv.as_tensor()).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        loss.backward()
+            .unwrap()
+            .get(xv.as_tensor())
+            .unwrap()
+            .clone()
+    };
+    let got = grad(softmax_last_dim);
+    let want = grad(softmax_last_dim_composed);
+    let err = max_abs_diff(&got, &want);
+    assert!(err < 1e-6, "max error {err}");
+
+    let small = x.narrow(2, 0, 13).unwrap().contiguous().unwrap();
+    let rs = r.narrow(2, 0, 13).unwrap().contiguous().unwrap();
+    let xv = Var::from_tensor(&small).unwrap();
+    let loss = (softmax_last_dim(xv.as_tensor()).unwrap() * &rs)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let analytic = loss
+        .backward()
+        .unwrap()
+        .get(xv.as_tensor())
+        .unwrap()
+        .clone();
+    let f = |t: &Tensor| {
+        let y = softmax_last_dim(t).unwrap();
+        (y * &rs)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_close("dx", &analytic, &finite_difference(&f, &small, 1e-2), 1e-2);
+}
+
+#[test]
+fn other_dtypes_take_the_composition() {
+    let x = randn(&[3, 16], 61).to_dtype(DType::F64).unwrap();
+    let w = randn(&[16], 62).to_dtype(DType::F64).unwrap();
+    let b = randn(&[16], 63).to_dtype(DType::F64).unwrap();
+    assert!(!fused_applies(&x));
+    let y = layer_norm(&x, &w, &b, 1e-5).unwrap();
+    assert_eq!(y.dtype(), DType::F64);
+    let s = softmax_last_dim(&x).unwrap();
+    assert_eq!(s.dtype(), DType::F64);
+    let sums = s.sum(1).unwrap().to_vec1::<f64>().unwrap();
+    assert!(sums.iter().all(|v| (v - 1.0).abs() < 1e-12));
+}
