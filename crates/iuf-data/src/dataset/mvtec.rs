@@ -1,0 +1,160 @@
+//! MVTec AD layout: `<class>/train/good`, `<class>/test/<type>`, `<class>/ground_truth/<type>/<stem>_mask.png`.
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::check::{image_dimensions, list_images, problem, sorted_entries};
+use super::{ClassIndex, Sample, GOOD};
+use crate::error::Problem;
+
+/// Where the mask of `test/<defect_type>/<stem>.<ext>` lives: `<stem>_mask.png` as in MVTec AD;
+/// `<stem>.png` is accepted too (the naming of tools that convert VisA to this layout).
+fn find_mask(class_dir: &Path, defect_type: &str, image: &Path) -> Result<PathBuf, Problem> {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let folder = class_dir.join("ground_truth").join(defect_type);
+    let expected = folder.join(format!("{stem}_mask.png"));
+    if expected.is_file() {
+        return Ok(expected);
+    }
+    let plain = folder.join(format!("{stem}.png"));
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    Err(problem(
+        image,
+        format!("its mask at {}", expected.display()),
+        "no such file",
+    ))
+}
+
+pub(super) fn index_class(root: &Path, name: &str) -> Result<ClassIndex, Vec<Problem>> {
+    let class_dir = root.join(name);
+    let mut problems = Vec::new();
+
+    let train_dir = class_dir.join("train");
+    let train_good = train_dir.join(GOOD);
+    let train_paths = list_images(&train_good, &mut problems);
+    if let Ok(entries) = sorted_entries(&train_dir) {
+        for other in entries.iter().filter(|p| p.is_dir() && **p != train_good) {
+            problems.push(problem(
+                other,
+                "no training folder but train/good (training uses normal images only)",
+                "an extra folder",
+            ));
+        }
+    }
+
+    let test_dir = class_dir.join("test");
+    let mut test: Vec<Sample> = Vec::new();
+    match sorted_entries(&test_dir) {
+        Err(p) => problems.push(p),
+        Ok(entries) => {
+            let mut folders: Vec<PathBuf> = Vec::new();
+            for path in entries {
+                if path.is_dir() {
+                    folders.push(path);
+                } else {
+                    problems.push(problem(
+                        &path,
+                        "test images inside test/good or test/<defect_type>",
+                        "a file directly under test/",
+                    ));
+                }
+            }
+            let good = test_dir.join(GOOD);
+            if !folders.contains(&good) {
+                problems.push(problem(
+                    &good,
+                    "a folder of normal test images",
+                    "no such folder",
+                ));
+            }
+            // Normal images first, then defect types alphabetically (entries are sorted).
+            folders.sort_by_key(|f| *f != good);
+            for folder in folders {
+                let defect_type = folder
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let is_anomalous = defect_type != GOOD;
+                for path in list_images(&folder, &mut problems) {
+                    let mask = if is_anomalous {
+                        match find_mask(&class_dir, &defect_type, &path) {
+                            Ok(m) => Some(m),
+                            Err(p) => {
+                                problems.push(p);
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    test.push(Sample {
+                        path,
+                        defect_type: defect_type.clone(),
+                        is_anomalous,
+                        mask,
+                    });
+                }
+            }
+        }
+    }
+
+    let train: Vec<Sample> = train_paths
+        .into_iter()
+        .map(|path| Sample {
+            path,
+            defect_type: GOOD.to_string(),
+            is_anomalous: false,
+            mask: None,
+        })
+        .collect();
+
+    problems.extend(check_files(&train, &test));
+    if problems.is_empty() {
+        Ok(ClassIndex {
+            name: name.to_string(),
+            train,
+            test,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Reads every header (in parallel: thousands of small reads) and checks each mask against its image.
+pub(super) fn check_files(train: &[Sample], test: &[Sample]) -> Vec<Problem> {
+    train
+        .par_iter()
+        .chain(test.par_iter())
+        .flat_map_iter(|sample| {
+            let mut problems = Vec::new();
+            let image = image_dimensions(&sample.path)
+                .map_err(|p| problems.push(p))
+                .ok();
+            if let Some(mask_path) = &sample.mask {
+                match image_dimensions(mask_path) {
+                    Err(p) => problems.push(p),
+                    Ok(mask) => {
+                        if let Some(image) = image.filter(|&i| i != mask) {
+                            problems.push(problem(
+                                mask_path,
+                                format!(
+                                    "{}x{} pixels like its image {}",
+                                    image.0,
+                                    image.1,
+                                    sample.path.display()
+                                ),
+                                format!("{}x{}", mask.0, mask.1),
+                            ));
+                        }
+                    }
+                }
+            }
+            problems
+        })
+        .collect()
+}

@@ -1,0 +1,201 @@
+//! The image pipeline of ALGORITHM.md section 1: decode to 8-bit RGB, resize with PIL's
+//! antialiased bilinear filter, scale to [0, 1] and normalise with the ImageNet mean/std; masks are
+//! resized nearest and are positive where > 0.
+mod resample;
+
+use std::path::Path;
+
+use ::image::{DynamicImage, ImageReader, RgbImage};
+
+use crate::error::{Error, Result};
+
+/// The model input size of the reference (224x224).
+pub const DEFAULT_SIZE: usize = 224;
+/// ImageNet channel means (R, G, B) used by torchvision's `Normalize`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (R, G, B).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A normalised 3-channel image, channels-first (CHW), ready for a backbone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageTensor {
+    /// `3 * height * width` values: channel `c`, row `y`, column `x` at `(c * height + y) * width + x`.
+    pub data: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageTensor {
+    pub const CHANNELS: usize = 3;
+
+    /// Undoes the normalisation and rounds back to 8-bit RGB (for overlays and reports).
+    pub fn to_rgb(&self) -> RgbImage {
+        let plane = self.height * self.width;
+        RgbImage::from_fn(self.width as u32, self.height as u32, |x, y| {
+            let i = y as usize * self.width + x as usize;
+            let px: [u8; 3] = std::array::from_fn(|c| {
+                let v = self.data[c * plane + i] * IMAGENET_STD[c] + IMAGENET_MEAN[c];
+                (v * 255.0).round().clamp(0.0, 255.0) as u8
+            });
+            ::image::Rgb(px)
+        })
+    }
+}
+
+fn open(path: &Path) -> Result<DynamicImage> {
+    let decode = |source| Error::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
+    ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(decode)
+}
+
+/// Decodes a PNG, JPEG, BMP or TIFF file (format from its content) to 8-bit RGB: grayscale becomes
+/// three equal channels, 16-bit samples are scaled to 8 bits, alpha is dropped (as PIL's
+/// `convert("RGB")` does).
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    Ok(open(path)?.to_rgb8())
+}
+
+/// PIL's `resize((w, h), BILINEAR)`, bit-exact: antialiased when shrinking. Returns the image
+/// unchanged when either requested size is zero (there is nothing meaningful to produce).
+pub fn resize_bilinear_rgb(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (in_w, in_h) = img.dimensions();
+    if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
+        return img.clone();
+    }
+    let out = resample::bilinear(
+        img.as_raw(),
+        in_w as usize,
+        in_h as usize,
+        3,
+        width as usize,
+        height as usize,
+    );
+    RgbImage::from_raw(width, height, out).unwrap_or_else(|| img.clone())
+}
+
+/// Resizes to `size x size` (aspect ratio not kept, no crop), scales to [0, 1] and normalises with
+/// the ImageNet mean/std: exactly torchvision's `Resize` + `ToTensor` + `Normalize` on a PIL image.
+pub fn preprocess(img: &RgbImage, size: usize) -> ImageTensor {
+    let resized = resize_bilinear_rgb(img, size as u32, size as u32);
+    let (w, h) = (resized.width() as usize, resized.height() as usize);
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            // Same f32 operations as ToTensor (x / 255) then Normalize ((x - mean) / std).
+            data[c * plane + i] = (px.0[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    ImageTensor {
+        data,
+        height: h,
+        width: w,
+    }
+}
+
+/// [`load_rgb`] then [`preprocess`].
+pub fn load_image(path: &Path, size: usize) -> Result<ImageTensor> {
+    Ok(preprocess(&load_rgb(path)?, size))
+}
+
+/// Binary map of a decoded mask at its own size: positive where any colour channel is > 0.
+fn mask_pixels(img: &DynamicImage) -> (usize, usize, Vec<bool>) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let positive = match img {
+        DynamicImage::ImageLuma8(m) => m.as_raw().iter().map(|&v| v > 0).collect(),
+        _ => img
+            .to_rgb16()
+            .pixels()
+            .map(|p| p.0.iter().any(|&v| v > 0))
+            .collect(),
+    };
+    (w, h, positive)
+}
+
+/// Resizes a row-major `width x height` binary map to `out_width x out_height` with PIL's
+/// `resize(NEAREST)` rule.
+pub fn resize_mask_nearest(
+    mask: &[bool],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+) -> Result<Vec<bool>> {
+    if mask.len() != width * height || width == 0 || height == 0 {
+        return Err(Error::Shape {
+            what: "mask".into(),
+            expected: format!("{width}x{height} = {} non-empty pixels", width * height),
+            found: format!("{} values", mask.len()),
+        });
+    }
+    let xs = resample::nearest_indices(width, out_width);
+    let ys = resample::nearest_indices(height, out_height);
+    let mut out = Vec::with_capacity(out_width * out_height);
+    for &y in &ys {
+        out.extend(xs.iter().map(|&x| mask[y * width + x]));
+    }
+    Ok(out)
+}
+
+/// Loads a ground-truth mask as `size * size` booleans, row-major: resized nearest, positive
+/// where > 0 after the resize (ALGORITHM.md section 1).
+pub fn load_mask(path: &Path, size: usize) -> Result<Vec<bool>> {
+    let img = open(path)?;
+    let (w, h, positive) = mask_pixels(&img);
+    resize_mask_nearest(&positive, w, h, size, size)
+}
+
+/// Resizes any 8-bit grayscale image with PIL's bilinear filter (heatmaps, masks as soft maps).
+pub fn resize_bilinear_gray(
+    img: &::image::GrayImage,
+    width: u32,
+    height: u32,
+) -> ::image::GrayImage {
+    let (in_w, in_h) = img.dimensions();
+    if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
+        return img.clone();
+    }
+    let out = resample::bilinear(
+        img.as_raw(),
+        in_w as usize,
+        in_h as usize,
+        1,
+        width as usize,
+        height as usize,
+    );
+    ::image::GrayImage::from_raw(width, height, out).unwrap_or_else(|| img.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_normalises_per_channel() {
+        let img = RgbImage::from_pixel(8, 8, ::image::Rgb([255, 0, 128]));
+        let t = preprocess(&img, 4);
+        assert_eq!((t.height, t.width, t.data.len()), (4, 4, 48));
+        let expect = |c: usize, v: f32| (v / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        assert_eq!(t.data[0], expect(0, 255.0));
+        assert_eq!(t.data[16], expect(1, 0.0));
+        assert_eq!(t.data[47], expect(2, 128.0));
+        assert_eq!(t.to_rgb().get_pixel(3, 3).0, [255, 0, 128]);
+    }
+
+    #[test]
+    fn mask_resize_is_nearest_and_binary() {
+        // 4x2 mask with one positive pixel at (x=3, y=1).
+        let mut m = vec![false; 8];
+        m[7] = true;
+        let r = resize_mask_nearest(&m, 4, 2, 2, 2).unwrap();
+        assert_eq!(r, [false, false, false, true]);
+        assert!(resize_mask_nearest(&m, 3, 2, 2, 2).is_err());
+    }
+}

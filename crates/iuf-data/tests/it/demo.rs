@@ -1,0 +1,1 @@
+//! The procedural demo dataset (filled in with the generator).

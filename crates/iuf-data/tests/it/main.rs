@@ -1,0 +1,15 @@
+//! The one integration-test binary of iuf-data: real data (`mvtec_mini_*`, `pil_parity_*` read
+//! ../shared), fake dataset trees built in temporary folders, and the demo generator.
+mod demo;
+mod fake_trees;
+mod fixtures;
+mod mvtec_mini;
+mod pil_parity;
+mod visa;
+
+use std::path::PathBuf;
+
+/// ../shared beside the checkout (CI always has it there).
+pub fn shared() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
