@@ -442,3 +442,24 @@ pub fn neighbor_mask(
     }
     Ok(Tensor::from_vec(bias, (n, n), device)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbor_mask_forbids_the_clipped_7x7_neighbourhood() {
+        let mask = neighbor_mask([14, 14], [7, 7], &Device::Cpu).unwrap();
+        let rows = mask.to_vec2::<f32>().unwrap();
+        let forbidden = |t: usize| rows[t].iter().filter(|v| v.is_infinite()).count();
+        assert_eq!(forbidden(0), 16); // corner: 4 x 4
+        assert_eq!(forbidden(7), 4 * 7); // top edge, column 7: rows 0..=3, columns 4..=10
+        assert_eq!(forbidden(7 * 14 + 7), 49); // interior
+        assert!(rows[7 * 14 + 7][7 * 14 + 7].is_infinite()); // the token itself
+        assert_eq!(rows[0][4], 0.0);
+        assert!(rows
+            .iter()
+            .flatten()
+            .all(|&v| v == 0.0 || v == f32::NEG_INFINITY));
+    }
+}

@@ -1,1 +1,261 @@
-//! placeholder
+//! The model file: bit-identical reload, and precise errors for corrupt or mismatched files.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use iuf_model::{
+    load_model, save_model, IufModel, LearnedClass, Mode, ModelConfig, ModelError, ModelMeta,
+    TensorProblem,
+};
+
+const C: usize = 16;
+
+fn saved_model(dir: &Path) -> (std::path::PathBuf, VarMap, IufModel, ModelMeta) {
+    let cfg = ModelConfig::tiny(C, 3);
+    let varmap = VarMap::new();
+    let model = IufModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let mut meta = ModelMeta::new(
+        cfg,
+        "efficientnet-lite0",
+        vec!["bottle".into(), "cable".into(), "zipper".into()],
+    );
+    meta.learned = vec![
+        LearnedClass {
+            class: "bottle".into(),
+            step: 0,
+        },
+        LearnedClass {
+            class: "cable".into(),
+            step: 0,
+        },
+        LearnedClass {
+            class: "zipper".into(),
+            step: 1,
+        },
+    ];
+    meta.thresholds.insert("bottle".into(), 0.75);
+    meta.extra = serde_json::json!({"trainer": {"lr": 1e-4, "epochs": [3, 2]}});
+    let gram = Tensor::rand(0f32, 1f32, (32, 32), &Device::Cpu).unwrap();
+    let state = vec![(
+        "state.gram.transformer.encoder.layers.0.linear2".to_string(),
+        gram,
+    )];
+    let path = dir.join("model.safetensors");
+    save_model(&path, &varmap, &meta, &state).unwrap();
+    (path, varmap, model, meta)
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn saved_model_reloads_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, varmap, model, meta) = saved_model(dir.path());
+    let loaded = load_model(&path, &Device::Cpu).unwrap();
+    assert_eq!(loaded.meta, meta);
+    assert_eq!(loaded.state.len(), 1);
+    assert_eq!(
+        loaded.state[0].0,
+        "state.gram.transformer.encoder.layers.0.linear2"
+    );
+    let original = varmap.data().lock().unwrap();
+    let reloaded = loaded.varmap.data().lock().unwrap();
+    assert_eq!(original.len(), reloaded.len());
+    for (name, var) in original.iter() {
+        assert_eq!(
+            values(var.as_tensor()),
+            values(reloaded[name].as_tensor()),
+            "{name}"
+        );
+    }
+    drop((original, reloaded));
+    let x = Tensor::rand(0f32, 1f32, (2, C, 14, 14), &Device::Cpu).unwrap();
+    let a = model.forward(&x, &mut Mode::Eval).unwrap();
+    let b = loaded
+        .model()
+        .unwrap()
+        .forward(&x, &mut Mode::Eval)
+        .unwrap();
+    assert_eq!(values(&a.feature_rec), values(&b.feature_rec));
+    assert_eq!(values(&a.logits), values(&b.logits));
+    // No temporary file is left beside the model.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn truncated_file_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let err = load_model(&path, &Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("corrupt"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn flipped_data_byte_fails_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("digest"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.safetensors");
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("absent.safetensors"), "{msg}");
+}
+
+/// Rewrites the header of a saved file (tensors untouched), e.g. to change the stored config.
+fn rewrite_header(path: &Path, edit: impl FnOnce(&mut HashMap<String, String>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut header = meta.metadata().clone().unwrap();
+    edit(&mut header);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    let out = safetensors::serialize(tensors, Some(header)).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+fn edit_config(path: &Path, edit: impl FnOnce(&mut ModelConfig)) {
+    rewrite_header(path, |h| {
+        let mut meta: ModelMeta = serde_json::from_str(&h["iuf.meta"]).unwrap();
+        edit(&mut meta.config);
+        h.insert("iuf.meta".into(), serde_json::to_string(&meta).unwrap());
+    });
+}
+
+fn tensor_problems(path: &Path) -> Vec<TensorProblem> {
+    match load_model(path, &Device::Cpu) {
+        Err(ModelError::Tensors {
+            source_name,
+            problems,
+        }) => {
+            assert!(source_name.contains("model.safetensors"));
+            problems
+        }
+        Err(e) => panic!("expected a tensor mismatch, got {e}"),
+        Ok(_) => panic!("expected a tensor mismatch, the file loaded"),
+    }
+}
+
+#[test]
+fn config_with_more_classes_names_the_misshaped_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    edit_config(&path, |c| c.num_classes = 4);
+    let problems = tensor_problems(&path);
+    assert_eq!(
+        problems,
+        [
+            TensorProblem::Shape {
+                name: "discriminator.head.fc2.bias".into(),
+                expected: vec![4],
+                found: vec![3],
+            },
+            TensorProblem::Shape {
+                name: "discriminator.head.fc2.weight".into(),
+                expected: vec![4, 32],
+                found: vec![3, 32],
+            },
+        ]
+    );
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        msg.contains("discriminator.head.fc2.weight` has shape [3, 32], expected [4, 32]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_with_other_depth_names_missing_and_unexpected_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    edit_config(&path, |c| {
+        c.transformer.num_decoder_layers = 3;
+    });
+    let problems = tensor_problems(&path);
+    assert!(problems.contains(&TensorProblem::Missing {
+        name: "transformer.decoder.layers.2.linear2.weight".into(),
+        expected: vec![32, 64],
+    }));
+    assert!(problems
+        .iter()
+        .all(|p| matches!(p, TensorProblem::Missing { .. })));
+
+    let (path, ..) = saved_model(dir.path());
+    edit_config(&path, |c| {
+        c.transformer.num_encoder_layers = 1;
+        c.discriminator.depth = 1;
+    });
+    let problems = tensor_problems(&path);
+    assert!(problems.contains(&TensorProblem::Unexpected {
+        name: "transformer.encoder.layers.1.norm2.bias".into(),
+        found: vec![32],
+    }));
+}
+
+#[test]
+fn wrong_format_version_and_foreign_files_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    rewrite_header(&path, |h| {
+        h.insert("iuf.format_version".into(), "99".into());
+    });
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        msg.contains("version \"99\"") && msg.contains("version 1"),
+        "{msg}"
+    );
+
+    let foreign = dir.path().join("weights.safetensors");
+    let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    t.save_safetensors("x", &foreign).unwrap();
+    let err = load_model(&foreign, &Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::Format { .. }), "{err}");
+    assert!(err.to_string().contains("not an iuf model file"), "{err}");
+}
+
+#[test]
+fn saving_checks_the_varmap_and_state_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, varmap, _, meta) = saved_model(dir.path());
+    let mut other = meta.clone();
+    other.config.num_classes = 5;
+    let err = save_model(&path, &varmap, &other, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("discriminator.head.fc2.weight"), "{err}");
+    let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    let err = save_model(&path, &varmap, &meta, &[("gram".into(), t)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state."), "{err}");
+}
