@@ -1,1 +1,27 @@
-//! iuf-incremental (being built).
+//! iuf-incremental: learning new objects without forgetting (IUF), its baselines, and the protocol
+//! runner. Section numbers refer to `../shared/docs/ALGORITHM.md`.
+//!
+//! - [`feature_store`]: the frozen backbone's features, computed once and cached on disk.
+//! - [`learner`]: a model plus its Gram matrices, penalties and calibration; one step at a time.
+//! - [`scl`], [`projection`], [`optim`], [`penalty`]: the pieces of sections 4.4-4.6 and section 8.
+//! - [`eval`], [`runner`]: per-class metrics and the resumable protocol runner.
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod feature_store;
+pub mod learner;
+pub mod optim;
+pub mod penalty;
+pub mod progress;
+pub mod projection;
+pub mod runner;
+pub mod scl;
+pub mod seeded_init;
+
+pub use config::{Strategy, TrainConfig};
+pub use error::{Error, Result};
+pub use feature_store::{BackboneId, FeatureStore};
+pub use learner::{Learner, Predictions, StepData, StepRecord};
+pub use progress::{NoProgress, Progress};
+pub use runner::{run_protocol, RunResults, RunSpec};

@@ -1,0 +1,414 @@
+//! Training configuration: schedules, loss weights, strategies and presets (section 5).
+
+use serde::{Deserialize, Serialize};
+
+use iuf_model::{ModelConfig, OasaMode};
+
+use crate::error::{Error, Result};
+use crate::scl::{SclConfig, SclTail};
+
+/// How the model learns across steps. `iuf` and its ablations follow the paper's Table 2;
+/// the rest are the baselines of section 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Everything: OASA, the compression loss, and the constrained update (4.5 + 4.6).
+    #[serde(rename = "iuf")]
+    Iuf,
+    /// IUF without object-aware self-attention.
+    #[serde(rename = "iuf-no-oasa")]
+    IufNoOasa,
+    /// IUF without the semantic compression loss.
+    #[serde(rename = "iuf-no-scl")]
+    IufNoScl,
+    /// IUF without the updating strategy (no pull toward old weights, no gradient projection).
+    #[serde(rename = "iuf-no-update")]
+    IufNoUpdate,
+    /// Plain UniAD trained on each step's objects in turn, no protection.
+    #[serde(rename = "finetune")]
+    Finetune,
+    /// Plain UniAD trained on every object at once: the upper bound.
+    #[serde(rename = "joint")]
+    Joint,
+    /// Fine-tuning plus an elastic-weight-consolidation penalty (Fisher importance).
+    #[serde(rename = "ewc")]
+    Ewc,
+    /// Fine-tuning plus a memory-aware-synapses penalty (output-sensitivity importance).
+    #[serde(rename = "mas")]
+    Mas,
+    /// Fine-tuning plus a synaptic-intelligence penalty (path-integral importance).
+    #[serde(rename = "si")]
+    Si,
+}
+
+/// The quadratic penalty family of EWC, MAS and SI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Penalty {
+    /// Fisher information (squared gradients of the training loss).
+    Ewc,
+    /// Sensitivity of the squared output norm.
+    Mas,
+    /// Path integral of gradient times update.
+    Si,
+}
+
+impl Strategy {
+    /// Every strategy, in the order reports list them.
+    pub const ALL: [Strategy; 9] = [
+        Strategy::Iuf,
+        Strategy::IufNoOasa,
+        Strategy::IufNoScl,
+        Strategy::IufNoUpdate,
+        Strategy::Finetune,
+        Strategy::Joint,
+        Strategy::Ewc,
+        Strategy::Mas,
+        Strategy::Si,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Iuf => "iuf",
+            Strategy::IufNoOasa => "iuf-no-oasa",
+            Strategy::IufNoScl => "iuf-no-scl",
+            Strategy::IufNoUpdate => "iuf-no-update",
+            Strategy::Finetune => "finetune",
+            Strategy::Joint => "joint",
+            Strategy::Ewc => "ewc",
+            Strategy::Mas => "mas",
+            Strategy::Si => "si",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
+                Error::Config(format!("unknown method `{s}`; known: {}", names.join(", ")))
+            })
+    }
+
+    /// Whether the method belongs to the IUF family (discriminator-conditioned, constrained SGD).
+    pub fn is_iuf(self) -> bool {
+        matches!(
+            self,
+            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoScl | Strategy::IufNoUpdate
+        )
+    }
+
+    /// Object-aware self-attention on (section 4.2).
+    pub fn oasa(self) -> OasaMode {
+        match self {
+            Strategy::Iuf | Strategy::IufNoScl | Strategy::IufNoUpdate => OasaMode::On,
+            _ => OasaMode::Off,
+        }
+    }
+
+    /// The semantic compression loss is used (section 4.4).
+    pub fn uses_scl(self) -> bool {
+        matches!(
+            self,
+            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoUpdate
+        )
+    }
+
+    /// Incremental steps pull toward old weights and project gradients (sections 4.5, 4.6).
+    pub fn uses_update(self) -> bool {
+        matches!(
+            self,
+            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoScl
+        )
+    }
+
+    /// The quadratic penalty, if any.
+    pub fn penalty(self) -> Option<Penalty> {
+        match self {
+            Strategy::Ewc => Some(Penalty::Ewc),
+            Strategy::Mas => Some(Penalty::Mas),
+            Strategy::Si => Some(Penalty::Si),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The base step's optimiser and schedule: AdamW with a step learning-rate decay (section 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseSchedule {
+    /// Passes over the step's training images.
+    pub epochs: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// AdamW betas.
+    pub betas: [f64; 2],
+    /// Multiply the learning rate by `lr_gamma` every `lr_step_epochs` epochs.
+    pub lr_step_epochs: usize,
+    /// The decay factor.
+    pub lr_gamma: f64,
+    /// Linear warm-up over this many epochs (0: none; the reference has none).
+    pub warmup_epochs: usize,
+}
+
+/// Incremental steps: plain SGD (the projected gradient of section 4.6 is meaningless under Adam).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncrementalSchedule {
+    /// Passes over the new objects' training images.
+    pub epochs: usize,
+    /// SGD learning rate (reference: 1.0, after clipping the global gradient norm).
+    pub lr: f64,
+    /// Section 4.5: `theta = (1 - alpha) theta + alpha theta_old` before every optimiser step.
+    pub pull_alpha: f64,
+}
+
+/// Weights of the loss terms (section 4.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossWeights {
+    /// Cross-entropy of the discriminator.
+    pub ce: f64,
+    /// Semantic compression loss (0 turns it off).
+    pub sc: f64,
+}
+
+/// Strength of the quadratic penalties of the EWC / MAS / SI baselines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PenaltyConfig {
+    /// EWC's lambda.
+    pub ewc_lambda: f64,
+    /// MAS's lambda.
+    pub mas_lambda: f64,
+    /// SI's c.
+    pub si_c: f64,
+    /// SI's damping xi.
+    pub si_xi: f64,
+    /// Batches used to estimate the Fisher / MAS importance at the end of a step (0: all).
+    pub importance_batches: usize,
+}
+
+/// Held-out good images used to calibrate each object's decision threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationConfig {
+    /// Fraction of each object's training images held out (never trained on).
+    pub holdout_fraction: f64,
+    /// At least this many held out per object (when the object has enough images).
+    pub holdout_min: usize,
+    /// Default quantile of held-out good scores used as the threshold.
+    pub quantile: f64,
+}
+
+/// Everything that decides how a model is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Name of the preset this came from (`paper`, `cpu`, `tiny`), for reports.
+    pub preset: String,
+    /// The network.
+    pub model: ModelConfig,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Seed of every random draw (init, shuffling, jitter, dropout, hold-out split).
+    pub seed: u64,
+    /// Global gradient-norm clip (0: none).
+    pub clip_grad_norm: f64,
+    /// Base step.
+    pub base: BaseSchedule,
+    /// Incremental steps of the IUF family.
+    pub incremental: IncrementalSchedule,
+    /// Epochs of incremental steps for the fine-tuning baselines (AdamW, base schedule's lr).
+    pub finetune_epochs: usize,
+    /// Loss weights.
+    pub loss: LossWeights,
+    /// Semantic compression loss.
+    pub scl: SclConfig,
+    /// EWC / MAS / SI.
+    pub penalty: PenaltyConfig,
+    /// Threshold calibration.
+    pub calibration: CalibrationConfig,
+    /// Standardise each feature channel with the mean/std of the first step's training features,
+    /// fixed for the rest of the protocol.
+    pub standardize_features: bool,
+}
+
+impl TrainConfig {
+    /// The paper's recipe (GPUs): D 256, 4+4 layers, 1600 base epochs, batch 24.
+    pub fn paper(in_channels: usize, num_classes: usize) -> Self {
+        let model = ModelConfig::paper(in_channels, num_classes);
+        let d = model.transformer.hidden_dim;
+        Self {
+            preset: "paper".into(),
+            model,
+            batch_size: 24,
+            seed: 0,
+            clip_grad_norm: 0.1,
+            base: BaseSchedule {
+                epochs: 1600,
+                lr: 1e-4,
+                weight_decay: 1e-4,
+                betas: [0.9, 0.999],
+                lr_step_epochs: 800,
+                lr_gamma: 0.1,
+                warmup_epochs: 0,
+            },
+            incremental: IncrementalSchedule {
+                epochs: 500,
+                lr: 1.0,
+                pull_alpha: 0.05,
+            },
+            finetune_epochs: 500,
+            loss: LossWeights { ce: 1.0, sc: 10.0 },
+            scl: SclConfig::reference(d),
+            penalty: PenaltyConfig {
+                ewc_lambda: 1e4,
+                mas_lambda: 1.0,
+                si_c: 1.0,
+                si_xi: 1e-3,
+                importance_batches: 0,
+            },
+            calibration: CalibrationConfig {
+                holdout_fraction: 0.1,
+                holdout_min: 4,
+                quantile: 0.99,
+            },
+            standardize_features: false,
+        }
+    }
+
+    /// A 2-core CPU recipe: a protocol of a few objects in minutes.
+    pub fn cpu(in_channels: usize, num_classes: usize) -> Self {
+        let model = ModelConfig::cpu(in_channels, num_classes);
+        let d = model.transformer.hidden_dim;
+        Self {
+            preset: "cpu".into(),
+            model,
+            batch_size: 16,
+            base: BaseSchedule {
+                epochs: 12,
+                lr: 1e-3,
+                lr_step_epochs: 8,
+                warmup_epochs: 1,
+                ..Self::paper(in_channels, num_classes).base
+            },
+            incremental: IncrementalSchedule {
+                epochs: 8,
+                lr: 1.0,
+                pull_alpha: 0.05,
+            },
+            finetune_epochs: 8,
+            scl: SclConfig {
+                tail: SclTail::Threshold {
+                    tau: 0.1 / d as f64,
+                },
+                buffer_rows: 768,
+            },
+            standardize_features: true,
+            ..Self::paper(in_channels, num_classes)
+        }
+    }
+
+    /// Tiny and fast, for tests.
+    pub fn tiny(in_channels: usize, num_classes: usize) -> Self {
+        let model = ModelConfig::tiny(in_channels, num_classes);
+        let d = model.transformer.hidden_dim;
+        Self {
+            preset: "tiny".into(),
+            model,
+            batch_size: 4,
+            base: BaseSchedule {
+                epochs: 2,
+                lr: 1e-3,
+                lr_step_epochs: 100,
+                ..Self::paper(in_channels, num_classes).base
+            },
+            incremental: IncrementalSchedule {
+                epochs: 2,
+                lr: 1.0,
+                pull_alpha: 0.05,
+            },
+            finetune_epochs: 2,
+            scl: SclConfig {
+                tail: SclTail::Threshold {
+                    tau: 0.1 / d as f64,
+                },
+                buffer_rows: 64,
+            },
+            calibration: CalibrationConfig {
+                holdout_fraction: 0.2,
+                holdout_min: 1,
+                quantile: 0.99,
+            },
+            ..Self::paper(in_channels, num_classes)
+        }
+    }
+
+    /// A preset by name.
+    pub fn preset(name: &str, in_channels: usize, num_classes: usize) -> Result<Self> {
+        match name {
+            "paper" => Ok(Self::paper(in_channels, num_classes)),
+            "cpu" => Ok(Self::cpu(in_channels, num_classes)),
+            "tiny" => Ok(Self::tiny(in_channels, num_classes)),
+            other => Err(Error::Config(format!(
+                "unknown preset `{other}`; known: paper, cpu, tiny"
+            ))),
+        }
+    }
+
+    /// The configuration a strategy actually trains with (OASA on/off, SCL weight).
+    pub fn for_strategy(&self, strategy: Strategy) -> Self {
+        let mut cfg = self.clone();
+        cfg.model.oasa = strategy.oasa();
+        if !strategy.uses_scl() {
+            cfg.loss.sc = 0.0;
+        }
+        cfg
+    }
+
+    /// Checks every value once; afterwards the config is trusted.
+    pub fn check(&self) -> Result<()> {
+        self.model.check()?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch_size must be > 0".into());
+        }
+        if self.base.epochs == 0 {
+            return bad("base.epochs must be > 0".into());
+        }
+        if !(self.base.lr > 0.0 && self.incremental.lr > 0.0) {
+            return bad(format!(
+                "learning rates must be > 0, found base {} incremental {}",
+                self.base.lr, self.incremental.lr
+            ));
+        }
+        if self.base.lr_step_epochs == 0 {
+            return bad("base.lr_step_epochs must be > 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.incremental.pull_alpha) {
+            return bad(format!(
+                "incremental.pull_alpha must lie in [0, 1], found {}",
+                self.incremental.pull_alpha
+            ));
+        }
+        if self.loss.ce < 0.0 || self.loss.sc < 0.0 || self.clip_grad_norm < 0.0 {
+            return bad("loss weights and clip_grad_norm must be >= 0".into());
+        }
+        if !(0.0..0.9).contains(&self.calibration.holdout_fraction)
+            || !(0.0..=1.0).contains(&self.calibration.quantile)
+        {
+            return bad(format!(
+                "calibration.holdout_fraction must lie in [0, 0.9) and quantile in [0, 1], found {} and {}",
+                self.calibration.holdout_fraction, self.calibration.quantile
+            ));
+        }
+        if self.loss.sc > 0.0 && self.model.transformer.num_decoder_layers < 2 {
+            return bad("the semantic compression loss needs at least 2 decoder layers".into());
+        }
+        Ok(())
+    }
+}

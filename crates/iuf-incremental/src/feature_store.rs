@@ -1,0 +1,240 @@
+//! The feature store: the frozen backbone's `feature_align` of every image, computed once and cached
+//! on disk (section 1: no augmentation, so a training image's features never change).
+//!
+//! An entry's key hashes the backbone id, the weights' digest, the image size and the image file's
+//! bytes, so editing a file, switching weights or size never reuses a stale entry. Every entry is
+//! checked when read (key, shape, finite values); anything that does not fit is recomputed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use iuf_backbone::Backbone;
+use sha2::{Digest, Sha256};
+
+use crate::error::{io_err, Error, Result};
+use crate::progress::Progress;
+
+/// Images per backbone batch.
+const EXTRACT_BATCH: usize = 8;
+
+/// Identifies a backbone and its weights, for cache keys and model files.
+#[derive(Debug, Clone)]
+pub struct BackboneId {
+    /// Architecture name, e.g. `efficientnet-lite0`.
+    pub name: String,
+    /// Digest of the weights file (any stable string; sha256 hex by default).
+    pub weights_digest: String,
+}
+
+/// Computes and caches `feature_align` of image files.
+pub struct FeatureStore {
+    dir: Option<PathBuf>,
+    backbone: Backbone,
+    id: BackboneId,
+    image_size: usize,
+    device: Device,
+}
+
+/// Statistics of one `features` call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    /// Entries read from the cache.
+    pub hits: usize,
+    /// Entries computed (missing, stale or corrupt).
+    pub computed: usize,
+    /// Of those, entries that existed but were rejected.
+    pub rejected: usize,
+}
+
+impl FeatureStore {
+    /// A store caching under `dir` (`None`: compute every time, cache nothing).
+    pub fn new(
+        dir: Option<PathBuf>,
+        backbone: Backbone,
+        id: BackboneId,
+        image_size: usize,
+        device: Device,
+    ) -> Result<Self> {
+        if image_size == 0 || image_size % 16 != 0 {
+            return Err(Error::Config(format!(
+                "image size must be a positive multiple of 16, found {image_size}"
+            )));
+        }
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(Self {
+            dir,
+            backbone,
+            id,
+            image_size,
+            device,
+        })
+    }
+
+    /// The backbone's identity.
+    pub fn backbone_id(&self) -> &BackboneId {
+        &self.id
+    }
+
+    /// Channels of `feature_align`.
+    pub fn channels(&self) -> usize {
+        self.backbone.out_channels()
+    }
+
+    /// The input image size.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// The device features are computed and returned on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The frozen backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// Grid size of `feature_align` (`image_size / 16`).
+    pub fn grid(&self) -> usize {
+        self.image_size / 16
+    }
+
+    fn key(&self, bytes: &[u8]) -> String {
+        let mut h = Sha256::new();
+        h.update(b"iuf-feature-v1\0");
+        h.update(self.id.name.as_bytes());
+        h.update([0]);
+        h.update(self.id.weights_digest.as_bytes());
+        h.update([0]);
+        h.update((self.image_size as u64).to_le_bytes());
+        h.update(Sha256::digest(bytes));
+        format!("{:x}", h.finalize())
+    }
+
+    fn entry_path(&self, key: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(&key[..2]).join(format!("{key}.safetensors")))
+    }
+
+    fn read_entry(&self, path: &Path, key: &str) -> Option<Tensor> {
+        let bytes = std::fs::read(path).ok()?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+        if meta.metadata().as_ref()?.get("key")? != key {
+            return None;
+        }
+        let view = st.tensor("feature_align").ok()?;
+        let g = self.grid();
+        if view.dtype() != safetensors::Dtype::F32 || view.shape() != [self.channels(), g, g] {
+            return None;
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if data.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        Tensor::from_vec(data, (self.channels(), g, g), &Device::Cpu).ok()
+    }
+
+    fn write_entry(&self, path: &Path, key: &str, t: &Tensor) -> Result<()> {
+        let parent = path.parent().expect("entry paths have a parent");
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            t.dims().to_vec(),
+            &bytes,
+        )
+        .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
+        let mut meta = HashMap::new();
+        meta.insert("key".to_string(), key.to_string());
+        meta.insert("backbone".to_string(), self.id.name.clone());
+        let out = safetensors::serialize([("feature_align", view)], Some(meta))
+            .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, out).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        Ok(())
+    }
+
+    /// `feature_align` of every image, `[N, C, g, g]` on the store's device, in the order given.
+    pub fn features(
+        &self,
+        paths: &[PathBuf],
+        progress: &dyn Progress,
+    ) -> Result<(Tensor, StoreStats)> {
+        let mut stats = StoreStats::default();
+        let mut out: Vec<Option<Tensor>> = vec![None; paths.len()];
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        progress.start("features", paths.len() as u64);
+        for (i, p) in paths.iter().enumerate() {
+            let bytes = std::fs::read(p).map_err(io_err(p))?;
+            let key = self.key(&bytes);
+            match self.entry_path(&key) {
+                Some(entry) if entry.exists() => match self.read_entry(&entry, &key) {
+                    Some(t) => {
+                        out[i] = Some(t);
+                        stats.hits += 1;
+                        progress.inc(1);
+                    }
+                    None => {
+                        tracing::warn!(
+                            "feature cache entry {} is stale or corrupt; recomputing",
+                            entry.display()
+                        );
+                        stats.rejected += 1;
+                        missing.push((i, key));
+                    }
+                },
+                _ => missing.push((i, key)),
+            }
+        }
+        for chunk in missing.chunks(EXTRACT_BATCH) {
+            let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(i, _)| paths[*i].clone()).collect();
+            let images = iuf_data::batch::load_images(&chunk_paths, self.image_size)?;
+            let batch = iuf_data::images_to_tensor(&images, &self.device)?;
+            let feats = self
+                .backbone
+                .feature_align(&batch)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?;
+            for (j, (i, key)) in chunk.iter().enumerate() {
+                let t = feats.get(j)?;
+                if let Some(entry) = self.entry_path(key) {
+                    self.write_entry(&entry, key, &t)?;
+                }
+                out[*i] = Some(t);
+                stats.computed += 1;
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish();
+        let all: Vec<Tensor> = out
+            .into_iter()
+            .map(|t| t.expect("every image was read or computed"))
+            .collect();
+        if all.is_empty() {
+            let g = self.grid();
+            return Ok((
+                Tensor::zeros((0, self.channels(), g, g), DType::F32, &self.device)?,
+                stats,
+            ));
+        }
+        Ok((Tensor::stack(&all, 0)?.to_device(&self.device)?, stats))
+    }
+}
+
+/// Hex sha256 of a file, for `BackboneId::weights_digest`.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}

@@ -1,0 +1,204 @@
+//! Optimisers: AdamW for base steps, and the constrained SGD of incremental steps (sections 4.5, 4.6),
+//! both behind candle's `Optimizer` trait; global gradient-norm clipping.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, TensorId, Var};
+use candle_nn::Optimizer;
+
+use crate::projection::GradientProjector;
+
+/// Scales every gradient so that their global L2 norm is at most `max_norm` (0: no clipping).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    vars: &[Var],
+    max_norm: f64,
+) -> candle_core::Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Configuration of [`ConstrainedSgd`].
+#[derive(Debug, Clone)]
+pub struct ConstrainedSgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Pull toward the start-of-step weights before each step (section 4.5); 0 turns it off.
+    pub pull_alpha: f64,
+}
+
+/// Plain SGD (no momentum, no weight decay) whose gradients of the constrained layers are projected
+/// away from the old objects' dominant output directions (section 4.6), and whose weights are pulled
+/// toward a frozen copy of the start-of-step weights before every step (section 4.5).
+pub struct ConstrainedSgd {
+    vars: Vec<Var>,
+    lr: f64,
+    pull_alpha: f64,
+    anchors: HashMap<TensorId, Tensor>,
+    projectors: HashMap<TensorId, GradientProjector>,
+}
+
+impl ConstrainedSgd {
+    /// Projects the gradient of `var` with `projector` in every later step.
+    pub fn set_projector(&mut self, var: &Var, projector: GradientProjector) {
+        self.projectors.insert(var.as_tensor().id(), projector);
+    }
+
+    /// How many parameters have a projector.
+    pub fn num_projected(&self) -> usize {
+        self.projectors.len()
+    }
+}
+
+impl Optimizer for ConstrainedSgd {
+    type Config = ConstrainedSgdConfig;
+
+    fn new(vars: Vec<Var>, cfg: ConstrainedSgdConfig) -> candle_core::Result<Self> {
+        let vars: Vec<Var> = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
+        let mut anchors = HashMap::new();
+        if cfg.pull_alpha > 0.0 {
+            for v in &vars {
+                // theta_old: a frozen copy taken now, at the start of the step.
+                anchors.insert(v.as_tensor().id(), v.as_tensor().detach().copy()?);
+            }
+        }
+        Ok(Self {
+            vars,
+            lr: cfg.lr,
+            pull_alpha: cfg.pull_alpha,
+            anchors,
+            projectors: HashMap::new(),
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        for v in &self.vars {
+            let id = v.as_tensor().id();
+            let mut theta = v.as_tensor().detach();
+            if let Some(old) = self.anchors.get(&id) {
+                theta = ((theta * (1.0 - self.pull_alpha))? + (old * self.pull_alpha)?)?;
+            }
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let g = match self.projectors.get(&id) {
+                    Some(p) => p
+                        .project(g)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                    None => g.clone(),
+                };
+                theta = (theta - (g * self.lr)?)?;
+            }
+            v.set(&theta)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
+
+/// The learning rate of a base step at `epoch` (0-based) and fractional progress inside the epoch:
+/// linear warm-up, then a step decay by `gamma` every `step_epochs` epochs.
+pub fn step_lr(
+    base: f64,
+    epoch: usize,
+    progress_in_epoch: f64,
+    warmup_epochs: usize,
+    step_epochs: usize,
+    gamma: f64,
+) -> f64 {
+    let decay = gamma.powi((epoch / step_epochs.max(1)) as i32);
+    if epoch < warmup_epochs {
+        let t = (epoch as f64 + progress_in_epoch) / warmup_epochs as f64;
+        base * decay * t.clamp(0.05, 1.0)
+    } else {
+        base * decay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::Gram;
+    use candle_core::Device;
+
+    #[test]
+    fn clipping_bounds_the_global_norm() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[3.0f32, 4.0], &dev).unwrap();
+        let loss = (a.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
+        let mut g = loss.backward().unwrap();
+        let n = clip_grad_norm(&mut g, std::slice::from_ref(&a), 1.0).unwrap();
+        assert!((n - 5.0).abs() < 1e-6);
+        let gv: Vec<f32> = g.get(a.as_tensor()).unwrap().to_vec1().unwrap();
+        assert!(
+            (gv[0] - 0.6).abs() < 1e-5 && (gv[1] - 0.8).abs() < 1e-5,
+            "{gv:?}"
+        );
+    }
+
+    #[test]
+    fn pull_and_projection_are_applied() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[1.0f32, 1.0], &dev).unwrap();
+        let mut opt = ConstrainedSgd::new(
+            vec![w.clone()],
+            ConstrainedSgdConfig {
+                lr: 1.0,
+                pull_alpha: 0.5,
+            },
+        )
+        .unwrap();
+        // Old outputs only along e0: its gradient component is frozen, e1 is free.
+        let mut gram = Gram::zeros(2);
+        gram.accumulate(&Tensor::new(&[[1.0f32, 0.0], [2.0, 0.0]], &dev).unwrap())
+            .unwrap();
+        opt.set_projector(
+            &w,
+            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+        );
+        w.set(&Tensor::new(&[3.0f32, 3.0], &dev).unwrap()).unwrap();
+        let loss = (w.as_tensor() * Tensor::new(&[1.0f32, 1.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        opt.backward_step(&loss).unwrap();
+        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        // pull: 0.5*3 + 0.5*1 = 2; then e0 unchanged (w = 0), e1 minus 1.
+        assert!(
+            (out[0] - 2.0).abs() < 1e-5 && (out[1] - 1.0).abs() < 1e-5,
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn step_lr_warms_up_then_decays() {
+        assert!((step_lr(1.0, 0, 0.5, 1, 2, 0.1) - 0.5).abs() < 1e-12);
+        assert!((step_lr(1.0, 1, 0.0, 1, 2, 0.1) - 1.0).abs() < 1e-12);
+        assert!((step_lr(1.0, 2, 0.0, 1, 2, 0.1) - 0.1).abs() < 1e-12);
+    }
+}

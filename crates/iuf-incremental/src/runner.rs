@@ -1,0 +1,563 @@
+//! The protocol runner: trains a method step by step, evaluates every object seen so far after each
+//! step, fills the continual results matrices (ACC / FM, section 6) and writes `results.json` and
+//! `report.md`. A run directory can be resumed: each finished step leaves its model file and its
+//! evaluation (`step-<s>.safetensors`, `step-<s>.json`), written atomically, and a restarted run
+//! continues after the last step that has both.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use iuf_data::protocol::Protocol;
+use iuf_data::{DatasetRoot, Sample};
+use iuf_metrics::ResultsMatrix;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Strategy, TrainConfig};
+use crate::error::{io_err, Error, Result};
+use crate::eval::{evaluate, ClassMetrics, EvalSet};
+use crate::feature_store::FeatureStore;
+use crate::learner::{Learner, StepData, StepRecord};
+use crate::progress::Progress;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The method.
+    pub method: Strategy,
+    /// The protocol (steps of new objects).
+    pub protocol: Protocol,
+    /// The training configuration (before the method's adjustments).
+    pub config: TrainConfig,
+    /// The run directory (created; resumed if it holds a finished step of the same run).
+    pub dir: PathBuf,
+}
+
+/// Everything measured about one finished step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepResult {
+    /// What training did.
+    pub record: StepRecord,
+    /// Metrics of every object seen so far.
+    pub metrics: Vec<ClassMetrics>,
+    /// Seconds spent evaluating.
+    pub eval_seconds: f64,
+    /// Seconds spent computing or reading features for this step's training and hold-out images.
+    pub feature_seconds: f64,
+    /// Size of the model file after this step, bytes.
+    pub model_bytes: u64,
+    /// Peak resident memory of the process so far, bytes (Linux; absent elsewhere).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// `{"image": .., "pixel": ..}` (image and pixel AUROC).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ImagePixel {
+    /// Image-level AUROC based value.
+    pub image: Option<f64>,
+    /// Pixel-level AUROC based value.
+    pub pixel: Option<f64>,
+}
+
+/// The protocol as it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolInfo {
+    /// Protocol name or spec.
+    pub name: String,
+    /// New classes of each step.
+    pub steps: Vec<Vec<String>>,
+}
+
+/// Contents of `results.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResults {
+    /// Method name.
+    pub method: String,
+    /// The protocol.
+    pub protocol: ProtocolInfo,
+    /// The configuration the method trained with.
+    pub config: TrainConfig,
+    /// The classes of each step as trained (one step for `joint`).
+    pub steps: Vec<Vec<String>>,
+    /// Class order of every matrix's columns.
+    pub classes: Vec<String>,
+    /// `metrics[name][step][class]`, null where a class was not yet learned. Names: image_auroc,
+    /// pixel_auroc, pixel_ap, pro, image_ap, image_f1_max.
+    pub metrics: BTreeMap<String, Vec<Vec<Option<f64>>>>,
+    /// ACC after the last step.
+    pub acc: ImagePixel,
+    /// FM after the last step.
+    pub fm: ImagePixel,
+    /// Per step: training wall time, seconds.
+    pub train_seconds: Vec<f64>,
+    /// Per step: evaluation wall time, seconds.
+    pub eval_seconds: Vec<f64>,
+    /// Per step: model inference time per test image (transformer, map, score), milliseconds.
+    pub infer_ms_per_image: Vec<f64>,
+    /// Per step: model file size, bytes.
+    pub model_bytes: Vec<u64>,
+    /// Peak resident memory of the run, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// True when every step of the protocol has finished.
+    pub complete: bool,
+}
+
+const METRICS: [&str; 6] = [
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_ap",
+    "pro",
+    "image_ap",
+    "image_f1_max",
+];
+
+fn metric_value(m: &ClassMetrics, name: &str) -> f64 {
+    match name {
+        "image_auroc" => m.image_auroc,
+        "pixel_auroc" => m.pixel_auroc,
+        "pixel_ap" => m.pixel_ap,
+        "pro" => m.pro,
+        "image_ap" => m.image_ap,
+        _ => m.image_f1_max,
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Splits a class's training images into (train, held-out) deterministically.
+pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec<Sample>) {
+    let n = samples.len();
+    let c = &cfg.calibration;
+    let want = ((n as f64 * c.holdout_fraction).round() as usize).max(c.holdout_min);
+    // Never hold out more than a fifth of a small class, nor leave fewer than 2 to train on.
+    let k = if c.holdout_fraction == 0.0 {
+        0
+    } else {
+        want.min(n / 5).min(n.saturating_sub(2))
+    };
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+        cfg.seed ^ 0x5EED_CA11,
+    ));
+    let hold: std::collections::HashSet<usize> = idx[..k].iter().copied().collect();
+    let (mut tr, mut ho) = (Vec::new(), Vec::new());
+    for (i, s) in samples.iter().enumerate() {
+        if hold.contains(&i) {
+            ho.push(s.clone());
+        } else {
+            tr.push(s.clone());
+        }
+    }
+    (tr, ho)
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct RunIdentity {
+    method: String,
+    steps: Vec<Vec<String>>,
+    config: serde_json::Value,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Msg(format!("serialising JSON: {e}")))
+}
+
+/// File names inside a run directory.
+pub fn step_model_path(dir: &Path, step: usize) -> PathBuf {
+    dir.join(format!("step-{step}.safetensors"))
+}
+
+fn step_result_path(dir: &Path, step: usize) -> PathBuf {
+    dir.join(format!("step-{step}.json"))
+}
+
+/// Loads features, labels and masks of an object's test set.
+pub fn eval_set(
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    class: &str,
+    progress: &dyn Progress,
+) -> Result<EvalSet> {
+    let index = dataset.index_class(class)?;
+    let paths: Vec<PathBuf> = index.test.iter().map(|s| s.path.clone()).collect();
+    let (features, _) = store.features(&paths, progress)?;
+    let masks: Vec<Option<PathBuf>> = index.test.iter().map(|s| s.mask.clone()).collect();
+    let masks = iuf_data::batch::load_masks(&masks, store.image_size())?;
+    Ok(EvalSet {
+        class: class.to_string(),
+        features,
+        labels: index.test.iter().map(|s| s.is_anomalous).collect(),
+        masks,
+    })
+}
+
+/// Features and class ids of the training (and held-out) images of `classes`.
+pub fn train_data(
+    learner: &Learner,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    classes: &[String],
+    progress: &dyn Progress,
+) -> Result<((Tensor, Vec<u32>), (Tensor, Vec<u32>))> {
+    let (mut tp, mut tid, mut hp, mut hid) = (vec![], vec![], vec![], vec![]);
+    for c in classes {
+        let id = learner.class_id(c).ok_or_else(|| {
+            Error::Config(format!("class `{c}` is not in the model's class list"))
+        })?;
+        let index = dataset.index_class(c)?;
+        let (tr, ho) = split_holdout(&index.train, learner.config());
+        tid.extend(std::iter::repeat_n(id, tr.len()));
+        hid.extend(std::iter::repeat_n(id, ho.len()));
+        tp.extend(tr.into_iter().map(|s| s.path));
+        hp.extend(ho.into_iter().map(|s| s.path));
+    }
+    let (tf, _) = store.features(&tp, progress)?;
+    let (hf, _) = store.features(&hp, progress)?;
+    Ok(((tf, tid), (hf, hid)))
+}
+
+/// Runs (or resumes) a protocol for one method. Returns the results written to `results.json`.
+pub fn run_protocol(
+    spec: &RunSpec,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    progress: &dyn Progress,
+) -> Result<RunResults> {
+    let dir = &spec.dir;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let steps: Vec<Vec<String>> = if spec.method == Strategy::Joint {
+        vec![spec.protocol.all_classes()]
+    } else {
+        spec.protocol.steps.clone()
+    };
+    let class_list = spec.protocol.all_classes();
+    let config = spec.config.for_strategy(spec.method);
+    config.check()?;
+    let identity = RunIdentity {
+        method: spec.method.name().to_string(),
+        steps: steps.clone(),
+        config: serde_json::to_value(&config).map_err(|e| Error::Msg(e.to_string()))?,
+    };
+    let id_path = dir.join("run.json");
+    if id_path.exists() {
+        let found: RunIdentity = read_json(&id_path)?;
+        if found != identity {
+            return Err(Error::RunDir {
+                path: id_path,
+                msg: "holds a different run (method, steps or config differ); choose another output folder or delete it".into(),
+            });
+        }
+    } else {
+        write_atomic(&id_path, &to_json(&identity)?)?;
+    }
+
+    // Resume after the last step whose model and results are both complete.
+    let mut done: Vec<StepResult> = Vec::new();
+    for s in 0..steps.len() {
+        let (mp, rp) = (step_model_path(dir, s), step_result_path(dir, s));
+        if !(mp.exists() && rp.exists()) {
+            break;
+        }
+        match read_json::<StepResult>(&rp) {
+            Ok(r) => done.push(r),
+            Err(e) => {
+                tracing::warn!("{e}; redoing step {s}");
+                break;
+            }
+        }
+    }
+    let mut learner = match done.len() {
+        0 => Learner::new(
+            &config,
+            spec.method,
+            store.backbone_id(),
+            class_list.clone(),
+            store.device(),
+        )?,
+        k => {
+            tracing::info!(
+                "resuming {} after step {} of {}",
+                spec.method,
+                k - 1,
+                dir.display()
+            );
+            Learner::load(&step_model_path(dir, k - 1), store.device())?
+        }
+    };
+    let mut results = assemble(spec, &config, &steps, &class_list, &done)?;
+    for (s, new) in steps.iter().enumerate().skip(done.len()) {
+        let t0 = Instant::now();
+        let ((tf, tid), (hf, hid)) = train_data(&learner, dataset, store, new, progress)?;
+        let feature_seconds = t0.elapsed().as_secs_f64();
+        let holdout = StepData {
+            features: &hf,
+            class_ids: &hid,
+        };
+        let record = learner.learn_step(
+            s,
+            new,
+            &StepData {
+                features: &tf,
+                class_ids: &tid,
+            },
+            Some(&holdout),
+            progress,
+        )?;
+        let model_path = step_model_path(dir, s);
+        learner.save(&model_path)?;
+        let model_bytes = std::fs::metadata(&model_path)
+            .map_err(io_err(&model_path))?
+            .len();
+        let t1 = Instant::now();
+        let seen: Vec<String> = steps[..=s].iter().flatten().cloned().collect();
+        let mut metrics = Vec::new();
+        for c in &seen {
+            let set = eval_set(dataset, store, c, progress)?;
+            let (m, _) = evaluate(&learner, &set)?;
+            tracing::info!(step = s, class = %c, image_auroc = m.image_auroc, pixel_auroc = m.pixel_auroc, "evaluated");
+            metrics.push(m);
+        }
+        let result = StepResult {
+            record,
+            metrics,
+            eval_seconds: t1.elapsed().as_secs_f64(),
+            feature_seconds,
+            model_bytes,
+            peak_rss_bytes: peak_rss_bytes(),
+        };
+        write_atomic(&step_result_path(dir, s), &to_json(&result)?)?;
+        done.push(result);
+        results = assemble(spec, &config, &steps, &class_list, &done)?;
+        write_atomic(&dir.join("results.json"), &to_json(&results)?)?;
+        write_atomic(&dir.join("report.md"), report_markdown(&results).as_bytes())?;
+    }
+    // A fully resumed run still (re)writes its outputs.
+    write_atomic(&dir.join("results.json"), &to_json(&results)?)?;
+    write_atomic(&dir.join("report.md"), report_markdown(&results).as_bytes())?;
+    Ok(results)
+}
+
+fn matrix(
+    classes: &[String],
+    steps: usize,
+    done: &[StepResult],
+    name: &str,
+) -> Result<ResultsMatrix> {
+    let mut m = ResultsMatrix::new(classes.iter().cloned(), steps.max(1)).map_err(|source| {
+        Error::Metrics {
+            class: "*".into(),
+            source,
+        }
+    })?;
+    for (s, r) in done.iter().enumerate() {
+        for cm in &r.metrics {
+            if let Some(ci) = m.class_index(&cm.class) {
+                m.set(s, ci, metric_value(cm, name))
+                    .map_err(|source| Error::Metrics {
+                        class: cm.class.clone(),
+                        source,
+                    })?;
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn assemble(
+    spec: &RunSpec,
+    config: &TrainConfig,
+    steps: &[Vec<String>],
+    classes: &[String],
+    done: &[StepResult],
+) -> Result<RunResults> {
+    let mut metrics = BTreeMap::new();
+    let (mut acc, mut fm) = (
+        ImagePixel {
+            image: None,
+            pixel: None,
+        },
+        ImagePixel {
+            image: None,
+            pixel: None,
+        },
+    );
+    for name in METRICS {
+        // Matrices over the finished steps only, so ACC/FM describe the last finished step.
+        let m = matrix(classes, done.len(), done, name)?;
+        let rows: Vec<Vec<Option<f64>>> = (0..done.len())
+            .map(|s| (0..classes.len()).map(|c| m.get(s, c)).collect())
+            .collect();
+        if !done.is_empty() {
+            if name == "image_auroc" {
+                acc.image = m.acc();
+                fm.image = m.fm();
+            } else if name == "pixel_auroc" {
+                acc.pixel = m.acc();
+                fm.pixel = m.fm();
+            }
+        }
+        metrics.insert(name.to_string(), rows);
+    }
+    Ok(RunResults {
+        method: spec.method.name().to_string(),
+        protocol: ProtocolInfo {
+            name: spec.protocol.name.clone(),
+            steps: spec.protocol.steps.clone(),
+        },
+        config: config.clone(),
+        steps: steps.to_vec(),
+        classes: classes.to_vec(),
+        metrics,
+        acc,
+        fm,
+        train_seconds: done.iter().map(|r| r.record.train_seconds).collect(),
+        eval_seconds: done.iter().map(|r| r.eval_seconds).collect(),
+        infer_ms_per_image: done
+            .iter()
+            .map(|r| {
+                let n: usize = r.metrics.iter().map(|m| m.images).sum();
+                let t: f64 = r
+                    .metrics
+                    .iter()
+                    .map(|m| m.seconds_per_image * m.images as f64)
+                    .sum();
+                1000.0 * t / n.max(1) as f64
+            })
+            .collect(),
+        model_bytes: done.iter().map(|r| r.model_bytes).collect(),
+        peak_rss_bytes: done.iter().filter_map(|r| r.peak_rss_bytes).max(),
+        complete: done.len() == steps.len(),
+    })
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// `report.md` of one run: summary, efficiency, and a per-class table for every metric.
+pub fn report_markdown(r: &RunResults) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {} on `{}`\n", r.method, r.protocol.name);
+    let steps: Vec<String> = r.steps.iter().map(|c| c.join(", ")).collect();
+    let _ = writeln!(s, "Steps: {}\n", steps.join(" | "));
+    if !r.complete {
+        let _ = writeln!(
+            s,
+            "**Incomplete run**: {} of {} steps finished.\n",
+            r.train_seconds.len(),
+            r.steps.len()
+        );
+    }
+    let _ = writeln!(s, "| | image AUROC | pixel AUROC |\n|---|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| ACC (%) | {} | {} |",
+        pct(r.acc.image),
+        pct(r.acc.pixel)
+    );
+    let _ = writeln!(
+        s,
+        "| FM (%) | {} | {} |\n",
+        pct(r.fm.image),
+        pct(r.fm.pixel)
+    );
+    s.push_str(&efficiency_markdown(r));
+    for name in METRICS {
+        let Some(rows) = r.metrics.get(name) else {
+            continue;
+        };
+        let _ = writeln!(s, "\n## {name}\n");
+        let mut header = String::from("| step |");
+        let mut rule = String::from("|---:|");
+        for c in &r.classes {
+            let _ = write!(header, " {c} |");
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(s, "{header} mean |\n{rule}---:|");
+        for (i, row) in rows.iter().enumerate() {
+            let vals: Vec<f64> = row.iter().flatten().copied().collect();
+            let mean = (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64);
+            let cells: Vec<String> = row
+                .iter()
+                .map(|v| v.map_or("-".into(), |v| format!("{v:.3}")))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {i} | {} | {} |",
+                cells.join(" | "),
+                mean.map_or("-".into(), |m| format!("{m:.3}"))
+            );
+        }
+    }
+    s
+}
+
+fn efficiency_markdown(r: &RunResults) -> String {
+    let mut s = String::from("| step | train (s) | eval (s) | inference (ms/image) | model size |\n|---:|---:|---:|---:|---:|\n");
+    for i in 0..r.train_seconds.len() {
+        let _ = writeln!(
+            s,
+            "| {i} | {:.1} | {:.1} | {:.2} | {} |",
+            r.train_seconds[i],
+            r.eval_seconds[i],
+            r.infer_ms_per_image[i],
+            mib(r.model_bytes[i])
+        );
+    }
+    if let Some(p) = r.peak_rss_bytes {
+        let _ = writeln!(s, "\nPeak memory (resident): {}", mib(p));
+    }
+    s
+}
+
+/// A side-by-side table of several methods on the same protocol (ACC, FM, time, size).
+pub fn comparison_markdown(runs: &[RunResults]) -> String {
+    let mut s = String::from(
+        "| method | image ACC | pixel ACC | image FM | pixel FM | train (s, total) | inference (ms/image) | peak memory | model size |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} | {} |",
+            r.method,
+            pct(r.acc.image),
+            pct(r.acc.pixel),
+            pct(r.fm.image),
+            pct(r.fm.pixel),
+            r.train_seconds.iter().sum::<f64>(),
+            r.infer_ms_per_image.last().copied().unwrap_or(0.0),
+            r.peak_rss_bytes.map_or("-".into(), mib),
+            r.model_bytes.last().map_or("-".into(), |b| mib(*b)),
+        );
+    }
+    s
+}
