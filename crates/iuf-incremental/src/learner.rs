@@ -337,11 +337,20 @@ impl Learner {
             )));
         }
         for c in new_classes {
-            if self.class_id(c).is_none() {
+            if self.meta.learned.iter().any(|l| &l.class == c) {
                 return Err(Error::Config(format!(
-                    "class `{c}` is not in the model's class list {:?}",
-                    self.meta.class_names
+                    "the model has already learned `{c}`; an object is learned once"
                 )));
+            }
+            if self.class_id(c).is_none() {
+                // A new object takes the next free slot of the K the model was created with.
+                if self.meta.class_names.len() >= self.cfg.model.num_classes {
+                    return Err(Error::Config(format!(
+                        "cannot learn `{c}`: the model was created for at most K = {} objects and knows {:?}",
+                        self.cfg.model.num_classes, self.meta.class_names
+                    )));
+                }
+                self.meta.class_names.push(c.clone());
             }
         }
         let start = Instant::now();

@@ -24,4 +24,4 @@ pub use error::{Error, Result};
 pub use feature_store::{BackboneId, FeatureStore};
 pub use learner::{Learner, Predictions, StepData, StepRecord};
 pub use progress::{NoProgress, Progress};
-pub use runner::{run_protocol, RunResults, RunSpec};
+pub use runner::{learn_classes, run_protocol, RunResults, RunSpec};

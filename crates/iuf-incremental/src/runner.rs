@@ -226,9 +226,16 @@ pub fn train_data(
 ) -> Result<((Tensor, Vec<u32>), (Tensor, Vec<u32>))> {
     let (mut tp, mut tid, mut hp, mut hid) = (vec![], vec![], vec![], vec![]);
     for c in classes {
-        let id = learner.class_id(c).ok_or_else(|| {
-            Error::Config(format!("class `{c}` is not in the model's class list"))
-        })?;
+        // Objects new to the model get the next free class ids, in order.
+        let id = learner.class_id(c).unwrap_or_else(|| {
+            let known = learner.meta().class_names.len();
+            let earlier_new = classes
+                .iter()
+                .take_while(|x| *x != c)
+                .filter(|x| learner.class_id(x).is_none())
+                .count();
+            (known + earlier_new) as u32
+        });
         let index = dataset.index_class(c)?;
         let (tr, ho) = split_holdout(&index.train, learner.config());
         tid.extend(std::iter::repeat_n(id, tr.len()));
@@ -239,6 +246,28 @@ pub fn train_data(
     let (tf, _) = store.features(&tp, progress)?;
     let (hf, _) = store.features(&hp, progress)?;
     Ok(((tf, tid), (hf, hid)))
+}
+
+/// Trains `learner` on the objects `classes` of `dataset` as its next step (hold-out split,
+/// features, training, calibration). Used by `iuf train` / `iuf learn`.
+pub fn learn_classes(
+    learner: &mut Learner,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    classes: &[String],
+    progress: &dyn Progress,
+) -> Result<StepRecord> {
+    let step = learner.steps().len();
+    let ((tf, tid), (hf, hid)) = train_data(learner, dataset, store, classes, progress)?;
+    let holdout = StepData {
+        features: &hf,
+        class_ids: &hid,
+    };
+    let train = StepData {
+        features: &tf,
+        class_ids: &tid,
+    };
+    learner.learn_step(step, classes, &train, Some(&holdout), progress)
 }
 
 /// Runs (or resumes) a protocol for one method. Returns the results written to `results.json`.
