@@ -1,11 +1,11 @@
-//! Continual-learning results: the matrix R[step][class] and its ACC and FM summaries
+//! Continual-learning results: the matrix `R[step][class]` and its ACC and FM summaries
 //! (section 6 of ALGORITHM.md), plus a Markdown rendering of the per-class table.
 
 use std::fmt::Write as _;
 
 use crate::error::{MetricsError, Result};
 
-/// R[s][c]: the metric (e.g. image AUROC) of the model after step `s` on class `c`.
+/// `R[s][c]`: the metric (e.g. image AUROC) of the model after step `s` on class `c`.
 ///
 /// A cell is absent (`None`) where class `c` was not yet learned at step `s`. The step at which a
 /// class is learned is the first step with a value. Plain data with public accessors
@@ -97,7 +97,7 @@ impl ResultsMatrix {
         Ok(step * self.classes.len() + class)
     }
 
-    /// Records R[step][class] = `value`. Errors on an index out of range or a NaN value.
+    /// Records `R[step][class]` = `value`. Errors on an index out of range or a NaN value.
     pub fn set(&mut self, step: usize, class: usize, value: f64) -> Result<()> {
         let cell = self.cell(step, class)?;
         if value.is_nan() {
@@ -111,7 +111,8 @@ impl ResultsMatrix {
         Ok(())
     }
 
-    /// R[step][class], or `None` where the class was not learned yet (or an index is out of range).
+    /// `R[step][class]`, or `None` where the class was not learned yet (or an index is out of
+    /// range).
     pub fn get(&self, step: usize, class: usize) -> Option<f64> {
         self.cell(step, class)
             .ok()
@@ -123,7 +124,7 @@ impl ResultsMatrix {
         (0..self.steps).find(|&s| self.get(s, class).is_some())
     }
 
-    /// ACC after `step`: mean over the classes present at `step` of R[step][c].
+    /// ACC after `step`: mean over the classes present at `step` of `R[step][c]`.
     /// `None` if no class has a value at `step`.
     pub fn acc_at(&self, step: usize) -> Option<f64> {
         let values: Vec<f64> = (0..self.classes.len())
@@ -133,8 +134,9 @@ impl ResultsMatrix {
     }
 
     /// FM after step `t`: mean over the classes learned before `t` (and present at `t`) of
-    /// (max over s in [step learned, t-1] of R[s][c]) - R[t][c]. `None` when no class was learned
-    /// before `t`, in particular at step 0 and for a one-step run: forgetting is undefined there.
+    /// (max over s in [step learned, t-1] of `R[s][c]`) - `R[t][c]`. `None` when no class was
+    /// learned before `t`, in particular at step 0 and for a one-step run: forgetting is undefined
+    /// there.
     pub fn fm_at(&self, t: usize) -> Option<f64> {
         let mut forgetting = Vec::new();
         for c in 0..self.classes.len() {

@@ -6,13 +6,14 @@
 //! - [`auroc`], [`average_precision`], [`f1_max`]: scikit-learn's `roc_auc_score`,
 //!   `average_precision_score` and the best F1 along `precision_recall_curve`, tied scores
 //!   included. Errors (never NaN, never a panic) on unusable input.
-//! - [`auroc_multi`], [`average_precision_multi`], [`f1_max_multi`], [`RankedScores`]: the same over
-//!   many slices at once (pixel metrics over every map of a test set), sorting one compact copy of
-//!   the scores with a radix sort, so tens of millions of pixels take a fraction of a second.
+//! - [`auroc_multi`], [`average_precision_multi`], [`f1_max_multi`], [`RankedScores`]: the same
+//!   over many slices at once (pixel metrics over every map of a test set), sorting one compact
+//!   copy of the scores with a radix sort, so tens of millions of pixels take a fraction of a
+//!   second.
 //! - [`pro_auc`]: normalised area under the per-region-overlap curve up to 30% FPR, as in the
 //!   MVTec AD evaluation.
 //! - [`image_score`]: the image score of an anomaly map, the maximum of its k x k average pool.
-//! - [`ResultsMatrix`]: R[step][class] of a continual run with ACC and FM, and a Markdown table.
+//! - [`ResultsMatrix`]: `R[step][class]` of a continual run with ACC and FM, and a Markdown table.
 //!
 //! ```
 //! use iuf_metrics::{auroc, auroc_multi, image_score, pro_auc, ResultsMatrix, PRO_MAX_FPR};

@@ -1,15 +1,18 @@
 //! Order-preserving `u32` keys for `f32` scores, and the LSD radix sort every ranking metric uses.
 //!
-//! Ranking metrics over all pixels of a class sort 10-50 million scores. Sorting compact 32-bit keys
-//! with a byte-wise radix sort is linear in the number of values and several times faster than a
-//! comparison sort on `(score, label)` pairs at that size.
+//! Ranking metrics over all pixels of a class sort 10-50 million scores. Sorting compact 32-bit
+//! keys with a byte-wise radix sort is linear in the number of values; on 10M keys (release build,
+//! this 2-core machine under load) it took 125-170 ms against 240-340 ms for `sort_unstable` on
+//! the same keys and 360-540 ms for `sort_unstable_by` on `(f32, bool)` pairs. 11-bit digits
+//! (3 passes) measured slower (165-220 ms): 2048 scatter targets thrash the cache.
 
 /// Below this many elements a comparison sort beats building 4 histograms of 256 buckets.
 const SMALL: usize = 256;
 
 /// A `u32` whose unsigned order is the numeric order of `score` (which must not be NaN).
 ///
-/// -0.0 and +0.0 get the same key: they compare equal, so scikit-learn treats them as one threshold.
+/// -0.0 and +0.0 get the same key: they compare equal, so scikit-learn treats them as one
+/// threshold.
 #[inline]
 pub(crate) fn score_key(score: f32) -> u32 {
     let score = if score == 0.0 { 0.0 } else { score };

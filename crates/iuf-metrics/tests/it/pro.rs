@@ -76,7 +76,7 @@ fn hand_computed_regions_weigh_equally_whatever_their_size() {
     // mask 1 1 0 0 1    map .2 .2 .5 .1 .9
     //      1 1 0 0 0        .2 .2 .1 .1 .1
     // threshold 0.9: FPR 0, PRO (0 + 1) / 2 = 1/2 (pixel-wise overlap would be only 1/5)
-    // threshold 0.5: FPR 1/5, PRO 1/2;  threshold 0.2: FPR 1/5, PRO 1;  threshold 0.1: FPR 1, PRO 1.
+    // threshold 0.5: FPR 1/5, PRO 1/2; threshold 0.2: FPR 1/5, PRO 1; threshold 0.1: FPR 1, PRO 1.
     // Area to 0.3: 0.2 * 1/2 + 0.1 * 1 = 0.2; divided by 0.3 = 2/3.
     let maps = vec![vec![0.2, 0.2, 0.5, 0.1, 0.9, 0.2, 0.2, 0.1, 0.1, 0.1]];
     let masks = vec![[1, 1, 0, 0, 1, 1, 1, 0, 0, 0].map(|m| m == 1).to_vec()];
