@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the backbone (being written).
+fn main() {}

@@ -1,0 +1,375 @@
+//! EfficientNet in the lukemelas naming (section 2), inference only: every BatchNorm (eps 1e-3) is
+//! folded into the preceding convolution when the weights are loaded, convolutions use TF "SAME"
+//! padding, pointwise convolutions are matmuls and depthwise ones run the direct kernel of `ops`.
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::{Architecture, BlockSpec, EfficientNetVariant};
+use crate::error::{Error, Result};
+use crate::ops::{bias_activation, depthwise_conv2d_same, same_padding, ChannelBias, Epilogue};
+
+/// BatchNorm epsilon of the TensorFlow-trained EfficientNets.
+const BN_EPS: f64 = 1e-3;
+
+/// Loads `name` under `vb` as f32 and checks its shape, with errors that name the tensor.
+fn load(vb: &VarBuilder<'_>, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let full_name = match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    };
+    if !vb.contains_tensor(name) {
+        return Err(Error::MissingTensor {
+            name: full_name,
+            expected: shape.to_vec(),
+        });
+    }
+    // `get_unchecked` reads the stored shape; backends without stored tensors (zeros) only
+    // implement the shaped `get`.
+    let tensor = match vb.get_unchecked_dtype(name, DType::F32) {
+        Ok(t) => t,
+        Err(_) => vb.get_with_hints_dtype(shape, name, Default::default(), DType::F32)?,
+    };
+    if tensor.dims() != shape {
+        return Err(Error::TensorShape {
+            name: full_name,
+            expected: shape.to_vec(),
+            found: tensor.dims().to_vec(),
+        });
+    }
+    Ok(tensor)
+}
+
+/// Loads convolution `conv` (no bias) and BatchNorm `bn` and returns the folded weight and bias:
+/// `W' = W * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)` (computed in f64).
+fn load_conv_bn(
+    conv: VarBuilder<'_>,
+    bn: VarBuilder<'_>,
+    shape: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    let weight = load(&conv, "weight", shape)?.to_dtype(DType::F64)?;
+    let c = [shape[0]];
+    let gamma = load(&bn, "weight", &c)?.to_dtype(DType::F64)?;
+    let beta = load(&bn, "bias", &c)?.to_dtype(DType::F64)?;
+    let mean = load(&bn, "running_mean", &c)?.to_dtype(DType::F64)?;
+    let var = load(&bn, "running_var", &c)?.to_dtype(DType::F64)?;
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let mut scale_shape = vec![1; shape.len()];
+    scale_shape[0] = shape[0];
+    let weight = weight.broadcast_mul(&scale.reshape(scale_shape)?)?;
+    let bias = (beta - (mean * scale)?)?;
+    Ok((weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?))
+}
+
+/// A 1x1 convolution (with folded BatchNorm) computed as `W [Cout, Cin] x X [Cin, H*W]` per image.
+#[derive(Debug, Clone)]
+struct Pointwise {
+    weight: Tensor,
+    bias: ChannelBias,
+    epilogue: Epilogue,
+}
+
+impl Pointwise {
+    fn new(
+        conv: VarBuilder<'_>,
+        bn: VarBuilder<'_>,
+        cin: usize,
+        cout: usize,
+        epilogue: Epilogue,
+    ) -> Result<Self> {
+        let (weight, bias) = load_conv_bn(conv, bn, &[cout, cin, 1, 1])?;
+        Ok(Self {
+            weight: weight.reshape((cout, cin))?,
+            bias: ChannelBias::new(bias)?,
+            epilogue,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, cin, h, w) = x.dims4()?;
+        let cout = self.weight.dim(0)?;
+        let x = x.reshape((b, cin, h * w))?;
+        let y = self.weight.broadcast_as((b, cout, cin))?.matmul(&x)?;
+        bias_activation(y, &self.bias, self.epilogue)?
+            .reshape((b, cout, h, w))
+            .map_err(Error::from)
+    }
+}
+
+/// Squeeze-and-excitation (B networks): `x * sigmoid(W_e swish(W_r mean_hw(x) + b_r) + b_e)`.
+#[derive(Debug, Clone)]
+struct SqueezeExcitation {
+    reduce_weight: Tensor,
+    reduce_bias: Tensor,
+    expand_weight: Tensor,
+    expand_bias: Tensor,
+}
+
+impl SqueezeExcitation {
+    fn new(vb: &VarBuilder<'_>, channels: usize, squeezed: usize) -> Result<Self> {
+        let reduce = vb.pp("_se_reduce");
+        let expand = vb.pp("_se_expand");
+        Ok(Self {
+            reduce_weight: load(&reduce, "weight", &[squeezed, channels, 1, 1])?
+                .reshape((squeezed, channels))?,
+            reduce_bias: load(&reduce, "bias", &[squeezed])?,
+            expand_weight: load(&expand, "weight", &[channels, squeezed, 1, 1])?
+                .reshape((channels, squeezed))?,
+            expand_bias: load(&expand, "bias", &[channels])?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = x.dims4()?;
+        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
+        let s = pooled
+            .matmul(&self.reduce_weight.t()?)?
+            .broadcast_add(&self.reduce_bias)?
+            .silu()?;
+        let s = s
+            .matmul(&self.expand_weight.t()?)?
+            .broadcast_add(&self.expand_bias)?;
+        let gate = candle_nn::ops::sigmoid(&s)?.reshape((b, c, 1, 1))?;
+        Ok(x.broadcast_mul(&gate)?)
+    }
+}
+
+/// The depthwise convolution of a block, with folded BatchNorm.
+#[derive(Debug, Clone)]
+struct Depthwise {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    epilogue: Epilogue,
+}
+
+/// One MBConv block: expand (1x1) -> depthwise (kxk) -> [SE] -> project (1x1) [+ identity].
+#[derive(Debug, Clone)]
+struct MbConv {
+    spec: BlockSpec,
+    expand: Option<Pointwise>,
+    depthwise: Depthwise,
+    squeeze_excitation: Option<SqueezeExcitation>,
+    project: Pointwise,
+}
+
+impl MbConv {
+    fn new(vb: VarBuilder<'_>, spec: BlockSpec, epilogue: Epilogue) -> Result<Self> {
+        let mid = spec.expanded_channels;
+        let expand = if spec.expand_ratio != 1 {
+            Some(Pointwise::new(
+                vb.pp("_expand_conv"),
+                vb.pp("_bn0"),
+                spec.in_channels,
+                mid,
+                epilogue,
+            )?)
+        } else {
+            None
+        };
+        let (weight, bias) = load_conv_bn(
+            vb.pp("_depthwise_conv"),
+            vb.pp("_bn1"),
+            &[mid, 1, spec.kernel, spec.kernel],
+        )?;
+        let depthwise = Depthwise {
+            weight,
+            bias,
+            stride: spec.stride,
+            epilogue,
+        };
+        let squeeze_excitation = match spec.se_channels {
+            Some(squeezed) => Some(SqueezeExcitation::new(&vb, mid, squeezed)?),
+            None => None,
+        };
+        let project = Pointwise::new(
+            vb.pp("_project_conv"),
+            vb.pp("_bn2"),
+            mid,
+            spec.out_channels,
+            Epilogue::Linear,
+        )?;
+        Ok(Self {
+            spec,
+            expand,
+            depthwise,
+            squeeze_excitation,
+            project,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = match &self.expand {
+            Some(expand) => expand.forward(x)?,
+            None => x.clone(),
+        };
+        let dw = &self.depthwise;
+        let mut h = depthwise_conv2d_same(&h, &dw.weight, &dw.bias, dw.stride, dw.epilogue)?;
+        if let Some(se) = &self.squeeze_excitation {
+            h = se.forward(&h)?;
+        }
+        let h = self.project.forward(&h)?;
+        // Drop-connect is a training-time regulariser: in inference the skip is a plain sum.
+        if self.spec.residual {
+            Ok((h + x)?)
+        } else {
+            Ok(h)
+        }
+    }
+}
+
+/// EfficientNet with ImageNet classifier, loaded from lukemelas-named weights (`_conv_stem`, `_bn0`,
+/// `_blocks.N.*`, `_conv_head`, `_bn1`, `_fc`).
+#[derive(Debug, Clone)]
+pub struct EfficientNet {
+    variant: EfficientNetVariant,
+    arch: Architecture,
+    stem_weight: Tensor,
+    stem_bias: ChannelBias,
+    blocks: Vec<MbConv>,
+    head: Pointwise,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    epilogue: Epilogue,
+}
+
+impl EfficientNet {
+    /// Builds `variant` from weights named as in the original code (the root of `vb` holds
+    /// `_conv_stem.weight`). Weights are read as f32 and the network computes in f32 on the
+    /// VarBuilder's device. Fails with the tensor's name on a missing or misshaped weight.
+    pub fn new(variant: EfficientNetVariant, vb: VarBuilder<'_>) -> Result<Self> {
+        let arch = variant.architecture();
+        let epilogue = Epilogue::from(arch.activation);
+        let (stem_weight, stem_bias) = load_conv_bn(
+            vb.pp("_conv_stem"),
+            vb.pp("_bn0"),
+            &[arch.stem_channels, 3, 3, 3],
+        )?;
+        let blocks_vb = vb.pp("_blocks");
+        let blocks = arch
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, &spec)| MbConv::new(blocks_vb.pp(i), spec, epilogue))
+            .collect::<Result<Vec<_>>>()?;
+        let last = arch
+            .blocks
+            .last()
+            .map_or(arch.stem_channels, |b| b.out_channels);
+        let head = Pointwise::new(
+            vb.pp("_conv_head"),
+            vb.pp("_bn1"),
+            last,
+            arch.head_channels,
+            epilogue,
+        )?;
+        let fc = vb.pp("_fc");
+        let fc_weight = load(&fc, "weight", &[arch.num_classes, arch.head_channels])?;
+        let fc_bias = load(&fc, "bias", &[arch.num_classes])?;
+        Ok(Self {
+            variant,
+            stem_bias: ChannelBias::new(stem_bias)?,
+            stem_weight,
+            arch,
+            blocks,
+            head,
+            fc_weight,
+            fc_bias,
+            epilogue,
+        })
+    }
+
+    pub fn variant(&self) -> EfficientNetVariant {
+        self.variant
+    }
+
+    pub fn architecture(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// Number of MBConv blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn check_images(images: &Tensor) -> Result<()> {
+        let ok = images.rank() == 4 && images.dim(1)? == 3 && images.dtype() == DType::F32;
+        if ok && images.dims().iter().all(|&d| d > 0) {
+            return Ok(());
+        }
+        Err(Error::Input {
+            expected: "a non-empty f32 tensor [B, 3, H, W] (normalised RGB)".into(),
+            found: format!("{:?} {:?}", images.dtype(), images.dims()),
+        })
+    }
+
+    /// The stem: 3x3 stride-2 convolution with asymmetric SAME padding, BatchNorm, activation.
+    fn stem(&self, images: &Tensor) -> Result<Tensor> {
+        Self::check_images(images)?;
+        let (_, _, h, w) = images.dims4()?;
+        let (_, top, bottom) = same_padding(h, 3, 2);
+        let (_, left, right) = same_padding(w, 3, 2);
+        let x = images
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?
+            .conv2d(&self.stem_weight, 0, 2, 1, 1)?;
+        bias_activation(x, &self.stem_bias, self.epilogue)
+    }
+
+    /// Runs the stem and blocks `0..=last` and hands each block output to `visit`.
+    fn run_blocks(
+        &self,
+        images: &Tensor,
+        last: usize,
+        mut visit: impl FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
+        let mut x = self.stem(images)?;
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
+            x = block.forward(&x)?;
+            visit(i, &x);
+        }
+        Ok(x)
+    }
+
+    /// The output of every MBConv block, `[B, C_i, H_i, W_i]` each, for normalised images
+    /// `[B, 3, H, W]`.
+    pub fn forward_blocks(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+        let mut outputs = Vec::with_capacity(self.blocks.len());
+        self.run_blocks(images, self.blocks.len().saturating_sub(1), |_, x| {
+            outputs.push(x.clone())
+        })?;
+        Ok(outputs)
+    }
+
+    /// The outputs of the given blocks, in the given order; runs only as deep as the deepest one.
+    pub fn block_outputs(&self, images: &Tensor, blocks: &[usize]) -> Result<Vec<Tensor>> {
+        let Some(&last) = blocks.iter().max() else {
+            return Ok(Vec::new());
+        };
+        if last >= self.blocks.len() {
+            return Err(Error::Config(format!(
+                "block {last} requested, but {} has blocks 0..={}",
+                self.variant.model_name(),
+                self.blocks.len() - 1
+            )));
+        }
+        let mut found: Vec<Option<Tensor>> = vec![None; last + 1];
+        self.run_blocks(images, last, |i, x| {
+            if blocks.contains(&i) {
+                found[i] = Some(x.clone());
+            }
+        })?;
+        Ok(blocks.iter().filter_map(|&i| found[i].clone()).collect())
+    }
+
+    /// ImageNet logits `[B, 1000]`: head 1x1 conv, global average pool, classifier (dropout is
+    /// training-only).
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        let x = self.run_blocks(images, self.blocks.len().saturating_sub(1), |_, _| {})?;
+        let x = self.head.forward(&x)?;
+        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
+        Ok(pooled
+            .matmul(&self.fc_weight.t()?)?
+            .broadcast_add(&self.fc_bias)?)
+    }
+}

@@ -1,0 +1,48 @@
+//! Shared helpers: locating ../shared, loading the real Lite0 weights, comparing tensors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+/// `../shared` beside the checkout (CI always has it).
+pub fn shared() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+pub fn lite0_pth_path() -> PathBuf {
+    shared().join("weights/efficientnet-lite0/efficientnet-lite0-57934424.pth")
+}
+
+pub fn fixtures() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The real EfficientNet-Lite0 ImageNet weights, read with our legacy .pth reader.
+pub fn lite0_tensors() -> HashMap<String, Tensor> {
+    let bytes = std::fs::read(lite0_pth_path()).expect("read the shared Lite0 .pth");
+    iuf_backbone::pth::read_pth(&bytes)
+        .expect("decode the legacy Lite0 checkpoint")
+        .into_iter()
+        .collect()
+}
+
+pub fn var_builder(tensors: HashMap<String, Tensor>) -> VarBuilder<'static> {
+    VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+}
+
+/// Largest absolute difference, after checking the shapes agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

