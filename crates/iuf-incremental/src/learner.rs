@@ -80,7 +80,7 @@ struct LearnerState {
     strategy: Strategy,
     train_config: TrainConfig,
     steps: Vec<StepRecord>,
-    /// Held-out good image scores per object, sorted, for threshold calibration.
+    /// Per object, the 101 quantiles (0, 0.01, .., 1) of its held-out good images' scores.
     calibration: BTreeMap<String, Vec<f32>>,
     /// Images accumulated in each Gram matrix.
     gram_counts: Vec<u64>,
@@ -640,6 +640,14 @@ impl Learner {
                 .map(|(_, &s)| s)
                 .collect();
             scores.sort_by(f32::total_cmp);
+            // A fixed-size sketch (101 quantiles), so the file does not grow with hold-out images.
+            let scores: Vec<f32> = if scores.is_empty() {
+                scores
+            } else {
+                (0..=100)
+                    .filter_map(|i| linear_quantile(&scores, i as f64 / 100.0))
+                    .collect()
+            };
             if let Some(t) = linear_quantile(&scores, self.cfg.calibration.quantile) {
                 self.meta.thresholds.insert(c.clone(), t);
             }

@@ -1,0 +1,229 @@
+//! The protocol runner end to end on real images (a small copy of ../shared/datasets/mvtec-mini) with
+//! the real EfficientNet-Lite0 backbone: results, the feature cache, resuming, bad run folders.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use iuf_backbone::{Backbone, EfficientNetConfig};
+use iuf_data::protocol::Protocol;
+use iuf_data::DatasetRoot;
+use iuf_incremental::config::Strategy;
+use iuf_incremental::feature_store::{BackboneId, FeatureStore};
+use iuf_incremental::{run_protocol, NoProgress, RunSpec, TrainConfig};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn copy_some(src: &Path, dst: &Path, n: usize) {
+    std::fs::create_dir_all(dst).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files.into_iter().take(n) {
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// bottle and tire with 10 train, 3 good and 3 defective test images each.
+fn small_mvtec(root: &Path) {
+    let mini = shared().join("datasets/mvtec-mini");
+    for (class, defect) in [("bottle", "broken_large"), ("tire", "cut")] {
+        let (s, d) = (mini.join(class), root.join(class));
+        copy_some(&s.join("train/good"), &d.join("train/good"), 10);
+        copy_some(&s.join("test/good"), &d.join("test/good"), 3);
+        copy_some(
+            &s.join("test").join(defect),
+            &d.join("test").join(defect),
+            3,
+        );
+        let mut imgs: Vec<PathBuf> = std::fs::read_dir(d.join("test").join(defect))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        imgs.sort();
+        std::fs::create_dir_all(d.join("ground_truth").join(defect)).unwrap();
+        for img in imgs {
+            let stem = img.file_stem().unwrap().to_str().unwrap().to_string();
+            let m = format!("{stem}_mask.png");
+            std::fs::copy(
+                s.join("ground_truth").join(defect).join(&m),
+                d.join("ground_truth").join(defect).join(&m),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn store(cache: &Path) -> FeatureStore {
+    let pth = shared().join("weights/efficientnet-lite0/efficientnet-lite0-57934424.pth");
+    let tensors = iuf_backbone::pth::read_pth(&std::fs::read(&pth).unwrap())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let backbone = Backbone::new(&EfficientNetConfig::lite0(), vb).unwrap();
+    let id = BackboneId {
+        name: "efficientnet-lite0".into(),
+        weights_digest: "shared-lite0".into(),
+    };
+    FeatureStore::new(Some(cache.to_path_buf()), backbone, id, 224, Device::Cpu).unwrap()
+}
+
+#[test]
+fn real_data_protocol_runs_writes_results_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    small_mvtec(&root);
+    let dataset = DatasetRoot::open(&root).unwrap();
+    let store = store(&tmp.path().join("cache"));
+    let protocol = Protocol::parse("bottle | tire", dataset.classes()).unwrap();
+    let mut config = TrainConfig::tiny(store.channels(), 2);
+    config.base.epochs = 2;
+    config.incremental.epochs = 1;
+    let spec = RunSpec {
+        method: Strategy::Iuf,
+        protocol,
+        config,
+        dir: tmp.path().join("run"),
+    };
+    let results = run_protocol(&spec, &dataset, &store, &NoProgress).unwrap();
+
+    assert!(results.complete);
+    assert_eq!(
+        results.steps,
+        vec![vec!["bottle".to_string()], vec!["tire".to_string()]]
+    );
+    let image = &results.metrics["image_auroc"];
+    assert!(
+        image[0][0].is_some() && image[0][1].is_none(),
+        "tire is not learned after step 0: {image:?}"
+    );
+    assert!(image[1].iter().all(Option::is_some));
+    for v in [
+        results.acc.image,
+        results.acc.pixel,
+        results.fm.image,
+        results.fm.pixel,
+    ] {
+        let v = v.expect("ACC and FM exist after two steps");
+        assert!((-1.0..=1.0).contains(&v));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spec.dir.join("results.json")).unwrap()).unwrap();
+    for key in [
+        "method",
+        "protocol",
+        "config",
+        "steps",
+        "metrics",
+        "acc",
+        "fm",
+        "train_seconds",
+        "model_bytes",
+    ] {
+        assert!(json.get(key).is_some(), "results.json lacks `{key}`");
+    }
+    assert_eq!(json["method"], "iuf");
+    assert!(std::fs::read_to_string(spec.dir.join("report.md"))
+        .unwrap()
+        .contains("ACC"));
+
+    // The model file holds the same tensors after each step: its size does not grow with objects.
+    let names = |s: usize| {
+        let l = iuf_model::load_model(
+            iuf_incremental::runner::step_model_path(&spec.dir, s),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut v: Vec<(String, Vec<usize>)> = l
+            .state
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(0), names(1));
+    assert!(names(1)
+        .iter()
+        .any(|(n, d)| n.starts_with("state.gram.") && d == &[32, 32]));
+
+    // Interrupted during step 1: its files are gone. The rerun keeps step 0 and redoes step 1.
+    let step0 = std::fs::read(iuf_incremental::runner::step_model_path(&spec.dir, 0)).unwrap();
+    std::fs::remove_file(iuf_incremental::runner::step_model_path(&spec.dir, 1)).unwrap();
+    let again = run_protocol(&spec, &dataset, &store, &NoProgress).unwrap();
+    assert!(again.complete);
+    assert_eq!(
+        std::fs::read(iuf_incremental::runner::step_model_path(&spec.dir, 0)).unwrap(),
+        step0
+    );
+    assert_eq!(
+        again.metrics["image_auroc"][0], results.metrics["image_auroc"][0],
+        "step 0 was not redone"
+    );
+    assert_eq!(
+        again.metrics["image_auroc"][1], results.metrics["image_auroc"][1],
+        "seeded: the redone step is identical"
+    );
+
+    // The same folder with another config is refused, not overwritten.
+    let mut other = spec.clone();
+    other.config.base.epochs = 3;
+    let err = run_protocol(&other, &dataset, &store, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different run"), "{err}");
+}
+
+#[test]
+fn real_data_feature_cache_detects_corrupt_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let store = store(&cache);
+    let img = shared().join("datasets/mvtec-mini/bottle/test/broken_large/000.png");
+    let (first, s1) = store
+        .features(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    assert_eq!((s1.hits, s1.computed), (0, 1));
+    let (second, s2) = store
+        .features(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    assert_eq!((s2.hits, s2.computed), (1, 0));
+    assert_eq!(
+        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        second.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // Corrupt every entry: it is rejected and recomputed, with the same values.
+    for e in walk(&cache) {
+        let mut b = std::fs::read(&e).unwrap();
+        let n = b.len();
+        b.truncate(n / 2);
+        std::fs::write(&e, b).unwrap();
+    }
+    let (third, s3) = store
+        .features(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    assert_eq!((s3.hits, s3.computed, s3.rejected), (0, 1, 1));
+    assert_eq!(
+        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        third.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert_eq!(first.dims(), &[1, 192, 14, 14]);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
