@@ -1,4 +1,4 @@
-//! Differentiable building blocks the model uses everywhere: layer norm and softmax.
+//! Differentiable building blocks the model uses everywhere: layer norm, softmax, attention.
 //!
 //! candle's fast `ops::layer_norm` / `ops::softmax_last_dim` have no backward pass, so parameters
 //! behind them would silently get no gradient. Every model file calls these functions instead; they
@@ -7,12 +7,15 @@
 //! `ops/fused.rs`, everything else (other dtypes, CUDA) the composition, which is also the
 //! reference the fused ops are tested against.
 
+mod attention;
 mod fused;
 mod kernels;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
+
+pub use attention::AttentionDropout;
 
 /// Layer norm over the last dimension with affine weight and bias, differentiable in all inputs.
 ///
@@ -63,4 +66,85 @@ pub fn softmax_last_dim_composed(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&s)
+}
+
+/// Multi-head attention core: `softmax(q k^T / sqrt(D / heads) + mask) v` per head, with optional
+/// dropout on the attention weights, heads split from and merged back into the last dimension.
+///
+/// `q` [B or 1, Nq, D] (a batch of 1 is shared by every image), `k` and `v` [B, Nk, D], `mask` an
+/// additive [Nq, Nk] tensor (0 or -inf, section 3.5; never differentiated). Returns [B, Nq, D],
+/// the input of the output projection. f32 on the CPU runs the fused op of `ops/attention.rs`;
+/// everything else [`attention_composed`], which gives the same values (and the same dropout mask).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    dropout: Option<AttentionDropout>,
+) -> Result<Tensor> {
+    let (b, _, d) = k.dims3()?;
+    let (bq, nq, _) = q.dims3()?;
+    let q = if bq != b {
+        q.broadcast_as((b, nq, d))?
+    } else {
+        q.clone()
+    };
+    if !(fused::is_cpu_f32(&q) && fused::is_cpu_f32(k) && fused::is_cpu_f32(v)) {
+        return attention_composed(&q, k, v, heads, mask, dropout);
+    }
+    let mask = match mask {
+        Some(m) => m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
+    let scale = (1.0 / ((d / heads.max(1)) as f64).sqrt()) as f32;
+    let dropout = dropout.filter(|dr| dr.p > 0.0);
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    if q.track_op() || k.track_op() || v.track_op() {
+        let op = attention::Attention::new(heads, scale, mask, dropout, attention::KeepProbs::Yes);
+        q.apply_op3(&k, &v, op)
+    } else {
+        let op = attention::Attention::new(heads, scale, mask, dropout, attention::KeepProbs::No);
+        q.apply_op3_no_bwd(&k, &v, &op)
+    }
+}
+
+/// [`attention`] as a composition of differentiable candle ops (any device): the reference for the
+/// fused op and the path for CUDA. `q` must have the batch of `k`.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    dropout: Option<AttentionDropout>,
+) -> Result<Tensor> {
+    let (b, nq, d) = q.dims3()?;
+    let nk = k.dim(1)?;
+    let dh = d / heads.max(1);
+    let split = |x: &Tensor, n: usize| -> Result<Tensor> {
+        x.reshape((b, n, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * heads, n, dh))
+    };
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut scores = (split(q, nq)?.matmul(&split(k, nk)?.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+    }
+    let mut weights = softmax_last_dim_composed(&scores)?;
+    if let Some(drop) = dropout.filter(|dr| dr.p > 0.0) {
+        let mut m = vec![0f32; weights.elem_count()];
+        kernels::dropout_mask(drop.seed, 0, drop.p as f32, &mut m);
+        let m = Tensor::from_vec(m, weights.shape(), &Device::Cpu)?
+            .to_device(weights.device())?
+            .to_dtype(weights.dtype())?;
+        weights = weights.mul(&m)?;
+    }
+    weights
+        .matmul(&split(v, nk)?)?
+        .reshape((b, heads, nq, dh))?
+        .transpose(1, 2)?
+        .reshape((b, nq, d))
 }

@@ -224,6 +224,66 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// In-place softmax over rows of length `d` after adding `bias` (an additive [rows, d] mask,
+    /// or empty for none): the attention-score path of `attention.rs`.
+    pub fn softmax_inplace(s: &mut [f32], bias: &[f32], d: usize) {
+        for (r, row) in s.chunks_exact_mut(d).enumerate() {
+            if !bias.is_empty() {
+                let br = &bias[r * d..(r + 1) * d];
+                for i in 0..d {
+                    row[i] += br[i];
+                }
+            }
+            let m = max(row);
+            let m = if m == f32::NEG_INFINITY { f32::NAN } else { m };
+            for v in row.iter_mut() {
+                *v = exp_nonpositive(*v - m);
+            }
+            let inv = 1.0 / sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// In-place softmax backward over rows of length `d`: g <- y * (g - sum(g * y)).
+    pub fn softmax_bwd_inplace(y: &[f32], g: &mut [f32], d: usize) {
+        for (yr, gr) in y.chunks_exact(d).zip(g.chunks_exact_mut(d)) {
+            let s = dot(yr, gr);
+            for i in 0..d {
+                gr[i] = yr[i] * (gr[i] - s);
+            }
+        }
+    }
+}
+
+/// SplitMix64 finaliser: a counter-based stream, element `i` of a seed's stream is `mix(seed, i)`,
+/// so a dropout mask can be regenerated in the backward pass instead of being stored.
+#[inline(always)]
+fn mix(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Inverted-dropout multipliers for elements `start..start + out.len()` of the stream `seed`:
+/// 0 with probability `p`, else 1 / (1 - p).
+pub fn dropout_mask(seed: u64, start: u64, p: f32, out: &mut [f32]) {
+    let threshold = (p as f64 * 4_294_967_296.0) as u64;
+    let keep = 1.0 / (1.0 - p);
+    for (j, v) in out.iter_mut().enumerate() {
+        *v = if mix(seed, start + j as u64) >> 32 >= threshold {
+            keep
+        } else {
+            0.0
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,3 +278,172 @@ fn other_dtypes_take_the_composition() {
     let sums = s.sum(1).unwrap().to_vec1::<f64>().unwrap();
     assert!(sums.iter().all(|v| (v - 1.0).abs() < 1e-12));
 }
+
+fn attention_inputs(b: usize, nq: usize, nk: usize, d: usize, seed: u64) -> [Tensor; 3] {
+    [
+        randn(&[b, nq, d], seed),
+        randn(&[b, nk, d], seed + 1),
+        randn(&[b, nk, d], seed + 2),
+    ]
+}
+
+fn test_mask(nq: usize, nk: usize) -> Tensor {
+    // Forbid a band of keys per query (like the neighbour mask of section 3.5), never a full row.
+    let m: Vec<f32> = (0..nq * nk)
+        .map(|i| {
+            let (r, c) = (i / nk, i % nk);
+            if r.abs_diff(c) <= 1 {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(m, (nq, nk), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn attention_forward_matches_composition() {
+    let drop = AttentionDropout { p: 0.25, seed: 9 };
+    for (mask, dropout) in [
+        (false, None),
+        (true, None),
+        (false, Some(drop)),
+        (true, Some(drop)),
+    ] {
+        let [q, k, v] = attention_inputs(2, 7, 9, 24, 71);
+        let m = mask.then(|| test_mask(7, 9));
+        let got = attention(&q, &k, &v, 4, m.as_ref(), dropout).unwrap();
+        let want = attention_composed(&q, &k, &v, 4, m.as_ref(), dropout).unwrap();
+        assert_eq!(got.dims(), &[2, 7, 24]);
+        let err = max_abs_diff(&got, &want);
+        assert!(
+            err < 1e-5,
+            "mask {mask}, dropout {dropout:?}: max error {err}"
+        );
+    }
+}
+
+#[test]
+fn attention_shares_a_batch_one_query() {
+    let [q, k, v] = attention_inputs(3, 5, 6, 8, 81);
+    let q1 = q.narrow(0, 0, 1).unwrap();
+    let got = attention(&q1, &k, &v, 2, None, None).unwrap();
+    let want =
+        attention_composed(&q1.broadcast_as((3, 5, 8)).unwrap(), &k, &v, 2, None, None).unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-5);
+}
+
+type AttentionFn = fn(
+    &Tensor,
+    &Tensor,
+    &Tensor,
+    usize,
+    Option<&Tensor>,
+    Option<AttentionDropout>,
+) -> Result<Tensor>;
+
+/// Gradients of `sum(attention(q, k, v) * r)` w.r.t. q, k, v through `f`.
+fn attention_grads(
+    f: AttentionFn,
+    qkv: &[Tensor; 3],
+    mask: Option<&Tensor>,
+    dropout: Option<AttentionDropout>,
+    r: &Tensor,
+) -> [Tensor; 3] {
+    let vars = qkv.clone().map(|t| Var::from_tensor(&t).unwrap());
+    let y = f(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        3,
+        mask,
+        dropout,
+    )
+    .unwrap();
+    let grads = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+}
+
+#[test]
+fn attention_backward_matches_composition() {
+    let drop = AttentionDropout { p: 0.2, seed: 5 };
+    for (mask, dropout) in [(false, None), (true, Some(drop))] {
+        let qkv = attention_inputs(2, 6, 8, 12, 91);
+        let r = randn(&[2, 6, 12], 95);
+        let m = mask.then(|| test_mask(6, 8));
+        let got = attention_grads(attention, &qkv, m.as_ref(), dropout, &r);
+        let want = attention_grads(attention_composed, &qkv, m.as_ref(), dropout, &r);
+        for (name, g, e) in [
+            ("q", &got[0], &want[0]),
+            ("k", &got[1], &want[1]),
+            ("v", &got[2], &want[2]),
+        ] {
+            let err = max_abs_diff(g, e);
+            assert!(err < 1e-5, "mask {mask}, grad of {name}: max error {err}");
+        }
+    }
+}
+
+#[test]
+fn attention_gradients_match_finite_differences() {
+    let qkv = attention_inputs(1, 4, 5, 6, 101);
+    let r = randn(&[1, 4, 6], 105);
+    let m = test_mask(4, 5);
+    let grads = attention_grads(attention, &qkv, Some(&m), None, &r);
+    let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f32 {
+        let y = attention(q, k, v, 3, Some(&m), None).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let [q, k, v] = &qkv;
+    let h = 1e-2;
+    assert_close(
+        "dq",
+        &grads[0],
+        &finite_difference(&|t| loss(t, k, v), q, h),
+        2e-2,
+    );
+    assert_close(
+        "dk",
+        &grads[1],
+        &finite_difference(&|t| loss(q, t, v), k, h),
+        2e-2,
+    );
+    assert_close(
+        "dv",
+        &grads[2],
+        &finite_difference(&|t| loss(q, k, t), v, h),
+        2e-2,
+    );
+}
+
+#[test]
+fn attention_second_backward_recomputes_probabilities() {
+    let qkv = attention_inputs(2, 5, 5, 6, 111);
+    let r = randn(&[2, 5, 6], 115);
+    let vars = qkv.clone().map(|t| Var::from_tensor(&t).unwrap());
+    let y = attention(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        3,
+        None,
+        None,
+    )
+    .unwrap();
+    let loss = (y * &r).unwrap().sum_all().unwrap();
+    let first = loss.backward().unwrap();
+    let second = loss.backward().unwrap();
+    for v in &vars {
+        let (a, b) = (
+            first.get(v.as_tensor()).unwrap(),
+            second.get(v.as_tensor()).unwrap(),
+        );
+        assert!(max_abs_diff(a, b) < 1e-6);
+    }
+}

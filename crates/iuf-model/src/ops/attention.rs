@@ -1,0 +1,400 @@
+//! Fused multi-head attention core on the CPU: `softmax(q k^T * scale + mask)` with dropout, times
+//! `v`, as one candle custom op with a hand-written backward.
+//!
+//! The composition (split heads, batched `q k^T`, mask add, softmax, dropout, `@ v`, merge heads)
+//! materialises five [B * H, Nq, Nk] tensors in the autograd graph; candle's backward then adds
+//! a zero-initialised gradient buffer and an add pass for each. Here every (image, head) pair is
+//! one rayon task that runs single-threaded gemms on strided views of the [B, N, D] inputs (no
+//! head split or merge copies), keeps its Nq x Nk scores in cache, and stores only the softmax
+//! probabilities for the backward; the dropout mask is regenerated from its seed.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fused::{f32_slice, with_f32};
+use super::kernels;
+
+/// Dropout on the attention probabilities (section 3: attention dropout 0.1 in training).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionDropout {
+    /// Probability of zeroing an attention weight.
+    pub p: f64,
+    /// Seed of the counter-based mask stream: element (b, h, i, j) uses counter
+    /// `((b * H + h) * Nq + i) * Nk + j`, so the mask is the same on every thread count.
+    pub seed: u64,
+}
+
+/// Shape of one call: batch, heads, query and key tokens, head width.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    nq: usize,
+    nk: usize,
+    dh: usize,
+}
+
+impl Dims {
+    fn d(&self) -> usize {
+        self.h * self.dh
+    }
+}
+
+/// A raw pointer that rayon tasks share; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used to write disjoint (image, head) column blocks from different tasks.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `dst = beta * lhs rhs` (m x n, inner k), single-threaded, with explicit row/column strides.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides and sizes address; `dst` must not be
+/// written concurrently by anyone else.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+pub(crate) struct Attention {
+    heads: usize,
+    scale: f32,
+    /// Additive [Nq, Nk] mask, or empty.
+    mask: Vec<f32>,
+    dropout: Option<AttentionDropout>,
+    /// Whether the forward keeps the probabilities for the backward (only when a gradient can
+    /// flow; inference keeps nothing).
+    keep_probs: KeepProbs,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeepProbs {
+    Yes,
+    No,
+}
+
+impl Attention {
+    pub(crate) fn new(
+        heads: usize,
+        scale: f32,
+        mask: Vec<f32>,
+        dropout: Option<AttentionDropout>,
+        keep_probs: KeepProbs,
+    ) -> Self {
+        Self {
+            heads,
+            scale,
+            mask,
+            dropout,
+            keep_probs,
+            probs: Mutex::new(None),
+        }
+    }
+
+    fn dims(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<Dims> {
+        let (q, k, v) = (lq.dims(), lk.dims(), lv.dims());
+        if q.len() != 3 || k.len() != 3 || k != v || q[0] != k[0] || q[2] != k[2] {
+            bail!("attention: expected q [B, Nq, D] and k = v [B, Nk, D], found q {q:?}, k {k:?}, v {v:?}");
+        }
+        let h = self.heads;
+        if h == 0 || q[2] % h != 0 {
+            bail!("attention: width {} is not a multiple of {h} heads", q[2]);
+        }
+        let dims = Dims {
+            b: q[0],
+            h,
+            nq: q[1],
+            nk: k[1],
+            dh: q[2] / h,
+        };
+        if !self.mask.is_empty() && self.mask.len() != dims.nq * dims.nk {
+            bail!(
+                "attention: mask has {} elements, expected [{}, {}]",
+                self.mask.len(),
+                dims.nq,
+                dims.nk
+            );
+        }
+        Ok(dims)
+    }
+
+    /// Probabilities of one (image, head) pair into `p` [Nq, Nk]: softmax(scale q k^T + mask).
+    fn probabilities(&self, dm: Dims, bh: usize, q: &[f32], k: &[f32], p: &mut [f32]) {
+        let (b, h) = (bh / dm.h, bh % dm.h);
+        let d = dm.d();
+        // SAFETY: q and k are [B, N, D] slices; the head's columns h*dh..(h+1)*dh of image b lie
+        // inside them; p has Nq * Nk elements.
+        unsafe {
+            matmul(
+                (dm.nq, dm.nk, dm.dh),
+                p.as_mut_ptr(),
+                (dm.nk, 1),
+                q.as_ptr().add(b * dm.nq * d + h * dm.dh),
+                (d, 1),
+                k.as_ptr().add(b * dm.nk * d + h * dm.dh),
+                (1, d),
+                self.scale,
+            );
+        }
+        kernels::softmax_inplace(p, &self.mask, dm.nk);
+    }
+
+    /// `p` times the dropout multipliers of pair `bh` into `out`.
+    fn dropped(&self, dm: Dims, bh: usize, p: &[f32], out: &mut [f32], drop: AttentionDropout) {
+        let start = (bh * dm.nq * dm.nk) as u64;
+        kernels::dropout_mask(drop.seed, start, drop.p as f32, out);
+        out.iter_mut().zip(p).for_each(|(o, p)| *o *= p);
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "iuf-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = self.dims(lq, lk, lv)?;
+        let q = f32_slice(sq, lq, "attention q")?;
+        let k = f32_slice(sk, lk, "attention k")?;
+        let v = f32_slice(sv, lv, "attention v")?;
+        let d = dm.d();
+        let pairs = dm.b * dm.h;
+        let pn = dm.nq * dm.nk;
+        let mut out = vec![0f32; dm.b * dm.nq * d];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        let keep = self.keep_probs == KeepProbs::Yes;
+        let mut probs = if keep {
+            vec![0f32; pairs * pn]
+        } else {
+            Vec::new()
+        };
+
+        let head = |bh: usize, p: &mut [f32], scratch: &mut Vec<f32>| {
+            self.probabilities(dm, bh, q, k, p);
+            let weights: &[f32] = match self.dropout {
+                Some(drop) => {
+                    scratch.resize(pn, 0.0);
+                    self.dropped(dm, bh, p, scratch, drop);
+                    scratch
+                }
+                None => p,
+            };
+            let (b, h) = (bh / dm.h, bh % dm.h);
+            // SAFETY: pair (b, h) writes only its own columns h*dh..(h+1)*dh of image b's rows.
+            unsafe {
+                matmul(
+                    (dm.nq, dm.dh, dm.nk),
+                    out_ptr.at(b * dm.nq * d + h * dm.dh),
+                    (d, 1),
+                    weights.as_ptr(),
+                    (dm.nk, 1),
+                    v.as_ptr().add(b * dm.nk * d + h * dm.dh),
+                    (d, 1),
+                    1.0,
+                );
+            }
+        };
+        if pn > 0 && pairs > 0 {
+            if keep {
+                probs
+                    .par_chunks_mut(pn)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scratch, (bh, p)| head(bh, p, scratch));
+            } else {
+                (0..pairs).into_par_iter().for_each_init(
+                    || (vec![0f32; pn], Vec::new()),
+                    |(p, scratch), bh| head(bh, p, scratch),
+                );
+            }
+        }
+        if keep {
+            *self.probs.lock().expect("attention probabilities lock") = Some(probs);
+        }
+        Ok((CpuStorage::F32(out), lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = self.dims(q.layout(), k.layout(), v.layout())?;
+        let stored = self
+            .probs
+            .lock()
+            .expect("attention probabilities lock")
+            .take();
+        let d = dm.d();
+        let pn = dm.nq * dm.nk;
+        let mut dq = vec![0f32; q.elem_count()];
+        let mut dk = vec![0f32; k.elem_count()];
+        let mut dv = vec![0f32; v.elem_count()];
+        let (dq_ptr, dk_ptr, dv_ptr) = (
+            SharedMut(dq.as_mut_ptr()),
+            SharedMut(dk.as_mut_ptr()),
+            SharedMut(dv.as_mut_ptr()),
+        );
+        with_f32(q, "attention backward q", |qs| {
+            with_f32(k, "attention backward k", |ks| {
+                with_f32(v, "attention backward v", |vs| {
+                    with_f32(grad, "attention backward grad", |go| {
+                        let pair = |bh: usize, p: &[f32], dp: &mut Vec<f32>, pd: &mut Vec<f32>| {
+                            let (b, h) = (bh / dm.h, bh % dm.h);
+                            let qo = b * dm.nq * d + h * dm.dh;
+                            let ko = b * dm.nk * d + h * dm.dh;
+                            dp.resize(pn, 0.0);
+                            let weights: &[f32] = match self.dropout {
+                                Some(drop) => {
+                                    pd.resize(pn, 0.0);
+                                    self.dropped(dm, bh, p, pd, drop);
+                                    pd
+                                }
+                                None => p,
+                            };
+                            // SAFETY (all four products): the operands are the [B, N, D]
+                            // slices at this pair's head columns and the pair's own Nq x Nk
+                            // buffers; each pair writes only its own columns of dq, dk, dv.
+                            unsafe {
+                                // dV = W^T dO, W the (dropped-out) weights.
+                                matmul(
+                                    (dm.nk, dm.dh, dm.nq),
+                                    dv_ptr.at(ko),
+                                    (d, 1),
+                                    weights.as_ptr(),
+                                    (1, dm.nk),
+                                    go.as_ptr().add(qo),
+                                    (d, 1),
+                                    1.0,
+                                );
+                                // dW = dO V^T.
+                                matmul(
+                                    (dm.nq, dm.nk, dm.dh),
+                                    dp.as_mut_ptr(),
+                                    (dm.nk, 1),
+                                    go.as_ptr().add(qo),
+                                    (d, 1),
+                                    vs.as_ptr().add(ko),
+                                    (1, d),
+                                    1.0,
+                                );
+                            }
+                            if let Some(drop) = self.dropout {
+                                // dP = dW * M: reuse the mask stream (pd holds P * M; rebuild M).
+                                let start = (bh * pn) as u64;
+                                kernels::dropout_mask(drop.seed, start, drop.p as f32, pd);
+                                dp.iter_mut().zip(pd.iter()).for_each(|(g, m)| *g *= m);
+                            }
+                            // dS = P * (dP - rowsum(dP * P)).
+                            kernels::softmax_bwd_inplace(p, dp, dm.nk);
+                            unsafe {
+                                // dQ = scale dS K.
+                                matmul(
+                                    (dm.nq, dm.dh, dm.nk),
+                                    dq_ptr.at(qo),
+                                    (d, 1),
+                                    dp.as_ptr(),
+                                    (dm.nk, 1),
+                                    ks.as_ptr().add(ko),
+                                    (d, 1),
+                                    self.scale,
+                                );
+                                // dK = scale dS^T Q.
+                                matmul(
+                                    (dm.nk, dm.dh, dm.nq),
+                                    dk_ptr.at(ko),
+                                    (d, 1),
+                                    dp.as_ptr(),
+                                    (1, dm.nk),
+                                    qs.as_ptr().add(qo),
+                                    (d, 1),
+                                    self.scale,
+                                );
+                            }
+                        };
+                        let pairs = dm.b * dm.h;
+                        if pn == 0 || pairs == 0 {
+                            return Ok(());
+                        }
+                        match &stored {
+                            Some(probs) => probs.par_chunks(pn).enumerate().for_each_init(
+                                || (Vec::new(), Vec::new()),
+                                |(dp, pd), (bh, p)| pair(bh, p, dp, pd),
+                            ),
+                            // A second backward through the same graph: recompute P.
+                            None => (0..pairs).into_par_iter().for_each_init(
+                                || (vec![0f32; pn], Vec::new(), Vec::new()),
+                                |(p, dp, pd), bh| {
+                                    self.probabilities(dm, bh, qs, ks, p);
+                                    pair(bh, p, dp, pd)
+                                },
+                            ),
+                        }
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
