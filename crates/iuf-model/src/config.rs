@@ -97,7 +97,8 @@ impl TransformerConfig {
         if self.in_channels == 0 {
             return bad("transformer.in_channels must be > 0".into());
         }
-        if self.hidden_dim == 0 || self.nheads == 0 || !self.hidden_dim.is_multiple_of(self.nheads) {
+        if self.hidden_dim == 0 || self.nheads == 0 || !self.hidden_dim.is_multiple_of(self.nheads)
+        {
             return bad(format!(
                 "transformer.hidden_dim ({}) must be a positive multiple of transformer.nheads ({})",
                 self.hidden_dim, self.nheads

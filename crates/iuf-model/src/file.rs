@@ -187,9 +187,11 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
     let header = header.metadata().clone().unwrap_or_default();
     match header.get(KEY_FORMAT) {
         Some(f) if f == FORMAT => {}
-        other => return Err(format(format!(
+        other => {
+            return Err(format(format!(
             "not an iuf model file: header key `{KEY_FORMAT}` is {other:?}, expected \"{FORMAT}\""
-        ))),
+        )))
+        }
     }
     let version = header.get(KEY_VERSION).cloned().unwrap_or_default();
     if version != FORMAT_VERSION.to_string() {

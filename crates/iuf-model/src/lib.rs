@@ -18,8 +18,7 @@ pub mod reference;
 pub mod transformer;
 
 pub use config::{
-    DiscriminatorConfig, DiscriminatorInput, JitterConfig, ModelConfig, OasaMode,
-    TransformerConfig,
+    DiscriminatorConfig, DiscriminatorInput, JitterConfig, ModelConfig, OasaMode, TransformerConfig,
 };
 pub use discriminator::{Discriminator, DiscriminatorOutput};
 pub use error::{ModelError, Result, TensorProblem};
