@@ -1,4 +1,4 @@
-//! Differentiable building blocks the model uses everywhere: layer norm, softmax, attention.
+//! Differentiable building blocks the model uses everywhere: layer norm, softmax, attention, linear.
 //!
 //! candle's fast `ops::layer_norm` / `ops::softmax_last_dim` have no backward pass, so parameters
 //! behind them would silently get no gradient. Every model file calls these functions instead; they
@@ -10,12 +10,14 @@
 mod attention;
 mod fused;
 mod kernels;
+mod linear;
 #[cfg(test)]
 mod tests;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::AttentionDropout;
+pub use linear::Activation;
 
 /// Layer norm over the last dimension with affine weight and bias, differentiable in all inputs.
 ///
@@ -147,4 +149,51 @@ pub fn attention_composed(
         .reshape((b, heads, nq, dh))?
         .transpose(1, 2)?
         .reshape((b, nq, d))
+}
+
+/// `act(x W^T + b)` over the last dimension: `x` [..., in], `weight` [out, in], `bias` [out].
+/// f32 on the CPU runs the fused op of `ops/linear.rs`; everything else [`linear_composed`].
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    let dims = x.dims();
+    let din = dims.last().copied().unwrap_or(0);
+    let dout = weight.dim(0)?;
+    if !(fused::is_cpu_f32(x) && fused::is_cpu_f32(weight) && fused::is_cpu_f32(bias)) {
+        return linear_composed(x, weight, bias, act);
+    }
+    let rows = x.elem_count() / din.max(1);
+    let y = x.reshape((rows, din))?.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        linear::Linear { act },
+    )?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = dout;
+    }
+    y.reshape(out_dims)
+}
+
+/// [`linear`] as a composition of differentiable candle ops (any device).
+pub fn linear_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    act: Activation,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let din = dims.last().copied().unwrap_or(0);
+    let rows = x.elem_count() / din.max(1);
+    let y = x
+        .reshape((rows, din))?
+        .matmul(&weight.t()?)?
+        .broadcast_add(bias)?;
+    let y = match act {
+        Activation::Identity => y,
+        Activation::Relu => y.relu()?,
+    };
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = weight.dim(0)?;
+    }
+    y.reshape(out_dims)
 }

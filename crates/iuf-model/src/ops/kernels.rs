@@ -260,6 +260,52 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Adds `bias` to every row of `y` (rows of `bias.len()`), then the activation.
+    pub fn bias_act_rows(y: &mut [f32], bias: &[f32], act: super::Activation) {
+        let d = bias.len();
+        for row in y.chunks_exact_mut(d) {
+            if act == super::Activation::Relu {
+                for i in 0..d {
+                    let v = row[i] + bias[i];
+                    row[i] = if v > 0.0 { v } else { 0.0 };
+                }
+            } else {
+                for i in 0..d {
+                    row[i] += bias[i];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// ReLU backward on rows: `g` where the output `y` is positive, else 0, written to `out`;
+    /// adds the column sums of the result to `db` (the bias gradient).
+    pub fn relu_bwd_colsum(y: &[f32], g: &[f32], out: &mut [f32], db: &mut [f32]) {
+        let d = db.len();
+        for ((yr, gr), or) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
+            for i in 0..d {
+                let v = if yr[i] > 0.0 { gr[i] } else { 0.0 };
+                or[i] = v;
+                db[i] += v;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Adds the column sums of `g` (rows of `db.len()`) to `db`.
+    pub fn colsum(g: &[f32], db: &mut [f32]) {
+        let d = db.len();
+        for gr in g.chunks_exact(d) {
+            for i in 0..d {
+                db[i] += gr[i];
+            }
+        }
+    }
+}
+
 /// SplitMix64 finaliser: a counter-based stream, element `i` of a seed's stream is `mix(seed, i)`,
 /// so a dropout mask can be regenerated in the backward pass instead of being stored.
 #[inline(always)]

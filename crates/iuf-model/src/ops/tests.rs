@@ -447,3 +447,82 @@ fn attention_second_backward_recomputes_probabilities() {
         assert!(max_abs_diff(a, b) < 1e-6);
     }
 }
+
+type LinearFn = fn(&Tensor, &Tensor, &Tensor, Activation) -> Result<Tensor>;
+
+fn linear_grads(f: LinearFn, xwb: &[Tensor; 3], act: Activation, r: &Tensor) -> [Tensor; 3] {
+    let vars = xwb.clone().map(|t| Var::from_tensor(&t).unwrap());
+    let y = f(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        act,
+    )
+    .unwrap();
+    let grads = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+}
+
+#[test]
+fn linear_matches_composition_forward_and_backward() {
+    for act in [Activation::Identity, Activation::Relu] {
+        let xwb = [
+            randn(&[2, 9, 20], 121),
+            randn(&[13, 20], 122),
+            randn(&[13], 123),
+        ];
+        let got = linear(&xwb[0], &xwb[1], &xwb[2], act).unwrap();
+        let want = linear_composed(&xwb[0], &xwb[1], &xwb[2], act).unwrap();
+        assert_eq!(got.dims(), &[2, 9, 13]);
+        assert!(max_abs_diff(&got, &want) < 1e-5, "{act:?} forward");
+        let r = randn(&[2, 9, 13], 124);
+        let g = linear_grads(linear, &xwb, act, &r);
+        let e = linear_grads(linear_composed, &xwb, act, &r);
+        for (name, a, b) in [
+            ("x", &g[0], &e[0]),
+            ("weight", &g[1], &e[1]),
+            ("bias", &g[2], &e[2]),
+        ] {
+            let err = max_abs_diff(a, b);
+            assert!(err < 1e-4, "{act:?}, grad of {name}: max error {err}");
+        }
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let act = Activation::Relu;
+    let xwb = [randn(&[5, 6], 131), randn(&[4, 6], 132), randn(&[4], 133)];
+    let r = randn(&[5, 4], 134);
+    let grads = linear_grads(linear, &xwb, act, &r);
+    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f32 {
+        let y = linear(x, w, b, act).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let [x, w, b] = &xwb;
+    // ReLU kinks: a small step keeps every pre-activation on its side for these inputs.
+    let h = 1e-3;
+    assert_close(
+        "dx",
+        &grads[0],
+        &finite_difference(&|t| loss(t, w, b), x, h),
+        2e-2,
+    );
+    assert_close(
+        "dweight",
+        &grads[1],
+        &finite_difference(&|t| loss(x, t, b), w, h),
+        2e-2,
+    );
+    assert_close(
+        "dbias",
+        &grads[2],
+        &finite_difference(&|t| loss(x, w, t), b, h),
+        2e-2,
+    );
+}

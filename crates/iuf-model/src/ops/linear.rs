@@ -1,0 +1,219 @@
+//! Fused linear layer on the CPU: `act(x W^T + b)` as one candle custom op with a hand-written
+//! backward.
+//!
+//! The composition `x.matmul(W^T).broadcast_add(b)` costs, besides the gemm, a single-threaded
+//! bias pass, and in the backward candle's strided reduction over rows for the bias gradient
+//! (slower than the gemm for the 1024-wide FFN layer) plus a zero-filled buffer and an add for
+//! every intermediate. Here the bias (and ReLU) are applied in place on the gemm's output, and
+//! the backward is two gemms and one vectorised column sum.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fused::{f32_slice, with_f32};
+use super::kernels;
+
+/// The activation applied after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
+fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// Rows per rayon task for the row-wise passes.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(16)
+}
+
+/// `dst [m, n] = lhs [m, k] * rhs [k, n]`, multi-threaded, explicit (row, column) strides.
+///
+/// # Safety
+/// The pointers must address valid memory for the given sizes and strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// `CustomOp3(x [rows, in], weight [out, in], bias [out])` -> [rows, out].
+pub(crate) struct Linear {
+    pub(crate) act: Activation,
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "iuf-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32_slice(sx, lx, "linear x")?,
+            f32_slice(sw, lw, "linear weight")?,
+            f32_slice(sb, lb, "linear bias")?,
+        );
+        let (&[rows, din], &[dout, win]) = (lx.dims(), lw.dims()) else {
+            bail!(
+                "linear: expected x [rows, in] and weight [out, in], found {:?} and {:?}",
+                lx.dims(),
+                lw.dims()
+            );
+        };
+        if win != din || b.len() != dout {
+            bail!(
+                "linear: x {:?}, weight {:?}, bias {:?} do not fit",
+                lx.dims(),
+                lw.dims(),
+                lb.dims()
+            );
+        }
+        let mut y = vec![0f32; rows * dout];
+        if rows > 0 && dout > 0 {
+            // SAFETY: y [rows, out], x [rows, in], weight [out, in] read as its transpose.
+            unsafe {
+                matmul(
+                    (rows, dout, din),
+                    y.as_mut_ptr(),
+                    (dout, 1),
+                    x.as_ptr(),
+                    (din, 1),
+                    w.as_ptr(),
+                    (1, din),
+                );
+            }
+            let block = rows_per_task(rows) * dout;
+            y.par_chunks_mut(block)
+                .for_each(|yc| kernels::bias_act_rows(yc, b, self.act));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, dout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, din) = x.dims2()?;
+        let dout = weight.dim(0)?;
+        let mut dx = vec![0f32; rows * din];
+        let mut dw = vec![0f32; dout * din];
+        let mut db = vec![0f32; dout];
+        with_f32(grad, "linear backward grad", |g| {
+            with_f32(res, "linear backward output", |y| {
+                with_f32(x, "linear backward x", |xs| {
+                    with_f32(weight, "linear backward weight", |ws| {
+                        if rows == 0 || dout == 0 {
+                            return Ok(());
+                        }
+                        let block = rows_per_task(rows) * dout;
+                        // The gradient behind the activation, and its column sums (= db).
+                        let mut gz = Vec::new();
+                        let partials: Vec<Vec<f32>> = match self.act {
+                            Activation::Relu => {
+                                gz = vec![0f32; rows * dout];
+                                gz.par_chunks_mut(block)
+                                    .zip(y.par_chunks(block).zip(g.par_chunks(block)))
+                                    .map(|(oc, (yc, gc))| {
+                                        let mut acc = vec![0f32; dout];
+                                        kernels::relu_bwd_colsum(yc, gc, oc, &mut acc);
+                                        acc
+                                    })
+                                    .collect()
+                            }
+                            Activation::Identity => g
+                                .par_chunks(block)
+                                .map(|gc| {
+                                    let mut acc = vec![0f32; dout];
+                                    kernels::colsum(gc, &mut acc);
+                                    acc
+                                })
+                                .collect(),
+                        };
+                        for p in partials {
+                            db.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+                        }
+                        let gz: &[f32] = if gz.is_empty() { g } else { &gz };
+                        // SAFETY: dx [rows, in] = gz [rows, out] w [out, in];
+                        // dw [out, in] = gz^T [out, rows] x [rows, in].
+                        unsafe {
+                            matmul(
+                                (rows, din, dout),
+                                dx.as_mut_ptr(),
+                                (din, 1),
+                                gz.as_ptr(),
+                                (dout, 1),
+                                ws.as_ptr(),
+                                (din, 1),
+                            );
+                            matmul(
+                                (dout, din, rows),
+                                dw.as_mut_ptr(),
+                                (din, 1),
+                                gz.as_ptr(),
+                                (1, dout),
+                                xs.as_ptr(),
+                                (din, 1),
+                            );
+                        }
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, din), dev)?),
+            Some(Tensor::from_vec(dw, (dout, din), dev)?),
+            Some(Tensor::from_vec(db, dout, dev)?),
+        ))
+    }
+}
