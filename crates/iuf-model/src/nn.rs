@@ -1,14 +1,15 @@
 //! Building blocks with the initialisation of section 3.7: linear, layer norm, multi-head attention.
 //!
 //! Linear layers work on 2-D views (`[rows, in] x [in, out]^T`) so that candle runs one large gemm
-//! per projection; attention runs batched matmuls over `[B * heads, N, head_dim]` contiguous tensors.
+//! per projection; attention runs the fused `ops::attention` (per-head gemms on strided views).
 
 use candle_core::{Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::{ModelError, Result};
-use crate::ops;
-use crate::random::{dropout, Mode};
+use crate::ops::{self, Activation};
+use crate::random::Mode;
+use rand::RngCore;
 
 /// Xavier-uniform bound for a weight of `fan_in` inputs and `fan_out` outputs.
 pub(crate) fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
@@ -44,17 +45,17 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let out_dim = self.weight.dim(0)?;
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = out_dim;
-        Ok(y.reshape(out_dims)?)
+        Ok(ops::linear(
+            x,
+            &self.weight,
+            &self.bias,
+            Activation::Identity,
+        )?)
+    }
+
+    /// `relu(x W^T + b)` (the FFN's first layer), fused on the CPU.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(x, &self.weight, &self.bias, Activation::Relu)?)
     }
 }
 
@@ -120,43 +121,22 @@ impl MultiHeadAttention {
         bias: Option<&Tensor>,
         mode: &mut Mode<'_>,
     ) -> Result<Tensor> {
-        let (b, _, d) = key.dims3()?;
-        let (bq, nq, _) = query.dims3()?;
-        let h = self.nheads;
-        let dh = d / h;
-        let scale = 1.0 / (dh as f64).sqrt();
-        // PyTorch scales the projected query (bias included) before q k^T.
-        let q = self.q_proj.forward(query)?.affine(scale, 0.0)?;
-        let q = if bq != b {
-            q.broadcast_as((b, nq, d))?
-        } else {
-            q
+        // A batch-1 query (the decoder's learned table) is projected once and shared by every
+        // image inside `ops::attention`. PyTorch scales the projected query before q k^T; the
+        // fused op scales the scores instead, which is the same product.
+        let q = self.q_proj.forward(query)?;
+        let k = self.k_proj.forward(key)?;
+        let v = self.v_proj.forward(value)?;
+        let drop = match mode {
+            Mode::Train(rng) if self.dropout > 0.0 => Some(ops::AttentionDropout {
+                p: self.dropout,
+                seed: rng.next_u64(),
+            }),
+            _ => None,
         };
-        let q = split_heads(&q, h)?;
-        let k = split_heads(&self.k_proj.forward(key)?, h)?;
-        let v = split_heads(&self.v_proj.forward(value)?, h)?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let attn = ops::softmax_last_dim(&scores)?;
-        let attn = dropout(&attn, self.dropout, mode)?;
-        let out = attn
-            .matmul(&v)?
-            .reshape((b, h, nq, dh))?
-            .transpose(1, 2)?
-            .reshape((b, nq, d))?;
+        let out = ops::attention(&q, &k, &v, self.nheads, bias, drop)?;
         self.out_proj.forward(&out)
     }
-}
-
-/// [B, N, D] -> [B * heads, N, D / heads], contiguous.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, d) = x.dims3()?;
-    Ok(x.reshape((b, n, heads, d / heads))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b * heads, n, d / heads))?)
 }
 
 /// Mean over the token axis: [B, N, D] -> [B, D].

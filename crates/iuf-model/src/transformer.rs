@@ -88,7 +88,7 @@ impl EncoderLayer {
         let x = self
             .norm1
             .forward(&(x + dropout(&attn, self.dropout, mode)?)?)?;
-        let hidden = dropout(&self.linear1.forward(&x)?.relu()?, self.dropout, mode)?;
+        let hidden = dropout(&self.linear1.forward_relu(&x)?, self.dropout, mode)?;
         let ffn = self.linear2.forward(&hidden)?;
         let x = self
             .norm2
@@ -167,7 +167,7 @@ impl DecoderLayer {
             self.multihead_attn
                 .forward(&t.broadcast_add(pos)?, &prev_pos, prev, mask, mode)?;
         let t = self.norm2.forward(&(t + dropout(&attn, p, mode)?)?)?;
-        let hidden = dropout(&self.linear1.forward(&t)?.relu()?, p, mode)?;
+        let hidden = dropout(&self.linear1.forward_relu(&t)?, p, mode)?;
         let ffn = self.linear2.forward(&hidden)?;
         let t = self.norm3.forward(&(t + dropout(&ffn, p, mode)?)?)?;
         ffn_outputs.push(ffn);
