@@ -7,7 +7,10 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Architecture, BlockSpec, EfficientNetVariant};
 use crate::error::{Error, Result};
-use crate::ops::{bias_activation, depthwise_conv2d_same, same_padding, ChannelBias, Epilogue};
+use crate::ops::{
+    bias_activation, conv2d_same, depthwise_conv2d_same, depthwise_conv2d_same_fused, ChannelBias,
+    Epilogue,
+};
 
 /// BatchNorm epsilon of the TensorFlow-trained EfficientNets.
 const BN_EPS: f64 = 1e-3;
@@ -85,14 +88,17 @@ impl Pointwise {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The convolution without bias and activation, `[B, Cout, H, W]`.
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (b, cin, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
         let x = x.reshape((b, cin, h * w))?;
         let y = self.weight.broadcast_as((b, cout, cin))?.matmul(&x)?;
-        bias_activation(y, &self.bias, self.epilogue)?
-            .reshape((b, cout, h, w))
-            .map_err(Error::from)
+        Ok(y.reshape((b, cout, h, w))?)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        bias_activation(self.matmul(x)?, &self.bias, self.epilogue)
     }
 }
 
@@ -199,12 +205,21 @@ impl MbConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = match &self.expand {
-            Some(expand) => expand.forward(x)?,
-            None => x.clone(),
-        };
         let dw = &self.depthwise;
-        let mut h = depthwise_conv2d_same(&h, &dw.weight, &dw.bias, dw.stride, dw.epilogue)?;
+        // The expansion's bias and activation are applied by the depthwise kernel as it reads its
+        // input: one pass less over the block's largest tensor.
+        let mut h = match &self.expand {
+            Some(expand) => depthwise_conv2d_same_fused(
+                expand.matmul(x)?,
+                &expand.bias,
+                expand.epilogue,
+                &dw.weight,
+                &dw.bias,
+                dw.stride,
+                dw.epilogue,
+            )?,
+            None => depthwise_conv2d_same(x, &dw.weight, &dw.bias, dw.stride, dw.epilogue)?,
+        };
         if let Some(se) = &self.squeeze_excitation {
             h = se.forward(&h)?;
         }
@@ -306,13 +321,7 @@ impl EfficientNet {
     /// The stem: 3x3 stride-2 convolution with asymmetric SAME padding, BatchNorm, activation.
     fn stem(&self, images: &Tensor) -> Result<Tensor> {
         Self::check_images(images)?;
-        let (_, _, h, w) = images.dims4()?;
-        let (_, top, bottom) = same_padding(h, 3, 2);
-        let (_, left, right) = same_padding(w, 3, 2);
-        let x = images
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?
-            .conv2d(&self.stem_weight, 0, 2, 1, 1)?;
+        let x = conv2d_same(images, &self.stem_weight, 2)?;
         bias_activation(x, &self.stem_bias, self.epilogue)
     }
 

@@ -1,14 +1,17 @@
 //! Tensor kernels of the backbone: the direct depthwise convolution (CPU custom op with a candle
-//! fallback), the fused bias + activation epilogue, TF "SAME" padding, and the bilinear
-//! align_corners=True resize of the neck.
+//! fallback), the im2col stem convolution, the fused bias + activation epilogue, TF "SAME" padding,
+//! and the bilinear align_corners=True resize of the neck.
 
 mod depthwise;
 mod epilogue;
+mod im2col;
 mod resize;
 
+pub(crate) use depthwise::depthwise_conv2d_same_fused;
 pub use depthwise::{depthwise_conv2d_same, depthwise_conv2d_same_reference};
 pub use epilogue::{activate, Epilogue};
 pub(crate) use epilogue::{bias_activation, ChannelBias};
+pub(crate) use im2col::conv2d_same;
 pub use resize::resize_bilinear_align_corners;
 
 /// TF "SAME" padding along one axis: output size `ceil(input / stride)`, and the zero padding

@@ -74,3 +74,46 @@ fn real_lite0_feature_align_matches_pytorch() {
     assert!(abs < BLOCK_TOLERANCE, "max {abs}");
     assert!(mean < MEAN_TOLERANCE, "mean {mean}");
 }
+
+/// EfficientNet-B4 (squeeze-excitation, swish, the paper's backbone) against our plain-PyTorch
+/// model with random weights and BatchNorm statistics, saved in the legacy format under the
+/// lukemelas names. The 78 MB fixture is too large to commit: make it with
+/// `python3 xtask/scripts/backbone_b4_fixture.py --out DIR` and run with `IUF_B4_FIXTURE_DIR=DIR
+/// cargo test -p iuf-backbone --test it -- --ignored`.
+#[test]
+#[ignore = "needs IUF_B4_FIXTURE_DIR from xtask/scripts/backbone_b4_fixture.py (78 MB)"]
+fn random_b4_legacy_checkpoint_matches_pytorch() {
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("IUF_B4_FIXTURE_DIR").expect("set IUF_B4_FIXTURE_DIR"),
+    );
+    let bytes = std::fs::read(dir.join("efficientnet-b4-random.pth")).unwrap();
+    let tensors = iuf_backbone::pth::read_pth(&bytes)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let fx = candle_core::safetensors::load(
+        dir.join("efficientnet_b4_random_features.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let backbone = Backbone::new(&EfficientNetConfig::b4(), var_builder(tensors)).unwrap();
+    let images = &fx["input.tensor"];
+    let blocks = backbone.efficientnet().forward_blocks(images).unwrap();
+    assert_eq!(blocks.len(), 32);
+    let relative = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        max_abs_diff(a, b) / scale.to_scalar::<f32>().unwrap().max(1e-6)
+    };
+    for (i, got) in blocks.iter().enumerate() {
+        let r = relative(got, &fx[&format!("output.block.{i}")]);
+        eprintln!("b4 block {i}: max diff / max |value| = {r:.2e}");
+        assert!(r < 1e-5, "block {i}: {r}");
+    }
+    let logits = backbone.efficientnet().logits(images).unwrap();
+    let r = relative(&logits, &fx["output.logits"]);
+    eprintln!("b4 logits: {r:.2e}");
+    assert!(r < 1e-5);
+    let aligned = backbone.feature_align(images).unwrap();
+    assert_eq!(aligned.dims(), &[1, 272, 8, 8]);
+    assert!(relative(&aligned, &fx["output.aligned"]) < 1e-5);
+}
