@@ -1,2 +1,164 @@
-//! The `iuf` command.
-fn main() {}
+//! The `iuf` command: train a defect detector on some products, teach it new products later without
+//! the old products' data, evaluate, predict with heatmaps, benchmark methods side by side, inspect a
+//! model file, and a self-contained demo.
+
+mod cmd;
+mod heatmap;
+mod plot;
+mod progress;
+mod setup;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Incremental unified anomaly detection (IUF, ECCV 2024): one model finds and \
+localises defects on many products, learns from defect-free images only, and learns new products \
+later without the old products' data.";
+
+const AFTER_HELP: &str = "\
+Start with `iuf demo`: it fetches the backbone weights, generates a small synthetic dataset and
+compares IUF with plain fine-tuning in a few minutes.
+
+Typical use on a dataset in MVTec AD layout (<class>/train/good, <class>/test/<type>,
+<class>/ground_truth/<type>) or VisA layout:
+  iuf train   --data DIR --classes bottle,cable --out model.safetensors
+  iuf learn   --model model.safetensors --data NEW_DIR --classes capsule --out model2.safetensors
+  iuf eval    --model model2.safetensors --data DIR
+  iuf predict --model model2.safetensors images/ --out predictions/
+  iuf info    --model model2.safetensors
+
+Backbone weights: fetched once with pip into the cache folder (--cache-dir, $IUF_CACHE, else
+~/.cache/iuf); --weights FILE uses a local .safetensors or .pth instead.";
+
+#[derive(Parser)]
+#[command(name = "iuf", version, about = ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// The CPU (every core unless --threads says otherwise).
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Machine-readable JSON on stdout instead of tables and text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where the models run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu, global = true)]
+    pub device: DeviceKind,
+    /// Worker threads for the CPU kernels and image decoding (default: every core).
+    #[arg(long, value_name = "N", global = true)]
+    pub threads: Option<usize>,
+    /// Folder for the backbone weights and the feature cache (default: $IUF_CACHE, else
+    /// ~/.cache/iuf).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Backbone weights to use instead of the cached download: a .safetensors file, or a PyTorch
+    /// .pth (zip or legacy format) converted on the fly. Must match the model's backbone.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub weights: Option<PathBuf>,
+    /// Do not read or write the on-disk cache of backbone features (slower, writes nothing).
+    #[arg(long, global = true)]
+    pub no_feature_cache: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a new model on the first objects (the base step).
+    Train(cmd::train::TrainArgs),
+    /// Teach a trained model new objects without the old objects' data (an IUF incremental step).
+    Learn(cmd::learn::LearnArgs),
+    /// Per-object image/pixel AUROC, AP, PRO and F1-max on a dataset's test images.
+    Eval(cmd::eval::EvalArgs),
+    /// Score images: anomaly score, recognised object, defect/ok decision, heatmap PNG.
+    Predict(cmd::predict::PredictArgs),
+    /// Run an incremental protocol for one or several methods side by side, with reports and plots.
+    Bench(cmd::bench::BenchArgs),
+    /// Show what a model file holds: config, backbone, objects and their steps, thresholds, size.
+    Info(cmd::info::InfoArgs),
+    /// Fetch the weights, generate a demo dataset, compare IUF with fine-tuning, write heatmaps.
+    Demo(cmd::demo::DemoArgs),
+}
+
+/// Applies --threads before any thread pool exists: candle's CPU kernels size their pools from
+/// RAYON_NUM_THREADS, image decoding uses rayon's global pool.
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = threads else {
+        return Ok(());
+    };
+    if n == 0 {
+        anyhow::bail!("--threads must be at least 1; found 0 (leave it out to use every core)");
+    }
+    // Edition 2021: `set_var` is safe; no other thread exists yet.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("setting up {n} worker threads: {e}"))
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    // Our crates log at the chosen level; dependencies stay at warn unless -vvv.
+    let filter = if verbose >= 3 {
+        level.to_string()
+    } else {
+        format!("warn,iuf={level},iuf_incremental={level},iuf_data={level},iuf_backbone={level},iuf_model={level}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IUF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::LogWriter::default)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = set_threads(cli.global.threads) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    init_logging(cli.global.verbose);
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Train(a) => cmd::train::run(g, a),
+        Command::Learn(a) => cmd::learn::run(g, a),
+        Command::Eval(a) => cmd::eval::run(g, a),
+        Command::Predict(a) => cmd::predict::run(g, a),
+        Command::Bench(a) => cmd::bench::run(g, a),
+        Command::Info(a) => cmd::info::run(g, a),
+        Command::Demo(a) => cmd::demo::run(g, a),
+    };
+    progress::clear();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `iuf bench`: an incremental protocol for one or several methods side by side. Per method a
+//! resumable run folder with `results.json` and `report.md`; combined, a `report.md` with the
+//! comparison (ACC, FM and efficiency: training time, inference time, peak memory, model size), a
+//! `results.json` holding every run, and `auroc.svg`, the per-step image and pixel AUROC of every
+//! object.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iuf_backbone::EfficientNetVariant;
+use iuf_data::protocol::Protocol;
+use iuf_data::DatasetRoot;
+use iuf_incremental::runner::{comparison_markdown, run_protocol, write_atomic};
+use iuf_incremental::{FeatureStore, Progress, RunResults, RunSpec, Strategy, TrainConfig};
+use serde_json::json;
+
+use crate::progress;
+use crate::progress::Bars;
+use crate::setup::{self, ConfigArgs};
+use crate::table::{self, pct};
+use crate::{plot, Global};
+
+/// Arguments of `iuf bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Dataset root (MVTec AD or VisA layout).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The protocol: a paper protocol (MVTec AD: 14-1, 10-5, 3x5, 10-1x5; VisA: 11-1, 8-4, 8-1x4),
+    /// `joint` (every object at once), or steps of objects such as `bottle,pill | tire | magnetic_tile`.
+    #[arg(long, value_name = "SPEC")]
+    pub protocol: String,
+    /// Methods, comma-separated, or `all`: iuf, iuf-no-oasa, iuf-no-scl, iuf-no-update, finetune,
+    /// joint, ewc, mas, si.
+    #[arg(long, value_name = "A,B,..", default_value = "iuf,finetune")]
+    pub method: String,
+    /// Output folder (created). Re-running with the same folder resumes after the last finished step.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Room for objects K (default: the number of objects in the protocol).
+    #[arg(long, value_name = "K")]
+    pub num_classes: Option<usize>,
+    /// Frozen backbone: lite0 (default), lite1, lite2, or b0..b7 with --weights.
+    #[arg(long, default_value = "lite0")]
+    pub backbone: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Parses `iuf,finetune` or `all`.
+pub fn parse_methods(list: &str) -> Result<Vec<Strategy>> {
+    if list.trim() == "all" {
+        return Ok(Strategy::ALL.to_vec());
+    }
+    let mut out = Vec::new();
+    for m in list.split(',') {
+        let s = Strategy::parse(m).context("fix --method")?;
+        if out.contains(&s) {
+            bail!("--method `{list}` lists `{s}` twice");
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A benchmark ready to run.
+pub struct BenchPlan<'a> {
+    pub data: &'a DatasetRoot,
+    pub protocol: Protocol,
+    pub methods: Vec<Strategy>,
+    pub config: TrainConfig,
+    pub out: PathBuf,
+    /// The command that reproduces the run, for the report.
+    pub command: String,
+}
+
+/// Quotes a command-line word for a POSIX shell when needed.
+pub fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+/// This process's command line, quoted.
+pub fn command_line() -> String {
+    let mut words: Vec<String> = std::env::args().collect();
+    if let Some(first) = words.first_mut() {
+        *first = "iuf".into();
+    }
+    words
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs every method of `plan` in turn (each resumable) and writes the combined outputs.
+pub fn run_plan(
+    plan: &BenchPlan<'_>,
+    store: &FeatureStore,
+    bars: &dyn Progress,
+    quiet: bool,
+) -> Result<Vec<RunResults>> {
+    // Check every object's files before hours of training, not in the middle of it.
+    plan.data
+        .index(&plan.protocol.all_classes())
+        .with_context(|| format!("checking the dataset {}", plan.data.root().display()))?;
+    std::fs::create_dir_all(&plan.out)
+        .with_context(|| format!("creating --out {}", plan.out.display()))?;
+    let mut runs = Vec::new();
+    for &method in &plan.methods {
+        let dir = plan.out.join(method.name());
+        progress::status(
+            quiet,
+            &format!(
+                "== {method}: protocol `{}` -> {}",
+                plan.protocol.name,
+                dir.display()
+            ),
+        );
+        // Each method's peak memory is its own (the mark is process-wide otherwise).
+        setup::reset_peak_rss();
+        let spec = RunSpec {
+            method,
+            protocol: plan.protocol.clone(),
+            config: plan.config.clone(),
+            dir: dir.clone(),
+        };
+        let results = run_protocol(&spec, plan.data, store, bars).with_context(|| {
+            format!(
+                "running {method} in {} (an interrupted run resumes; delete the folder to start over)",
+                dir.display()
+            )
+        })?;
+        runs.push(results);
+    }
+    write_atomic(
+        &plan.out.join("auroc.svg"),
+        plot::auroc_svg(&runs).as_bytes(),
+    )?;
+    let all = serde_json::to_vec_pretty(&runs).context("serialising results")?;
+    write_atomic(&plan.out.join("results.json"), &all)?;
+    write_atomic(
+        &plan.out.join("report.md"),
+        report(plan, store, &runs).as_bytes(),
+    )?;
+    Ok(runs)
+}
+
+fn report(plan: &BenchPlan<'_>, store: &FeatureStore, runs: &[RunResults]) -> String {
+    let c = &plan.config;
+    let t = &c.model.transformer;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# `{}` on {}\n",
+        plan.protocol.name,
+        plan.data.root().display()
+    );
+    let steps: Vec<String> = plan.protocol.steps.iter().map(|st| st.join(", ")).collect();
+    let _ = writeln!(s, "Steps: {}\n", steps.join(" | "));
+    let _ = writeln!(
+        s,
+        "Preset `{}`: D {}, {} heads, {}+{} layers, batch {}, {} base epochs, {} incremental epochs \
+         (IUF, constrained SGD) / {} (fine-tuning baselines, AdamW); K = {}; backbone {}.\n",
+        c.preset,
+        t.hidden_dim,
+        t.nheads,
+        t.num_encoder_layers,
+        t.num_decoder_layers,
+        c.batch_size,
+        c.base.epochs,
+        c.incremental.epochs,
+        c.finetune_epochs,
+        c.model.num_classes,
+        store.backbone_id().name
+    );
+    let _ = writeln!(s, "## Comparison\n");
+    let _ = writeln!(
+        s,
+        "ACC: mean AUROC over every object after the last step; FM: mean drop from an object's best \
+         AUROC to its last (forgetting). Percent.\n"
+    );
+    s.push_str(&comparison_markdown(runs));
+    let _ = writeln!(
+        s,
+        "\nTraining time is the sum over steps; inference time is the model per test image after the \
+         last step (backbone features come from the cache); peak memory is the process's resident \
+         set while the method ran; model size is the file after the last step.\n"
+    );
+    let _ = writeln!(s, "## Per-step AUROC\n");
+    let _ = writeln!(
+        s,
+        "![per-step image and pixel AUROC of every object](auroc.svg)\n"
+    );
+    let _ = writeln!(s, "Per-method details (every metric, every step):\n");
+    for r in runs {
+        let _ = writeln!(s, "- [{}]({}/report.md)", r.method, r.method);
+    }
+    let _ = writeln!(s, "\nReproduce:\n\n    {}", plan.command);
+    s
+}
+
+/// The comparison as a terminal table.
+pub fn comparison_table(runs: &[RunResults]) -> String {
+    let o = |v: Option<f64>| v.map_or("-".into(), pct);
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.method.clone(),
+                o(r.acc.image),
+                o(r.acc.pixel),
+                o(r.fm.image),
+                o(r.fm.pixel),
+                format!("{:.0}", r.train_seconds.iter().sum::<f64>()),
+                format!("{:.2}", r.infer_ms_per_image.last().copied().unwrap_or(0.0)),
+                r.peak_rss_bytes.map_or("-".into(), setup::mib),
+                r.model_bytes.last().map_or("-".into(), |b| setup::mib(*b)),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "method",
+            "image ACC",
+            "pixel ACC",
+            "image FM",
+            "pixel FM",
+            "train (s)",
+            "ms/image",
+            "peak memory",
+            "model size",
+        ],
+        &rows,
+    )
+}
+
+/// The short JSON summary of a benchmark.
+pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
+    json!({
+        "out": out,
+        "report": out.join("report.md"),
+        "plot": out.join("auroc.svg"),
+        "methods": runs.iter().map(|r| json!({
+            "method": r.method,
+            "acc": r.acc,
+            "fm": r.fm,
+            "train_seconds": r.train_seconds,
+            "infer_ms_per_image": r.infer_ms_per_image,
+            "peak_rss_bytes": r.peak_rss_bytes,
+            "model_bytes": r.model_bytes,
+            "results": out.join(&r.method).join("results.json"),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
+    let device = setup::device(g)?;
+    let data = setup::dataset(&a.data)?;
+    let protocol = Protocol::parse(&a.protocol, data.classes()).context("fix --protocol")?;
+    let methods = parse_methods(&a.method)?;
+    let variant = EfficientNetVariant::parse(&a.backbone).context("fix --backbone")?;
+    let loaded = setup::backbone(g, variant, &device)?;
+    let k = a.num_classes.unwrap_or(protocol.all_classes().len());
+    let config = setup::train_config(&a.config, loaded.backbone.out_channels(), k)?;
+    if protocol.all_classes().len() > config.model.num_classes {
+        bail!(
+            "the protocol has {} objects but the model has room for {} (raise --num-classes)",
+            protocol.all_classes().len(),
+            config.model.num_classes
+        );
+    }
+    let size = config.model.transformer.feature_size[0] * iuf_model::MAP_STRIDE;
+    let store = setup::feature_store(g, loaded, size, &device)?;
+    let plan = BenchPlan {
+        data: &data,
+        protocol,
+        methods,
+        config,
+        out: a.out.clone(),
+        command: command_line(),
+    };
+    let bars = Bars::new(g.json);
+    let runs = run_plan(&plan, &store, &bars, g.json)?;
+    progress::clear();
+    if g.json {
+        super::print_json(&summary_json(&a.out, &runs))?;
+    } else {
+        print!("{}", comparison_table(&runs));
+        println!(
+            "(ACC and FM in percent)\nreport: {}\nplot:   {}",
+            a.out.join("report.md").display(),
+            a.out.join("auroc.svg").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

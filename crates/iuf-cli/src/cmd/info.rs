@@ -1,0 +1,153 @@
+//! `iuf info`: what a model file holds: method and configuration, backbone, the objects it knows and
+//! the step that learned each, decision thresholds, training history and size.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use serde_json::json;
+
+use crate::setup;
+use crate::table;
+use crate::Global;
+
+/// Arguments of `iuf info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The model file.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+}
+
+pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
+    // Inspecting never needs a GPU.
+    let learner = setup::load_model(&a.model, &Device::Cpu)?;
+    let parameters: usize = iuf_model::load_model(&a.model, &Device::Cpu)
+        .with_context(|| format!("reading the weights of {}", a.model.display()))?
+        .varmap
+        .all_vars()
+        .iter()
+        .map(|v| v.elem_count())
+        .sum();
+    let bytes = std::fs::metadata(&a.model)
+        .with_context(|| format!("reading {}", a.model.display()))?
+        .len();
+    let meta = learner.meta();
+    let cfg = learner.config();
+    let q = cfg.calibration.quantile;
+    if g.json {
+        super::print_json(&json!({
+            "model": a.model,
+            "bytes": bytes,
+            "parameters": parameters,
+            "method": learner.strategy().name(),
+            "backbone": meta.backbone,
+            "num_classes": meta.config.num_classes,
+            "class_names": meta.class_names,
+            "learned": meta.learned,
+            "thresholds": meta.thresholds,
+            "threshold_quantile": q,
+            "steps": learner.steps(),
+            "config": cfg,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = &meta.config.transformer;
+    println!(
+        "model      {} ({}, {parameters} parameters)",
+        a.model.display(),
+        setup::mib(bytes)
+    );
+    println!(
+        "method     {} (preset `{}`)",
+        learner.strategy(),
+        cfg.preset
+    );
+    println!(
+        "backbone   {} ({} channels, {}x{} tokens)",
+        meta.backbone, t.in_channels, t.feature_size[0], t.feature_size[1]
+    );
+    println!(
+        "network    D {}, {} heads, {}+{} layers, FFN {}, OASA {:?}, discriminator {} blocks",
+        t.hidden_dim,
+        t.nheads,
+        t.num_encoder_layers,
+        t.num_decoder_layers,
+        t.dim_feedforward,
+        meta.config.oasa,
+        meta.config.discriminator.depth
+    );
+    println!(
+        "objects    {} of {} slots used: {}",
+        meta.learned.len(),
+        meta.config.num_classes,
+        if meta.learned.is_empty() {
+            "none".into()
+        } else {
+            learner.learned_classes().join(", ")
+        }
+    );
+    println!();
+    let rows: Vec<Vec<String>> = meta
+        .learned
+        .iter()
+        .map(|l| {
+            vec![
+                l.class.clone(),
+                learner
+                    .class_id(&l.class)
+                    .map_or("-".into(), |i| i.to_string()),
+                l.step.to_string(),
+                meta.thresholds
+                    .get(&l.class)
+                    .map_or("-".into(), |t| format!("{t:.4}")),
+            ]
+        })
+        .collect();
+    let threshold_header = format!("threshold (q {q})");
+    print!(
+        "{}",
+        table::render(
+            &["object", "class id", "learned in step", &threshold_header],
+            &rows
+        )
+    );
+    println!();
+    let rows: Vec<Vec<String>> = learner
+        .steps()
+        .iter()
+        .map(|s| {
+            vec![
+                s.step.to_string(),
+                s.classes.join(","),
+                s.images.to_string(),
+                s.epochs.to_string(),
+                s.optimizer.clone(),
+                format!("{:.4}", s.final_loss.total),
+                format!("{:.1}", s.train_seconds),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "step",
+                "objects",
+                "images",
+                "epochs",
+                "optimizer",
+                "final loss",
+                "train (s)"
+            ],
+            &rows
+        )
+    );
+    println!(
+        "\nfull configuration: iuf info --json --model {}",
+        a.model.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

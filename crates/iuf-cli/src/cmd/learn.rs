@@ -1,0 +1,111 @@
+//! `iuf learn`: teaches a trained model new objects from their images only (an incremental step of
+//! the model's method; for IUF sections 4.5 and 4.6). The input model file is never modified.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iuf_incremental::learn_classes;
+
+use crate::progress::{self, Bars};
+use crate::setup;
+use crate::Global;
+
+/// Arguments of `iuf learn`.
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// The trained model (read only).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Dataset root holding the new objects (the old objects' images are not needed).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// New objects to learn, comma-separated (default: every class of the dataset the model does
+    /// not know yet).
+    #[arg(long, value_name = "A,B,..")]
+    pub classes: Option<String>,
+    /// Where to write the updated model (must differ from --model).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// The same file, even when spelled differently (`out` may not exist yet).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        let parent = p
+            .parent()
+            .filter(|x| !x.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    match (canon(a), canon(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
+    if same_file(&a.model, &a.out) {
+        bail!(
+            "--out {} is the input model; `iuf learn` never modifies its input: choose another --out",
+            a.out.display()
+        );
+    }
+    let device = setup::device(g)?;
+    let mut learner = setup::load_model(&a.model, &device)?;
+    let data = setup::dataset(&a.data)?;
+    let known = learner.learned_classes();
+    let classes = match &a.classes {
+        Some(list) => setup::parse_classes(list)?,
+        None => data
+            .classes()
+            .iter()
+            .filter(|c| !known.contains(c))
+            .cloned()
+            .collect(),
+    };
+    if classes.is_empty() {
+        bail!(
+            "nothing to learn: every class of {} is already known to {} ({}); pass --classes or a \
+             dataset with new objects",
+            a.data.display(),
+            a.model.display(),
+            known.join(", ")
+        );
+    }
+    setup::check_classes(&data, &classes)?;
+    if let Some(c) = classes.iter().find(|c| known.contains(c)) {
+        bail!(
+            "{} has already learned `{c}` (it knows {}); an object is learned once: drop it from --classes",
+            a.model.display(),
+            known.join(", ")
+        );
+    }
+    let variant = setup::model_backbone(&learner, &a.model)?;
+    let loaded = setup::backbone(g, variant, &device)?;
+    let store = setup::feature_store(g, loaded, setup::image_size(&learner), &device)?;
+    progress::status(
+        g.json,
+        &format!(
+            "teaching {} ({}) the new object(s) {}; it knows {}",
+            a.model.display(),
+            learner.strategy(),
+            classes.join(", "),
+            known.join(", ")
+        ),
+    );
+    let bars = Bars::new(g.json);
+    let record =
+        learn_classes(&mut learner, &data, &store, &classes, &bars).with_context(|| {
+            format!(
+                "learning {} from {} into {}",
+                classes.join(", "),
+                a.data.display(),
+                a.model.display()
+            )
+        })?;
+    super::train::save(&learner, &a.out)?;
+    super::train::report_step(g, &learner, &record, &a.out)?;
+    Ok(ExitCode::SUCCESS)
+}

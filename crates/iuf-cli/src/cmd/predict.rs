@@ -1,0 +1,519 @@
+//! `iuf predict`: per image the anomaly score, the object the discriminator recognises, a defect/ok
+//! decision against that object's calibrated threshold, and a heatmap PNG (with the ground-truth
+//! outline when a mask is known). A JSON line per image; unreadable files are reported and skipped.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use image::RgbImage;
+use iuf_backbone::Backbone;
+use iuf_incremental::{Learner, Progress};
+use serde::Serialize;
+
+use crate::heatmap::{self, MapScale};
+use crate::progress::{self, Bars};
+use crate::setup;
+use crate::Global;
+
+/// Images decoded and sent through the backbone at once.
+const CHUNK: usize = 8;
+/// Side of one tile of a panel.
+const PANEL_TILE: u32 = 192;
+
+/// Arguments of `iuf predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model file.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Images and folders; folders are walked recursively (hidden entries and `ground_truth`
+    /// folders skipped; png, jpg, jpeg, bmp, tif, tiff files taken).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Folder for the heatmaps and `predictions.jsonl` (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Quantile of the held-out good scores used as the defect threshold (default: the model's
+    /// calibration quantile, 0.99 in every preset). Higher: fewer false alarms, more missed defects.
+    #[arg(long, value_name = "Q")]
+    pub quantile: Option<f64>,
+    /// Folder of ground-truth masks (`<stem>_mask.png` or `<stem>.png`, also under the image's
+    /// sub-folder) whose outline is drawn on the heatmap. Images inside an MVTec-layout tree find
+    /// their `ground_truth` mask without this.
+    #[arg(long, value_name = "DIR")]
+    pub masks: Option<PathBuf>,
+    /// Judge every image as this object instead of the one the discriminator recognises.
+    #[arg(long, value_name = "NAME")]
+    pub object: Option<String>,
+    /// Also write a panel PNG: the first images on top, their heatmaps below.
+    #[arg(long, value_name = "FILE")]
+    pub panel: Option<PathBuf>,
+    /// Images in the panel.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub panel_max: usize,
+}
+
+/// One image to score.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub path: PathBuf,
+    /// Where its heatmap goes, relative to the output folder.
+    pub heatmap: PathBuf,
+    /// Its ground-truth mask, if known.
+    pub mask: Option<PathBuf>,
+}
+
+/// The result for one image (one JSON line).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_probability: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    /// `defect`, `ok`, or absent when the object has no calibrated threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heatmap: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<PathBuf>,
+}
+
+impl Outcome {
+    fn failed(path: &Path, error: String) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            error: Some(error),
+            score: None,
+            object: None,
+            object_probability: None,
+            threshold: None,
+            quantile: None,
+            decision: None,
+            heatmap: None,
+            mask: None,
+        }
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        iuf_data::IMAGE_EXTENSIONS
+            .iter()
+            .any(|x| e.eq_ignore_ascii_case(x))
+    })
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            if name != "ground_truth" {
+                walk(&p, out)?;
+            }
+        } else if is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The MVTec-layout mask of `<class>/test/<type>/<stem>.<ext>`, if it exists.
+fn mvtec_mask(image: &Path) -> Option<PathBuf> {
+    let stem = image.file_stem()?.to_string_lossy().into_owned();
+    let type_dir = image.parent()?;
+    let defect = type_dir.file_name()?.to_string_lossy().into_owned();
+    let test_dir = type_dir.parent()?;
+    if test_dir.file_name()? != "test" || defect == iuf_data::GOOD {
+        return None;
+    }
+    let gt = test_dir.parent()?.join("ground_truth").join(&defect);
+    [format!("{stem}_mask.png"), format!("{stem}.png")]
+        .into_iter()
+        .map(|n| gt.join(n))
+        .find(|p| p.is_file())
+}
+
+/// A mask for `image` (relative path `rel` under a walked folder) in `--masks DIR`.
+fn masks_dir_mask(dir: &Path, rel: &Path) -> Option<PathBuf> {
+    let stem = rel.file_stem()?.to_string_lossy().into_owned();
+    let sub = rel.parent().unwrap_or(Path::new(""));
+    [sub, Path::new("")]
+        .into_iter()
+        .flat_map(|s| {
+            [
+                dir.join(s).join(format!("{stem}_mask.png")),
+                dir.join(s).join(format!("{stem}.png")),
+            ]
+        })
+        .find(|p| p.is_file())
+}
+
+/// Expands the command line's paths into items, each with a unique heatmap name.
+pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let mut used: HashSet<PathBuf> = HashSet::new();
+    for p in paths {
+        let (root_name, files): (PathBuf, Vec<(PathBuf, PathBuf)>) = if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            if found.is_empty() {
+                bail!(
+                    "no images under {} (expected files ending in {})",
+                    p.display(),
+                    iuf_data::IMAGE_EXTENSIONS.join(", ")
+                );
+            }
+            let name = p
+                .canonicalize()
+                .ok()
+                .and_then(|c| c.file_name().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("images"));
+            let files = found
+                .into_iter()
+                .map(|f| {
+                    let rel = f.strip_prefix(p).unwrap_or(&f).to_path_buf();
+                    (f, rel)
+                })
+                .collect();
+            (name, files)
+        } else {
+            // Files named explicitly are always tried (an unreadable one is reported, not skipped).
+            let rel = PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
+            (PathBuf::new(), vec![(p.clone(), rel)])
+        };
+        for (path, rel) in files {
+            let base = root_name.join(&rel).with_extension("png");
+            let mut heat = base.clone();
+            let mut k = 1;
+            while !used.insert(heat.clone()) {
+                heat = base.with_file_name(format!(
+                    "{}-{k}.png",
+                    base.file_stem().unwrap_or_default().to_string_lossy()
+                ));
+                k += 1;
+            }
+            let mask = masks
+                .and_then(|d| masks_dir_mask(d, &rel))
+                .or_else(|| mvtec_mask(&path));
+            items.push(Item {
+                path,
+                heatmap: heat,
+                mask,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// A binary mask at `w x h` (positive where > 0, resized nearest).
+fn load_outline_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
+    let img = image::open(path)
+        .with_context(|| format!("cannot read mask {}", path.display()))?
+        .to_luma8();
+    let (mw, mh) = (img.width() as usize, img.height() as usize);
+    let bits: Vec<bool> = img.as_raw().iter().map(|&v| v > 0).collect();
+    Ok(heatmap::resize_mask(&bits, mw, mh, w as usize, h as usize))
+}
+
+/// Scores images with a model and writes their heatmaps.
+pub struct Predictor<'a> {
+    pub learner: &'a Learner,
+    pub backbone: &'a Backbone,
+    pub quantile: f64,
+    /// Judge every image as this object.
+    pub object: Option<String>,
+    pub out_dir: PathBuf,
+    /// Keep (original, heatmap) pairs of the first this-many images for a panel.
+    pub panel_max: usize,
+}
+
+/// What [`Predictor::run`] produced.
+pub struct PredictRun {
+    pub outcomes: Vec<Outcome>,
+    pub panel: Vec<(RgbImage, RgbImage)>,
+}
+
+impl Predictor<'_> {
+    /// Scores every item; `each` sees every outcome as soon as it is known (for streaming output).
+    pub fn run(
+        &self,
+        items: &[Item],
+        progress: &dyn Progress,
+        mut each: impl FnMut(&Outcome) -> Result<()>,
+    ) -> Result<PredictRun> {
+        let size = setup::image_size(self.learner);
+        let learned: Vec<(String, u32)> = self
+            .learner
+            .learned_classes()
+            .into_iter()
+            .filter_map(|c| self.learner.class_id(&c).map(|i| (c, i)))
+            .collect();
+        if learned.is_empty() {
+            bail!("the model has learned no object yet; train it with `iuf train` first");
+        }
+        if let Some(o) = &self.object {
+            if !learned.iter().any(|(c, _)| c == o) {
+                bail!(
+                    "--object `{o}` is not an object the model knows ({})",
+                    learned
+                        .iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        let mut run = PredictRun {
+            outcomes: Vec::with_capacity(items.len()),
+            panel: Vec::new(),
+        };
+        progress.start("predict", items.len() as u64);
+        for chunk in items.chunks(CHUNK) {
+            let decoded: Vec<_> = chunk
+                .iter()
+                .map(|it| iuf_data::image::load_rgb(&it.path))
+                .collect();
+            let mut good: Vec<(&Item, RgbImage)> = Vec::new();
+            for (it, d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok(img) => good.push((it, img)),
+                    Err(e) => {
+                        let o = Outcome::failed(
+                            &it.path,
+                            format!("{e}; the file is skipped (is it an image?)"),
+                        );
+                        each(&o)?;
+                        run.outcomes.push(o);
+                        progress.inc(1);
+                    }
+                }
+            }
+            if good.is_empty() {
+                continue;
+            }
+            let tensors: Vec<_> = good
+                .iter()
+                .map(|(_, img)| iuf_data::image::preprocess(img, size))
+                .collect();
+            let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
+            let features = self
+                .backbone
+                .feature_align(&batch)
+                .context("backbone features")?;
+            let pred = self
+                .learner
+                .predict(&features)
+                .context("running the model")?;
+            let (_, mh, mw) = pred.maps.dims3()?;
+            let probs: Vec<Vec<f32>> = pred.class_probs.to_vec2()?;
+            for (i, (it, img)) in good.into_iter().enumerate() {
+                let (object, prob) = match &self.object {
+                    Some(o) => {
+                        let id = self.learner.class_id(o).expect("checked above") as usize;
+                        (o.clone(), probs[i][id])
+                    }
+                    None => learned
+                        .iter()
+                        .map(|(c, id)| (c.clone(), probs[i][*id as usize]))
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .expect("at least one learned object"),
+                };
+                let score = pred.scores[i];
+                let threshold = self.learner.threshold(&object, self.quantile);
+                let decision = threshold.map(|t| if score > t { "defect" } else { "ok" });
+                let map: Vec<f32> = pred.maps.get(i)?.flatten_all()?.to_vec1()?;
+                let (ow, oh) = heatmap::output_size(img.width(), img.height());
+                let shown = if (ow, oh) == img.dimensions() {
+                    img
+                } else {
+                    iuf_data::image::resize_bilinear_rgb(&img, ow, oh)
+                };
+                let mut error = None;
+                let mask = match &it.mask {
+                    Some(m) => match load_outline_mask(m, ow, oh) {
+                        Ok(bits) => Some(bits),
+                        Err(e) => {
+                            // The image itself is fine: score it, draw no outline, say why.
+                            error = Some(format!("{e:#}; heatmap drawn without the outline"));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let scale = threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
+                let heat = heatmap::overlay(&shown, &map, mw, mh, scale, mask.as_deref());
+                let heat_path = self.out_dir.join(&it.heatmap);
+                if let Some(parent) = heat_path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                heat.save_with_format(&heat_path, image::ImageFormat::Png)
+                    .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
+                if run.panel.len() < self.panel_max {
+                    run.panel.push((shown, heat));
+                }
+                let o = Outcome {
+                    path: it.path.clone(),
+                    error,
+                    score: Some(score),
+                    object: Some(object),
+                    object_probability: Some(prob),
+                    threshold,
+                    quantile: threshold.map(|_| self.quantile),
+                    decision,
+                    heatmap: Some(heat_path),
+                    mask: it.mask.clone().filter(|_| mask.is_some()),
+                };
+                each(&o)?;
+                run.outcomes.push(o);
+                progress.inc(1);
+            }
+        }
+        progress.finish();
+        Ok(run)
+    }
+}
+
+/// Writes a panel PNG.
+pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    heatmap::panel(pairs, PANEL_TILE)
+        .save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("writing panel {}", path.display()))
+}
+
+pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
+    let device = setup::device(g)?;
+    let learner = setup::load_model(&a.model, &device)?;
+    let quantile = a.quantile.unwrap_or(learner.config().calibration.quantile);
+    if !(0.0..=1.0).contains(&quantile) {
+        bail!("--quantile must lie in [0, 1]; found {quantile}");
+    }
+    if let Some(m) = &a.masks {
+        if !m.is_dir() {
+            bail!("--masks {}: no such folder", m.display());
+        }
+    }
+    for p in &a.paths {
+        if !p.exists() {
+            bail!(
+                "{}: no such file or folder; pass images or folders of images",
+                p.display()
+            );
+        }
+    }
+    let items = collect_items(&a.paths, a.masks.as_deref())?;
+    let variant = setup::model_backbone(&learner, &a.model)?;
+    let loaded = setup::backbone(g, variant, &device)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("creating --out {}", a.out.display()))?;
+    let jsonl_path = a.out.join("predictions.jsonl");
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(&jsonl_path)
+            .with_context(|| format!("creating {}", jsonl_path.display()))?,
+    );
+    let predictor = Predictor {
+        learner: &learner,
+        backbone: &loaded.backbone,
+        quantile,
+        object: a.object.clone(),
+        out_dir: a.out.clone(),
+        panel_max: if a.panel.is_some() { a.panel_max } else { 0 },
+    };
+    let bars = Bars::new(g.json);
+    let json_out = g.json;
+    let result = predictor.run(&items, &bars, |o| {
+        let line = serde_json::to_string(o)?;
+        writeln!(jsonl, "{line}").with_context(|| format!("writing {}", jsonl_path.display()))?;
+        progress::suspend(|| {
+            if json_out {
+                println!("{line}");
+            } else {
+                print_human(o);
+            }
+        });
+        Ok(())
+    })?;
+    jsonl
+        .flush()
+        .with_context(|| format!("writing {}", jsonl_path.display()))?;
+    if let Some(panel) = &a.panel {
+        write_panel(&result.panel, panel)?;
+    }
+    let failed = result.outcomes.iter().filter(|o| o.score.is_none()).count();
+    let defects = result
+        .outcomes
+        .iter()
+        .filter(|o| o.decision == Some("defect"))
+        .count();
+    let ok = result
+        .outcomes
+        .iter()
+        .filter(|o| o.decision == Some("ok"))
+        .count();
+    let summary = format!(
+        "{} image(s): {defects} defect, {ok} ok, {failed} unreadable; heatmaps and predictions.jsonl in {}",
+        result.outcomes.len(),
+        a.out.display()
+    );
+    if g.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_human(o: &Outcome) {
+    match (&o.error, o.score) {
+        (Some(e), None) => eprintln!("FAILED  {}: {e}", o.path.display()),
+        (_, Some(score)) => {
+            let decision = o.decision.map_or("-".to_string(), |d| d.to_uppercase());
+            let thr = o
+                .threshold
+                .map_or("none".to_string(), |t| format!("{t:.4}"));
+            println!(
+                "{decision:<7} score {score:.4} (threshold {thr})  {} ({:.0}%)  {}",
+                o.object.as_deref().unwrap_or("?"),
+                100.0 * o.object_probability.unwrap_or(0.0),
+                o.path.display()
+            );
+            if let Some(e) = &o.error {
+                eprintln!("  warning: {e}");
+            }
+        }
+        _ => {}
+    }
+}

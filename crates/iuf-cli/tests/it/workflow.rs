@@ -1,0 +1,278 @@
+//! The whole workflow on the tiny demo dataset with the shared Lite0 weights and the `tiny` preset:
+//! train, learn a new object, info, eval, predict, bench, and the demo's code path.
+
+use crate::common::{json, json_lines, ok, Scratch};
+
+#[test]
+fn train_learn_info_eval_predict_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m0 = s.path("models/m0.safetensors");
+    let m1 = s.path("models/m1.safetensors");
+
+    let out = ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--out".as_ref(),
+        m0.as_os_str(),
+    ]));
+    assert!(out.contains("learned fabric"), "{out}");
+    assert!(m0.is_file());
+    let before = std::fs::read(&m0).unwrap();
+
+    // learn: the input model is never modified; the output knows both objects.
+    let o = s.iuf([
+        "--json".as_ref(),
+        "learn".as_ref(),
+        "--model".as_ref(),
+        m0.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "mesh".as_ref(),
+        "--out".as_ref(),
+        m1.as_os_str(),
+    ]);
+    ok(&o);
+    let learned = json(&o);
+    assert_eq!(learned["learned"], serde_json::json!(["fabric", "mesh"]));
+    assert_eq!(learned["step"]["step"], 1);
+    assert_eq!(learned["step"]["optimizer"], "constrained-sgd");
+    assert_eq!(
+        std::fs::read(&m0).unwrap(),
+        before,
+        "learn modified its input"
+    );
+
+    // info: objects, their steps, thresholds, the config.
+    let o = s.iuf([
+        "--json".as_ref(),
+        "info".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+    ]);
+    ok(&o);
+    let info = json(&o);
+    assert_eq!(info["method"], "iuf");
+    assert_eq!(info["backbone"], "efficientnet-lite0");
+    assert_eq!(info["num_classes"], 15);
+    assert_eq!(
+        info["learned"][0],
+        serde_json::json!({"class": "fabric", "step": 0})
+    );
+    assert_eq!(
+        info["learned"][1],
+        serde_json::json!({"class": "mesh", "step": 1})
+    );
+    assert!(info["thresholds"]["mesh"].as_f64().unwrap() > 0.0, "{info}");
+    assert_eq!(info["config"]["preset"], "tiny");
+    let text = ok(&s.iuf(["info".as_ref(), "--model".as_ref(), m1.as_os_str()]));
+    assert!(text.contains("2 of 15 slots used: fabric, mesh"), "{text}");
+
+    // eval: defaults to the learned objects the dataset holds.
+    let o = s.iuf([
+        "--json".as_ref(),
+        "eval".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    ok(&o);
+    let ev = json(&o);
+    let classes = ev["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 2);
+    for c in classes {
+        assert_eq!(c["images"], 8, "{c}");
+        for k in ["image_auroc", "pixel_auroc", "pro", "pixel_ap"] {
+            let v = c[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+        }
+    }
+    let table = ok(&s.iuf([
+        "eval".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "mesh".as_ref(),
+    ]));
+    assert!(
+        table.contains("image AUROC") && table.contains("mesh"),
+        "{table}"
+    );
+
+    // predict a folder: one JSON line per image, heatmaps with the mask found in the MVTec tree.
+    let pred = s.path("pred");
+    let o = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+        data.join("mesh/test").as_os_str(),
+        "--out".as_ref(),
+        pred.as_os_str(),
+        "--panel".as_ref(),
+        s.path("panel.png").as_os_str(),
+    ]);
+    ok(&o);
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 8);
+    for l in &lines {
+        let score = l["score"].as_f64().unwrap();
+        assert!(score.is_finite() && score >= 0.0, "{l}");
+        let obj = l["object"].as_str().unwrap();
+        assert!(["fabric", "mesh"].contains(&obj), "{l}");
+        assert!(
+            ["defect", "ok"].contains(&l["decision"].as_str().unwrap()),
+            "{l}"
+        );
+        let heat = std::path::PathBuf::from(l["heatmap"].as_str().unwrap());
+        let img = image::open(&heat).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (64, 64),
+            "heatmaps keep the image size"
+        );
+        let defective = !l["path"].as_str().unwrap().contains("/good/");
+        assert_eq!(l["mask"].is_string(), defective, "{l}");
+    }
+    let written = std::fs::read_to_string(pred.join("predictions.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 8);
+    let panel = image::open(s.path("panel.png")).unwrap();
+    assert!(panel.width() > panel.height());
+
+    // A lower quantile never raises the threshold (info reports the calibration quantile's).
+    let o = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+        data.join("mesh/test/good/000.png").as_os_str(),
+        "--out".as_ref(),
+        s.path("pred-q").as_os_str(),
+        "--quantile".as_ref(),
+        "0.0".as_ref(),
+        "--object".as_ref(),
+        "mesh".as_ref(),
+    ]);
+    ok(&o);
+    let low = json_lines(&o)[0]["threshold"].as_f64().unwrap();
+    let high = info["thresholds"]["mesh"].as_f64().unwrap();
+    // (Relative slack: one side went through f32 JSON, the other through f64.)
+    assert!(
+        low <= high * (1.0 + 1e-6),
+        "q 0 threshold {low} > q 0.99 threshold {high}"
+    );
+}
+
+#[test]
+fn bench_two_methods_writes_reports_and_plot_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let out = s.path("bench");
+    let o = s.iuf([
+        "--json".as_ref(),
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "fabric | mesh".as_ref(),
+        "--method".as_ref(),
+        "iuf,finetune".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--incremental-epochs".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    ok(&o);
+    let summary = json(&o);
+    let methods = summary["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    assert_eq!(methods[0]["method"], "iuf");
+    assert_eq!(methods[1]["method"], "finetune");
+    for m in methods {
+        assert_eq!(m["train_seconds"].as_array().unwrap().len(), 2, "{m}");
+        assert!(m["acc"]["image"].as_f64().is_some(), "{m}");
+    }
+    for f in [
+        "report.md",
+        "auroc.svg",
+        "results.json",
+        "iuf/results.json",
+        "iuf/report.md",
+        "finetune/results.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| method | image ACC |"), "{report}");
+    assert!(
+        report.contains("| iuf |") && report.contains("| finetune |"),
+        "{report}"
+    );
+    assert!(report.contains("auroc.svg"), "{report}");
+    assert!(
+        report.contains("bench --data"),
+        "reproducing command: {report}"
+    );
+    let svg = std::fs::read_to_string(out.join("auroc.svg")).unwrap();
+    // 2 methods x 2 panels x (2 objects + mean).
+    assert_eq!(svg.matches("<polyline").count(), 12);
+
+    // A second run resumes: nothing is trained again, results are identical.
+    let again = s.iuf([
+        "--json".as_ref(),
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "fabric | mesh".as_ref(),
+        "--method".as_ref(),
+        "iuf,finetune".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--incremental-epochs".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    ok(&again);
+    assert_eq!(
+        json(&again)["methods"][0]["acc"],
+        summary["methods"][0]["acc"]
+    );
+}
+
+#[test]
+fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let out = s.path("demo-out");
+    let o = s.iuf([
+        "--json".as_ref(),
+        "demo".as_ref(),
+        "--quick".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    ok(&o);
+    let v = json(&o);
+    assert_eq!(v["methods"].as_array().unwrap().len(), 2);
+    for p in v["heatmap_panels"].as_array().unwrap() {
+        assert!(std::path::Path::new(p.as_str().unwrap()).is_file(), "{p}");
+    }
+    assert!(out.join("report.md").is_file());
+    assert!(out.join("heatmaps/iuf/fabric").is_dir());
+}
