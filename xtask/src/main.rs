@@ -1,8 +1,10 @@
 //! Developer tooling, run as `cargo xtask <command>`: dataset download, backbone weights, checkpoint
 //! conversion, benchmarks and the tidy gate. Each command lives in its own module.
 
+mod bench;
 mod download;
 mod perf;
+mod tidy;
 mod weights;
 
 use anyhow::Result;
@@ -25,6 +27,10 @@ enum Command {
     Convert(weights::ConvertArgs),
     /// Measure training and inference speed of the transformer (and PyTorch's, when installed).
     Perf(perf::Args),
+    /// Run a paper protocol on MVTec AD or VisA (`iuf bench`) and file the results under docs/results.
+    Bench(bench::Args),
+    /// Check formatting, clippy (-D warnings) and that every .rs file starts with a `//!` line.
+    Tidy(tidy::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +39,7 @@ fn main() -> Result<()> {
         Command::Weights(args) => weights::run_weights(args),
         Command::Convert(args) => weights::run_convert(args),
         Command::Perf(args) => perf::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Tidy(args) => tidy::run(args),
     }
 }
