@@ -117,3 +117,19 @@ fn random_b4_legacy_checkpoint_matches_pytorch() {
     assert_eq!(aligned.dims(), &[1, 272, 8, 8]);
     assert!(relative(&aligned, &fx["output.aligned"]) < 1e-5);
 }
+
+#[test]
+fn real_lite0_feature_align_follows_the_input_size() {
+    // The stride-16 grid is ceil(H/16) x ceil(W/16) for any size (TF SAME keeps ceil at each stride).
+    let backbone =
+        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    let images = candle_core::Tensor::randn(0f32, 1.0, (1, 3, 100, 60), &Device::Cpu).unwrap();
+    let aligned = backbone.feature_align(&images).unwrap();
+    assert_eq!(aligned.dims(), &[1, 192, 7, 4]);
+    let blocks = backbone
+        .efficientnet()
+        .block_outputs(&images, &[10, 0])
+        .unwrap();
+    assert_eq!(blocks[0].dims(), &[1, 112, 7, 4]);
+    assert_eq!(blocks[1].dims(), &[1, 16, 50, 30]);
+}
