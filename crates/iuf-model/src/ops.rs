@@ -8,6 +8,7 @@
 //! reference the fused ops are tested against.
 
 mod attention;
+mod dropout;
 mod fused;
 mod kernels;
 mod linear;
@@ -138,7 +139,7 @@ pub fn attention_composed(
     let mut weights = softmax_last_dim_composed(&scores)?;
     if let Some(drop) = dropout.filter(|dr| dr.p > 0.0) {
         let mut m = vec![0f32; weights.elem_count()];
-        kernels::dropout_mask(drop.seed, 0, drop.p as f32, &mut m);
+        kernels::dropout_mask(drop.seed, 0, drop.p, &mut m);
         let m = Tensor::from_vec(m, weights.shape(), &Device::Cpu)?
             .to_device(weights.device())?
             .to_dtype(weights.dtype())?;
@@ -196,4 +197,40 @@ pub fn linear_composed(
         *last = weight.dim(0)?;
     }
     y.reshape(out_dims)
+}
+
+/// Inverted dropout: `x` times multipliers that are 0 with probability `p` and `1 / (1 - p)`
+/// otherwise, drawn from the counter-based stream `seed` (element i uses counter i, the stream
+/// of `random::keep_mask`). f32 on the CPU runs a custom op that regenerates the mask in the
+/// backward; everything else multiplies by a mask tensor.
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    if fused::is_cpu_f32(x) {
+        return x
+            .contiguous()?
+            .apply_op1(dropout::Dropout { p, seed });
+    }
+    x.mul(&dropout_mask_tensor(x, p, seed)?)
+}
+
+/// `x + dropout(r)` (a residual connection around a dropped-out branch), one pass on the CPU.
+pub fn add_dropout(x: &Tensor, r: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return x + r;
+    }
+    if fused::is_cpu_f32(x) && fused::is_cpu_f32(r) && x.shape() == r.shape() {
+        let op = dropout::AddDropout { p, seed };
+        return x.contiguous()?.apply_op2(&r.contiguous()?, op);
+    }
+    x + r.mul(&dropout_mask_tensor(r, p, seed)?)?
+}
+
+fn dropout_mask_tensor(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mut m = vec![0f32; x.elem_count()];
+    kernels::dropout_mask(seed, 0, p, &mut m);
+    Tensor::from_vec(m, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())
 }

@@ -187,7 +187,7 @@ impl Attention {
     /// `p` times the dropout multipliers of pair `bh` into `out`.
     fn dropped(&self, dm: Dims, bh: usize, p: &[f32], out: &mut [f32], drop: AttentionDropout) {
         let start = (bh * dm.nq * dm.nk) as u64;
-        kernels::dropout_mask(drop.seed, start, drop.p as f32, out);
+        kernels::dropout_mask(drop.seed, start, drop.p, out);
         out.iter_mut().zip(p).for_each(|(o, p)| *o *= p);
     }
 }
@@ -337,7 +337,7 @@ impl CustomOp3 for Attention {
                             if let Some(drop) = self.dropout {
                                 // dP = dW * M: reuse the mask stream (pd holds P * M; rebuild M).
                                 let start = (bh * pn) as u64;
-                                kernels::dropout_mask(drop.seed, start, drop.p as f32, pd);
+                                kernels::dropout_mask(drop.seed, start, drop.p, pd);
                                 dp.iter_mut().zip(pd.iter()).for_each(|(g, m)| *g *= m);
                             }
                             // dS = P * (dP - rowsum(dP * P)).

@@ -318,15 +318,30 @@ fn mix(seed: u64, i: u64) -> u64 {
 
 /// Inverted-dropout multipliers for elements `start..start + out.len()` of the stream `seed`:
 /// 0 with probability `p`, else 1 / (1 - p).
-pub fn dropout_mask(seed: u64, start: u64, p: f32, out: &mut [f32]) {
-    let threshold = (p as f64 * 4_294_967_296.0) as u64;
-    let keep = 1.0 / (1.0 - p);
+pub fn dropout_mask(seed: u64, start: u64, p: f64, out: &mut [f32]) {
+    let threshold = (p * 4_294_967_296.0) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
     for (j, v) in out.iter_mut().enumerate() {
         *v = if mix(seed, start + j as u64) >> 32 >= threshold {
             keep
         } else {
             0.0
         };
+    }
+}
+
+/// `out = x * m + base`, with `m` the dropout multipliers of elements `start..` of stream `seed`
+/// (`base` empty for plain dropout): one pass for `x + dropout(r)` and its backward.
+pub fn dropout_fma(seed: u64, start: u64, p: f64, x: &[f32], base: &[f32], out: &mut [f32]) {
+    let threshold = (p * 4_294_967_296.0) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+        let m = if mix(seed, start + j as u64) >> 32 >= threshold {
+            keep
+        } else {
+            0.0
+        };
+        *o = v * m + if base.is_empty() { 0.0 } else { base[j] };
     }
 }
 

@@ -526,3 +526,44 @@ fn linear_gradients_match_finite_differences() {
         2e-2,
     );
 }
+
+#[test]
+fn dropout_ops_match_the_mask_composition() {
+    let x = randn(&[3, 50_000], 141); // several parallel chunks
+    let r = randn(&[3, 50_000], 142);
+    let (p, seed) = (0.1, 77);
+    let mut m = vec![0f32; x.elem_count()];
+    kernels::dropout_mask(seed, 0, p, &mut m);
+    let mask = Tensor::from_vec(m, x.shape(), &Device::Cpu).unwrap();
+    let want = x.mul(&mask).unwrap();
+    assert!(max_abs_diff(&dropout(&x, p, seed).unwrap(), &want) < 1e-6);
+    let want_add = (&r + &want).unwrap();
+    assert!(max_abs_diff(&add_dropout(&r, &x, p, seed).unwrap(), &want_add) < 1e-6);
+
+    let (xv, rv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&r).unwrap());
+    let g = randn(&[3, 50_000], 143);
+    let y = add_dropout(
+        rv.as_tensor(),
+        &dropout(xv.as_tensor(), p, seed + 1).unwrap(),
+        p,
+        seed,
+    )
+    .unwrap();
+    let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut m1 = vec![0f32; x.elem_count()];
+    kernels::dropout_mask(seed + 1, 0, p, &mut m1);
+    let m1 = Tensor::from_vec(m1, x.shape(), &Device::Cpu).unwrap();
+    let want_dx = g.mul(&mask).unwrap().mul(&m1).unwrap();
+    assert!(max_abs_diff(grads.get(xv.as_tensor()).unwrap(), &want_dx) < 1e-6);
+    assert!(max_abs_diff(grads.get(rv.as_tensor()).unwrap(), &g) < 1e-6);
+    // Roughly a fraction p of the elements is dropped.
+    let dropped = mask
+        .eq(0f32)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    let dropped = dropped.to_scalar::<f32>().unwrap();
+    assert!((dropped - 0.1).abs() < 0.01, "dropped {dropped}");
+}
