@@ -64,7 +64,9 @@ pub(crate) fn standard_normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
     out
 }
 
-/// Inverted-dropout multipliers: 0 with probability `p`, else `1 / (1 - p)`.
+/// Inverted-dropout multipliers: 0 with probability `p`, else `1 / (1 - p)` (the stream
+/// `ops::dropout` uses; kept as the readable reference its test checks).
+#[cfg(test)]
 pub(crate) fn keep_mask(rng: &mut StdRng, n: usize, p: f64) -> Vec<f32> {
     let seed = rng.next_u64();
     let threshold = (p * 4_294_967_296.0) as u64;
@@ -94,12 +96,17 @@ pub(crate) fn randn(rng: &mut StdRng, shape: &Shape, device: &Device) -> Result<
 /// Inverted dropout with probability `p` in training mode; the identity otherwise.
 pub(crate) fn dropout(x: &Tensor, p: f64, mode: &mut Mode<'_>) -> Result<Tensor> {
     match mode {
-        Mode::Train(rng) if p > 0.0 => {
-            let mask = keep_mask(rng, x.elem_count(), p);
-            let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?;
-            Ok(x.mul(&mask)?)
-        }
+        // The mask stream is that of `keep_mask`; on the CPU the fused op never materialises it.
+        Mode::Train(rng) if p > 0.0 => Ok(crate::ops::dropout(x, p, rng.next_u64())?),
         _ => Ok(x.clone()),
+    }
+}
+
+/// `x + dropout(r)`: a residual connection around a dropped-out branch, one fused pass on the CPU.
+pub(crate) fn add_dropout(x: &Tensor, r: &Tensor, p: f64, mode: &mut Mode<'_>) -> Result<Tensor> {
+    match mode {
+        Mode::Train(rng) if p > 0.0 => Ok(crate::ops::add_dropout(x, r, p, rng.next_u64())?),
+        _ => Ok((x + r)?),
     }
 }
 

@@ -26,7 +26,7 @@ use rand::Rng;
 use crate::config::TransformerConfig;
 use crate::error::{ModelError, Result};
 use crate::nn::{LayerNorm, Linear, MultiHeadAttention};
-use crate::random::{dropout, randn, Mode};
+use crate::random::{add_dropout, dropout, randn, Mode};
 
 /// Everything one pass of the reconstruction transformer produces.
 #[derive(Debug, Clone)]
@@ -87,12 +87,12 @@ impl EncoderLayer {
         let attn = self.self_attn.forward(&query, &x_pos, x, mask, mode)?;
         let x = self
             .norm1
-            .forward(&(x + dropout(&attn, self.dropout, mode)?)?)?;
+            .forward(&add_dropout(x, &attn, self.dropout, mode)?)?;
         let hidden = dropout(&self.linear1.forward_relu(&x)?, self.dropout, mode)?;
         let ffn = self.linear2.forward(&hidden)?;
         let x = self
             .norm2
-            .forward(&(x + dropout(&ffn, self.dropout, mode)?)?)?;
+            .forward(&add_dropout(&x, &ffn, self.dropout, mode)?)?;
         ffn_outputs.push(ffn);
         Ok(x)
     }
@@ -159,17 +159,20 @@ impl DecoderLayer {
         let attn =
             self.self_attn
                 .forward(&t.broadcast_add(pos)?, memory_pos, memory, mask, mode)?;
-        let t = self
-            .norm1
-            .forward(&dropout(&attn, p, mode)?.broadcast_add(&t)?)?;
+        let t = self.norm1.forward(&add_dropout(
+            &t.broadcast_as(attn.shape())?,
+            &attn,
+            p,
+            mode,
+        )?)?;
         let prev_pos = prev.broadcast_add(pos)?;
         let attn =
             self.multihead_attn
                 .forward(&t.broadcast_add(pos)?, &prev_pos, prev, mask, mode)?;
-        let t = self.norm2.forward(&(t + dropout(&attn, p, mode)?)?)?;
+        let t = self.norm2.forward(&add_dropout(&t, &attn, p, mode)?)?;
         let hidden = dropout(&self.linear1.forward_relu(&t)?, p, mode)?;
         let ffn = self.linear2.forward(&hidden)?;
-        let t = self.norm3.forward(&(t + dropout(&ffn, p, mode)?)?)?;
+        let t = self.norm3.forward(&add_dropout(&t, &ffn, p, mode)?)?;
         ffn_outputs.push(ffn);
         Ok(t)
     }
