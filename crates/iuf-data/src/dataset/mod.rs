@@ -174,8 +174,12 @@ impl DatasetRoot {
     /// folder, unreadable or truncated file, mask size different from its image) is collected into
     /// one [`Error::Broken`]: a broken class is refused as a whole, never partially used.
     pub fn index_class(&self, name: &str) -> Result<ClassIndex> {
-        self.index(&[name])
-            .map(|mut v| v.pop().expect("index returns one entry per name"))
+        let mut indices = self.index(&[name])?;
+        // `index` returns one entry per name on success.
+        indices.pop().ok_or_else(|| Error::UnknownClass {
+            name: name.to_string(),
+            known: self.classes.clone(),
+        })
     }
 
     /// Indexes several classes, reporting the problems of all broken classes at once.

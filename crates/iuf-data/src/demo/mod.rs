@@ -173,7 +173,7 @@ fn run_job(job: &Job, size: usize) -> Result<()> {
     let pixels: Vec<u8> = rendered
         .color
         .iter()
-        .flat_map(|c| c.map(|v| v.round().clamp(0.0, 255.0) as u8))
+        .flat_map(|c| c.map(|v| (v + 0.5).clamp(0.0, 255.0) as u8))
         .collect();
     let img = RgbImage::from_raw(size as u32, size as u32, pixels).ok_or_else(|| Error::Shape {
         what: format!("demo image {}", job.image.display()),
