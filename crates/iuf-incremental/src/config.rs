@@ -290,7 +290,7 @@ impl TrainConfig {
             model,
             batch_size: 16,
             base: BaseSchedule {
-                epochs: 12,
+                epochs: 10,
                 lr: 1e-3,
                 lr_step_epochs: 8,
                 warmup_epochs: 1,
