@@ -200,17 +200,15 @@ pub fn linear_composed(
 }
 
 /// Inverted dropout: `x` times multipliers that are 0 with probability `p` and `1 / (1 - p)`
-/// otherwise, drawn from the counter-based stream `seed` (element i uses counter i, the stream
-/// of `random::keep_mask`). f32 on the CPU runs a custom op that regenerates the mask in the
-/// backward; everything else multiplies by a mask tensor.
+/// otherwise, drawn from the counter-based stream `seed` (element i depends only on the seed
+/// and i). f32 on the CPU runs a custom op that regenerates the mask in the backward; everything
+/// else multiplies by the same mask as a tensor.
 pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     if fused::is_cpu_f32(x) {
-        return x
-            .contiguous()?
-            .apply_op1(dropout::Dropout { p, seed });
+        return x.contiguous()?.apply_op1(dropout::Dropout { p, seed });
     }
     x.mul(&dropout_mask_tensor(x, p, seed)?)
 }

@@ -64,8 +64,8 @@ pub(crate) fn standard_normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
     out
 }
 
-/// Inverted-dropout multipliers: 0 with probability `p`, else `1 / (1 - p)` (the stream
-/// `ops::dropout` uses; kept as the readable reference its test checks).
+/// Inverted-dropout multipliers: 0 with probability `p`, else `1 / (1 - p)` (the former mask
+/// stream; `dropout` now draws its mask inside `ops::dropout`).
 #[cfg(test)]
 pub(crate) fn keep_mask(rng: &mut StdRng, n: usize, p: f64) -> Vec<f32> {
     let seed = rng.next_u64();
@@ -96,7 +96,7 @@ pub(crate) fn randn(rng: &mut StdRng, shape: &Shape, device: &Device) -> Result<
 /// Inverted dropout with probability `p` in training mode; the identity otherwise.
 pub(crate) fn dropout(x: &Tensor, p: f64, mode: &mut Mode<'_>) -> Result<Tensor> {
     match mode {
-        // The mask stream is that of `keep_mask`; on the CPU the fused op never materialises it.
+        // On the CPU the fused op never materialises the mask.
         Mode::Train(rng) if p > 0.0 => Ok(crate::ops::dropout(x, p, rng.next_u64())?),
         _ => Ok(x.clone()),
     }

@@ -306,42 +306,69 @@ multiversion! {
     }
 }
 
-/// SplitMix64 finaliser: a counter-based stream, element `i` of a seed's stream is `mix(seed, i)`,
-/// so a dropout mask can be regenerated in the backward pass instead of being stored.
+/// Chris Wellons' `lowbias32` integer hash: 32-bit multiplies and shifts only, so eight lanes
+/// run per AVX2 instruction (64-bit multiplies, as in SplitMix64, do not vectorise on AVX2).
 #[inline(always)]
-fn mix(seed: u64, i: u64) -> u64 {
-    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
 }
 
-/// Inverted-dropout multipliers for elements `start..start + out.len()` of the stream `seed`:
-/// 0 with probability `p`, else 1 / (1 - p).
-pub fn dropout_mask(seed: u64, start: u64, p: f64, out: &mut [f32]) {
-    let threshold = (p * 4_294_967_296.0) as u64;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    for (j, v) in out.iter_mut().enumerate() {
-        *v = if mix(seed, start + j as u64) >> 32 >= threshold {
-            keep
-        } else {
-            0.0
-        };
+/// Two 32-bit keys from a 64-bit seed for the counter-based dropout stream.
+#[inline(always)]
+fn dropout_keys(seed: u64) -> (u32, u32) {
+    let lo = lowbias32(seed as u32 ^ 0x9e37_79b9);
+    let hi = lowbias32((seed >> 32) as u32 ^ lo);
+    (lo, hi)
+}
+
+/// Element `i` of stream `(k1, k2)`: two hash rounds of the counter, keyed before each.
+#[inline(always)]
+fn dropout_bits(k1: u32, k2: u32, i: u32) -> u32 {
+    lowbias32(lowbias32(i ^ k1) ^ k2)
+}
+
+fn dropout_threshold(p: f64) -> (u32, f32) {
+    let t = (p * 4_294_967_296.0).clamp(0.0, u32::MAX as f64) as u32;
+    (t, (1.0 / (1.0 - p)) as f32)
+}
+
+multiversion! {
+    /// Inverted-dropout multipliers for elements `start..start + out.len()` of the stream `seed`:
+    /// 0 with probability `p`, else 1 / (1 - p). Element i depends only on (seed, i), so the
+    /// backward pass regenerates the mask instead of storing it, on any thread count.
+    pub fn dropout_mask(seed: u64, start: u64, p: f64, out: &mut [f32]) {
+        let (k1, k2) = dropout_keys(seed);
+        let (threshold, keep) = dropout_threshold(p);
+        let start = start as u32;
+        for (j, v) in out.iter_mut().enumerate() {
+            let bits = dropout_bits(k1, k2, start.wrapping_add(j as u32));
+            *v = if bits >= threshold { keep } else { 0.0 };
+        }
     }
 }
 
-/// `out = x * m + base`, with `m` the dropout multipliers of elements `start..` of stream `seed`
-/// (`base` empty for plain dropout): one pass for `x + dropout(r)` and its backward.
-pub fn dropout_fma(seed: u64, start: u64, p: f64, x: &[f32], base: &[f32], out: &mut [f32]) {
-    let threshold = (p * 4_294_967_296.0) as u64;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-        let m = if mix(seed, start + j as u64) >> 32 >= threshold {
-            keep
+multiversion! {
+    /// `out = x * m + base` with `m` the multipliers of [`dropout_mask`] (`base` empty for plain
+    /// dropout): one pass for `x + dropout(r)` and for the backward of both.
+    pub fn dropout_fma(seed: u64, start: u64, p: f64, x: &[f32], base: &[f32], out: &mut [f32]) {
+        let (k1, k2) = dropout_keys(seed);
+        let (threshold, keep) = dropout_threshold(p);
+        let start = start as u32;
+        if base.is_empty() {
+            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                let bits = dropout_bits(k1, k2, start.wrapping_add(j as u32));
+                *o = if bits >= threshold { v * keep } else { 0.0 };
+            }
         } else {
-            0.0
-        };
-        *o = v * m + if base.is_empty() { 0.0 } else { base[j] };
+            for (j, ((o, v), b)) in out.iter_mut().zip(x).zip(base).enumerate() {
+                let bits = dropout_bits(k1, k2, start.wrapping_add(j as u32));
+                *o = if bits >= threshold { v * keep + b } else { *b };
+            }
+        }
     }
 }
 
@@ -365,6 +392,33 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn dropout_stream_has_the_right_rate_and_independent_seeds() {
+        let n = 200_000;
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        for p in [0.1, 0.5] {
+            dropout_mask(1, 0, p, &mut a);
+            dropout_mask(2, 0, p, &mut b);
+            let rate = a.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+            assert!((rate - p).abs() < 0.005, "p {p}: rate {rate}");
+            // Independent masks drop an element in both with probability p^2.
+            let both = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| **x == 0.0 && **y == 0.0)
+                .count();
+            let both = both as f64 / n as f64;
+            assert!((both - p * p).abs() < 0.005, "p {p}: both {both}");
+            assert!(a
+                .iter()
+                .all(|&v| v == 0.0 || (v - 1.0 / (1.0 - p) as f32).abs() < 1e-6));
+        }
+        // A block of the stream equals the same elements of the whole stream.
+        let mut part = vec![0f32; 1000];
+        dropout_mask(2, 5000, 0.5, &mut part);
+        assert_eq!(&part[..], &b[5000..6000]);
     }
 
     #[test]
