@@ -101,6 +101,12 @@ pub fn backbone(
         name: variant.model_name().to_string(),
         weights_digest: iuf_backbone::fetch::sha256_hex(&bytes),
     };
+    tracing::info!(
+        "backbone {} from {} (sha256 {}) on {device:?}",
+        id.name,
+        path.display(),
+        &id.weights_digest[..12]
+    );
     Ok(LoadedBackbone {
         backbone,
         id,

@@ -74,11 +74,13 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     };
     setup::check_classes(&data, &classes)?;
     for c in classes.iter().filter(|c| !learned.contains(c)) {
-        tracing::warn!(
-            "{} has not learned `{c}`; evaluating it anyway",
-            a.model.display()
+        progress::status(
+            g.json,
+            &format!(
+                "warning: {} has not learned `{c}`; evaluating it anyway",
+                a.model.display()
+            ),
         );
-        progress::status(g.json, &format!("warning: the model has not learned `{c}`"));
     }
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;

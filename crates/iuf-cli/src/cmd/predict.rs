@@ -12,6 +12,7 @@ use clap::Args;
 use image::RgbImage;
 use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Progress};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::heatmap::{self, MapScale};
@@ -49,7 +50,8 @@ pub struct PredictArgs {
     /// Judge every image as this object instead of the one the discriminator recognises.
     #[arg(long, value_name = "NAME")]
     pub object: Option<String>,
-    /// Also write a panel PNG: the first images on top, their heatmaps below.
+    /// Also write a panel (.png or .jpg): images on top, their heatmaps below, picked evenly over
+    /// all the images.
     #[arg(long, value_name = "FILE")]
     pub panel: Option<PathBuf>,
     /// Images in the panel.
@@ -173,12 +175,30 @@ fn masks_dir_mask(dir: &Path, rel: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Expands the command line's paths into items, each with a unique heatmap name.
+/// The deepest folder holding every path (all absolute), or `None` when they share nothing.
+fn common_ancestor(paths: &[PathBuf]) -> Option<PathBuf> {
+    let mut it = paths.iter();
+    let mut base = it.next()?.clone();
+    for p in it {
+        while !p.starts_with(&base) {
+            if !base.pop() {
+                return None;
+            }
+        }
+    }
+    Some(base)
+}
+
+/// Expands the command line's paths into items. Heatmaps mirror the inputs' folders below their
+/// deepest common folder (`bottle/test/crack/000.png` stays apart from `pill/test/crack/000.png`);
+/// a name still taken (same stem, other extension) gets a `-1`, `-2`, ... suffix.
 pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
-    let mut used: HashSet<PathBuf> = HashSet::new();
+    // (image, path relative to its walked folder or its own name, absolute path for naming)
+    let mut files: Vec<(PathBuf, PathBuf, PathBuf)> = Vec::new();
+    let mut anchors: Vec<PathBuf> = Vec::new();
     for p in paths {
-        let (root_name, files): (PathBuf, Vec<(PathBuf, PathBuf)>) = if p.is_dir() {
+        let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        if p.is_dir() {
             let mut found = Vec::new();
             walk(p, &mut found)?;
             if found.is_empty() {
@@ -188,44 +208,43 @@ pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item
                     iuf_data::IMAGE_EXTENSIONS.join(", ")
                 );
             }
-            let name = p
-                .canonicalize()
-                .ok()
-                .and_then(|c| c.file_name().map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("images"));
-            let files = found
-                .into_iter()
-                .map(|f| {
-                    let rel = f.strip_prefix(p).unwrap_or(&f).to_path_buf();
-                    (f, rel)
-                })
-                .collect();
-            (name, files)
+            for f in found {
+                let rel = f.strip_prefix(p).unwrap_or(&f).to_path_buf();
+                files.push((f, rel.clone(), abs.join(&rel)));
+            }
+            anchors.push(abs);
         } else {
             // Files named explicitly are always tried (an unreadable one is reported, not skipped).
             let rel = PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
-            (PathBuf::new(), vec![(p.clone(), rel)])
-        };
-        for (path, rel) in files {
-            let base = root_name.join(&rel).with_extension("png");
-            let mut heat = base.clone();
-            let mut k = 1;
-            while !used.insert(heat.clone()) {
-                heat = base.with_file_name(format!(
-                    "{}-{k}.png",
-                    base.file_stem().unwrap_or_default().to_string_lossy()
-                ));
-                k += 1;
-            }
-            let mask = masks
-                .and_then(|d| masks_dir_mask(d, &rel))
-                .or_else(|| mvtec_mask(&path));
-            items.push(Item {
-                path,
-                heatmap: heat,
-                mask,
-            });
+            anchors.push(abs.parent().map_or_else(PathBuf::new, Path::to_path_buf));
+            files.push((p.clone(), rel, abs));
         }
+    }
+    let base = common_ancestor(&anchors).unwrap_or_default();
+    let mut items = Vec::with_capacity(files.len());
+    let mut used: HashSet<PathBuf> = HashSet::new();
+    for (path, rel, abs) in files {
+        let name = abs
+            .strip_prefix(&base)
+            .unwrap_or(&rel)
+            .with_extension("png");
+        let mut heat = name.clone();
+        let mut k = 1;
+        while !used.insert(heat.clone()) {
+            heat = name.with_file_name(format!(
+                "{}-{k}.png",
+                name.file_stem().unwrap_or_default().to_string_lossy()
+            ));
+            k += 1;
+        }
+        let mask = masks
+            .and_then(|d| masks_dir_mask(d, &rel))
+            .or_else(|| mvtec_mask(&path));
+        items.push(Item {
+            path,
+            heatmap: heat,
+            mask,
+        });
     }
     Ok(items)
 }
@@ -248,7 +267,7 @@ pub struct Predictor<'a> {
     /// Judge every image as this object.
     pub object: Option<String>,
     pub out_dir: PathBuf,
-    /// Keep (original, heatmap) pairs of the first this-many images for a panel.
+    /// Keep (original, heatmap) pairs of this many images, spread evenly over the items, for a panel.
     pub panel_max: usize,
 }
 
@@ -292,16 +311,21 @@ impl Predictor<'_> {
             outcomes: Vec::with_capacity(items.len()),
             panel: Vec::new(),
         };
-        progress.start("predict", items.len() as u64);
-        for chunk in items.chunks(CHUNK) {
+        // Evenly spread over the items, so a panel of a whole test set shows every defect type.
+        let n = items.len();
+        let picks: HashSet<usize> = (0..self.panel_max.min(n))
+            .map(|i| i * n / self.panel_max.min(n))
+            .collect();
+        progress.start("predict", n as u64);
+        for (c, chunk) in items.chunks(CHUNK).enumerate() {
             let decoded: Vec<_> = chunk
-                .iter()
+                .par_iter()
                 .map(|it| iuf_data::image::load_rgb(&it.path))
                 .collect();
-            let mut good: Vec<(&Item, RgbImage)> = Vec::new();
-            for (it, d) in chunk.iter().zip(decoded) {
+            let mut good: Vec<(usize, &Item, RgbImage)> = Vec::new();
+            for (j, (it, d)) in chunk.iter().zip(decoded).enumerate() {
                 match d {
-                    Ok(img) => good.push((it, img)),
+                    Ok(img) => good.push((c * CHUNK + j, it, img)),
                     Err(e) => {
                         let o = Outcome::failed(
                             &it.path,
@@ -318,7 +342,7 @@ impl Predictor<'_> {
             }
             let tensors: Vec<_> = good
                 .iter()
-                .map(|(_, img)| iuf_data::image::preprocess(img, size))
+                .map(|(_, _, img)| iuf_data::image::preprocess(img, size))
                 .collect();
             let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
             let features = self
@@ -331,7 +355,7 @@ impl Predictor<'_> {
                 .context("running the model")?;
             let (_, mh, mw) = pred.maps.dims3()?;
             let probs: Vec<Vec<f32>> = pred.class_probs.to_vec2()?;
-            for (i, (it, img)) in good.into_iter().enumerate() {
+            for (i, (index, it, img)) in good.into_iter().enumerate() {
                 let (object, prob) = match &self.object {
                     Some(o) => {
                         let id = self.learner.class_id(o).expect("checked above") as usize;
@@ -374,7 +398,7 @@ impl Predictor<'_> {
                 }
                 heat.save_with_format(&heat_path, image::ImageFormat::Png)
                     .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
-                if run.panel.len() < self.panel_max {
+                if picks.contains(&index) {
                     run.panel.push((shown, heat));
                 }
                 let o = Outcome {
@@ -515,5 +539,72 @@ fn print_human(o: &Outcome) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    #[test]
+    fn heatmap_names_mirror_the_inputs_below_their_common_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for f in [
+            "bottle/test/crack/000.png",
+            "bottle/test/good/000.png",
+            "bottle/ground_truth/crack/000_mask.png",
+            "pill/test/crack/000.png",
+            "pill/test/crack/000.jpg",
+            "pill/test/.hidden.png",
+            "pill/test/notes.txt",
+        ] {
+            touch(&r.join(f));
+        }
+        let items = collect_items(&[r.join("bottle/test"), r.join("pill/test")], None).unwrap();
+        let names: Vec<String> = items
+            .iter()
+            .map(|i| i.heatmap.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "bottle/test/crack/000.png",
+                "bottle/test/good/000.png",
+                "pill/test/crack/000.png",
+                "pill/test/crack/000-1.png"
+            ]
+        );
+        // The MVTec-layout mask is found for the defective image only.
+        assert_eq!(
+            items[0].mask,
+            Some(r.join("bottle/ground_truth/crack/000_mask.png"))
+        );
+        assert_eq!(items[1].mask, None);
+
+        // One folder: names relative to it; one file: its own name.
+        let items = collect_items(&[r.join("bottle")], None).unwrap();
+        assert_eq!(items.len(), 2, "ground_truth is not walked");
+        assert_eq!(items[0].heatmap, PathBuf::from("test/crack/000.png"));
+        let items = collect_items(
+            &[r.join("pill/test/crack/000.jpg")],
+            Some(&r.join("bottle/ground_truth/crack")),
+        )
+        .unwrap();
+        assert_eq!(items[0].heatmap, PathBuf::from("000.png"));
+        assert_eq!(
+            items[0].mask,
+            Some(r.join("bottle/ground_truth/crack/000_mask.png"))
+        );
+        std::fs::create_dir_all(r.join("empty/sub")).unwrap();
+        let err = collect_items(&[r.join("empty")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no images under"), "{err}");
     }
 }
