@@ -1,13 +1,23 @@
-//! Fused CPU layer norm and softmax (`iuf_model::ops`) against the plain candle composition, at the
-//! shapes of the `paper` transformer at batch 8: layer norm on [8, 196, 256], softmax on the
-//! attention scores [8 * 8 heads, 196, 196]. Forward alone and forward + backward.
+//! Fused CPU ops (`iuf_model::ops`) against the plain candle composition, at the shapes of the
+//! `paper` transformer at batch 8: layer norm on [8, 196, 256], softmax on the attention scores
+//! [8 * 8 heads, 196, 196], attention on [8, 196, 256] with 8 heads and dropout 0.1, the FFN's
+//! first linear layer [1568, 256] -> 1024 with ReLU. Forward alone and forward + backward.
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use iuf_model::ops;
+use iuf_model::ops::{self, Activation, AttentionDropout};
 
 type LayerNormFn = fn(&Tensor, &Tensor, &Tensor, f64) -> candle_core::Result<Tensor>;
 type SoftmaxFn = fn(&Tensor) -> candle_core::Result<Tensor>;
+type AttentionFn = fn(
+    &Tensor,
+    &Tensor,
+    &Tensor,
+    usize,
+    Option<&Tensor>,
+    Option<AttentionDropout>,
+) -> candle_core::Result<Tensor>;
+type LinearFn = fn(&Tensor, &Tensor, &Tensor, Activation) -> candle_core::Result<Tensor>;
 
 fn bench_layer_norm(c: &mut Criterion) {
     let dev = Device::Cpu;
@@ -59,5 +69,81 @@ fn bench_softmax(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_layer_norm, bench_softmax);
+fn bench_attention(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let var =
+        |_: u8| Var::from_tensor(&Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap()).unwrap();
+    let (q, k, v) = (var(0), var(1), var(2));
+    let r = Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap();
+    let drop = Some(AttentionDropout { p: 0.1, seed: 1 });
+    let mut group = c.benchmark_group("attention_8x196x256_8heads");
+    group.sample_size(20);
+    let variants: [(&str, AttentionFn); 2] = [
+        ("fused", ops::attention),
+        ("composed", ops::attention_composed),
+    ];
+    for (name, f) in variants {
+        let (qd, kd, vd) = (
+            q.as_tensor().detach(),
+            k.as_tensor().detach(),
+            v.as_tensor().detach(),
+        );
+        group.bench_function(format!("{name}_inference"), |bench| {
+            bench.iter(|| f(&qd, &kd, &vd, 8, None, None).unwrap())
+        });
+        group.bench_function(format!("{name}_train_forward_backward"), |bench| {
+            bench.iter(|| {
+                let y = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 8, None, drop).unwrap();
+                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_linear(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f32, 0.05f32, (1024, 256), &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::zeros(1024, candle_core::DType::F32, &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f32, 1f32, (8, 196, 1024), &dev).unwrap();
+    let mut group = c.benchmark_group("linear_relu_1568x256x1024");
+    group.sample_size(20);
+    let variants: [(&str, LinearFn); 2] =
+        [("fused", ops::linear), ("composed", ops::linear_composed)];
+    for (name, f) in variants {
+        group.bench_function(format!("{name}_forward"), |bench| {
+            bench.iter(|| {
+                f(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    Activation::Relu,
+                )
+                .unwrap()
+            })
+        });
+        group.bench_function(format!("{name}_forward_backward"), |bench| {
+            bench.iter(|| {
+                let y = f(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    Activation::Relu,
+                )
+                .unwrap();
+                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_layer_norm,
+    bench_softmax,
+    bench_attention,
+    bench_linear
+);
 criterion_main!(benches);
