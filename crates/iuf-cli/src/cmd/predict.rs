@@ -423,14 +423,26 @@ impl Predictor<'_> {
     }
 }
 
-/// Writes a panel PNG.
+/// Writes a panel; the format follows the file name (`.png`, or `.jpg` for a much smaller file).
 pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let format = match ext.as_deref() {
+        Some("png") => image::ImageFormat::Png,
+        Some("jpg" | "jpeg") => image::ImageFormat::Jpeg,
+        _ => bail!(
+            "--panel {}: expected a file name ending in .png or .jpg",
+            path.display()
+        ),
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     heatmap::panel(pairs, PANEL_TILE)
-        .save_with_format(path, image::ImageFormat::Png)
+        .save_with_format(path, format)
         .with_context(|| format!("writing panel {}", path.display()))
 }
 

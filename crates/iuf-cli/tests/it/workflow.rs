@@ -119,7 +119,7 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
         "--out".as_ref(),
         pred.as_os_str(),
         "--panel".as_ref(),
-        s.path("panel.png").as_os_str(),
+        s.path("panel.jpg").as_os_str(),
     ]);
     ok(&o);
     let lines = json_lines(&o);
@@ -145,7 +145,9 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     }
     let written = std::fs::read_to_string(pred.join("predictions.jsonl")).unwrap();
     assert_eq!(written.lines().count(), 8);
-    let panel = image::open(s.path("panel.png")).unwrap();
+    let bytes = std::fs::read(s.path("panel.jpg")).unwrap();
+    assert_eq!(&bytes[..2], b"\xff\xd8", "a .jpg panel is a JPEG");
+    let panel = image::load_from_memory(&bytes).unwrap();
     assert!(panel.width() > panel.height());
 
     // A lower quantile never raises the threshold (info reports the calibration quantile's).
