@@ -53,6 +53,7 @@ pub enum DeviceKind {
 
 /// Flags every subcommand accepts.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// More log output on stderr: -v info, -vv debug, -vvv trace.
     #[arg(short, long, action = ArgAction::Count, global = true)]

@@ -219,6 +219,7 @@ pub fn check_classes(data: &DatasetRoot, classes: &[String]) -> Result<()> {
 
 /// Training-configuration flags shared by `train` and `bench`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Training configuration")]
 pub struct ConfigArgs {
     /// Training recipe: `cpu` (2-core machines, minutes), `paper` (the paper's schedule, for GPUs) or
     /// `tiny` (tests).
