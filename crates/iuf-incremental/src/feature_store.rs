@@ -56,7 +56,7 @@ impl FeatureStore {
         image_size: usize,
         device: Device,
     ) -> Result<Self> {
-        if image_size == 0 || image_size % 16 != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(16) {
             return Err(Error::Config(format!(
                 "image size must be a positive multiple of 16, found {image_size}"
             )));

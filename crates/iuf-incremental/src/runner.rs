@@ -216,6 +216,9 @@ pub fn eval_set(
     })
 }
 
+/// Feature maps `[N, C, g, g]` with the class id of each.
+pub type Labelled = (Tensor, Vec<u32>);
+
 /// Features and class ids of the training (and held-out) images of `classes`.
 pub fn train_data(
     learner: &Learner,
@@ -223,7 +226,7 @@ pub fn train_data(
     store: &FeatureStore,
     classes: &[String],
     progress: &dyn Progress,
-) -> Result<((Tensor, Vec<u32>), (Tensor, Vec<u32>))> {
+) -> Result<(Labelled, Labelled)> {
     let (mut tp, mut tid, mut hp, mut hid) = (vec![], vec![], vec![], vec![]);
     for c in classes {
         // Objects new to the model get the next free class ids, in order.
