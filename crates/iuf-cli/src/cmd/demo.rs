@@ -158,7 +158,12 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
         command: bench::command_line(),
     };
     let bars = Bars::new(quiet);
-    let runs = bench::run_plan(&plan, &store, &bars, quiet)?;
+    let runs = bench::run_plan(&plan, &store, &bars, quiet).with_context(|| {
+        format!(
+            "running the demo in {} (`iuf demo --fresh` starts its runs over)",
+            a.out.display()
+        )
+    })?;
 
     progress::status(quiet, "[4/4] heatmaps of both final models");
     let items = heatmap_items(&data, &classes)?;
