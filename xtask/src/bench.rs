@@ -104,7 +104,10 @@ pub fn run(args: Args) -> Result<()> {
         .status()
         .context("running `cargo run --release -p iuf-cli -- bench`")?;
     if !status.success() {
-        bail!("`iuf bench` failed ({status}); re-running resumes after the last finished step");
+        bail!(
+            "`iuf bench` failed ({status}); its error is above (a re-run resumes after the last \
+             finished step)"
+        );
     }
     let dest = results_root.join(&protocol.name).join(&args.preset);
     copy_light_outputs(&work, &dest)?;
@@ -213,6 +216,66 @@ mod tests {
         assert_eq!(protocol_dir("10-1x5"), "10-1x5");
         assert_eq!(protocol_dir("3 x 5"), "3x5");
         assert_eq!(protocol_dir("10-1×5"), "10-1x5");
+    }
+
+    fn run_json(method: &str) -> serde_json::Value {
+        serde_json::json!({
+            "method": method,
+            "protocol": {"name": "14-1", "steps": [["a"], ["b"]]},
+            "config": serde_json::to_value(iuf_incremental::TrainConfig::tiny(8, 2)).unwrap(),
+            "steps": [["a"], ["b"]],
+            "classes": ["a", "b"],
+            "metrics": {},
+            "acc": {"image": 0.9, "pixel": 0.95},
+            "fm": {"image": 0.01, "pixel": null},
+            "train_seconds": [1.0, 2.0],
+            "eval_seconds": [1.0, 1.0],
+            "infer_ms_per_image": [1.0, 1.0],
+            "model_bytes": [1, 1],
+            "peak_rss_bytes": null,
+            "complete": true
+        })
+    }
+
+    #[test]
+    fn light_outputs_are_copied_without_models_and_indexed() {
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(work.join("iuf")).unwrap();
+        let all = serde_json::to_string(&[run_json("iuf")]).unwrap();
+        for (f, text) in [
+            ("report.md", "# report"),
+            ("auroc.svg", "<svg/>"),
+            ("results.json", all.as_str()),
+            ("iuf/report.md", "# iuf"),
+            ("iuf/results.json", "{}"),
+            ("iuf/step-0.safetensors", "model"),
+            ("iuf/run.json", "{}"),
+        ] {
+            std::fs::write(work.join(f), text).unwrap();
+        }
+        let results = t.path().join("results");
+        copy_light_outputs(&work, &results.join("14-1/cpu")).unwrap();
+        let dest = results.join("14-1/cpu");
+        for f in [
+            "report.md",
+            "auroc.svg",
+            "results.json",
+            "iuf/report.md",
+            "iuf/results.json",
+        ] {
+            assert!(dest.join(f).is_file(), "{f}");
+        }
+        assert!(!dest.join("iuf/step-0.safetensors").exists());
+        assert!(!dest.join("iuf/run.json").exists());
+        write_index(&results).unwrap();
+        let index = std::fs::read_to_string(results.join("README.md")).unwrap();
+        assert!(
+            index.contains(
+                "| [14-1](14-1/cpu/report.md) | cpu | iuf | 90.0 | 95.0 | 1.0 | - | 3 | yes |"
+            ),
+            "{index}"
+        );
     }
 
     #[test]
