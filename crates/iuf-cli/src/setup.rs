@@ -125,6 +125,26 @@ pub fn model_backbone(learner: &Learner, model: &Path) -> Result<EfficientNetVar
     })
 }
 
+/// Refuses backbone weights other than those `learner` was trained on: features from other weights
+/// would make every score meaningless without any error.
+pub fn check_backbone_weights(
+    learner: &Learner,
+    model: &Path,
+    loaded: &LoadedBackbone,
+) -> Result<()> {
+    match learner.backbone_weights() {
+        Some(trained) if trained != loaded.id.weights_digest => bail!(
+            "model {} was trained on {} weights with sha256 {}, but {} has sha256 {}; pass              --weights with the file the model was trained with",
+            model.display(),
+            learner.meta().backbone,
+            &trained[..trained.len().min(16)],
+            loaded.weights.display(),
+            &loaded.id.weights_digest[..loaded.id.weights_digest.len().min(16)]
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Input image side for a model (its token grid times the backbone stride 16).
 pub fn image_size(learner: &Learner) -> usize {
     learner.meta().config.transformer.feature_size[0] * iuf_model::MAP_STRIDE

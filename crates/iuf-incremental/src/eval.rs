@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::learner::{Learner, Predictions};
+use crate::progress::Progress;
 
 /// One object's test set, ready for the model.
 pub struct EvalSet {
@@ -52,10 +53,21 @@ fn metric<T>(class: &str, r: iuf_metrics::Result<T>) -> Result<T> {
 }
 
 /// Runs the model on `set` and computes every metric; also returns the predictions (for heatmaps).
-pub fn evaluate(learner: &Learner, set: &EvalSet) -> Result<(ClassMetrics, Predictions)> {
+/// `progress` sees one phase, `evaluating <class>`, counted in images.
+pub fn evaluate(
+    learner: &Learner,
+    set: &EvalSet,
+    progress: &dyn Progress,
+) -> Result<(ClassMetrics, Predictions)> {
+    progress.start(
+        &format!("evaluating {}", set.class),
+        set.labels.len() as u64,
+    );
     let start = std::time::Instant::now();
-    let pred = learner.predict(&set.features)?;
+    let pred = learner.predict_with(&set.features, progress);
     let seconds = start.elapsed().as_secs_f64();
+    progress.finish();
+    let pred = pred?;
     let m = metrics_of(&set.class, &pred, &set.labels, &set.masks)?;
     Ok((
         ClassMetrics {

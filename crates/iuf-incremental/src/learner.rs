@@ -84,6 +84,9 @@ struct LearnerState {
     calibration: BTreeMap<String, Vec<f32>>,
     /// Images accumulated in each Gram matrix.
     gram_counts: Vec<u64>,
+    /// sha256 of the backbone weights the features came from (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backbone_weights: Option<String>,
 }
 
 /// Anomaly maps and scores of a batch of images.
@@ -130,6 +133,11 @@ impl Learner {
         class_names: Vec<String>,
         device: &Device,
     ) -> Result<Self> {
+        if !strategy.is_trained() {
+            return Err(Error::Config(format!(
+                "`{strategy}` is a reference baseline for protocol runs (`iuf bench`), not a trainable model"
+            )));
+        }
         let cfg = cfg.for_strategy(strategy);
         cfg.check()?;
         if class_names.len() > cfg.model.num_classes {
@@ -155,6 +163,7 @@ impl Learner {
             steps: vec![],
             calibration: BTreeMap::new(),
             gram_counts: vec![],
+            backbone_weights: Some(backbone.weights_digest.clone()),
         };
         Ok(Self {
             cfg,
@@ -248,9 +257,35 @@ impl Learner {
         &self.cfg
     }
 
+    /// Replaces the schedule of the steps still to come (epochs, learning rates, loss weights,
+    /// calibration), e.g. more epochs for a hard new object. The network, the seed's role and the
+    /// feature standardisation are fixed once the model exists; changing them is an error.
+    pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<()> {
+        let cfg = cfg.for_strategy(self.strategy);
+        cfg.check()?;
+        if cfg.model != self.cfg.model {
+            return Err(Error::Config(
+                "the network configuration (model) cannot change after the model is created".into(),
+            ));
+        }
+        if cfg.standardize_features != self.cfg.standardize_features {
+            return Err(Error::Config(
+                "standardize_features is fixed when the model is created".into(),
+            ));
+        }
+        self.state.train_config = cfg.clone();
+        self.cfg = cfg;
+        Ok(())
+    }
+
     /// Model metadata: config, backbone, classes, learned classes and their steps, thresholds.
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
+    }
+
+    /// sha256 of the backbone weights the model was trained on (None for files that predate it).
+    pub fn backbone_weights(&self) -> Option<&str> {
+        self.state.backbone_weights.as_deref()
     }
 
     /// Every finished step.
@@ -372,6 +407,7 @@ impl Learner {
                 ConstrainedSgdConfig {
                     lr: self.cfg.incremental.lr,
                     pull_alpha: pull,
+                    momentum: self.cfg.incremental.momentum,
                 },
             )?;
             if self.strategy.uses_update() {
@@ -659,6 +695,12 @@ impl Learner {
     /// Anomaly maps at the input image size, image scores and class probabilities of `features`
     /// (`[N, C, g, g]`, unstandardised). Evaluation mode, batched.
     pub fn predict(&self, features: &Tensor) -> Result<Predictions> {
+        self.predict_with(features, &crate::progress::NoProgress)
+    }
+
+    /// [`Learner::predict`], reporting each finished image to `progress` (`inc` only: the caller
+    /// starts and finishes the phase).
+    pub fn predict_with(&self, features: &Tensor, progress: &dyn Progress) -> Result<Predictions> {
         let n = features.dim(0)?;
         let (_, _, gh, gw) = features.dims4()?;
         let (h, w) = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
@@ -675,8 +717,15 @@ impl Learner {
                     .to_dtype(DType::F32)?
                     .to_vec1::<f32>()?,
             );
-            maps.push(map.reshape((len, h, w))?.to_device(&Device::Cpu)?);
-            probs.push(candle_nn::ops::softmax_last_dim(&out.logits)?.to_device(&Device::Cpu)?);
+            // Detached: a kept map must not keep its batch's whole forward graph (every activation)
+            // alive through the op history that links it to the parameters.
+            maps.push(map.reshape((len, h, w))?.detach().to_device(&Device::Cpu)?);
+            probs.push(
+                candle_nn::ops::softmax_last_dim(&out.logits)?
+                    .detach()
+                    .to_device(&Device::Cpu)?,
+            );
+            progress.inc(len as u64);
         }
         if n == 0 {
             return Ok(Predictions {

@@ -4,8 +4,10 @@
 //! - [`feature_store`]: the frozen backbone's features, computed once and cached on disk.
 //! - [`learner`]: a model plus its Gram matrices, penalties and calibration; one step at a time.
 //! - [`scl`], [`projection`], [`optim`], [`penalty`]: the pieces of sections 4.4-4.6 and section 8.
+//! - [`baseline`]: the class-mean reference every trained model must beat.
 //! - [`eval`], [`runner`]: per-class metrics and the resumable protocol runner.
 
+pub mod baseline;
 pub mod config;
 pub mod error;
 pub mod eval;

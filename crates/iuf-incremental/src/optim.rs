@@ -45,17 +45,22 @@ pub struct ConstrainedSgdConfig {
     pub lr: f64,
     /// Pull toward the start-of-step weights before each step (section 4.5); 0 turns it off.
     pub pull_alpha: f64,
+    /// Heavy-ball momentum (0: the reference's plain SGD). The projector is fixed during a step,
+    /// so a sum of projected gradients stays in the allowed subspace: momentum keeps section 4.6.
+    pub momentum: f64,
 }
 
-/// Plain SGD (no momentum, no weight decay) whose gradients of the constrained layers are projected
+/// SGD (plain by default, optionally with momentum; no weight decay) whose gradients of the constrained layers are projected
 /// away from the old objects' dominant output directions (section 4.6), and whose weights are pulled
 /// toward a frozen copy of the start-of-step weights before every step (section 4.5).
 pub struct ConstrainedSgd {
     vars: Vec<Var>,
     lr: f64,
     pull_alpha: f64,
+    momentum: f64,
     anchors: HashMap<TensorId, Tensor>,
     projectors: HashMap<TensorId, GradientProjector>,
+    velocity: HashMap<TensorId, Tensor>,
 }
 
 impl ConstrainedSgd {
@@ -86,8 +91,10 @@ impl Optimizer for ConstrainedSgd {
             vars,
             lr: cfg.lr,
             pull_alpha: cfg.pull_alpha,
+            momentum: cfg.momentum,
             anchors,
             projectors: HashMap::new(),
+            velocity: HashMap::new(),
         })
     }
 
@@ -104,6 +111,16 @@ impl Optimizer for ConstrainedSgd {
                         .project(g)
                         .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
                     None => g.clone(),
+                };
+                let g = if self.momentum > 0.0 {
+                    let v = match self.velocity.get(&id) {
+                        Some(prev) => ((prev * self.momentum)? + g)?,
+                        None => g,
+                    };
+                    self.velocity.insert(id, v.clone());
+                    v
+                } else {
+                    g
                 };
                 theta = (theta - (g * self.lr)?)?;
             }
@@ -170,6 +187,7 @@ mod tests {
             ConstrainedSgdConfig {
                 lr: 1.0,
                 pull_alpha: 0.5,
+                momentum: 0.0,
             },
         )
         .unwrap();
@@ -191,6 +209,39 @@ mod tests {
         // pull: 0.5*3 + 0.5*1 = 2; then e0 unchanged (w = 0), e1 minus 1.
         assert!(
             (out[0] - 2.0).abs() < 1e-5 && (out[1] - 1.0).abs() < 1e-5,
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn momentum_accumulates_projected_gradients_only() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
+        let mut opt = ConstrainedSgd::new(
+            vec![w.clone()],
+            ConstrainedSgdConfig {
+                lr: 1.0,
+                pull_alpha: 0.0,
+                momentum: 0.5,
+            },
+        )
+        .unwrap();
+        let mut gram = Gram::zeros(2);
+        gram.accumulate(&Tensor::new(&[[1.0f32, 0.0]], &dev).unwrap())
+            .unwrap();
+        opt.set_projector(
+            &w,
+            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+        );
+        let c = Tensor::new(&[1.0f32, 1.0], &dev).unwrap();
+        for _ in 0..2 {
+            let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+            opt.backward_step(&loss).unwrap();
+        }
+        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        // e0 is frozen; e1 moves by 1, then by 1 + 0.5 * 1.
+        assert!(
+            out[0].abs() < 1e-6 && (out[1] + 2.5).abs() < 1e-5,
             "{out:?}"
         );
     }

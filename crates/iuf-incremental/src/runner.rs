@@ -17,9 +17,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::ClassMean;
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{io_err, Error, Result};
-use crate::eval::{evaluate, ClassMetrics, EvalSet};
+use crate::eval::{evaluate, metrics_of, ClassMetrics, EvalSet};
 use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, StepData, StepRecord};
 use crate::progress::Progress;
@@ -175,6 +176,34 @@ struct RunIdentity {
     config: serde_json::Value,
 }
 
+/// Writes `run.json`, or checks that the folder's `run.json` describes this very run, so that a
+/// different run never overwrites its files.
+fn claim_run_dir(
+    dir: &Path,
+    method: Strategy,
+    steps: &[Vec<String>],
+    config: &TrainConfig,
+) -> Result<()> {
+    let identity = RunIdentity {
+        method: method.name().to_string(),
+        steps: steps.to_vec(),
+        config: serde_json::to_value(config).map_err(|e| Error::Msg(e.to_string()))?,
+    };
+    let id_path = dir.join("run.json");
+    if id_path.exists() {
+        let found: RunIdentity = read_json(&id_path)?;
+        if found != identity {
+            return Err(Error::RunDir {
+                path: id_path,
+                msg: "holds a different run (method, steps or config differ); choose another output folder or delete it".into(),
+            });
+        }
+        Ok(())
+    } else {
+        write_atomic(&id_path, &to_json(&identity)?)
+    }
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -282,6 +311,9 @@ pub fn run_protocol(
 ) -> Result<RunResults> {
     let dir = &spec.dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if !spec.method.is_trained() {
+        return run_class_mean(spec, dataset, store, progress);
+    }
     let steps: Vec<Vec<String>> = if spec.method == Strategy::Joint {
         vec![spec.protocol.all_classes()]
     } else {
@@ -290,23 +322,7 @@ pub fn run_protocol(
     let class_list = spec.protocol.all_classes();
     let config = spec.config.for_strategy(spec.method);
     config.check()?;
-    let identity = RunIdentity {
-        method: spec.method.name().to_string(),
-        steps: steps.clone(),
-        config: serde_json::to_value(&config).map_err(|e| Error::Msg(e.to_string()))?,
-    };
-    let id_path = dir.join("run.json");
-    if id_path.exists() {
-        let found: RunIdentity = read_json(&id_path)?;
-        if found != identity {
-            return Err(Error::RunDir {
-                path: id_path,
-                msg: "holds a different run (method, steps or config differ); choose another output folder or delete it".into(),
-            });
-        }
-    } else {
-        write_atomic(&id_path, &to_json(&identity)?)?;
-    }
+    claim_run_dir(dir, spec.method, &steps, &config)?;
 
     // Resume after the last step whose model and results are both complete.
     let mut done: Vec<StepResult> = Vec::new();
@@ -338,7 +354,10 @@ pub fn run_protocol(
                 k - 1,
                 dir.display()
             );
-            Learner::load(&step_model_path(dir, k - 1), store.device())?
+            let mut l = Learner::load(&step_model_path(dir, k - 1), store.device())?;
+            // The schedule of the remaining steps is this run's (run.json matched it).
+            l.set_config(&config)?;
+            l
         }
     };
     let mut results = assemble(spec, &config, &steps, &class_list, &done)?;
@@ -370,7 +389,7 @@ pub fn run_protocol(
         let mut metrics = Vec::new();
         for c in &seen {
             let set = eval_set(dataset, store, c, progress)?;
-            let (m, _) = evaluate(&learner, &set)?;
+            let (m, _) = evaluate(&learner, &set, progress)?;
             tracing::info!(step = s, class = %c, image_auroc = m.image_auroc, pixel_auroc = m.pixel_auroc, "evaluated");
             metrics.push(m);
         }
@@ -389,6 +408,81 @@ pub fn run_protocol(
         write_atomic(&dir.join("report.md"), report_markdown(&results).as_bytes())?;
     }
     // A fully resumed run still (re)writes its outputs.
+    write_atomic(&dir.join("results.json"), &to_json(&results)?)?;
+    write_atomic(&dir.join("report.md"), report_markdown(&results).as_bytes())?;
+    Ok(results)
+}
+
+/// The `class-mean` reference: fits each object's mean feature in its step and evaluates like the
+/// trained methods. Seconds of work, so it simply reruns instead of resuming.
+fn run_class_mean(
+    spec: &RunSpec,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    progress: &dyn Progress,
+) -> Result<RunResults> {
+    let dir = &spec.dir;
+    let steps = spec.protocol.steps.clone();
+    let class_list = spec.protocol.all_classes();
+    let config = spec.config.clone();
+    claim_run_dir(dir, spec.method, &steps, &config)?;
+    let mut baseline = ClassMean::new();
+    let mut done: Vec<StepResult> = Vec::new();
+    for (s, new) in steps.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut images = 0;
+        for c in new {
+            let index = dataset.index_class(c)?;
+            // The same images the trained methods train on (their hold-out is left out too).
+            let (train, _) = split_holdout(&index.train, &config);
+            let paths: Vec<PathBuf> = train.into_iter().map(|x| x.path).collect();
+            images += paths.len();
+            let (f, _) = store.features(&paths, progress)?;
+            baseline.fit(c, &f)?;
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let model_path = step_model_path(dir, s);
+        let tmp = model_path.with_extension(format!("tmp{}", std::process::id()));
+        let tensors: std::collections::HashMap<String, Tensor> =
+            baseline.tensors().into_iter().collect();
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, &model_path).map_err(io_err(&model_path))?;
+        let model_bytes = std::fs::metadata(&model_path)
+            .map_err(io_err(&model_path))?
+            .len();
+        let t1 = Instant::now();
+        let mut metrics = Vec::new();
+        for c in steps[..=s].iter().flatten() {
+            let set = eval_set(dataset, store, c, progress)?;
+            let start = Instant::now();
+            let pred = baseline.predict(c, &set.features)?;
+            let seconds = start.elapsed().as_secs_f64();
+            let m = metrics_of(c, &pred, &set.labels, &set.masks)?;
+            metrics.push(ClassMetrics {
+                seconds_per_image: seconds / set.labels.len().max(1) as f64,
+                ..m
+            });
+        }
+        let result = StepResult {
+            record: StepRecord {
+                step: s,
+                classes: new.clone(),
+                images,
+                epochs: 0,
+                optimizer: "none".into(),
+                final_loss: Default::default(),
+                train_seconds,
+            },
+            metrics,
+            eval_seconds: t1.elapsed().as_secs_f64(),
+            feature_seconds: train_seconds,
+            model_bytes,
+            peak_rss_bytes: peak_rss_bytes(),
+        };
+        write_atomic(&step_result_path(dir, s), &to_json(&result)?)?;
+        done.push(result);
+    }
+    let results = assemble(spec, &config, &steps, &class_list, &done)?;
     write_atomic(&dir.join("results.json"), &to_json(&results)?)?;
     write_atomic(&dir.join("report.md"), report_markdown(&results).as_bytes())?;
     Ok(results)

@@ -34,7 +34,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SPEC")]
     pub protocol: String,
     /// Methods, comma-separated, or `all`: iuf, iuf-no-oasa, iuf-no-scl, iuf-no-update, finetune,
-    /// joint, ewc, mas, si.
+    /// joint, ewc, mas, si, and class-mean (untrained reference: distance to each object's mean
+    /// feature per position; every trained method should beat it).
     #[arg(long, value_name = "A,B,..", default_value = "iuf,finetune")]
     pub method: String,
     /// Output folder (created). Re-running with the same folder resumes after the last finished step.

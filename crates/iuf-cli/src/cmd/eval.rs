@@ -84,6 +84,7 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     }
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
+    setup::check_backbone_weights(&learner, &a.model, &loaded)?;
     let store = setup::feature_store(g, loaded, setup::image_size(&learner), &device)?;
     let bars = Bars::new(g.json);
     let mut metrics = Vec::new();
@@ -91,7 +92,8 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
         let set = eval_set(&data, &store, c, &bars).with_context(|| {
             format!("loading the test images of `{c}` from {}", a.data.display())
         })?;
-        let (m, _) = evaluate(&learner, &set).with_context(|| format!("evaluating `{c}`"))?;
+        let (m, _) =
+            evaluate(&learner, &set, &bars).with_context(|| format!("evaluating `{c}`"))?;
         metrics.push(m);
     }
     let result = json!({

@@ -44,6 +44,7 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
             "parameters": parameters,
             "method": learner.strategy().name(),
             "backbone": meta.backbone,
+            "backbone_weights_sha256": learner.backbone_weights(),
             "num_classes": meta.config.num_classes,
             "class_names": meta.class_names,
             "learned": meta.learned,
@@ -69,6 +70,9 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
         "backbone   {} ({} channels, {}x{} tokens)",
         meta.backbone, t.in_channels, t.feature_size[0], t.feature_size[1]
     );
+    if let Some(d) = learner.backbone_weights() {
+        println!("weights    sha256 {d}");
+    }
     println!(
         "network    D {}, {} heads, {}+{} layers, FFN {}, OASA {:?}, discriminator {} blocks",
         t.hidden_dim,

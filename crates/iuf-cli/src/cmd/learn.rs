@@ -28,6 +28,10 @@ pub struct LearnArgs {
     /// Where to write the updated model (must differ from --model).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Epochs of this step (default: the model's recipe, `iuf info` shows it). More epochs make a
+    /// hard new object better learned; the old objects stay protected by the model's method.
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
 }
 
 /// The same file, even when spelled differently (`out` may not exist yet).
@@ -82,8 +86,20 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
             known.join(", ")
         );
     }
+    if let Some(epochs) = a.epochs {
+        if epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        let mut cfg = learner.config().clone();
+        cfg.incremental.epochs = epochs;
+        cfg.finetune_epochs = epochs;
+        learner
+            .set_config(&cfg)
+            .with_context(|| format!("setting --epochs {epochs}"))?;
+    }
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
+    setup::check_backbone_weights(&learner, &a.model, &loaded)?;
     let store = setup::feature_store(g, loaded, setup::image_size(&learner), &device)?;
     progress::status(
         g.json,

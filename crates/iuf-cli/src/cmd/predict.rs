@@ -469,6 +469,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
     let items = collect_items(&a.paths, a.masks.as_deref())?;
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
+    setup::check_backbone_weights(&learner, &a.model, &loaded)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating --out {}", a.out.display()))?;
     let jsonl_path = a.out.join("predictions.jsonl");

@@ -37,11 +37,17 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
         "mesh".as_ref(),
         "--out".as_ref(),
         m1.as_os_str(),
+        "--epochs".as_ref(),
+        "3".as_ref(),
     ]);
     ok(&o);
     let learned = json(&o);
     assert_eq!(learned["learned"], serde_json::json!(["fabric", "mesh"]));
     assert_eq!(learned["step"]["step"], 1);
+    assert_eq!(
+        learned["step"]["epochs"], 3,
+        "--epochs sets this step's epochs"
+    );
     assert_eq!(learned["step"]["optimizer"], "constrained-sgd");
     assert_eq!(
         std::fs::read(&m0).unwrap(),
@@ -60,6 +66,12 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     let info = json(&o);
     assert_eq!(info["method"], "iuf");
     assert_eq!(info["backbone"], "efficientnet-lite0");
+    let digest = info["backbone_weights_sha256"].as_str().unwrap();
+    assert_eq!(
+        digest.len(),
+        64,
+        "the weights' sha256 is recorded: {digest}"
+    );
     assert_eq!(info["num_classes"], 15);
     assert_eq!(
         info["learned"][0],

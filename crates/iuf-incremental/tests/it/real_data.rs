@@ -177,6 +177,36 @@ fn real_data_protocol_runs_writes_results_and_resumes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("different run"), "{err}");
+
+    // The class-mean reference on the same protocol: nothing trained, nothing forgotten.
+    let mut cm = spec.clone();
+    cm.method = Strategy::ClassMean;
+    cm.dir = tmp.path().join("class-mean");
+    let r = run_protocol(&cm, &dataset, &store, &NoProgress).unwrap();
+    assert!(r.complete);
+    assert_eq!(r.fm.image, Some(0.0));
+    assert_eq!(r.fm.pixel, Some(0.0));
+    let bottle = r.metrics["image_auroc"][1][0].unwrap();
+    assert!(
+        bottle >= 0.9,
+        "broken bottles are far from the mean bottle: {bottle}"
+    );
+    assert!(
+        r.model_bytes[1] > r.model_bytes[0],
+        "its memory grows with every object: {:?}",
+        r.model_bytes
+    );
+    let err = iuf_incremental::Learner::new(
+        &cm.config,
+        Strategy::ClassMean,
+        store.backbone_id(),
+        vec!["bottle".into()],
+        &Device::Cpu,
+    )
+    .err()
+    .expect("class-mean is not trainable")
+    .to_string();
+    assert!(err.contains("not a trainable model"), "{err}");
 }
 
 #[test]
