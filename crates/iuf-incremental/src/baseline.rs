@@ -106,12 +106,15 @@ impl ClassMean {
                 maps: Tensor::zeros((0, h, w), DType::F32, &Device::Cpu)?,
                 scores,
                 class_probs: Tensor::zeros((0, names.len()), DType::F32, &Device::Cpu)?,
+                object_probs: Tensor::zeros((0, names.len()), DType::F32, &Device::Cpu)?,
             });
         }
+        let class_probs = Tensor::cat(&probs, 0)?;
         Ok(Predictions {
             maps: Tensor::cat(&maps, 0)?,
             scores,
-            class_probs: Tensor::cat(&probs, 0)?,
+            object_probs: class_probs.clone(),
+            class_probs,
         })
     }
 }

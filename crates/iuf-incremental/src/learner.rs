@@ -29,6 +29,8 @@ use crate::seeded_init::seeded_var_builder;
 const GRAM_PREFIX: &str = "state.gram.";
 const MEAN_KEY: &str = "state.standardize.mean";
 const STD_KEY: &str = "state.standardize.std";
+const PROTO_MEAN_KEY: &str = "state.prototype.mean";
+const PROTO_SPREAD_KEY: &str = "state.prototype.spread";
 /// Images per forward pass when evaluating or accumulating statistics.
 const EVAL_BATCH: usize = 16;
 
@@ -97,6 +99,10 @@ pub struct Predictions {
     pub scores: Vec<f32>,
     /// Class probabilities from the discriminator, `[N, K]`, on the CPU.
     pub class_probs: Tensor,
+    /// Which learned object each image shows, `[N, K]` probabilities on the CPU: from the object
+    /// prototypes in the frozen backbone's feature space when the model has them (they cannot be
+    /// forgotten), else the discriminator's `class_probs`. Objects not learned get 0.
+    pub object_probs: Tensor,
 }
 
 /// A model that learns objects step by step.
@@ -111,6 +117,9 @@ pub struct Learner {
     grams: Vec<Gram>,
     importance: Importance,
     standardize: Option<(Tensor, Tensor)>,
+    /// Per object slot: the mean token-mean backbone feature of its training images `[K, C]` and
+    /// their mean squared distance to it `[K]` (0 for slots not learned). Fixed size.
+    prototypes: Option<(Tensor, Tensor)>,
 }
 
 fn linear_quantile(sorted: &[f32], q: f64) -> Option<f32> {
@@ -176,6 +185,7 @@ impl Learner {
             grams,
             importance: Importance::default(),
             standardize: None,
+            prototypes: None,
         })
     }
 
@@ -222,6 +232,10 @@ impl Learner {
             state,
             grams,
             standardize,
+            prototypes: match (find(PROTO_MEAN_KEY), find(PROTO_SPREAD_KEY)) {
+                (Some(m), Some(s)) => Some((m, s)),
+                _ => None,
+            },
         })
     }
 
@@ -236,6 +250,10 @@ impl Learner {
         if let Some((m, s)) = &self.standardize {
             state_tensors.push((MEAN_KEY.to_string(), m.flatten_all()?));
             state_tensors.push((STD_KEY.to_string(), s.flatten_all()?));
+        }
+        if let Some((m, s)) = &self.prototypes {
+            state_tensors.push((PROTO_MEAN_KEY.to_string(), m.clone()));
+            state_tensors.push((PROTO_SPREAD_KEY.to_string(), s.clone()));
         }
         state_tensors.extend(self.importance.to_state());
         let mut meta = self.meta.clone();
@@ -594,6 +612,7 @@ impl Learner {
             }
             None => {}
         }
+        self.add_prototypes(new_classes, train)?;
         for c in new_classes {
             self.meta.learned.push(LearnedClass {
                 class: c.clone(),
@@ -614,6 +633,101 @@ impl Learner {
         };
         self.state.steps.push(record.clone());
         Ok(record)
+    }
+
+    /// Object prototypes of `classes` from their training images (section 4.1's role, done where
+    /// nothing drifts: the frozen backbone's features). The discriminator's head, trained only on
+    /// the newest objects in an incremental step, learns to call everything the newest object.
+    fn add_prototypes(&mut self, classes: &[String], train: &StepData<'_>) -> Result<()> {
+        let k = self.cfg.model.num_classes;
+        let pooled = train
+            .features
+            .flatten_from(2)?
+            .mean(2)?
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?; // [N, C]
+        let c = pooled.dim(1)?;
+        let (mut means, mut spreads) = match &self.prototypes {
+            Some((m, s)) => (m.to_vec2::<f32>()?, s.to_vec1::<f32>()?),
+            None => (vec![vec![0f32; c]; k], vec![0f32; k]),
+        };
+        let rows: Vec<Vec<f64>> = pooled.to_vec2()?;
+        for name in classes {
+            let id = self.class_id(name).expect("registered in learn_step") as usize;
+            let mine: Vec<&Vec<f64>> = rows
+                .iter()
+                .zip(train.class_ids)
+                .filter(|(_, &cid)| cid as usize == id)
+                .map(|(r, _)| r)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let n = mine.len() as f64;
+            let mean: Vec<f64> = (0..c)
+                .map(|j| mine.iter().map(|r| r[j]).sum::<f64>() / n)
+                .collect();
+            let spread = mine
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .zip(&mean)
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / n;
+            means[id] = mean.iter().map(|&v| v as f32).collect();
+            spreads[id] = spread as f32;
+        }
+        self.prototypes = Some((
+            Tensor::new(means, &Device::Cpu)?,
+            Tensor::new(spreads, &Device::Cpu)?,
+        ));
+        Ok(())
+    }
+
+    /// `[N, K]` object probabilities from the prototypes: a softmax over the learned objects of
+    /// `-d^2 / (2 s)`, with d the distance to each prototype and s the mean within-object spread.
+    fn prototype_probs(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        let Some((means, spreads)) = &self.prototypes else {
+            return Ok(None);
+        };
+        let learned: Vec<usize> = self
+            .meta
+            .learned
+            .iter()
+            .filter_map(|l| self.class_id(&l.class))
+            .map(|i| i as usize)
+            .collect();
+        let spreads: Vec<f32> = spreads.to_vec1()?;
+        let s =
+            learned.iter().map(|&i| spreads[i] as f64).sum::<f64>() / learned.len().max(1) as f64;
+        if learned.is_empty() || s <= 0.0 {
+            return Ok(None);
+        }
+        let x = features
+            .flatten_from(2)?
+            .mean(2)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?; // [n, C]
+        let d2 = x
+            .unsqueeze(1)?
+            .broadcast_sub(&means.unsqueeze(0)?)?
+            .sqr()?
+            .sum(2)?; // [n, K]
+        let k = means.dim(0)?;
+        let mask: Vec<f32> = (0..k)
+            .map(|i| {
+                if learned.contains(&i) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let logits = (d2 * (-0.5 / s))?.broadcast_add(&Tensor::new(mask, &Device::Cpu)?)?;
+        Ok(Some(candle_nn::ops::softmax_last_dim(&logits)?))
     }
 
     fn accumulate_grams(&mut self, features: &Tensor) -> Result<()> {
@@ -728,20 +842,22 @@ impl Learner {
             progress.inc(len as u64);
         }
         if n == 0 {
+            let none = Tensor::zeros((0, self.cfg.model.num_classes), DType::F32, &Device::Cpu)?;
             return Ok(Predictions {
                 maps: Tensor::zeros((0, h, w), DType::F32, &Device::Cpu)?,
                 scores,
-                class_probs: Tensor::zeros(
-                    (0, self.cfg.model.num_classes),
-                    DType::F32,
-                    &Device::Cpu,
-                )?,
+                class_probs: none.clone(),
+                object_probs: none,
             });
         }
+        let class_probs = Tensor::cat(&probs, 0)?;
         Ok(Predictions {
             maps: Tensor::cat(&maps, 0)?,
             scores,
-            class_probs: Tensor::cat(&probs, 0)?,
+            object_probs: self
+                .prototype_probs(features)?
+                .unwrap_or_else(|| class_probs.clone()),
+            class_probs,
         })
     }
 }

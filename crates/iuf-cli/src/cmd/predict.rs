@@ -1,5 +1,7 @@
-//! `iuf predict`: per image the anomaly score, the object the discriminator recognises, a defect/ok
-//! decision against that object's calibrated threshold, and a heatmap PNG (with the ground-truth
+//! `iuf predict`: per image the anomaly score, the object the model recognises (nearest object
+//! prototype in the frozen backbone's feature space, which no later step can make it forget; models
+//! without prototypes use the discriminator), a defect/ok decision against that object's calibrated
+//! threshold, and a heatmap PNG (with the ground-truth
 //! outline when a mask is known). A JSON line per image; unreadable files are reported and skipped.
 
 use std::collections::HashSet;
@@ -47,7 +49,7 @@ pub struct PredictArgs {
     /// their `ground_truth` mask without this.
     #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
-    /// Judge every image as this object instead of the one the discriminator recognises.
+    /// Judge every image as this object instead of the one the model recognises.
     #[arg(long, value_name = "NAME")]
     pub object: Option<String>,
     /// Also write a panel (.png or .jpg): images on top, their heatmaps below, picked evenly over
@@ -354,7 +356,7 @@ impl Predictor<'_> {
                 .predict(&features)
                 .context("running the model")?;
             let (_, mh, mw) = pred.maps.dims3()?;
-            let probs: Vec<Vec<f32>> = pred.class_probs.to_vec2()?;
+            let probs: Vec<Vec<f32>> = pred.object_probs.to_vec2()?;
             for (i, (index, it, img)) in good.into_iter().enumerate() {
                 let (object, prob) = match &self.object {
                     Some(o) => {

@@ -364,3 +364,35 @@ fn predictions_are_finite_and_maps_match_scores() {
     let probs: Vec<f32> = p.class_probs.sum(1).unwrap().to_vec1().unwrap();
     assert!(probs.iter().all(|s| (s - 1.0).abs() < 1e-4));
 }
+
+#[test]
+fn objects_are_recognised_after_an_incremental_step_and_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (features(6, 0, 11), features(6, 1, 12));
+    let mut l = Learner::new(&tiny(), Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
+    for (step, (name, f, id)) in [("a", &fa, 0u32), ("b", &fb, 1u32)].into_iter().enumerate() {
+        l.learn_step(
+            step,
+            &[name.into()],
+            &StepData {
+                features: f,
+                class_ids: &[id; 6],
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap();
+    }
+    let path = dir.path().join("m.safetensors");
+    l.save(&path).unwrap();
+    let reloaded = Learner::load(&path, &Device::Cpu).unwrap();
+    for learner in [&l, &reloaded] {
+        for (f, want) in [(&fa, 0u32), (&fb, 1u32)] {
+            let p = learner.predict(f).unwrap();
+            let ids: Vec<u32> = p.object_probs.argmax(1).unwrap().to_vec1().unwrap();
+            assert!(ids.iter().all(|&i| i == want), "{ids:?}, want {want}");
+            let sums: Vec<f32> = p.object_probs.sum(1).unwrap().to_vec1().unwrap();
+            assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+        }
+    }
+}
