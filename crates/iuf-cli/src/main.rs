@@ -137,7 +137,18 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// Dies quietly, like other Unix tools, when stdout is a closed pipe (`iuf info | head`) instead of
+/// panicking in `println!`.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     if let Err(e) = set_threads(cli.global.threads) {
         eprintln!("error: {e:#}");
