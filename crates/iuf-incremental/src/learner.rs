@@ -276,8 +276,8 @@ impl Learner {
     }
 
     /// Replaces the schedule of the steps still to come (epochs, learning rates, loss weights,
-    /// calibration), e.g. more epochs for a hard new object. The network, the seed's role and the
-    /// feature standardisation are fixed once the model exists; changing them is an error.
+    /// calibration, seed), e.g. more epochs for a hard new object. The network and the feature
+    /// standardisation are fixed once the model exists; changing them is an error.
     pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<()> {
         let cfg = cfg.for_strategy(self.strategy);
         cfg.check()?;
