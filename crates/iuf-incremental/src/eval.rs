@@ -59,12 +59,24 @@ pub fn evaluate(
     set: &EvalSet,
     progress: &dyn Progress,
 ) -> Result<(ClassMetrics, Predictions)> {
+    evaluate_with(set, progress, |features, p| {
+        learner.predict_with(features, p)
+    })
+}
+
+/// [`evaluate`] for any scorer: `predict` maps the set's features to predictions (and may report
+/// finished images to the progress it is given); its time is the per-image inference time.
+pub fn evaluate_with(
+    set: &EvalSet,
+    progress: &dyn Progress,
+    predict: impl FnOnce(&Tensor, &dyn Progress) -> Result<Predictions>,
+) -> Result<(ClassMetrics, Predictions)> {
     progress.start(
         &format!("evaluating {}", set.class),
         set.labels.len() as u64,
     );
     let start = std::time::Instant::now();
-    let pred = learner.predict_with(&set.features, progress);
+    let pred = predict(&set.features, progress);
     let seconds = start.elapsed().as_secs_f64();
     progress.finish();
     let pred = pred?;

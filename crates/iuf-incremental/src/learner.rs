@@ -651,33 +651,23 @@ impl Learner {
             Some((m, s)) => (m.to_vec2::<f32>()?, s.to_vec1::<f32>()?),
             None => (vec![vec![0f32; c]; k], vec![0f32; k]),
         };
-        let rows: Vec<Vec<f64>> = pooled.to_vec2()?;
         for name in classes {
             let id = self.class_id(name).expect("registered in learn_step") as usize;
-            let mine: Vec<&Vec<f64>> = rows
-                .iter()
-                .zip(train.class_ids)
-                .filter(|(_, &cid)| cid as usize == id)
-                .map(|(r, _)| r)
+            let rows: Vec<u32> = (0..train.class_ids.len() as u32)
+                .filter(|&i| train.class_ids[i as usize] as usize == id)
                 .collect();
-            if mine.is_empty() {
+            if rows.is_empty() {
                 continue;
             }
-            let n = mine.len() as f64;
-            let mean: Vec<f64> = (0..c)
-                .map(|j| mine.iter().map(|r| r[j]).sum::<f64>() / n)
-                .collect();
+            let mine = pooled.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 0)?;
+            let mean = mine.mean_keepdim(0)?; // [1, C]
             let spread = mine
-                .iter()
-                .map(|r| {
-                    r.iter()
-                        .zip(&mean)
-                        .map(|(a, b)| (a - b).powi(2))
-                        .sum::<f64>()
-                })
-                .sum::<f64>()
-                / n;
-            means[id] = mean.iter().map(|&v| v as f32).collect();
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .sum(1)?
+                .mean_all()?
+                .to_scalar::<f64>()?;
+            means[id] = mean.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
             spreads[id] = spread as f32;
         }
         self.prototypes = Some((

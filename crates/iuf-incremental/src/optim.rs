@@ -50,9 +50,10 @@ pub struct ConstrainedSgdConfig {
     pub momentum: f64,
 }
 
-/// SGD (plain by default, optionally with momentum; no weight decay) whose gradients of the constrained layers are projected
-/// away from the old objects' dominant output directions (section 4.6), and whose weights are pulled
-/// toward a frozen copy of the start-of-step weights before every step (section 4.5).
+/// SGD (plain by default, optionally with momentum; no weight decay) whose gradients of the
+/// constrained layers are projected away from the old objects' dominant output directions
+/// (section 4.6), and whose weights are pulled toward a frozen copy of the start-of-step weights
+/// before every step (section 4.5).
 pub struct ConstrainedSgd {
     vars: Vec<Var>,
     lr: f64,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::baseline::ClassMean;
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{io_err, Error, Result};
-use crate::eval::{evaluate, metrics_of, ClassMetrics, EvalSet};
+use crate::eval::{evaluate, evaluate_with, ClassMetrics, EvalSet};
 use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, StepData, StepRecord};
 use crate::progress::Progress;
@@ -454,14 +454,8 @@ fn run_class_mean(
         let mut metrics = Vec::new();
         for c in steps[..=s].iter().flatten() {
             let set = eval_set(dataset, store, c, progress)?;
-            let start = Instant::now();
-            let pred = baseline.predict(c, &set.features)?;
-            let seconds = start.elapsed().as_secs_f64();
-            let m = metrics_of(c, &pred, &set.labels, &set.masks)?;
-            metrics.push(ClassMetrics {
-                seconds_per_image: seconds / set.labels.len().max(1) as f64,
-                ..m
-            });
+            let (m, _) = evaluate_with(&set, progress, |f, _| baseline.predict(c, f))?;
+            metrics.push(m);
         }
         let result = StepResult {
             record: StepRecord {

@@ -1,8 +1,8 @@
 //! `iuf predict`: per image the anomaly score, the object the model recognises (nearest object
 //! prototype in the frozen backbone's feature space, which no later step can make it forget; models
 //! without prototypes use the discriminator), a defect/ok decision against that object's calibrated
-//! threshold, and a heatmap PNG (with the ground-truth
-//! outline when a mask is known). A JSON line per image; unreadable files are reported and skipped.
+//! threshold, and a heatmap PNG (with the ground-truth outline when a mask is known). A JSON line
+//! per image; unreadable files are reported and skipped.
 
 use std::collections::HashSet;
 use std::io::Write;
