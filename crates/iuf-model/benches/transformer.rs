@@ -1,7 +1,8 @@
 //! Throughput of the `paper` network (C_f 272, D 256, 8 heads, 4 + 4 layers, FFN 1024) at batch 8
 //! on 196 tokens, reported as images/s: inference of the UniAD reconstruction transformer alone
 //! (comparable to the PyTorch UniAD), inference of the whole IUF model (discriminator included),
-//! and one IUF training step (forward with jitter and dropout, backward of MSE + CE).
+//! and one IUF training step (forward with jitter and dropout, backward of MSE + CE); and the
+//! latency of the transformer on one image.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -68,6 +69,18 @@ fn bench_transformer(c: &mut Criterion) {
             let ce = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
             let loss = (rec + ce).unwrap();
             loss.backward().unwrap()
+        })
+    });
+    group.finish();
+
+    // Latency of one image (what `iuf predict` pays per image).
+    let x1 = x.narrow(0, 0, 1).unwrap().contiguous().unwrap();
+    let mut group = c.benchmark_group("paper_transformer_b1");
+    group.sample_size(20);
+    group.bench_function("uniad_inference", |b| {
+        b.iter(|| {
+            let out = model.transformer().forward(&x1, &mut Mode::Eval).unwrap();
+            out.pred.to_device(&Device::Cpu).unwrap()
         })
     });
     group.finish();

@@ -111,14 +111,18 @@ fn exp_nonpositive(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let xc = if x < -87.0 { -87.0 } else { x };
-    let fx = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let fx = t - ROUND;
+    // The integer n = fx sits in t's low mantissa bits: reading it with a bit cast (not a
+    // saturating `as i32`, which LLVM scalarises) keeps the whole loop in vector registers.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = xc - fx * C1 - fx * C2;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits((n.wrapping_add(127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {
