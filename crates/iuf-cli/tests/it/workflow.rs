@@ -157,6 +157,15 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     }
     let written = std::fs::read_to_string(pred.join("predictions.jsonl")).unwrap();
     assert_eq!(written.lines().count(), 8);
+    // The per-image latency, by stage, goes to stderr (stdout stays JSON lines).
+    let err = String::from_utf8_lossy(&o.stderr);
+    let timing = err
+        .lines()
+        .find(|l| l.starts_with("per image: "))
+        .unwrap_or_else(|| panic!("no timing line in {err}"));
+    for stage in ["decode", "backbone", "model", "heatmap"] {
+        assert!(timing.contains(stage), "{timing}");
+    }
     let bytes = std::fs::read(s.path("panel.jpg")).unwrap();
     assert_eq!(&bytes[..2], b"\xff\xd8", "a .jpg panel is a JPEG");
     let panel = image::load_from_memory(&bytes).unwrap();
