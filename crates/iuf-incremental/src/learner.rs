@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Penalty, Strategy, TrainConfig};
+use crate::config::{IncrementalOptimizer, Penalty, Strategy, TrainConfig};
 use crate::error::{Error, Result};
 use crate::feature_store::BackboneId;
 use crate::optim::{clip_grad_norm, step_lr, ConstrainedSgd, ConstrainedSgdConfig};
@@ -426,6 +426,12 @@ impl Learner {
                     lr: self.cfg.incremental.lr,
                     pull_alpha: pull,
                     momentum: self.cfg.incremental.momentum,
+                    adam: match self.cfg.incremental.optimizer {
+                        IncrementalOptimizer::Sgd => None,
+                        IncrementalOptimizer::Adam => {
+                            Some((self.cfg.base.betas[0], self.cfg.base.betas[1]))
+                        }
+                    },
                 },
             )?;
             if self.strategy.uses_update() {
@@ -444,7 +450,10 @@ impl Learner {
             (
                 self.cfg.incremental.epochs,
                 StepOptimizer::Sgd(sgd),
-                "constrained-sgd",
+                match self.cfg.incremental.optimizer {
+                    IncrementalOptimizer::Sgd => "constrained-sgd",
+                    IncrementalOptimizer::Adam => "constrained-adam",
+                },
             )
         } else {
             let b = &self.cfg.base;

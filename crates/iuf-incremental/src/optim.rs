@@ -48,12 +48,16 @@ pub struct ConstrainedSgdConfig {
     /// Heavy-ball momentum (0: the reference's plain SGD). The projector is fixed during a step,
     /// so a sum of projected gradients stays in the allowed subspace: momentum keeps section 4.6.
     pub momentum: f64,
+    /// `Some((beta1, beta2))`: Adam moments instead of SGD; a constrained layer's Adam update
+    /// (not its gradient) is projected. `momentum` is then unused.
+    pub adam: Option<(f64, f64)>,
 }
 
 /// SGD (plain by default, optionally with momentum; no weight decay) whose gradients of the
 /// constrained layers are projected away from the old objects' dominant output directions
 /// (section 4.6), and whose weights are pulled toward a frozen copy of the start-of-step weights
-/// before every step (section 4.5).
+/// before every step (section 4.5). With `adam` set, the update is Adam's instead, and the
+/// projection applies to that update.
 pub struct ConstrainedSgd {
     vars: Vec<Var>,
     lr: f64,
@@ -62,6 +66,10 @@ pub struct ConstrainedSgd {
     anchors: HashMap<TensorId, Tensor>,
     projectors: HashMap<TensorId, GradientProjector>,
     velocity: HashMap<TensorId, Tensor>,
+    adam: Option<(f64, f64)>,
+    /// Adam's first and second moments per parameter.
+    moments: HashMap<TensorId, (Tensor, Tensor)>,
+    steps: i32,
 }
 
 impl ConstrainedSgd {
@@ -96,10 +104,14 @@ impl Optimizer for ConstrainedSgd {
             anchors,
             projectors: HashMap::new(),
             velocity: HashMap::new(),
+            adam: cfg.adam,
+            moments: HashMap::new(),
+            steps: 0,
         })
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.steps += 1;
         for v in &self.vars {
             let id = v.as_tensor().id();
             let mut theta = v.as_tensor().detach();
@@ -107,23 +119,38 @@ impl Optimizer for ConstrainedSgd {
                 theta = ((theta * (1.0 - self.pull_alpha))? + (old * self.pull_alpha)?)?;
             }
             if let Some(g) = grads.get(v.as_tensor()) {
-                let g = match self.projectors.get(&id) {
+                let project = |t: &Tensor| match self.projectors.get(&id) {
                     Some(p) => p
-                        .project(g)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-                    None => g.clone(),
+                        .project(t)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string())),
+                    None => Ok(t.clone()),
                 };
-                let g = if self.momentum > 0.0 {
-                    let v = match self.velocity.get(&id) {
-                        Some(prev) => ((prev * self.momentum)? + g)?,
-                        None => g,
+                let update = if let Some((b1, b2)) = self.adam {
+                    let (m, s) = match self.moments.get(&id) {
+                        Some((m, s)) => (
+                            ((m * b1)? + (g * (1.0 - b1))?)?,
+                            ((s * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                        ),
+                        None => ((g * (1.0 - b1))?, (g.sqr()? * (1.0 - b2))?),
                     };
-                    self.velocity.insert(id, v.clone());
-                    v
+                    let m_hat = (&m / (1.0 - b1.powi(self.steps)))?;
+                    let s_hat = (&s / (1.0 - b2.powi(self.steps)))?;
+                    self.moments.insert(id, (m, s));
+                    project(&(m_hat / (s_hat.sqrt()? + 1e-8)?)?)?
                 } else {
-                    g
+                    let g = project(g)?;
+                    if self.momentum > 0.0 {
+                        let v = match self.velocity.get(&id) {
+                            Some(prev) => ((prev * self.momentum)? + g)?,
+                            None => g,
+                        };
+                        self.velocity.insert(id, v.clone());
+                        v
+                    } else {
+                        g
+                    }
                 };
-                theta = (theta - (g * self.lr)?)?;
+                theta = (theta - (update * self.lr)?)?;
             }
             v.set(&theta)?;
         }
@@ -189,6 +216,7 @@ mod tests {
                 lr: 1.0,
                 pull_alpha: 0.5,
                 momentum: 0.0,
+                adam: None,
             },
         )
         .unwrap();
@@ -224,6 +252,7 @@ mod tests {
                 lr: 1.0,
                 pull_alpha: 0.0,
                 momentum: 0.5,
+                adam: None,
             },
         )
         .unwrap();
@@ -245,6 +274,41 @@ mod tests {
             out[0].abs() < 1e-6 && (out[1] + 2.5).abs() < 1e-5,
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn adam_projects_its_update() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
+        let mut opt = ConstrainedSgd::new(
+            vec![w.clone()],
+            ConstrainedSgdConfig {
+                lr: 0.1,
+                pull_alpha: 0.0,
+                momentum: 0.0,
+                adam: Some((0.9, 0.999)),
+            },
+        )
+        .unwrap();
+        // The old outputs lie along u = (1, 2): that direction is frozen.
+        let mut gram = Gram::zeros(2);
+        gram.accumulate(&Tensor::new(&[[1.0f32, 2.0]], &dev).unwrap())
+            .unwrap();
+        opt.set_projector(
+            &w,
+            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+        );
+        // Adam rescales each coordinate: had the gradient been projected instead of the update,
+        // the step (sign-like, about (-1, 1) * lr) would leave the allowed line (2, -1).
+        let c = Tensor::new(&[3.0f32, 0.5], &dev).unwrap();
+        for _ in 0..3 {
+            let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+            opt.backward_step(&loss).unwrap();
+        }
+        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        assert!((out[0] + 2.0 * out[1]).abs() < 1e-5, "{out:?}");
+        // And it moved, against the gradient, along (2, -1).
+        assert!(out[0] < -0.05 && out[1] > 0.025, "{out:?}");
     }
 
     #[test]
