@@ -21,11 +21,9 @@ pub enum Activation {
     Relu,
 }
 
-fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
+/// Threads of the rayon pool the blocks run on.
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
 }
 
 /// Rows per rayon task for the row-wise passes.
@@ -35,6 +33,10 @@ fn rows_per_task(rows: usize) -> usize {
 }
 
 /// `dst [m, n] = lhs [m, k] * rhs [k, n]`, multi-threaded, explicit (row, column) strides.
+///
+/// The rows of `dst` are split into one block per thread, each a single-threaded gemm. gemm's own
+/// threading splits a product into many small tasks with a synchronisation each: at one image
+/// (196 rows) that cost more than it saved.
 ///
 /// # Safety
 /// The pointers must address valid memory for the given sizes and strides.
@@ -48,29 +50,45 @@ unsafe fn matmul(
     rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+    // Raw pointers are not Send: the blocks' closure carries them as addresses.
+    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    let block_product = |rows: std::ops::Range<usize>| {
+        let (dst, lhs, rhs) = (dst as *mut f32, lhs as *const f32, rhs as *const f32);
+        // SAFETY: forwarded from the caller's contract; `rows` lies inside 0..m, and blocks of
+        // distinct rows write distinct elements of dst.
+        unsafe {
+            gemm::gemm(
+                rows.len(),
+                n,
+                k,
+                dst.add(rows.start * dst_rs),
+                dst_cs as isize,
+                dst_rs as isize,
+                false,
+                lhs.add(rows.start * lhs_rs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs,
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    };
+    let threads = threads();
+    // Blocks of whole micro-kernel tiles (16 rows), at least 32 rows each.
+    let block = m.div_ceil(threads).next_multiple_of(16).max(32);
+    if threads <= 1 || m <= block {
+        block_product(0..m);
+    } else {
+        (0..m.div_ceil(block))
+            .into_par_iter()
+            .for_each(|i| block_product(i * block..((i + 1) * block).min(m)));
     }
 }
 

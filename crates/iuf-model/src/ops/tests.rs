@@ -465,17 +465,23 @@ fn linear_grads(f: LinearFn, xwb: &[Tensor; 3], act: Activation, r: &Tensor) -> 
 
 #[test]
 fn linear_matches_composition_forward_and_backward() {
-    for act in [Activation::Identity, Activation::Relu] {
+    // Small, and large enough (150 rows in, 70 out) that the products split into row blocks
+    // over threads.
+    for (act, (rows, out)) in [
+        (Activation::Identity, (9, 13)),
+        (Activation::Relu, (9, 13)),
+        (Activation::Relu, (75, 70)),
+    ] {
         let xwb = [
-            randn(&[2, 9, 20], 121),
-            randn(&[13, 20], 122),
-            randn(&[13], 123),
+            randn(&[2, rows, 20], 121),
+            randn(&[out, 20], 122),
+            randn(&[out], 123),
         ];
         let got = linear(&xwb[0], &xwb[1], &xwb[2], act).unwrap();
         let want = linear_composed(&xwb[0], &xwb[1], &xwb[2], act).unwrap();
-        assert_eq!(got.dims(), &[2, 9, 13]);
+        assert_eq!(got.dims(), &[2, rows, out]);
         assert!(max_abs_diff(&got, &want) < 1e-5, "{act:?} forward");
-        let r = randn(&[2, 9, 13], 124);
+        let r = randn(&[2, rows, out], 124);
         let g = linear_grads(linear, &xwb, act, &r);
         let e = linear_grads(linear_composed, &xwb, act, &r);
         for (name, a, b) in [
