@@ -188,7 +188,8 @@ pub enum IncrementalOptimizer {
 pub struct IncrementalSchedule {
     /// Passes over the new objects' training images.
     pub epochs: usize,
-    /// SGD learning rate (reference: 1.0, after clipping the global gradient norm).
+    /// Learning rate (reference SGD: 1.0, after clipping the global gradient norm; with `adam`,
+    /// something like 1e-4: Adam's steps do not scale with the gradient).
     pub lr: f64,
     /// Section 4.5: `theta = (1 - alpha) theta + alpha theta_old` before every optimiser step.
     pub pull_alpha: f64,
