@@ -11,10 +11,9 @@
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, with_f32};
+use super::fused::{f32_slice, matmul_single_threaded as matmul, with_f32};
 use super::kernels;
 
 /// Dropout on the attention probabilities (section 3: attention dropout 0.1 in training).
@@ -55,48 +54,6 @@ impl SharedMut {
     fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: callers stay inside the allocation the pointer came from.
         unsafe { self.0.add(offset) }
-    }
-}
-
-/// `dst = beta * lhs rhs` (m x n, inner k), single-threaded, with explicit row/column strides.
-///
-/// # Safety
-/// Every pointer must be valid for the elements its strides and sizes address; `dst` must not be
-/// written concurrently by anyone else.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
     }
 }
 

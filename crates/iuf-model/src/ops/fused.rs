@@ -11,6 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Rows per rayon task: a few tasks per thread so both cores stay busy, but at least 8 rows so the
@@ -53,6 +54,48 @@ pub(crate) fn with_f32<R>(
 }
 
 /// True when the fused CPU kernels can run on `t` (f32 on CPU); the caller makes it contiguous.
+/// `dst = beta * lhs rhs` (m x n, inner k), single-threaded, with explicit row/column strides.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides and sizes address; `dst` must not be
+/// written concurrently by anyone else.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_single_threaded(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }

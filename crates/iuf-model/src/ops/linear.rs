@@ -8,10 +8,9 @@
 //! the backward is two gemms and one vectorised column sum.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, with_f32};
+use super::fused::{f32_slice, matmul_single_threaded, with_f32};
 use super::kernels;
 
 /// The activation applied after the bias.
@@ -57,26 +56,15 @@ unsafe fn matmul(
         // SAFETY: forwarded from the caller's contract; `rows` lies inside 0..m, and blocks of
         // distinct rows write distinct elements of dst.
         unsafe {
-            gemm::gemm(
-                rows.len(),
-                n,
-                k,
+            matmul_single_threaded(
+                (rows.len(), n, k),
                 dst.add(rows.start * dst_rs),
-                dst_cs as isize,
-                dst_rs as isize,
-                false,
+                (dst_rs, dst_cs),
                 lhs.add(rows.start * lhs_rs),
-                lhs_cs as isize,
-                lhs_rs as isize,
+                (lhs_rs, lhs_cs),
                 rhs,
-                rhs_cs as isize,
-                rhs_rs as isize,
-                0.0,
+                (rhs_rs, rhs_cs),
                 1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
             )
         }
     };
