@@ -206,27 +206,37 @@ mod tests {
         );
     }
 
+    /// A [`ConstrainedSgd`] over `w` whose projector comes from old outputs `old` (rows of f).
+    fn projected(w: &Var, cfg: ConstrainedSgdConfig, old: &[[f32; 2]]) -> ConstrainedSgd {
+        let dev = Device::Cpu;
+        let mut opt = ConstrainedSgd::new(vec![w.clone()], cfg).unwrap();
+        let mut gram = Gram::zeros(2);
+        let rows = Tensor::new(old.concat(), &dev)
+            .unwrap()
+            .reshape((old.len(), 2))
+            .unwrap();
+        gram.accumulate(&rows).unwrap();
+        opt.set_projector(
+            w,
+            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+        );
+        opt
+    }
+
     #[test]
     fn pull_and_projection_are_applied() {
         let dev = Device::Cpu;
         let w = Var::new(&[1.0f32, 1.0], &dev).unwrap();
-        let mut opt = ConstrainedSgd::new(
-            vec![w.clone()],
+        // Old outputs only along e0: its gradient component is frozen, e1 is free.
+        let mut opt = projected(
+            &w,
             ConstrainedSgdConfig {
                 lr: 1.0,
                 pull_alpha: 0.5,
                 momentum: 0.0,
                 adam: None,
             },
-        )
-        .unwrap();
-        // Old outputs only along e0: its gradient component is frozen, e1 is free.
-        let mut gram = Gram::zeros(2);
-        gram.accumulate(&Tensor::new(&[[1.0f32, 0.0], [2.0, 0.0]], &dev).unwrap())
-            .unwrap();
-        opt.set_projector(
-            &w,
-            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+            &[[1.0f32, 0.0], [2.0, 0.0]],
         );
         w.set(&Tensor::new(&[3.0f32, 3.0], &dev).unwrap()).unwrap();
         let loss = (w.as_tensor() * Tensor::new(&[1.0f32, 1.0], &dev).unwrap())
@@ -246,22 +256,15 @@ mod tests {
     fn momentum_accumulates_projected_gradients_only() {
         let dev = Device::Cpu;
         let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
-        let mut opt = ConstrainedSgd::new(
-            vec![w.clone()],
+        let mut opt = projected(
+            &w,
             ConstrainedSgdConfig {
                 lr: 1.0,
                 pull_alpha: 0.0,
                 momentum: 0.5,
                 adam: None,
             },
-        )
-        .unwrap();
-        let mut gram = Gram::zeros(2);
-        gram.accumulate(&Tensor::new(&[[1.0f32, 0.0]], &dev).unwrap())
-            .unwrap();
-        opt.set_projector(
-            &w,
-            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+            &[[1.0f32, 0.0]],
         );
         let c = Tensor::new(&[1.0f32, 1.0], &dev).unwrap();
         for _ in 0..2 {
@@ -280,23 +283,16 @@ mod tests {
     fn adam_projects_its_update() {
         let dev = Device::Cpu;
         let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
-        let mut opt = ConstrainedSgd::new(
-            vec![w.clone()],
+        // The old outputs lie along u = (1, 2): that direction is frozen.
+        let mut opt = projected(
+            &w,
             ConstrainedSgdConfig {
                 lr: 0.1,
                 pull_alpha: 0.0,
                 momentum: 0.0,
                 adam: Some((0.9, 0.999)),
             },
-        )
-        .unwrap();
-        // The old outputs lie along u = (1, 2): that direction is frozen.
-        let mut gram = Gram::zeros(2);
-        gram.accumulate(&Tensor::new(&[[1.0f32, 2.0]], &dev).unwrap())
-            .unwrap();
-        opt.set_projector(
-            &w,
-            GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
+            &[[1.0f32, 2.0]],
         );
         // Adam rescales each coordinate: had the gradient been projected instead of the update,
         // the step (sign-like, about (-1, 1) * lr) would leave the allowed line (2, -1).
