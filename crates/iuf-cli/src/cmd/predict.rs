@@ -391,8 +391,10 @@ impl Predictor<'_> {
                 .backbone
                 .feature_align(&batch)
                 .context("backbone features")?;
-            // Read back so that asynchronous devices are timed where the work happens.
-            features.sum_all()?.to_scalar::<f32>()?;
+            if !features.device().is_cpu() {
+                // Wait for an asynchronous device, so its work is timed in this stage.
+                features.device().synchronize()?;
+            }
             run.timings.backbone += t.elapsed();
             let t = Instant::now();
             let pred = self
