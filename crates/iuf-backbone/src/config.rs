@@ -271,6 +271,28 @@ impl EfficientNetVariant {
             last_of_stage(4),
         ]
     }
+
+    /// The blocks of the memory features: the ends of the stride-8 and stride-16 stages (stages 2
+    /// and 4; `[4, 10]` for Lite0, `[9, 21]` for B4).
+    pub fn memory_blocks(self) -> [usize; 2] {
+        let arch = self.architecture();
+        let last_of_stage = |stage: usize| {
+            arch.blocks
+                .iter()
+                .rposition(|b| b.stage == stage)
+                .unwrap_or_default()
+        };
+        [last_of_stage(2), last_of_stage(4)]
+    }
+
+    /// Channels of the memory features (stride-8 stage plus stride-16 stage: 152 for Lite0).
+    pub fn memory_channels(self) -> usize {
+        let arch = self.architecture();
+        self.memory_blocks()
+            .iter()
+            .map(|&b| arch.blocks[b].out_channels)
+            .sum()
+    }
 }
 
 /// `round_filters` of the reference: scale by the width coefficient, round to a multiple of 8, never

@@ -23,7 +23,7 @@ pub mod fetch;
 pub mod ops;
 pub mod pth;
 
-pub use backbone::Backbone;
+pub use backbone::{local_average_3x3, Backbone};
 pub use config::{
     Activation, Architecture, BlockSpec, EfficientNetConfig, EfficientNetVariant, SqueezeExcite,
     StemHead, VariantSpec,

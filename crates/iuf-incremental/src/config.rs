@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use iuf_model::{ModelConfig, OasaMode};
+use iuf_model::{MemoryConfig, ModelConfig, OasaMode};
 
 use crate::error::{Error, Result};
 use crate::scl::{SclConfig, SclTail};
@@ -42,6 +42,14 @@ pub enum Strategy {
     /// every trained model must beat; see `baseline`).
     #[serde(rename = "class-mean")]
     ClassMean,
+    /// No network: a per-object memory of normal patch features (section 10). An object is learned
+    /// in seconds from its own good images and nothing learned before can change.
+    #[serde(rename = "memory")]
+    Memory,
+    /// IUF's reconstruction and the per-object memory, each map normalised per object on held-out
+    /// good images, then combined with the weights of `fusion`.
+    #[serde(rename = "iuf+memory")]
+    IufMemory,
 }
 
 /// The quadratic penalty family of EWC, MAS and SI.
@@ -57,7 +65,9 @@ pub enum Penalty {
 
 impl Strategy {
     /// Every strategy, in the order reports list them.
-    pub const ALL: [Strategy; 10] = [
+    pub const ALL: [Strategy; 12] = [
+        Strategy::Memory,
+        Strategy::IufMemory,
         Strategy::Iuf,
         Strategy::IufNoOasa,
         Strategy::IufNoScl,
@@ -83,6 +93,8 @@ impl Strategy {
             Strategy::Mas => "mas",
             Strategy::Si => "si",
             Strategy::ClassMean => "class-mean",
+            Strategy::Memory => "memory",
+            Strategy::IufMemory => "iuf+memory",
         }
     }
 
@@ -101,19 +113,36 @@ impl Strategy {
     pub fn is_iuf(self) -> bool {
         matches!(
             self,
-            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoScl | Strategy::IufNoUpdate
+            Strategy::Iuf
+                | Strategy::IufNoOasa
+                | Strategy::IufNoScl
+                | Strategy::IufNoUpdate
+                | Strategy::IufMemory
         )
     }
 
-    /// Whether the method trains a network (every method but the `class-mean` reference).
+    /// Whether the method makes a model file that keeps learning (every method but the
+    /// `class-mean` reference).
     pub fn is_trained(self) -> bool {
         self != Strategy::ClassMean
+    }
+
+    /// Whether the method trains the reconstruction network.
+    pub fn trains_network(self) -> bool {
+        !matches!(self, Strategy::ClassMean | Strategy::Memory)
+    }
+
+    /// Whether the method keeps a per-object memory of patch features.
+    pub fn uses_memory(self) -> bool {
+        matches!(self, Strategy::Memory | Strategy::IufMemory)
     }
 
     /// Object-aware self-attention on (section 4.2).
     pub fn oasa(self) -> OasaMode {
         match self {
-            Strategy::Iuf | Strategy::IufNoScl | Strategy::IufNoUpdate => OasaMode::On,
+            Strategy::Iuf | Strategy::IufNoScl | Strategy::IufNoUpdate | Strategy::IufMemory => {
+                OasaMode::On
+            }
             _ => OasaMode::Off,
         }
     }
@@ -122,7 +151,7 @@ impl Strategy {
     pub fn uses_scl(self) -> bool {
         matches!(
             self,
-            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoUpdate
+            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoUpdate | Strategy::IufMemory
         )
     }
 
@@ -130,7 +159,7 @@ impl Strategy {
     pub fn uses_update(self) -> bool {
         matches!(
             self,
-            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoScl
+            Strategy::Iuf | Strategy::IufNoOasa | Strategy::IufNoScl | Strategy::IufMemory
         )
     }
 
@@ -266,6 +295,32 @@ pub struct TrainConfig {
     /// Standardise each feature channel with the mean/std of the first step's training features,
     /// fixed for the rest of the protocol.
     pub standardize_features: bool,
+    /// The per-object memory (methods `memory` and `iuf+memory`).
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// How the maps of several scorers are combined (`iuf+memory`).
+    #[serde(default)]
+    pub fusion: FusionConfig,
+}
+
+/// Weights of the per-object normalised maps in the fused map (section 10: each scorer's map minus
+/// the median of the object's held-out good pixels, divided by their 99th percentile minus the
+/// median).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FusionConfig {
+    /// Weight of the memory's nearest-neighbour map.
+    pub memory: f64,
+    /// Weight of the reconstruction network's map.
+    pub reconstruction: f64,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        Self {
+            memory: 1.0,
+            reconstruction: 1.0,
+        }
+    }
 }
 
 impl TrainConfig {
@@ -311,6 +366,8 @@ impl TrainConfig {
                 quantile: 0.99,
             },
             standardize_features: false,
+            memory: MemoryConfig::default(),
+            fusion: FusionConfig::default(),
         }
     }
 
@@ -462,6 +519,16 @@ impl TrainConfig {
         }
         if self.loss.sc > 0.0 && self.model.transformer.num_decoder_layers < 2 {
             return bad("the semantic compression loss needs at least 2 decoder layers".into());
+        }
+        self.memory
+            .check()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let f = &self.fusion;
+        if !(f.memory >= 0.0 && f.reconstruction >= 0.0 && f.memory + f.reconstruction > 0.0) {
+            return bad(format!(
+                "fusion weights must be >= 0 and not both 0, found memory {} reconstruction {}",
+                f.memory, f.reconstruction
+            ));
         }
         Ok(())
     }

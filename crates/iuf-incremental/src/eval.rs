@@ -14,6 +14,8 @@ pub struct EvalSet {
     pub class: String,
     /// `[N, C, g, g]` features of the test images.
     pub features: Tensor,
+    /// Their memory features (for models with a memory).
+    pub memory: Option<Tensor>,
     /// Image labels (from the folders: defective or good).
     pub labels: Vec<bool>,
     /// Ground-truth masks at the map size (row-major), one per image; all false for good images.
@@ -60,7 +62,7 @@ pub fn evaluate(
     progress: &dyn Progress,
 ) -> Result<(ClassMetrics, Predictions)> {
     evaluate_with(set, progress, |features, p| {
-        learner.predict_with(features, p)
+        learner.predict_images(features, set.memory.as_ref(), p)
     })
 }
 

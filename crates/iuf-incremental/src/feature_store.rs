@@ -1,5 +1,6 @@
-//! The feature store: the frozen backbone's `feature_align` of every image, computed once and cached
-//! on disk (section 1: no augmentation, so a training image's features never change).
+//! The feature store: the frozen backbone's `feature_align` and memory features (section 10) of
+//! every image, computed together in one forward pass, once, and cached on disk (section 1: no
+//! augmentation, so a training image's features never change).
 //!
 //! An entry's key hashes the backbone id, the weights' digest, the image size and the image file's
 //! bytes, so editing a file, switching weights or size never reuses a stale entry. Every entry is
@@ -103,9 +104,19 @@ impl FeatureStore {
         self.image_size / 16
     }
 
+    /// Channels of the memory features.
+    pub fn memory_channels(&self) -> usize {
+        self.backbone.memory_channels()
+    }
+
+    /// Grid size of the memory features (`image_size / 8`).
+    pub fn memory_grid(&self) -> usize {
+        self.image_size / 8
+    }
+
     fn key(&self, bytes: &[u8]) -> String {
         let mut h = Sha256::new();
-        h.update(b"iuf-feature-v1\0");
+        h.update(b"iuf-feature-v2\0");
         h.update(self.id.name.as_bytes());
         h.update([0]);
         h.update(self.id.weights_digest.as_bytes());
@@ -121,45 +132,65 @@ impl FeatureStore {
             .map(|d| d.join(&key[..2]).join(format!("{key}.safetensors")))
     }
 
-    fn read_entry(&self, path: &Path, key: &str) -> Option<Tensor> {
+    fn read_entry(&self, path: &Path, key: &str, want_memory: bool) -> Option<Entry> {
         let bytes = std::fs::read(path).ok()?;
         let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
         if meta.metadata().as_ref()?.get("key")? != key {
             return None;
         }
-        let view = st.tensor("feature_align").ok()?;
-        let g = self.grid();
-        if view.dtype() != safetensors::Dtype::F32 || view.shape() != [self.channels(), g, g] {
-            return None;
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if data.iter().any(|x| !x.is_finite()) {
-            return None;
-        }
-        Tensor::from_vec(data, (self.channels(), g, g), &Device::Cpu).ok()
+        let read = |name: &str, shape: [usize; 3]| -> Option<Tensor> {
+            let view = st.tensor(name).ok()?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
+                return None;
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if data.iter().any(|x| !x.is_finite()) {
+                return None;
+            }
+            Tensor::from_vec(data, shape.to_vec(), &Device::Cpu).ok()
+        };
+        let (g, mg) = (self.grid(), self.memory_grid());
+        let align = read("feature_align", [self.channels(), g, g])?;
+        let memory = if want_memory {
+            Some(read("memory", [self.memory_channels(), mg, mg])?)
+        } else {
+            None
+        };
+        Some(Entry { align, memory })
     }
 
-    fn write_entry(&self, path: &Path, key: &str, t: &Tensor) -> Result<()> {
+    fn write_entry(&self, path: &Path, key: &str, align: &Tensor, memory: &Tensor) -> Result<()> {
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            t.dims().to_vec(),
-            &bytes,
-        )
-        .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
+        let bytes_of = |t: &Tensor| -> Result<Vec<u8>> {
+            let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        };
+        let (a, m) = (bytes_of(align)?, bytes_of(memory)?);
+        fn view<'b>(
+            t: &Tensor,
+            bytes: &'b [u8],
+            path: &Path,
+        ) -> Result<safetensors::tensor::TensorView<'b>> {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), bytes)
+                .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))
+        }
         let mut meta = HashMap::new();
         meta.insert("key".to_string(), key.to_string());
         meta.insert("backbone".to_string(), self.id.name.clone());
-        let out = safetensors::serialize([("feature_align", view)], Some(meta))
-            .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
+        let out = safetensors::serialize(
+            [
+                ("feature_align", view(align, &a, path)?),
+                ("memory", view(memory, &m, path)?),
+            ],
+            Some(meta),
+        )
+        .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, out).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -172,15 +203,36 @@ impl FeatureStore {
         paths: &[PathBuf],
         progress: &dyn Progress,
     ) -> Result<(Tensor, StoreStats)> {
+        let (align, _, stats) = self.load(paths, false, progress)?;
+        Ok((align, stats))
+    }
+
+    /// `feature_align` `[N, C, g, g]` and the memory features `[N, C_m, 2g, 2g]` of every image,
+    /// on the store's device, in the order given.
+    pub fn features_with_memory(
+        &self,
+        paths: &[PathBuf],
+        progress: &dyn Progress,
+    ) -> Result<(Tensor, Tensor, StoreStats)> {
+        let (align, memory, stats) = self.load(paths, true, progress)?;
+        Ok((align, memory.expect("asked for"), stats))
+    }
+
+    fn load(
+        &self,
+        paths: &[PathBuf],
+        want_memory: bool,
+        progress: &dyn Progress,
+    ) -> Result<(Tensor, Option<Tensor>, StoreStats)> {
         let mut stats = StoreStats::default();
-        let mut out: Vec<Option<Tensor>> = vec![None; paths.len()];
+        let mut out: Vec<Option<Entry>> = (0..paths.len()).map(|_| None).collect();
         let mut missing: Vec<(usize, String)> = Vec::new();
         progress.start("features", paths.len() as u64);
         for (i, p) in paths.iter().enumerate() {
             let bytes = std::fs::read(p).map_err(io_err(p))?;
             let key = self.key(&bytes);
             match self.entry_path(&key) {
-                Some(entry) if entry.exists() => match self.read_entry(&entry, &key) {
+                Some(entry) if entry.exists() => match self.read_entry(&entry, &key, want_memory) {
                     Some(t) => {
                         out[i] = Some(t);
                         stats.hits += 1;
@@ -202,35 +254,55 @@ impl FeatureStore {
             let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(i, _)| paths[*i].clone()).collect();
             let images = iuf_data::batch::load_images(&chunk_paths, self.image_size)?;
             let batch = iuf_data::images_to_tensor(&images, &self.device)?;
-            let feats = self
-                .backbone
-                .feature_align(&batch)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?;
+            let (align, memory) = self.backbone.extract(&batch)?;
+            let to_cpu = |t: Tensor| -> Result<Tensor> {
+                Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+            };
+            let (align, memory) = (to_cpu(align)?, to_cpu(memory)?);
             for (j, (i, key)) in chunk.iter().enumerate() {
-                let t = feats.get(j)?;
+                let (a, m) = (align.get(j)?, memory.get(j)?);
                 if let Some(entry) = self.entry_path(key) {
-                    self.write_entry(&entry, key, &t)?;
+                    self.write_entry(&entry, key, &a, &m)?;
                 }
-                out[*i] = Some(t);
+                out[*i] = Some(Entry {
+                    align: a,
+                    memory: want_memory.then_some(m),
+                });
                 stats.computed += 1;
             }
             progress.inc(chunk.len() as u64);
         }
         progress.finish();
-        let all: Vec<Tensor> = out
-            .into_iter()
-            .map(|t| t.expect("every image was read or computed"))
-            .collect();
-        if all.is_empty() {
-            let g = self.grid();
-            return Ok((
-                Tensor::zeros((0, self.channels(), g, g), DType::F32, &self.device)?,
-                stats,
-            ));
+        let (g, mg) = (self.grid(), self.memory_grid());
+        if paths.is_empty() {
+            let zeros = |c: usize, g: usize| Tensor::zeros((0, c, g, g), DType::F32, &self.device);
+            let memory = if want_memory {
+                Some(zeros(self.memory_channels(), mg)?)
+            } else {
+                None
+            };
+            return Ok((zeros(self.channels(), g)?, memory, stats));
         }
-        Ok((Tensor::stack(&all, 0)?.to_device(&self.device)?, stats))
+        let (mut aligns, mut memories) = (Vec::with_capacity(paths.len()), Vec::new());
+        for e in out {
+            let e = e.expect("every image was read or computed");
+            aligns.push(e.align);
+            memories.extend(e.memory);
+        }
+        let align = Tensor::stack(&aligns, 0)?.to_device(&self.device)?;
+        let memory = if want_memory {
+            Some(Tensor::stack(&memories, 0)?.to_device(&self.device)?)
+        } else {
+            None
+        };
+        Ok((align, memory, stats))
     }
+}
+
+/// One image's cached features.
+struct Entry {
+    align: Tensor,
+    memory: Option<Tensor>,
 }
 
 /// Hex sha256 of a file, for `BackboneId::weights_digest`.

@@ -9,21 +9,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use iuf_model::{IufModel, LearnedClass, Mode, ModelMeta};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{IncrementalOptimizer, Penalty, Strategy, TrainConfig};
+use crate::calibrate::{linear_quantile, score_sketch, MapNorm, ObjectNorms};
+use crate::config::{Strategy, TrainConfig};
 use crate::error::{Error, Result};
 use crate::feature_store::BackboneId;
-use crate::optim::{clip_grad_norm, step_lr, ConstrainedSgd, ConstrainedSgdConfig};
-use crate::penalty::{GradAccumulator, GradStat, Importance, PathIntegral};
-use crate::progress::Progress;
-use crate::projection::{GradientProjector, Gram};
-use crate::scl::SclBuffer;
+use crate::memory::ObjectMemories;
+use crate::penalty::Importance;
+use crate::progress::{NoProgress, Progress};
+use crate::projection::Gram;
 use crate::seeded_init::seeded_var_builder;
 
 const GRAM_PREFIX: &str = "state.gram.";
@@ -32,12 +30,15 @@ const STD_KEY: &str = "state.standardize.std";
 const PROTO_MEAN_KEY: &str = "state.prototype.mean";
 const PROTO_SPREAD_KEY: &str = "state.prototype.spread";
 /// Images per forward pass when evaluating or accumulating statistics.
-const EVAL_BATCH: usize = 16;
+pub(crate) const EVAL_BATCH: usize = 16;
 
 /// The training images of one step: `feature_align` and class ids (indices into the class list).
 pub struct StepData<'a> {
     /// `[N, C, g, g]`, unstandardised, on the learner's device.
     pub features: &'a Tensor,
+    /// The memory features `[N, C_m, 2g, 2g]` of the same images (needed by methods with a
+    /// memory; see [`Learner::uses_memory`]).
+    pub memory: Option<&'a Tensor>,
     /// Class id of every image.
     pub class_ids: &'a [u32],
 }
@@ -89,6 +90,9 @@ struct LearnerState {
     /// sha256 of the backbone weights the features came from (absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     backbone_weights: Option<String>,
+    /// Per object, the normalisation of each scorer's map (methods with a memory).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    norms: BTreeMap<String, ObjectNorms>,
 }
 
 /// Anomaly maps and scores of a batch of images.
@@ -106,31 +110,27 @@ pub struct Predictions {
 }
 
 /// A model that learns objects step by step.
+///
+/// A method is a composition of parts, each in its own module: the reconstruction trainer with its
+/// update rule (`recon`, absent for `memory`), the memory builder (`memory`, for `memory` and
+/// `iuf+memory`), object recognition by prototypes, and the calibrator (`calibrate`).
 pub struct Learner {
-    cfg: TrainConfig,
-    strategy: Strategy,
-    device: Device,
-    varmap: VarMap,
-    model: IufModel,
-    meta: ModelMeta,
+    pub(crate) cfg: TrainConfig,
+    pub(crate) strategy: Strategy,
+    pub(crate) device: Device,
+    pub(crate) varmap: VarMap,
+    /// The reconstruction network (None for `memory`).
+    pub(crate) model: Option<IufModel>,
+    pub(crate) meta: ModelMeta,
     state: LearnerState,
-    grams: Vec<Gram>,
-    importance: Importance,
-    standardize: Option<(Tensor, Tensor)>,
+    pub(crate) grams: Vec<Gram>,
+    pub(crate) importance: Importance,
+    pub(crate) standardize: Option<(Tensor, Tensor)>,
+    /// Per-object memories (empty unless the method uses them).
+    memories: ObjectMemories,
     /// Per object slot: the mean token-mean backbone feature of its training images `[K, C]` and
     /// their mean squared distance to it `[K]` (0 for slots not learned). Fixed size.
     prototypes: Option<(Tensor, Tensor)>,
-}
-
-fn linear_quantile(sorted: &[f32], q: f64) -> Option<f32> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let t = (pos - lo as f64) as f32;
-    Some(sorted[lo] * (1.0 - t) + sorted[hi] * t)
 }
 
 impl Learner {
@@ -157,14 +157,23 @@ impl Learner {
             )));
         }
         let varmap = VarMap::new();
-        let model = IufModel::new(&cfg.model, seeded_var_builder(&varmap, cfg.seed, device))?;
+        let model = if strategy.trains_network() {
+            Some(IufModel::new(
+                &cfg.model,
+                seeded_var_builder(&varmap, cfg.seed, device),
+            )?)
+        } else {
+            None
+        };
         let d = cfg.model.transformer.hidden_dim;
-        let grams = model
-            .constrained_layers()
-            .iter()
-            .map(|_| Gram::zeros(d))
-            .collect();
+        let grams = model.as_ref().map_or_else(Vec::new, |m| {
+            m.constrained_layers()
+                .iter()
+                .map(|_| Gram::zeros(d))
+                .collect()
+        });
         let mut meta = ModelMeta::new(cfg.model.clone(), backbone.name.clone(), class_names);
+        meta.network = model.is_some();
         meta.extra = serde_json::json!({});
         let state = LearnerState {
             strategy,
@@ -173,6 +182,7 @@ impl Learner {
             calibration: BTreeMap::new(),
             gram_counts: vec![],
             backbone_weights: Some(backbone.weights_digest.clone()),
+            norms: BTreeMap::new(),
         };
         Ok(Self {
             cfg,
@@ -185,6 +195,7 @@ impl Learner {
             grams,
             importance: Importance::default(),
             standardize: None,
+            memories: ObjectMemories::new(),
             prototypes: None,
         })
     }
@@ -199,7 +210,11 @@ impl Learner {
                     "not a model written by the iuf learner (metadata `extra` does not parse: {e})"
                 ),
             })?;
-        let model = loaded.model()?;
+        let model = if loaded.meta.network {
+            Some(loaded.model()?)
+        } else {
+            None
+        };
         let find = |name: &str| {
             loaded
                 .state
@@ -207,7 +222,9 @@ impl Learner {
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t.clone())
         };
-        let layers = model.constrained_layers();
+        let layers = model
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.constrained_layers());
         let d = loaded.meta.config.transformer.hidden_dim;
         let mut grams = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
@@ -232,6 +249,7 @@ impl Learner {
             state,
             grams,
             standardize,
+            memories: ObjectMemories::from_state(&loaded.state, device)?,
             prototypes: match (find(PROTO_MEAN_KEY), find(PROTO_SPREAD_KEY)) {
                 (Some(m), Some(s)) => Some((m, s)),
                 _ => None,
@@ -242,7 +260,11 @@ impl Learner {
     /// Writes the model file (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut state_tensors = Vec::new();
-        for (layer, g) in self.model.constrained_layers().iter().zip(&self.grams) {
+        let layers = self
+            .model
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.constrained_layers());
+        for (layer, g) in layers.iter().zip(&self.grams) {
             if g.count > 0 {
                 state_tensors.push((format!("{GRAM_PREFIX}{layer}"), g.to_tensor(&Device::Cpu)?));
             }
@@ -256,6 +278,7 @@ impl Learner {
             state_tensors.push((PROTO_SPREAD_KEY.to_string(), s.clone()));
         }
         state_tensors.extend(self.importance.to_state());
+        state_tensors.extend(self.memories.to_state(self.cfg.memory.f16)?);
         let mut meta = self.meta.clone();
         let mut st = self.state.clone();
         st.gram_counts = self.grams.iter().map(|g| g.count).collect();
@@ -335,37 +358,6 @@ impl Learner {
         &self.device
     }
 
-    /// Trainable parameters in name order.
-    fn params(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("VarMap lock poisoned");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    fn standardized(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match &self.standardize {
-            Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
-            None => x.clone(),
-        })
-    }
-
-    fn fit_standardization(&mut self, features: &Tensor) -> Result<()> {
-        let c = features.dim(1)?;
-        let flat = features
-            .transpose(0, 1)?
-            .reshape((c, ()))?
-            .to_dtype(DType::F64)?;
-        let mean = flat.mean_keepdim(1)?;
-        let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-        let std = (var.sqrt()? + 1e-6)?;
-        self.standardize = Some((
-            mean.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?,
-            std.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?,
-        ));
-        Ok(())
-    }
-
     /// Learns `new_classes` from `train` (step `step` of a protocol), then calibrates their thresholds
     /// on `holdout` (good images never trained on) and updates the Gram matrices / importance.
     pub fn learn_step(
@@ -407,220 +399,15 @@ impl Learner {
             }
         }
         let start = Instant::now();
-        let is_base = self.meta.learned.is_empty();
-        if is_base && self.cfg.standardize_features {
-            self.fit_standardization(train.features)?;
-        }
-        let params = self.params();
-        let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
-        let incremental_iuf = !is_base && self.strategy.is_iuf();
-        let (epochs, mut opt, opt_name) = if incremental_iuf {
-            let pull = if self.strategy.uses_update() {
-                self.cfg.incremental.pull_alpha
-            } else {
-                0.0
-            };
-            let mut sgd = ConstrainedSgd::new(
-                vars.clone(),
-                ConstrainedSgdConfig {
-                    lr: self.cfg.incremental.lr,
-                    pull_alpha: pull,
-                    momentum: self.cfg.incremental.momentum,
-                    adam: match self.cfg.incremental.optimizer {
-                        IncrementalOptimizer::Sgd => None,
-                        IncrementalOptimizer::Adam => {
-                            Some((self.cfg.base.betas[0], self.cfg.base.betas[1]))
-                        }
-                    },
-                },
-            )?;
-            if self.strategy.uses_update() {
-                for (layer, gram) in self.model.constrained_layers().iter().zip(&self.grams) {
-                    if let Some(p) = GradientProjector::from_gram(gram, &self.device)? {
-                        for suffix in ["weight", "bias"] {
-                            let name = format!("{layer}.{suffix}");
-                            let var = params.iter().find(|(n, _)| *n == name).map(|(_, v)| v).ok_or_else(|| {
-                                Error::Msg(format!("constrained layer parameter `{name}` not found in the model"))
-                            })?;
-                            sgd.set_projector(var, p.clone());
-                        }
-                    }
-                }
-            }
-            (
-                self.cfg.incremental.epochs,
-                StepOptimizer::Sgd(sgd),
-                match self.cfg.incremental.optimizer {
-                    IncrementalOptimizer::Sgd => "constrained-sgd",
-                    IncrementalOptimizer::Adam => "constrained-adam",
-                },
-            )
+        let trained = if self.model.is_some() {
+            Some(self.train_reconstruction(step, new_classes, train, progress)?)
         } else {
-            let b = &self.cfg.base;
-            let adam = AdamW::new(
-                vars.clone(),
-                ParamsAdamW {
-                    lr: b.lr,
-                    beta1: b.betas[0],
-                    beta2: b.betas[1],
-                    eps: 1e-8,
-                    weight_decay: b.weight_decay,
-                },
-            )?;
-            let epochs = if is_base {
-                b.epochs
-            } else {
-                self.cfg.finetune_epochs
-            };
-            (epochs, StepOptimizer::AdamW(adam), "adamw")
+            None
         };
-        let penalty = self.strategy.penalty();
-        let penalty_lambda = match penalty {
-            Some(Penalty::Ewc) => self.cfg.penalty.ewc_lambda,
-            Some(Penalty::Mas) => self.cfg.penalty.mas_lambda,
-            Some(Penalty::Si) => self.cfg.penalty.si_c,
-            None => 0.0,
-        };
-        let mut path_integral = match penalty {
-            Some(Penalty::Si) => Some(PathIntegral::begin_step(&params)?),
-            _ => None,
-        };
-        let mut rng = StdRng::seed_from_u64(
-            self.cfg.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(step as u64 + 1)),
-        );
-        let mut scl = SclBuffer::default();
-        let bs = self.cfg.batch_size.min(n);
-        let batches_per_epoch = n.div_ceil(bs);
-        progress.start(
-            &format!("step {step}: training {}", new_classes.join(",")),
-            (epochs * batches_per_epoch) as u64,
-        );
-        let mut last = LossLog::default();
-        for epoch in 0..epochs {
-            let order = iuf_data::batch::shuffled_batches(
-                n,
-                bs,
-                self.cfg
-                    .seed
-                    .wrapping_add((step as u64) << 32)
-                    .wrapping_add(epoch as u64),
-            );
-            let mut sum = LossLog::default();
-            for (bi, idx) in order.iter().enumerate() {
-                if let StepOptimizer::AdamW(a) = &mut opt {
-                    let b = &self.cfg.base;
-                    let base_lr = b.lr;
-                    a.set_learning_rate(step_lr(
-                        base_lr,
-                        epoch,
-                        bi as f64 / batches_per_epoch as f64,
-                        b.warmup_epochs,
-                        b.lr_step_epochs,
-                        b.lr_gamma,
-                    ));
-                }
-                let idx_t = Tensor::from_vec(
-                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    idx.len(),
-                    &self.device,
-                )?;
-                let x = self.standardized(&train.features.index_select(&idx_t, 0)?)?;
-                let labels: Vec<u32> = idx.iter().map(|&i| train.class_ids[i]).collect();
-                let labels = Tensor::from_vec(labels, idx.len(), &self.device)?;
-                let out = self.model.forward(&x, &mut Mode::Train(&mut rng))?;
-                let rec = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
-                let ce = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
-                let mut loss = (&rec + (&ce * self.cfg.loss.ce)?)?;
-                let mut log = LossLog {
-                    rec: rec.to_scalar::<f32>()? as f64,
-                    ce: ce.to_scalar::<f32>()? as f64,
-                    ..Default::default()
-                };
-                if self.cfg.loss.sc > 0.0 {
-                    let sc = scl.loss(&out.intermediate, &self.cfg.scl)?;
-                    log.sc = sc.to_scalar::<f32>()? as f64;
-                    loss = (loss + (sc * self.cfg.loss.sc)?)?;
-                }
-                if penalty.is_some() {
-                    if let Some(p) = self.importance.penalty(&params, penalty_lambda)? {
-                        log.penalty = p.to_scalar::<f32>()? as f64;
-                        loss = (loss + p)?;
-                    }
-                }
-                log.total = loss.to_scalar::<f32>()? as f64;
-                if !log.total.is_finite() {
-                    return Err(Error::Msg(format!(
-                        "step {step}, epoch {epoch}: the loss diverged ({:?}); lower the learning rate",
-                        log
-                    )));
-                }
-                let mut grads = loss.backward()?;
-                clip_grad_norm(&mut grads, &vars, self.cfg.clip_grad_norm)?;
-                if let Some(pi) = &mut path_integral {
-                    pi.before_update(&params)?;
-                }
-                match &mut opt {
-                    StepOptimizer::AdamW(a) => a.step(&grads)?,
-                    StepOptimizer::Sgd(s) => s.step(&grads)?,
-                }
-                if let Some(pi) = &mut path_integral {
-                    pi.after_update(&grads, &params)?;
-                }
-                sum.total += log.total;
-                sum.rec += log.rec;
-                sum.ce += log.ce;
-                sum.sc += log.sc;
-                sum.penalty += log.penalty;
-                progress.inc(1);
-            }
-            let k = order.len().max(1) as f64;
-            last = LossLog {
-                total: sum.total / k,
-                rec: sum.rec / k,
-                ce: sum.ce / k,
-                sc: sum.sc / k,
-                penalty: sum.penalty / k,
-            };
-            progress.message(&format!(
-                "epoch {}/{epochs} loss {:.4} (rec {:.4} ce {:.3} sc {:.4})",
-                epoch + 1,
-                last.total,
-                last.rec,
-                last.ce,
-                last.sc
-            ));
-            tracing::info!(
-                step,
-                epoch,
-                total = last.total,
-                rec = last.rec,
-                ce = last.ce,
-                sc = last.sc,
-                penalty = last.penalty,
-                "epoch done"
-            );
+        if self.strategy.uses_memory() {
+            self.build_memories(new_classes, train)?;
         }
-        progress.finish();
         let train_seconds = start.elapsed().as_secs_f64();
-
-        // End of step: statistics the next step needs (computed on this step's images only).
-        if self.strategy.uses_update() {
-            self.accumulate_grams(train.features)?;
-        }
-        match penalty {
-            Some(Penalty::Si) => {
-                let omega = path_integral
-                    .take()
-                    .expect("SI tracks its path")
-                    .finish(&params, self.cfg.penalty.si_xi)?;
-                self.importance.add_step(omega, &params)?;
-            }
-            Some(p @ (Penalty::Ewc | Penalty::Mas)) => {
-                let omega = self.importance_estimate(train.features, p, &params)?;
-                self.importance.add_step(omega, &params)?;
-            }
-            None => {}
-        }
         self.add_prototypes(new_classes, train)?;
         for c in new_classes {
             self.meta.learned.push(LearnedClass {
@@ -635,9 +422,9 @@ impl Learner {
             step,
             classes: new_classes.to_vec(),
             images: n,
-            epochs,
-            optimizer: opt_name.to_string(),
-            final_loss: last,
+            epochs: trained.as_ref().map_or(0, |t| t.epochs),
+            optimizer: trained.as_ref().map_or("none", |t| t.optimizer).to_string(),
+            final_loss: trained.map(|t| t.last).unwrap_or_default(),
             train_seconds,
         };
         self.state.steps.push(record.clone());
@@ -702,9 +489,11 @@ impl Learner {
         let spreads: Vec<f32> = spreads.to_vec1()?;
         let s =
             learned.iter().map(|&i| spreads[i] as f64).sum::<f64>() / learned.len().max(1) as f64;
-        if learned.is_empty() || s <= 0.0 {
+        if learned.is_empty() {
             return Ok(None);
         }
+        // Objects learned from a single image each have no spread; any positive scale ranks alike.
+        let s = if s > 0.0 { s } else { 1.0 };
         let x = features
             .flatten_from(2)?
             .mean(2)?
@@ -729,74 +518,92 @@ impl Learner {
         Ok(Some(candle_nn::ops::softmax_last_dim(&logits)?))
     }
 
-    fn accumulate_grams(&mut self, features: &Tensor) -> Result<()> {
-        let n = features.dim(0)?;
-        for start in (0..n).step_by(EVAL_BATCH) {
-            let len = EVAL_BATCH.min(n - start);
-            let x = self.standardized(&features.narrow(0, start, len)?)?;
-            let out = self.model.forward(&x, &mut Mode::Eval)?;
-            for (g, f) in self.grams.iter_mut().zip(&out.ffn_outputs) {
-                g.accumulate(&f.mean(1)?.detach())?;
-            }
+    /// Builds the memory of every new object from its own training images.
+    fn build_memories(&mut self, classes: &[String], train: &StepData<'_>) -> Result<()> {
+        let memory = train.memory.ok_or_else(|| {
+            Error::Msg(format!(
+                "`{}` needs the memory features of the training images",
+                self.strategy
+            ))
+        })?;
+        for c in classes {
+            let rows = self.rows_of(c, train.class_ids)?;
+            let mine = memory.index_select(&rows, 0)?;
+            let t = Instant::now();
+            self.memories.build(c, &mine, &self.cfg.memory)?;
+            tracing::info!(
+                class = %c,
+                images = mine.dim(0)?,
+                patches = self.memories.get(c).map_or(0, |m| m.len()),
+                seconds = t.elapsed().as_secs_f64(),
+                "memory built"
+            );
         }
         Ok(())
     }
 
-    fn importance_estimate(
-        &self,
-        features: &Tensor,
-        p: Penalty,
-        params: &[(String, Var)],
-    ) -> Result<BTreeMap<String, Tensor>> {
-        let n = features.dim(0)?;
-        let mut acc = GradAccumulator::default();
-        let limit = match self.cfg.penalty.importance_batches {
-            0 => usize::MAX,
-            k => k,
-        };
-        for start in (0..n).step_by(EVAL_BATCH).take(limit) {
-            let len = EVAL_BATCH.min(n - start);
-            let x = self.standardized(&features.narrow(0, start, len)?)?;
-            let out = self.model.forward(&x, &mut Mode::Eval)?;
-            let (objective, stat) = match p {
-                Penalty::Ewc => (
-                    (&out.feature_rec - &x)?.sqr()?.mean_all()?,
-                    GradStat::Square,
-                ),
-                // MAS: sensitivity of the squared L2 norm of the output.
-                _ => (
-                    out.feature_rec.sqr()?.sum(D::Minus1)?.mean_all()?,
-                    GradStat::Abs,
-                ),
-            };
-            acc.add(&objective.backward()?, params, stat)?;
-        }
-        acc.finish()
+    /// Indices (on the learner's device) of the images of `class` among `class_ids`.
+    fn rows_of(&self, class: &str, class_ids: &[u32]) -> Result<Tensor> {
+        let id = self
+            .class_id(class)
+            .ok_or_else(|| Error::Msg(format!("`{class}` is not one of the model's objects")))?;
+        let rows: Vec<u32> = (0..class_ids.len() as u32)
+            .filter(|&i| class_ids[i as usize] == id)
+            .collect();
+        Ok(Tensor::from_vec(rows.clone(), rows.len(), &self.device)?)
     }
 
+    /// Per new object: the normalisation of each scorer's map (methods with a memory) and the
+    /// threshold, from its held-out good images.
     fn calibrate(&mut self, classes: &[String], holdout: &StepData<'_>) -> Result<()> {
         if holdout.features.dim(0)? == 0 {
+            if self.strategy.uses_memory() {
+                tracing::warn!(
+                    "no held-out good images for {}: maps are not normalised and no threshold is set",
+                    classes.join(", ")
+                );
+            }
             return Ok(());
         }
-        let pred = self.predict(holdout.features)?;
+        let (_, _, gh, gw) = holdout.features.dims4()?;
+        let size = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        if self.strategy.uses_memory() {
+            for c in classes {
+                let rows = self.rows_of(c, holdout.class_ids)?;
+                let n = rows.dim(0)?;
+                if n == 0 {
+                    continue;
+                }
+                let features = holdout.features.index_select(&rows, 0)?;
+                let reconstruction = match &self.model {
+                    Some(_) => {
+                        MapNorm::of_good_maps(&self.reconstruction_maps(&features, size)?.0)?
+                    }
+                    None => None,
+                };
+                let memory = holdout.memory.ok_or_else(|| {
+                    Error::Msg("calibration needs the hold-out images' memory features".into())
+                })?;
+                let objects = vec![c.clone(); n];
+                let maps = self.memory_maps(&memory.index_select(&rows, 0)?, &objects, size)?;
+                let norms = ObjectNorms {
+                    reconstruction,
+                    memory: MapNorm::of_good_maps(&maps)?,
+                };
+                self.state.norms.insert(c.clone(), norms);
+            }
+        }
+        let pred = self.predict_images(holdout.features, holdout.memory, &NoProgress)?;
         for c in classes {
             let id = self.class_id(c).expect("checked in learn_step");
-            let mut scores: Vec<f32> = holdout
+            let scores: Vec<f32> = holdout
                 .class_ids
                 .iter()
                 .zip(&pred.scores)
                 .filter(|(&k, _)| k == id)
                 .map(|(_, &s)| s)
                 .collect();
-            scores.sort_by(f32::total_cmp);
-            // A fixed-size sketch (101 quantiles), so the file does not grow with hold-out images.
-            let scores: Vec<f32> = if scores.is_empty() {
-                scores
-            } else {
-                (0..=100)
-                    .filter_map(|i| linear_quantile(&scores, i as f64 / 100.0))
-                    .collect()
-            };
+            let scores = score_sketch(scores);
             if let Some(t) = linear_quantile(&scores, self.cfg.calibration.quantile) {
                 self.meta.thresholds.insert(c.clone(), t);
             }
@@ -805,75 +612,258 @@ impl Learner {
         Ok(())
     }
 
+    /// Whether the model keeps per-object memories (then [`Learner::predict_images`] needs the
+    /// memory features).
+    pub fn uses_memory(&self) -> bool {
+        self.strategy.uses_memory()
+    }
+
+    /// Whether the model has a reconstruction network.
+    pub fn has_network(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Patches in the memory of each object (empty for models without one).
+    pub fn memory_sizes(&self) -> BTreeMap<String, usize> {
+        self.memories
+            .classes()
+            .into_iter()
+            .map(|c| {
+                let n = self.memories.get(&c).map_or(0, |m| m.len());
+                (c, n)
+            })
+            .collect()
+    }
+
+    /// The map normalisation of `class` (methods with a memory).
+    pub fn norms(&self, class: &str) -> Option<&ObjectNorms> {
+        self.state.norms.get(class)
+    }
+
     /// Anomaly maps at the input image size, image scores and class probabilities of `features`
-    /// (`[N, C, g, g]`, unstandardised). Evaluation mode, batched.
+    /// (`[N, C, g, g]`, unstandardised). Evaluation mode, batched. For models with a memory use
+    /// [`Learner::predict_images`].
     pub fn predict(&self, features: &Tensor) -> Result<Predictions> {
-        self.predict_with(features, &crate::progress::NoProgress)
+        self.predict_images(features, None, &NoProgress)
     }
 
     /// [`Learner::predict`], reporting each finished image to `progress` (`inc` only: the caller
     /// starts and finishes the phase).
     pub fn predict_with(&self, features: &Tensor, progress: &dyn Progress) -> Result<Predictions> {
+        self.predict_images(features, None, progress)
+    }
+
+    /// Maps, scores and object probabilities of images given by their `feature_align`
+    /// `[N, C, g, g]` and, for models with a memory, their memory features `[N, C_m, 2g, 2g]`.
+    ///
+    /// Each image's object is recognised by the prototypes; its memory map comes from that
+    /// object's memory, and with a network too, both maps are normalised with that object's
+    /// statistics and combined with the `fusion` weights. Reports finished images to `progress`.
+    pub fn predict_images(
+        &self,
+        features: &Tensor,
+        memory: Option<&Tensor>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        self.predict_images_as(features, memory, None, progress)
+    }
+
+    /// [`Learner::predict_images`] with every image's object given (`Some`) instead of
+    /// recognised: its memory and normalisation are used whatever the image shows.
+    pub fn predict_images_as(
+        &self,
+        features: &Tensor,
+        memory: Option<&Tensor>,
+        object: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        if let Some(o) = object {
+            if !self.meta.learned.iter().any(|l| l.class == o) {
+                return Err(Error::Msg(format!(
+                    "the model has not learned `{o}` (it knows {:?})",
+                    self.learned_classes()
+                )));
+            }
+        }
         let n = features.dim(0)?;
         let (_, _, gh, gw) = features.dims4()?;
-        let (h, w) = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
-        let mut maps = Vec::new();
-        let mut scores = Vec::with_capacity(n);
-        let mut probs = Vec::new();
+        let size = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let (h, w) = size;
+        let k = self.cfg.model.num_classes;
+        if n == 0 {
+            let none = Tensor::zeros((0, k), DType::F32, &Device::Cpu)?;
+            return Ok(Predictions {
+                maps: Tensor::zeros((0, h, w), DType::F32, &Device::Cpu)?,
+                scores: vec![],
+                class_probs: none.clone(),
+                object_probs: none,
+            });
+        }
+        let memory = match (self.uses_memory(), memory) {
+            (true, Some(m)) if m.dim(0)? == n => Some(m),
+            (true, Some(m)) => {
+                return Err(Error::Msg(format!(
+                    "{n} images but {} memory feature maps",
+                    m.dim(0)?
+                )))
+            }
+            (true, None) => {
+                return Err(Error::Msg(format!(
+                    "a `{}` model needs the images' memory features",
+                    self.strategy
+                )))
+            }
+            (false, _) => None,
+        };
+        let (mut maps, mut scores) = (Vec::new(), Vec::with_capacity(n));
+        let (mut class_probs, mut object_probs) = (Vec::new(), Vec::new());
         for start in (0..n).step_by(EVAL_BATCH) {
             let len = EVAL_BATCH.min(n - start);
-            let x = self.standardized(&features.narrow(0, start, len)?)?;
-            let out = self.model.forward(&x, &mut Mode::Eval)?;
-            let map = iuf_model::anomaly_map(&out.pred, (h, w))?;
+            let x = features.narrow(0, start, len)?;
+            let rec = match &self.model {
+                Some(_) => Some(self.reconstruction_maps(&x, size)?),
+                None => None,
+            };
+            let objects = self.prototype_probs(&x)?;
+            let map = match memory {
+                None => rec
+                    .as_ref()
+                    .expect("a model without memory has a network")
+                    .0
+                    .clone(),
+                Some(mem) => {
+                    let probs = objects.as_ref().ok_or_else(|| {
+                        Error::Msg("the model has not learned any object yet".into())
+                    })?;
+                    let names = match object {
+                        Some(o) => vec![o.to_string(); len],
+                        None => self.recognised(probs)?,
+                    };
+                    let mem_maps = self.memory_maps(&mem.narrow(0, start, len)?, &names, size)?;
+                    self.fuse(&names, rec.as_ref().map(|r| &r.0), &mem_maps)?
+                }
+            };
             scores.extend(
                 iuf_model::image_scores(&map, iuf_model::SCORE_POOL)?
                     .to_dtype(DType::F32)?
                     .to_vec1::<f32>()?,
             );
-            // Detached: a kept map must not keep its batch's whole forward graph (every activation)
-            // alive through the op history that links it to the parameters.
-            maps.push(map.reshape((len, h, w))?.detach().to_device(&Device::Cpu)?);
-            probs.push(
-                candle_nn::ops::softmax_last_dim(&out.logits)?
-                    .detach()
-                    .to_device(&Device::Cpu)?,
-            );
+            maps.push(map.detach().to_device(&Device::Cpu)?);
+            let objects = match (objects, &rec) {
+                (Some(o), _) => o,
+                (None, Some(r)) => r.1.clone(),
+                (None, None) => Tensor::zeros((len, k), DType::F32, &Device::Cpu)?,
+            };
+            class_probs.push(rec.map_or_else(|| objects.clone(), |r| r.1));
+            object_probs.push(objects);
             progress.inc(len as u64);
         }
-        if n == 0 {
-            let none = Tensor::zeros((0, self.cfg.model.num_classes), DType::F32, &Device::Cpu)?;
-            return Ok(Predictions {
-                maps: Tensor::zeros((0, h, w), DType::F32, &Device::Cpu)?,
-                scores,
-                class_probs: none.clone(),
-                object_probs: none,
-            });
-        }
-        let class_probs = Tensor::cat(&probs, 0)?;
         Ok(Predictions {
             maps: Tensor::cat(&maps, 0)?,
             scores,
-            object_probs: self
-                .prototype_probs(features)?
-                .unwrap_or_else(|| class_probs.clone()),
-            class_probs,
+            class_probs: Tensor::cat(&class_probs, 0)?,
+            object_probs: Tensor::cat(&object_probs, 0)?,
         })
     }
-}
 
-enum StepOptimizer {
-    AdamW(AdamW),
-    Sgd(ConstrainedSgd),
-}
+    /// The reconstruction network's maps `[n, H, W]` and class probabilities `[n, K]` (CPU).
+    fn reconstruction_maps(&self, x: &Tensor, size: (usize, usize)) -> Result<(Tensor, Tensor)> {
+        let model = self.model.as_ref().expect("callers check for a network");
+        let len = x.dim(0)?;
+        let out = model.forward(&self.standardized(x)?, &mut Mode::Eval)?;
+        let map = iuf_model::anomaly_map(&out.pred, size)?;
+        // Detached: a kept map must not keep its batch's whole forward graph (every activation)
+        // alive through the op history that links it to the parameters.
+        let map = map.reshape((len, size.0, size.1))?.detach();
+        let probs = candle_nn::ops::softmax_last_dim(&out.logits)?
+            .detach()
+            .to_device(&Device::Cpu)?;
+        Ok((map, probs))
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::linear_quantile;
+    /// Memory maps `[n, H, W]` of images whose objects are `objects` (one name per image): each
+    /// image is scored against its object's memory, upsampled like the reconstruction map.
+    fn memory_maps(
+        &self,
+        memory: &Tensor,
+        objects: &[String],
+        size: (usize, usize),
+    ) -> Result<Tensor> {
+        let mut out: Vec<Option<Tensor>> = vec![None; objects.len()];
+        let mut distinct: Vec<&String> = objects.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        for object in distinct {
+            let idx: Vec<u32> = (0..objects.len() as u32)
+                .filter(|&i| &objects[i as usize] == object)
+                .collect();
+            let rows = Tensor::from_vec(idx.clone(), idx.len(), memory.device())?;
+            let raw = self
+                .memories
+                .raw_maps(object, &memory.index_select(&rows, 0)?)?;
+            let maps = iuf_model::anomaly_map(&raw, size)?.squeeze(1)?;
+            let maps = iuf_model::gaussian_blur(&maps, self.cfg.memory.blur_sigma)?;
+            for (j, &i) in idx.iter().enumerate() {
+                out[i as usize] = Some(maps.get(j)?);
+            }
+        }
+        let out: Vec<Tensor> = out.into_iter().map(|t| t.expect("every image")).collect();
+        Ok(Tensor::stack(&out, 0)?)
+    }
 
-    #[test]
-    fn quantile_interpolates() {
-        assert_eq!(linear_quantile(&[], 0.5), None);
-        assert_eq!(linear_quantile(&[1.0, 3.0], 0.5), Some(2.0));
-        assert_eq!(linear_quantile(&[1.0, 3.0, 7.0], 1.0), Some(7.0));
+    /// Names of the most probable learned object of each image, from `[n, K]` probabilities.
+    fn recognised(&self, probs: &Tensor) -> Result<Vec<String>> {
+        let best: Vec<u32> = probs.argmax(1)?.to_vec1()?;
+        best.iter()
+            .map(|&i| {
+                self.meta
+                    .class_names
+                    .get(i as usize)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Msg(format!(
+                            "object {i} recognised, but the model has no name for it"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// The final map of images whose objects are `objects`: the memory map alone (`memory`), or
+    /// both maps normalised with each object's statistics and weighted (`iuf+memory`).
+    fn fuse(&self, objects: &[String], rec: Option<&Tensor>, mem: &Tensor) -> Result<Tensor> {
+        let norm_of = |pick: fn(&ObjectNorms) -> Option<MapNorm>| -> Result<(Tensor, Tensor)> {
+            let (mut med, mut scale) = (Vec::new(), Vec::new());
+            for o in objects {
+                let n = self
+                    .state
+                    .norms
+                    .get(o)
+                    .and_then(pick)
+                    .unwrap_or(MapNorm::IDENTITY);
+                med.push(n.median);
+                scale.push(n.scale);
+            }
+            let len = objects.len();
+            Ok((
+                Tensor::from_vec(med, (len, 1, 1), mem.device())?,
+                Tensor::from_vec(scale, (len, 1, 1), mem.device())?,
+            ))
+        };
+        let normalised = |map: &Tensor, (med, scale): (Tensor, Tensor)| -> Result<Tensor> {
+            Ok(map.broadcast_sub(&med)?.broadcast_div(&scale)?)
+        };
+        let z_mem = normalised(mem, norm_of(|n| n.memory)?)?;
+        Ok(match rec {
+            None => z_mem,
+            Some(rec) => {
+                let f = &self.cfg.fusion;
+                let z_rec = normalised(
+                    &rec.to_device(mem.device())?,
+                    norm_of(|n| n.reconstruction)?,
+                )?;
+                ((z_mem * f.memory)? + (z_rec * f.reconstruction)?)?
+            }
+        })
     }
 }

@@ -225,28 +225,65 @@ fn step_result_path(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("step-{step}.json"))
 }
 
-/// Loads features, labels and masks of an object's test set.
+/// Loads features (with the memory features when `with_memory`), labels and masks of an object's
+/// test set.
 pub fn eval_set(
     dataset: &DatasetRoot,
     store: &FeatureStore,
     class: &str,
+    with_memory: bool,
     progress: &dyn Progress,
 ) -> Result<EvalSet> {
     let index = dataset.index_class(class)?;
     let paths: Vec<PathBuf> = index.test.iter().map(|s| s.path.clone()).collect();
-    let (features, _) = store.features(&paths, progress)?;
+    let (features, memory) = load_features(store, &paths, with_memory, progress)?;
     let masks: Vec<Option<PathBuf>> = index.test.iter().map(|s| s.mask.clone()).collect();
     let masks = iuf_data::batch::load_masks(&masks, store.image_size())?;
     Ok(EvalSet {
         class: class.to_string(),
         features,
+        memory,
         labels: index.test.iter().map(|s| s.is_anomalous).collect(),
         masks,
     })
 }
 
-/// Feature maps `[N, C, g, g]` with the class id of each.
-pub type Labelled = (Tensor, Vec<u32>);
+/// `feature_align` of `paths`, and their memory features when `with_memory`.
+pub fn load_features(
+    store: &FeatureStore,
+    paths: &[PathBuf],
+    with_memory: bool,
+    progress: &dyn Progress,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if with_memory {
+        let (f, m, _) = store.features_with_memory(paths, progress)?;
+        Ok((f, Some(m)))
+    } else {
+        Ok((store.features(paths, progress)?.0, None))
+    }
+}
+
+/// Feature maps `[N, C, g, g]`, memory features (methods with a memory), and the class id of
+/// every image.
+pub struct Labelled {
+    /// `feature_align`.
+    pub features: Tensor,
+    /// Memory features, when the method keeps a memory.
+    pub memory: Option<Tensor>,
+    /// Class id of every image.
+    pub class_ids: Vec<u32>,
+}
+
+impl Labelled {
+    /// As the learner takes it.
+    pub fn step_data(&self) -> StepData<'_> {
+        StepData {
+            features: &self.features,
+            memory: self.memory.as_ref(),
+            class_ids: &self.class_ids,
+        }
+    }
+}
 
 /// Features and class ids of the training (and held-out) images of `classes`.
 pub fn train_data(
@@ -275,9 +312,21 @@ pub fn train_data(
         tp.extend(tr.into_iter().map(|s| s.path));
         hp.extend(ho.into_iter().map(|s| s.path));
     }
-    let (tf, _) = store.features(&tp, progress)?;
-    let (hf, _) = store.features(&hp, progress)?;
-    Ok(((tf, tid), (hf, hid)))
+    let with_memory = learner.uses_memory();
+    let (tf, tm) = load_features(store, &tp, with_memory, progress)?;
+    let (hf, hm) = load_features(store, &hp, with_memory, progress)?;
+    Ok((
+        Labelled {
+            features: tf,
+            memory: tm,
+            class_ids: tid,
+        },
+        Labelled {
+            features: hf,
+            memory: hm,
+            class_ids: hid,
+        },
+    ))
 }
 
 /// Trains `learner` on the objects `classes` of `dataset` as its next step (hold-out split,
@@ -290,16 +339,14 @@ pub fn learn_classes(
     progress: &dyn Progress,
 ) -> Result<StepRecord> {
     let step = learner.steps().len();
-    let ((tf, tid), (hf, hid)) = train_data(learner, dataset, store, classes, progress)?;
-    let holdout = StepData {
-        features: &hf,
-        class_ids: &hid,
-    };
-    let train = StepData {
-        features: &tf,
-        class_ids: &tid,
-    };
-    learner.learn_step(step, classes, &train, Some(&holdout), progress)
+    let (train, holdout) = train_data(learner, dataset, store, classes, progress)?;
+    learner.learn_step(
+        step,
+        classes,
+        &train.step_data(),
+        Some(&holdout.step_data()),
+        progress,
+    )
 }
 
 /// Runs (or resumes) a protocol for one method. Returns the results written to `results.json`.
@@ -363,20 +410,13 @@ pub fn run_protocol(
     let mut results = assemble(spec, &config, &steps, &class_list, &done)?;
     for (s, new) in steps.iter().enumerate().skip(done.len()) {
         let t0 = Instant::now();
-        let ((tf, tid), (hf, hid)) = train_data(&learner, dataset, store, new, progress)?;
+        let (train, holdout) = train_data(&learner, dataset, store, new, progress)?;
         let feature_seconds = t0.elapsed().as_secs_f64();
-        let holdout = StepData {
-            features: &hf,
-            class_ids: &hid,
-        };
         let record = learner.learn_step(
             s,
             new,
-            &StepData {
-                features: &tf,
-                class_ids: &tid,
-            },
-            Some(&holdout),
+            &train.step_data(),
+            Some(&holdout.step_data()),
             progress,
         )?;
         let model_path = step_model_path(dir, s);
@@ -388,7 +428,7 @@ pub fn run_protocol(
         let seen: Vec<String> = steps[..=s].iter().flatten().cloned().collect();
         let mut metrics = Vec::new();
         for c in &seen {
-            let set = eval_set(dataset, store, c, progress)?;
+            let set = eval_set(dataset, store, c, learner.uses_memory(), progress)?;
             let (m, _) = evaluate(&learner, &set, progress)?;
             tracing::info!(step = s, class = %c, image_auroc = m.image_auroc, pixel_auroc = m.pixel_auroc, "evaluated");
             metrics.push(m);
@@ -453,7 +493,7 @@ fn run_class_mean(
         let t1 = Instant::now();
         let mut metrics = Vec::new();
         for c in steps[..=s].iter().flatten() {
-            let set = eval_set(dataset, store, c, progress)?;
+            let set = eval_set(dataset, store, c, false, progress)?;
             let (m, _) = evaluate_with(&set, progress, |f, _| baseline.predict(c, f))?;
             metrics.push(m);
         }

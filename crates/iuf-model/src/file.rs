@@ -56,6 +56,14 @@ pub struct ModelMeta {
     /// Anything else the trainer wants to keep (optimizer settings, step history, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Whether the file holds the reconstruction network's weights (false for models that only
+    /// keep per-object memories; files older than this field always do).
+    #[serde(default = "yes")]
+    pub network: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelMeta {
@@ -67,6 +75,7 @@ impl ModelMeta {
             learned: Vec::new(),
             thresholds: BTreeMap::new(),
             extra: serde_json::Value::Null,
+            network: true,
         }
     }
 }
@@ -84,6 +93,11 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Builds the network on the loaded weights (sharing the `varmap`'s variables).
     pub fn model(&self) -> Result<IufModel> {
+        if !self.meta.network {
+            return Err(ModelError::Config(
+                "this model file holds no reconstruction network (a memory-only model)".into(),
+            ));
+        }
         IufModel::new(
             &self.meta.config,
             VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
@@ -113,7 +127,11 @@ pub fn save_model(
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect()
     };
-    let problems = compare_with_config(&meta.config, &weights)?;
+    let problems = if meta.network {
+        compare_with_config(&meta.config, &weights)?
+    } else {
+        no_weights(&weights)
+    };
     if !problems.is_empty() {
         return Err(ModelError::Tensors {
             source_name: "varmap to save".into(),
@@ -250,7 +268,11 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
             weights.push((name, tensor));
         }
     }
-    let problems = compare_with_config(&meta.config, &weights)?;
+    let problems = if meta.network {
+        compare_with_config(&meta.config, &weights)?
+    } else {
+        no_weights(&weights)
+    };
     if !problems.is_empty() {
         return Err(ModelError::Tensors {
             source_name: path.display().to_string(),
@@ -270,6 +292,17 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
         state,
         device: device.clone(),
     })
+}
+
+/// A model without a network must hold no weights: each one is a problem.
+fn no_weights(weights: &[(String, Tensor)]) -> Vec<TensorProblem> {
+    weights
+        .iter()
+        .map(|(name, t)| TensorProblem::Unexpected {
+            name: name.clone(),
+            found: t.dims().to_vec(),
+        })
+        .collect()
 }
 
 /// What to do with model parameters that [`assign_tensors`] was given no value for.

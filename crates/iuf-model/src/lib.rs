@@ -10,6 +10,7 @@ pub mod discriminator;
 pub mod error;
 pub mod file;
 pub mod map;
+pub mod memory;
 pub mod model;
 pub mod nn;
 pub mod ops;
@@ -26,7 +27,8 @@ pub use file::{
     assign_tensors, load_model, save_model, LearnedClass, LoadedModel, MissingTensors, ModelMeta,
     FORMAT_VERSION, STATE_PREFIX,
 };
-pub use map::{anomaly_map, image_scores, MAP_STRIDE, SCORE_POOL};
+pub use map::{anomaly_map, gaussian_blur, image_scores, MAP_STRIDE, SCORE_POOL};
+pub use memory::{MemoryConfig, PatchMemory};
 pub use model::{IufModel, ModelOutput};
 pub use random::Mode;
 pub use transformer::{Transformer, TransformerOutput};

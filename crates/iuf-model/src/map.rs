@@ -1,6 +1,6 @@
 //! Anomaly maps and image scores (sections 3.6 and 6), on batches, on any device.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::error::{ModelError, Result};
 
@@ -64,6 +64,43 @@ pub fn image_scores(map: &Tensor, kernel: usize) -> Result<Tensor> {
     Ok(pooled.flatten_from(1)?.max(D::Minus1)?)
 }
 
+/// Gaussian blur of maps `[B, H, W]` with standard deviation `sigma` pixels (0: unchanged), as
+/// PatchCore smooths its maps. The kernel is cut at 4 sigma; at the border each output pixel
+/// averages only the pixels inside the map (the weights are renormalised). Separable, so it runs as
+/// two matrix products `G_h map G_w^T`.
+pub fn gaussian_blur(maps: &Tensor, sigma: f64) -> Result<Tensor> {
+    if sigma <= 0.0 {
+        return Ok(maps.clone());
+    }
+    let (b, h, w) = maps.dims3()?;
+    let rows = gaussian_matrix(h, sigma, maps.device())?;
+    let cols = gaussian_matrix(w, sigma, maps.device())?;
+    let x = maps.to_dtype(DType::F32)?.contiguous()?;
+    Ok(rows
+        .unsqueeze(0)?
+        .broadcast_as((b, h, h))?
+        .matmul(&x)?
+        .matmul(&cols.t()?.unsqueeze(0)?.broadcast_as((b, w, w))?)?)
+}
+
+/// [n, n] row-normalised Gaussian weights, cut at 4 sigma.
+fn gaussian_matrix(n: usize, sigma: f64, device: &candle_core::Device) -> Result<Tensor> {
+    let radius = (4.0 * sigma).ceil() as isize;
+    let mut data = vec![0f32; n * n];
+    for i in 0..n as isize {
+        let lo = (i - radius).max(0);
+        let hi = (i + radius).min(n as isize - 1);
+        let weights: Vec<f64> = (lo..=hi)
+            .map(|j| (-((j - i) as f64).powi(2) / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        for (j, wgt) in (lo..=hi).zip(weights) {
+            data[i as usize * n + j as usize] = (wgt / sum) as f32;
+        }
+    }
+    Ok(Tensor::from_vec(data, (n, n), device)?)
+}
+
 /// [n - k + 1, n] matrix with 1/k on each row's window of k consecutive columns.
 fn band(n: usize, k: usize, device: &candle_core::Device) -> Result<Tensor> {
     let m = n - k + 1;
@@ -97,6 +134,41 @@ mod tests {
         for (a, b) in fast.iter().zip(&slow) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn gaussian_blur_keeps_constants_and_spreads_a_spike_symmetrically() {
+        let dev = Device::Cpu;
+        let flat = Tensor::full(2.0f32, (1, 30, 40), &dev).unwrap();
+        let b: Vec<f32> = gaussian_blur(&flat, 3.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(b.iter().all(|v| (v - 2.0).abs() < 1e-5));
+        let mut spike = vec![0f32; 41 * 41];
+        spike[20 * 41 + 20] = 1.0;
+        let spike = Tensor::from_vec(spike, (1, 41, 41), &dev).unwrap();
+        let out: Vec<Vec<f32>> = gaussian_blur(&spike, 2.0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let total: f32 = out.iter().flatten().sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        // Separable Gaussian: value ratio one pixel off the centre is exp(-1 / (2 sigma^2)).
+        let ratio = out[20][21] / out[20][20];
+        assert!((ratio - (-1.0f32 / 8.0).exp()).abs() < 1e-4, "{ratio}");
+        assert_eq!(out[19][20], out[21][20]);
+        assert!(
+            gaussian_blur(&spike, 0.0)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap()[0][20][20]
+                == 1.0
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 mod attention;
 mod dropout;
-mod fused;
+pub(crate) mod fused;
 mod kernels;
 mod linear;
 #[cfg(test)]

@@ -133,3 +133,52 @@ fn real_lite0_feature_align_follows_the_input_size() {
     assert_eq!(blocks[0].dims(), &[1, 112, 7, 4]);
     assert_eq!(blocks[1].dims(), &[1, 16, 50, 30]);
 }
+
+/// The memory features (stride-8 block 4 and stride-16 block 10, the latter resized to 28x28,
+/// concatenated, 3x3 neighbourhood mean without the padding) against the same recipe written out
+/// with loops on the PyTorch fixture's block outputs; `feature_align` of the same pass equals
+/// `Backbone::feature_align` exactly.
+#[test]
+fn real_lite0_memory_features_match_the_recipe_on_pytorch_blocks() {
+    let fx = fixture();
+    let backbone =
+        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    assert_eq!(backbone.memory_channels(), 152);
+    let images = &fx["input.tensor"];
+    let (align, memory) = backbone.extract(images).unwrap();
+    assert_eq!(
+        max_abs_diff(&align, &backbone.feature_align(images).unwrap()),
+        0.0
+    );
+    assert_eq!(memory.dims(), &[2, 152, 28, 28]);
+    let fine = &fx["output.block.4"];
+    let coarse =
+        iuf_backbone::resize_bilinear_align_corners(&fx["output.block.10"], 28, 28).unwrap();
+    let t = candle_core::Tensor::cat(&[fine, &coarse], 1).unwrap();
+    let cat: Vec<Vec<Vec<Vec<f32>>>> = (0..2)
+        .map(|b| t.get(b).unwrap().to_vec3::<f32>().unwrap())
+        .collect();
+    let mut want = vec![0f32; 2 * 152 * 28 * 28];
+    for (b, img) in cat.iter().enumerate() {
+        for (c, plane) in img.iter().enumerate() {
+            for i in 0..28usize {
+                for j in 0..28usize {
+                    let (mut sum, mut n) = (0f32, 0f32);
+                    for row in &plane[i.saturating_sub(1)..=(i + 1).min(27)] {
+                        for v in &row[j.saturating_sub(1)..=(j + 1).min(27)] {
+                            sum += v;
+                            n += 1.0;
+                        }
+                    }
+                    want[((b * 152 + c) * 28 + i) * 28 + j] = sum / n;
+                }
+            }
+        }
+    }
+    let want = candle_core::Tensor::from_vec(want, (2, 152, 28, 28), &Device::Cpu).unwrap();
+    let abs = max_abs_diff(&memory, &want);
+    let mean = mean_abs_diff(&memory, &want);
+    eprintln!("memory features: max abs diff {abs:.2e}, mean abs diff {mean:.2e}");
+    assert!(abs < BLOCK_TOLERANCE, "max {abs}");
+    assert!(mean < MEAN_TOLERANCE, "mean {mean}");
+}

@@ -129,7 +129,12 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     // One object per step: the second and third steps are where fine-tuning forgets.
     let spec = classes.join(" | ");
     let protocol = Protocol::parse(&spec, data.classes())?;
-    let methods = vec![Strategy::Iuf, Strategy::Finetune];
+    let methods = vec![
+        Strategy::Memory,
+        Strategy::IufMemory,
+        Strategy::Iuf,
+        Strategy::Finetune,
+    ];
     if a.fresh {
         for m in &methods {
             remove_run(&a.out.join(m.name()))?;
@@ -147,7 +152,9 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     let store = setup::feature_store(g, loaded, 224, &device)?;
     progress::status(
         quiet,
-        &format!("[3/4] protocol `{spec}` with iuf and finetune (a few minutes on 2 cores)"),
+        &format!(
+            "[3/4] protocol `{spec}` with memory, iuf+memory, iuf and finetune (a few minutes on 2 cores)"
+        ),
     );
     let plan = BenchPlan {
         data: &data,
@@ -165,7 +172,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
         )
     })?;
 
-    progress::status(quiet, "[4/4] heatmaps of both final models");
+    progress::status(quiet, "[4/4] heatmaps of every final model");
     let items = heatmap_items(&data, &classes)?;
     let last = plan.protocol.steps.len() - 1;
     let mut panels = Vec::new();
@@ -199,8 +206,9 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     print!("{}", bench::comparison_table(&runs));
     println!(
         "\nACC: mean AUROC (percent) over the three objects after the last step; FM: how much an \
-         object's AUROC fell from its best (forgetting). IUF learns each new object with the old \
-         objects' knowledge protected; fine-tuning overwrites it."
+         object's AUROC fell from its best (forgetting). The memory keeps each object's own normal \
+         features and cannot forget; IUF learns each new object with the old objects' knowledge \
+         protected; fine-tuning overwrites it."
     );
     println!("\nreport:   {}", a.out.join("report.md").display());
     println!("plot:     {}", a.out.join("auroc.svg").display());
@@ -210,7 +218,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
             p.display()
         );
     }
-    let final_model = step_model_path(&a.out.join("iuf"), last);
+    let final_model = step_model_path(&a.out.join(methods[0].name()), last);
     println!(
         "\nnext: iuf predict --model {} {} --out predictions",
         final_model.display(),

@@ -51,6 +51,8 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
             "thresholds": meta.thresholds,
             "threshold_quantile": q,
             "steps": learner.steps(),
+            "network": learner.has_network(),
+            "memory_patches": learner.memory_sizes(),
             "config": cfg,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -73,16 +75,37 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
     if let Some(d) = learner.backbone_weights() {
         println!("weights    sha256 {d}");
     }
-    println!(
-        "network    D {}, {} heads, {}+{} layers, FFN {}, OASA {:?}, discriminator {} blocks",
-        t.hidden_dim,
-        t.nheads,
-        t.num_encoder_layers,
-        t.num_decoder_layers,
-        t.dim_feedforward,
-        meta.config.oasa,
-        meta.config.discriminator.depth
-    );
+    if learner.has_network() {
+        println!(
+            "network    D {}, {} heads, {}+{} layers, FFN {}, OASA {:?}, discriminator {} blocks",
+            t.hidden_dim,
+            t.nheads,
+            t.num_encoder_layers,
+            t.num_decoder_layers,
+            t.dim_feedforward,
+            meta.config.oasa,
+            meta.config.discriminator.depth
+        );
+    } else {
+        println!("network    none (per-object memories only)");
+    }
+    let sizes = learner.memory_sizes();
+    if !sizes.is_empty() {
+        let m = &cfg.memory;
+        let list: Vec<String> = sizes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!(
+            "memory     patches per object (at most {}, stored as {}): {}",
+            m.patches,
+            if m.f16 { "f16" } else { "f32" },
+            list.join(", ")
+        );
+        if learner.has_network() {
+            println!(
+                "fusion     memory x {} + reconstruction x {} (each normalised per object)",
+                cfg.fusion.memory, cfg.fusion.reconstruction
+            );
+        }
+    }
     println!(
         "objects    {} of {} slots used: {}",
         meta.learned.len(),

@@ -387,10 +387,16 @@ impl Predictor<'_> {
             let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
             run.timings.decode += t.elapsed();
             let t = Instant::now();
-            let features = self
-                .backbone
-                .feature_align(&batch)
-                .context("backbone features")?;
+            let (features, memory) = if self.learner.uses_memory() {
+                let (f, m) = self.backbone.extract(&batch).context("backbone features")?;
+                (f, Some(m))
+            } else {
+                let f = self
+                    .backbone
+                    .feature_align(&batch)
+                    .context("backbone features")?;
+                (f, None)
+            };
             if !features.device().is_cpu() {
                 // Wait for an asynchronous device, so its work is timed in this stage.
                 features.device().synchronize()?;
@@ -399,7 +405,12 @@ impl Predictor<'_> {
             let t = Instant::now();
             let pred = self
                 .learner
-                .predict(&features)
+                .predict_images_as(
+                    &features,
+                    memory.as_ref(),
+                    self.object.as_deref(),
+                    &iuf_incremental::NoProgress,
+                )
                 .context("running the model")?;
             let (_, mh, mw) = pred.maps.dims3()?;
             let probs: Vec<Vec<f32>> = pred.object_probs.to_vec2()?;

@@ -74,16 +74,22 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
         &device,
     )
     .context("creating the model")?;
-    progress::status(
-        g.json,
-        &format!(
+    let what = if a.method.trains_network() {
+        format!(
             "training {} on {} ({} preset, {} base epochs)",
             a.method,
             classes.join(", "),
             cfg.preset,
             learner.config().base.epochs
-        ),
-    );
+        )
+    } else {
+        format!(
+            "building the memory of {} (at most {} patches each; no network to train)",
+            classes.join(", "),
+            learner.config().memory.patches
+        )
+    };
+    progress::status(g.json, &what);
     let bars = Bars::new(g.json);
     let record =
         learn_classes(&mut learner, &data, &store, &classes, &bars).with_context(|| {
@@ -128,7 +134,25 @@ pub fn report_step(g: &Global, learner: &Learner, record: &StepRecord, out: &Pat
             "thresholds": thresholds.iter().map(|(c, t)| (c.clone(), *t)).collect::<std::collections::BTreeMap<_, _>>(),
         }));
     }
-    println!(
+    if record.epochs == 0 {
+        println!(
+            "step {}: learned {} from {} images in {:.1} s (memory: {})",
+            record.step,
+            record.classes.join(", "),
+            record.images,
+            record.train_seconds,
+            record
+                .classes
+                .iter()
+                .map(|c| format!(
+                    "{} patches",
+                    learner.memory_sizes().get(c).copied().unwrap_or(0)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        println!(
         "step {}: learned {} from {} images in {:.1} s ({} epochs, {}, final loss {:.4}: rec {:.4}, ce {:.3}, sc {:.4})",
         record.step,
         record.classes.join(", "),
@@ -141,6 +165,7 @@ pub fn report_step(g: &Global, learner: &Learner, record: &StepRecord, out: &Pat
         record.final_loss.ce,
         record.final_loss.sc
     );
+    }
     for (c, t) in &thresholds {
         match t {
             Some(t) => {

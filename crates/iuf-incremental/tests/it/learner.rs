@@ -78,6 +78,7 @@ fn same_seed_gives_the_same_model_and_another_seed_does_not() {
             &["a".into()],
             &StepData {
                 features: &f,
+                memory: None,
                 class_ids: &ids,
             },
             None,
@@ -99,8 +100,9 @@ fn every_strategy_learns_two_steps_and_reloads() {
     let (fa, fb) = (features(8, 0, 2), features(8, 1, 3));
     let (ia, ib) = (vec![0u32; 8], vec![1u32; 8]);
     for s in Strategy::ALL {
-        if s == Strategy::Joint || !s.is_trained() {
-            continue; // one step by definition; covered by the runner test
+        if s == Strategy::Joint || !s.is_trained() || s.uses_memory() {
+            // joint: one step by definition, covered by the runner test; memory methods: below.
+            continue;
         }
         let mut l = Learner::new(&tiny(), s, &backbone(), classes(), &Device::Cpu).unwrap();
         let r0 = l
@@ -109,6 +111,7 @@ fn every_strategy_learns_two_steps_and_reloads() {
                 &["a".into()],
                 &StepData {
                     features: &fa,
+                    memory: None,
                     class_ids: &ia,
                 },
                 None,
@@ -126,6 +129,7 @@ fn every_strategy_learns_two_steps_and_reloads() {
                 &["b".into()],
                 &StepData {
                     features: &fb,
+                    memory: None,
                     class_ids: &ib,
                 },
                 None,
@@ -171,6 +175,7 @@ fn relearning_a_class_or_exceeding_capacity_is_an_error() {
         &["a".into()],
         &StepData {
             features: &f,
+            memory: None,
             class_ids: &ids,
         },
         None,
@@ -182,6 +187,7 @@ fn relearning_a_class_or_exceeding_capacity_is_an_error() {
         &["a".into()],
         &StepData {
             features: &f,
+            memory: None,
             class_ids: &ids,
         },
         None,
@@ -194,6 +200,7 @@ fn relearning_a_class_or_exceeding_capacity_is_an_error() {
         &["b".into()],
         &StepData {
             features: &f,
+            memory: None,
             class_ids: &ids1,
         },
         None,
@@ -205,6 +212,7 @@ fn relearning_a_class_or_exceeding_capacity_is_an_error() {
         &["c".into()],
         &StepData {
             features: &f,
+            memory: None,
             class_ids: &ids1,
         },
         None,
@@ -282,6 +290,7 @@ fn incremental_iuf_step_keeps_the_dominant_old_output_direction() {
             &["a".into()],
             &StepData {
                 features: &fa,
+                memory: None,
                 class_ids: &ia,
             },
             None,
@@ -295,6 +304,7 @@ fn incremental_iuf_step_keeps_the_dominant_old_output_direction() {
             &["b".into()],
             &StepData {
                 features: &fb,
+                memory: None,
                 class_ids: &ib,
             },
             None,
@@ -338,6 +348,7 @@ fn predictions_are_finite_and_maps_match_scores() {
         &["a".into(), "b".into()],
         &StepData {
             features: &f,
+            memory: None,
             class_ids: &[0, 0, 1, 1],
         },
         None,
@@ -376,6 +387,7 @@ fn objects_are_recognised_after_an_incremental_step_and_a_reload() {
             &[name.into()],
             &StepData {
                 features: f,
+                memory: None,
                 class_ids: &[id; 6],
             },
             None,
@@ -395,4 +407,159 @@ fn objects_are_recognised_after_an_incremental_step_and_a_reload() {
             assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
         }
     }
+}
+
+/// Memory features `[n, 16, 28, 28]`: class `k` has its own pattern, plus noise.
+fn memory_features(n: usize, class: u32, seed: u64) -> Tensor {
+    let base = features(n, class, seed).narrow(1, 0, 16).unwrap();
+    base.upsample_nearest2d(28, 28).unwrap()
+}
+
+fn small_memory(cfg: &mut TrainConfig) {
+    cfg.memory.patches = 64;
+    cfg.memory.candidates = 512;
+    cfg.memory.projection = 16;
+}
+
+fn map_values(p: &iuf_incremental::Predictions) -> Vec<f32> {
+    p.maps.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn memory_models_learn_a_new_object_without_changing_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (features(8, 0, 2), features(8, 1, 3));
+    let (ma, mb) = (memory_features(8, 0, 2), memory_features(8, 1, 3));
+    let (ha, hb) = (features(3, 0, 12), features(3, 1, 13));
+    let (hma, hmb) = (memory_features(3, 0, 12), memory_features(3, 1, 13));
+    let (ta, tma) = (features(4, 0, 22), memory_features(4, 0, 22));
+    for s in [Strategy::Memory, Strategy::IufMemory] {
+        let mut cfg = tiny();
+        small_memory(&mut cfg);
+        let mut l = Learner::new(&cfg, s, &backbone(), classes(), &Device::Cpu).unwrap();
+        assert_eq!(l.has_network(), s == Strategy::IufMemory);
+        let r0 = l
+            .learn_step(
+                0,
+                &["a".into()],
+                &StepData {
+                    features: &fa,
+                    memory: Some(&ma),
+                    class_ids: &[0; 8],
+                },
+                Some(&StepData {
+                    features: &ha,
+                    memory: Some(&hma),
+                    class_ids: &[0; 3],
+                }),
+                &NoProgress,
+            )
+            .unwrap();
+        if s == Strategy::Memory {
+            assert_eq!((r0.epochs, r0.optimizer.as_str()), (0, "none"));
+        }
+        assert_eq!(l.memory_sizes()["a"], 64);
+        let norms_a = *l.norms("a").expect("normalised on the hold-out");
+        assert!(norms_a.memory.unwrap().scale > 0.0);
+        assert_eq!(norms_a.reconstruction.is_some(), s == Strategy::IufMemory);
+        let before = l.predict_images(&ta, Some(&tma), &NoProgress).unwrap();
+        assert!(before.scores.iter().all(|x| x.is_finite()));
+        // A memory model needs the memory features.
+        assert!(l.predict(&ta).is_err());
+        let path = dir.path().join(format!("{s}.safetensors"));
+        l.save(&path).unwrap();
+        let mut l = Learner::load(&path, &Device::Cpu).unwrap();
+        let reloaded = l.predict_images(&ta, Some(&tma), &NoProgress).unwrap();
+        assert_eq!(map_values(&before), map_values(&reloaded), "{s}: reload");
+        l.learn_step(
+            1,
+            &["b".into()],
+            &StepData {
+                features: &fb,
+                memory: Some(&mb),
+                class_ids: &[1; 8],
+            },
+            Some(&StepData {
+                features: &hb,
+                memory: Some(&hmb),
+                class_ids: &[1; 3],
+            }),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            *l.norms("a").unwrap(),
+            norms_a,
+            "{s}: a's normalisation changed"
+        );
+        let after = l
+            .predict_images_as(&ta, Some(&tma), Some("a"), &NoProgress)
+            .unwrap();
+        if s == Strategy::Memory {
+            // Nothing of `a` can change: its maps are bit-identical.
+            assert_eq!(
+                map_values(&before),
+                map_values(&after),
+                "memory: a's maps changed"
+            );
+            // And `a`'s images are still recognised as `a`.
+            let probs: Vec<Vec<f32>> = after.object_probs.to_vec2().unwrap();
+            assert!(probs.iter().all(|p| p[0] > p[1]), "{probs:?}");
+        }
+        // b's images score against b's memory; a's images are far from it.
+        let own = l
+            .predict_images_as(&ta, Some(&tma), Some("a"), &NoProgress)
+            .unwrap();
+        let other = l
+            .predict_images_as(&ta, Some(&tma), Some("b"), &NoProgress)
+            .unwrap();
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        assert!(
+            mean(&other.scores) > mean(&own.scores),
+            "{s}: {:?} vs {:?}",
+            other.scores,
+            own.scores
+        );
+    }
+}
+
+#[test]
+fn a_memory_needs_at_least_one_image_and_works_from_two() {
+    let mut cfg = tiny();
+    small_memory(&mut cfg);
+    let mut l = Learner::new(&cfg, Strategy::Memory, &backbone(), classes(), &Device::Cpu).unwrap();
+    let none = Tensor::zeros((0, C, 14, 14), DType::F32, &Device::Cpu).unwrap();
+    let none_m = Tensor::zeros((0, 16, 28, 28), DType::F32, &Device::Cpu).unwrap();
+    let err = l
+        .learn_step(
+            0,
+            &["a".into()],
+            &StepData {
+                features: &none,
+                memory: Some(&none_m),
+                class_ids: &[],
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no training images"), "{err}");
+    let (f, m) = (features(2, 0, 5), memory_features(2, 0, 5));
+    l.learn_step(
+        0,
+        &["a".into()],
+        &StepData {
+            features: &f,
+            memory: Some(&m),
+            class_ids: &[0, 0],
+        },
+        None,
+        &NoProgress,
+    )
+    .unwrap();
+    // Two images hold 2 x 784 patches: the memory keeps its 64.
+    assert_eq!(l.memory_sizes()["a"], 64);
+    let p = l.predict_images(&f, Some(&m), &NoProgress).unwrap();
+    assert!(p.scores.iter().all(|x| x.is_finite()));
 }

@@ -1,0 +1,522 @@
+//! A per-object memory of normal patch features (ALGORITHM.md section 10, PatchCore-style): a
+//! greedy k-center coreset of the object's patch features, and the anomaly score of a test patch as
+//! the Euclidean distance to its nearest memory patch.
+//!
+//! Nothing here is trained: an object's memory is built from its own good images only and never
+//! touched again, so learning another object cannot change it.
+//!
+//! Both heavy parts are designed for a 2-core CPU:
+//! - selection runs on a random subset of at most `candidates` patches, projected to a few dozen
+//!   dimensions; each greedy round is one pass over that projection, split over the rayon pool;
+//! - scoring is blocked matrix products `|q|^2 + |m|^2 - 2 q.m`: each rayon task multiplies a block
+//!   of query patches with the whole memory (single-threaded gemm into its own buffer) and keeps
+//!   the row minima, so the full distance matrix never exists.
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::ops::fused::{matmul_single_threaded, with_f32};
+
+/// How a memory is selected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    /// Most patches kept per object (the coreset size; fewer when the object has fewer patches).
+    pub patches: usize,
+    /// Patches the greedy selection considers, drawn at random from all of the object's patches
+    /// (0: all of them).
+    pub candidates: usize,
+    /// Width of the random Gaussian projection the selection measures distances in (a multiple
+    /// of 16; 0: the features themselves).
+    pub projection: usize,
+    /// Seed of the candidate draw, the projection and the first centre.
+    pub seed: u64,
+    /// Store the memory in the model file as f16 (half the bytes; scoring stays f32).
+    #[serde(default)]
+    pub f16: bool,
+    /// Standard deviation, in pixels of the image-size map, of the Gaussian blur applied to the
+    /// memory's map (PatchCore uses 4; 0: none).
+    #[serde(default)]
+    pub blur_sigma: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            patches: 4096,
+            candidates: 65536,
+            projection: 64,
+            seed: 0,
+            f16: false,
+            blur_sigma: 4.0,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Rejects settings that cannot work.
+    pub fn check(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Config(format!("memory: {msg}")));
+        if self.patches == 0 {
+            return bad("patches must be at least 1".into());
+        }
+        if self.candidates != 0 && self.candidates < self.patches {
+            return bad(format!(
+                "candidates ({}) must be 0 (all) or at least patches ({})",
+                self.candidates, self.patches
+            ));
+        }
+        if !(self.blur_sigma >= 0.0 && self.blur_sigma <= 64.0) {
+            return bad(format!(
+                "blur_sigma must lie in [0, 64], found {}",
+                self.blur_sigma
+            ));
+        }
+        if !self.projection.is_multiple_of(16) {
+            return bad(format!(
+                "projection must be a multiple of 16 (or 0), found {}",
+                self.projection
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Patches `[N, C, h, w]` as rows `[N * h * w, C]` (image-major, then row, then column).
+pub fn patches_of(features: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = features.dims4()?;
+    Ok(features
+        .permute((0, 2, 3, 1))?
+        .reshape((n * h * w, c))?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
+}
+
+/// One object's memory: `[M, C]` patch features.
+#[derive(Debug, Clone)]
+pub struct PatchMemory {
+    bank: Tensor,
+    /// `|m|^2` of every row, `[M]`.
+    norms: Tensor,
+}
+
+impl PatchMemory {
+    /// A memory holding exactly `bank` `[M, C]` (e.g. read back from a model file).
+    pub fn from_bank(bank: Tensor) -> Result<Self> {
+        let (m, _) = bank.dims2()?;
+        if m == 0 {
+            return Err(ModelError::Input {
+                name: "memory bank".into(),
+                expected: "at least one patch".into(),
+                found: format!("{:?}", bank.dims()),
+            });
+        }
+        let bank = bank.to_dtype(DType::F32)?.contiguous()?;
+        let norms = bank.sqr()?.sum(1)?;
+        Ok(Self { bank, norms })
+    }
+
+    /// Selects the memory of one object from its good images' features `[N, C, h, w]`.
+    pub fn build(features: &Tensor, cfg: &MemoryConfig) -> Result<Self> {
+        cfg.check()?;
+        let patches = patches_of(features)?;
+        let total = patches.dim(0)?;
+        if total == 0 {
+            return Err(ModelError::Input {
+                name: "memory features".into(),
+                expected: "at least one image".into(),
+                found: format!("{:?}", features.dims()),
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x4D45_4D4F_5259);
+        // Candidates: a uniform random subset, in increasing order (the selection is then
+        // independent of how rows were drawn, only of which).
+        let candidates = if cfg.candidates == 0 || cfg.candidates >= total {
+            None
+        } else {
+            let mut idx = rand::seq::index::sample(&mut rng, total, cfg.candidates).into_vec();
+            idx.sort_unstable();
+            Some(idx)
+        };
+        let pool = match &candidates {
+            Some(idx) => {
+                let idx_t = Tensor::from_vec(
+                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    idx.len(),
+                    patches.device(),
+                )?;
+                patches.index_select(&idx_t, 0)?
+            }
+            None => patches.clone(),
+        };
+        let (p, c) = pool.dims2()?;
+        let k = cfg.patches.min(p);
+        // Distances are measured on a random projection (scaled 1/sqrt(d)), or on the features
+        // themselves, zero-padded to a multiple of 16 lanes.
+        let (proj, d) = if cfg.projection > 0 {
+            let d = cfg.projection;
+            let scale = 1.0 / (d as f32).sqrt();
+            let r: Vec<f32> = (0..c * d)
+                .map(|_| {
+                    let v: f32 = StandardNormal.sample(&mut rng);
+                    v * scale
+                })
+                .collect();
+            let r = Tensor::from_vec(r, (c, d), pool.device())?;
+            (pool.matmul(&r)?, d)
+        } else {
+            let d = c.div_ceil(16) * 16;
+            (pool.pad_with_zeros(1, 0, d - c)?, d)
+        };
+        let proj: Vec<f32> = proj.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let first = rng.gen_range(0..p);
+        let chosen = greedy_k_center(&proj, d, k, first);
+        let chosen_t = Tensor::from_vec(
+            chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            k,
+            pool.device(),
+        )?;
+        Self::from_bank(pool.index_select(&chosen_t, 0)?)
+    }
+
+    /// The memory patches `[M, C]`.
+    pub fn bank(&self) -> &Tensor {
+        &self.bank
+    }
+
+    /// Patches held.
+    pub fn len(&self) -> usize {
+        self.bank.dim(0).unwrap_or(0)
+    }
+
+    /// Never true for a built memory; for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Channels of every patch.
+    pub fn channels(&self) -> usize {
+        self.bank.dim(1).unwrap_or(0)
+    }
+
+    /// The distance of every patch of `features` `[B, C, h, w]` to its nearest memory patch,
+    /// `[B, 1, h, w]` (f32, same device).
+    pub fn score(&self, features: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = features.dims4()?;
+        if c != self.channels() {
+            return Err(ModelError::Input {
+                name: "memory query features".into(),
+                expected: format!("{} channels", self.channels()),
+                found: format!("{:?}", features.dims()),
+            });
+        }
+        let q = patches_of(features)?;
+        let d2 = if q.device().is_cpu() && self.bank.device().is_cpu() {
+            let rows = b * h * w;
+            let v = nearest_sq_cpu(&q, &self.bank, &self.norms, rows, c)?;
+            Tensor::from_vec(v, rows, &Device::Cpu)?
+        } else {
+            // Any other device: the same products as candle ops, in query blocks.
+            let mut parts = Vec::new();
+            let bank_t = self.bank.t()?;
+            for start in (0..q.dim(0)?).step_by(QUERY_BLOCK) {
+                let len = QUERY_BLOCK.min(q.dim(0)? - start);
+                let qb = q.narrow(0, start, len)?;
+                let qm = qb.matmul(&bank_t)?;
+                let part = (qm * -2.0)?
+                    .broadcast_add(&self.norms.unsqueeze(0)?)?
+                    .min(D::Minus1)?
+                    .broadcast_add(&qb.sqr()?.sum(1)?)?;
+                parts.push(part);
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        Ok(d2
+            .clamp(0f32, f32::INFINITY)?
+            .sqrt()?
+            .reshape((b, 1, h, w))?)
+    }
+}
+
+/// Query rows per block of the scoring products.
+const QUERY_BLOCK: usize = 128;
+
+/// Per query row, `min_j |q_i - m_j|^2` (unclamped), as blocked products on the rayon pool.
+fn nearest_sq_cpu(
+    q: &Tensor,
+    bank: &Tensor,
+    norms: &Tensor,
+    rows: usize,
+    c: usize,
+) -> Result<Vec<f32>> {
+    let m = bank.dim(0)?;
+    let mut out = vec![0f32; rows];
+    with_f32(q, "memory query", |qd| {
+        with_f32(bank, "memory bank", |bd| {
+            with_f32(norms, "memory norms", |nd| {
+                out.par_chunks_mut(QUERY_BLOCK).enumerate().for_each_init(
+                    || vec![0f32; QUERY_BLOCK * m],
+                    |buf, (bi, dst)| {
+                        let r0 = bi * QUERY_BLOCK;
+                        let len = dst.len();
+                        let qb = &qd[r0 * c..(r0 + len) * c];
+                        // buf[i, j] = q_i . m_j (len x m, inner c).
+                        // SAFETY: qb is len x c row-major, bd is m x c row-major (read as
+                        // its transpose c x m through strides), buf holds len x m floats
+                        // owned by this task.
+                        unsafe {
+                            matmul_single_threaded(
+                                (len, m, c),
+                                buf.as_mut_ptr(),
+                                (m, 1),
+                                qb.as_ptr(),
+                                (c, 1),
+                                bd.as_ptr(),
+                                (1, c),
+                                1.0,
+                            );
+                        }
+                        for (i, o) in dst.iter_mut().enumerate() {
+                            let row = &buf[i * m..(i + 1) * m];
+                            let best = min_norm_minus_twice(row, nd);
+                            let qi = &qb[i * c..(i + 1) * c];
+                            *o = best + qi.iter().map(|x| x * x).sum::<f32>();
+                        }
+                    },
+                );
+                Ok(())
+            })
+        })
+    })?;
+    Ok(out)
+}
+
+/// `min_j (norms[j] - 2 dots[j])`, in 16 independent lanes so it vectorises.
+fn min_norm_minus_twice(dots: &[f32], norms: &[f32]) -> f32 {
+    let mut lanes = [f32::INFINITY; 16];
+    let mut dc = dots.chunks_exact(16);
+    let mut nc = norms.chunks_exact(16);
+    for (d, n) in (&mut dc).zip(&mut nc) {
+        for l in 0..16 {
+            lanes[l] = lanes[l].min(n[l] - 2.0 * d[l]);
+        }
+    }
+    let mut best = lanes.iter().copied().fold(f32::INFINITY, f32::min);
+    for (d, n) in dc.remainder().iter().zip(nc.remainder()) {
+        best = best.min(n - 2.0 * d);
+    }
+    best
+}
+
+/// Greedy k-center selection: starting from row `first`, repeatedly adds the row farthest from the
+/// chosen set. `x` is `[n, d]` row-major with `d` a multiple of 16. Returns `k` distinct rows in
+/// selection order (fewer only when `n < k`).
+pub fn greedy_k_center(x: &[f32], d: usize, k: usize, first: usize) -> Vec<usize> {
+    assert!(d > 0 && d.is_multiple_of(16) && x.len().is_multiple_of(d));
+    let n = x.len() / d;
+    let k = k.min(n);
+    let mut chosen = Vec::with_capacity(k);
+    if k == 0 {
+        return chosen;
+    }
+    let mut min_d = vec![f32::INFINITY; n];
+    let chunk = n
+        .div_ceil(8 * rayon::current_num_threads().max(1))
+        .max(1024);
+    let mut next = first;
+    while chosen.len() < k {
+        chosen.push(next);
+        min_d[next] = f32::NEG_INFINITY; // never picked again
+        let centre = &x[next * d..(next + 1) * d];
+        // Update every row's distance to the set and find the farthest, per chunk.
+        let (best_i, best_v) = min_d
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(ci, md)| {
+                let base = ci * chunk;
+                let mut best = (usize::MAX, f32::NEG_INFINITY);
+                for (j, m) in md.iter_mut().enumerate() {
+                    let i = base + j;
+                    if *m == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let dist = sq_dist16(&x[i * d..(i + 1) * d], centre);
+                    if dist < *m {
+                        *m = dist;
+                    }
+                    if *m > best.1 {
+                        best = (i, *m);
+                    }
+                }
+                best
+            })
+            .reduce(
+                || (usize::MAX, f32::NEG_INFINITY),
+                |a, b| {
+                    // Ties go to the lower index, so the result does not depend on the split.
+                    if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) {
+                        b
+                    } else {
+                        a
+                    }
+                },
+            );
+        if best_i == usize::MAX || best_v == f32::NEG_INFINITY {
+            break;
+        }
+        next = best_i;
+    }
+    chosen
+}
+
+/// Squared Euclidean distance of two rows whose length is a multiple of 16.
+fn sq_dist16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for (x, y) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        for l in 0..16 {
+            let t = x[l] - y[l];
+            acc[l] += t * t;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_nearest(q: &[f32], bank: &[f32], c: usize) -> Vec<f32> {
+        q.chunks_exact(c)
+            .map(|qi| {
+                bank.chunks_exact(c)
+                    .map(|m| {
+                        qi.iter()
+                            .zip(m)
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum::<f32>()
+                    })
+                    .fold(f32::INFINITY, f32::min)
+                    .sqrt()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scores_equal_brute_force_nearest_neighbour_distances() {
+        let dev = Device::Cpu;
+        // 300 query rows: several blocks of 128 and a remainder; 37 memory rows (not a multiple
+        // of 16) of 20 channels.
+        let bank = Tensor::randn(0f32, 1f32, (37, 20), &dev).unwrap();
+        let feats = Tensor::randn(0f32, 1f32, (3, 20, 10, 10), &dev).unwrap();
+        let mem = PatchMemory::from_bank(bank.clone()).unwrap();
+        let got: Vec<f32> = mem
+            .score(&feats)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let q: Vec<f32> = patches_of(&feats)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = bank.flatten_all().unwrap().to_vec1().unwrap();
+        let want = brute_nearest(&q, &b, 20);
+        assert_eq!(got.len(), 300);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-3 * (1.0 + w), "row {i}: {g} vs {w}");
+        }
+        // A query equal to a memory row scores (almost) zero.
+        let row = bank
+            .narrow(0, 5, 1)
+            .unwrap()
+            .reshape((1, 20, 1, 1))
+            .unwrap();
+        let s: Vec<f32> = mem
+            .score(&row)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(s[0] < 1e-2, "{s:?}");
+    }
+
+    #[test]
+    fn greedy_k_center_picks_the_farthest_point_each_round() {
+        // 1-D points (padded to 16 lanes): 0, 1, 2, 10, 11, 20.
+        let pts = [0f32, 1.0, 2.0, 10.0, 11.0, 20.0];
+        let mut x = vec![0f32; pts.len() * 16];
+        for (i, p) in pts.iter().enumerate() {
+            x[i * 16] = *p;
+        }
+        // From 0: farthest is 20; then 10 (distance 10 to both 0 and 20); then 2 or 11... the
+        // distances are then 2 (point 2), 1 (point 11): 2 comes next.
+        assert_eq!(greedy_k_center(&x, 16, 4, 0), vec![0, 5, 3, 2]);
+        // Asking for more than there are returns each once.
+        let all = greedy_k_center(&x, 16, 10, 0);
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn build_covers_the_patches_and_is_deterministic() {
+        let dev = Device::Cpu;
+        let feats = Tensor::randn(0f32, 1f32, (4, 8, 6, 6), &dev).unwrap();
+        let cfg = MemoryConfig {
+            patches: 30,
+            candidates: 100,
+            projection: 16,
+            seed: 3,
+            f16: false,
+            blur_sigma: 0.0,
+        };
+        let a = PatchMemory::build(&feats, &cfg).unwrap();
+        let b = PatchMemory::build(&feats, &cfg).unwrap();
+        assert_eq!(a.len(), 30);
+        assert_eq!(
+            a.bank().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.bank().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // Every memory row is one of the training patches (distance 0 to itself).
+        let rows = a.bank().reshape((30, 8, 1, 1)).unwrap();
+        let s: Vec<f32> = a
+            .score(&rows)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(s.iter().all(|&v| v < 1e-2), "{s:?}");
+        // A memory bigger than the patches keeps them all.
+        let all = PatchMemory::build(
+            &feats,
+            &MemoryConfig {
+                patches: 1000,
+                candidates: 0,
+                projection: 0,
+                seed: 0,
+                f16: false,
+                blur_sigma: 0.0,
+            },
+        )
+        .unwrap();
+        assert_eq!(all.len(), 4 * 36);
+        assert!(PatchMemory::build(
+            &feats,
+            &MemoryConfig {
+                patches: 10,
+                candidates: 5,
+                ..cfg
+            }
+        )
+        .is_err());
+    }
+}
