@@ -48,6 +48,9 @@ pub struct ObjectNorms {
     /// The memory's nearest-neighbour map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MapNorm>,
+    /// The per-position Gaussian's map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gaussian: Option<MapNorm>,
 }
 
 /// The value at quantile `q` (nearest rank on the sorted order), reordering `v`.

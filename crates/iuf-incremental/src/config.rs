@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use iuf_model::{MemoryConfig, ModelConfig, OasaMode};
 
 use crate::error::{Error, Result};
+use crate::gaussian::GaussianConfig;
 use crate::scl::{SclConfig, SclTail};
 
 /// How the model learns across steps. `iuf` and its ablations follow the paper's Table 2;
@@ -298,7 +299,10 @@ pub struct TrainConfig {
     /// The per-object memory (methods `memory` and `iuf+memory`).
     #[serde(default)]
     pub memory: MemoryConfig,
-    /// How the maps of several scorers are combined (`iuf+memory`).
+    /// The per-position Gaussian fitted beside the memory when `fusion.gaussian` > 0.
+    #[serde(default)]
+    pub gaussian: GaussianConfig,
+    /// How the maps of several scorers are combined (methods with a memory).
     #[serde(default)]
     pub fusion: FusionConfig,
 }
@@ -310,8 +314,11 @@ pub struct TrainConfig {
 pub struct FusionConfig {
     /// Weight of the memory's nearest-neighbour map.
     pub memory: f64,
-    /// Weight of the reconstruction network's map.
+    /// Weight of the reconstruction network's map (`iuf+memory`).
     pub reconstruction: f64,
+    /// Weight of the per-position Gaussian's map (0: no Gaussian is fitted).
+    #[serde(default)]
+    pub gaussian: f64,
 }
 
 impl Default for FusionConfig {
@@ -319,6 +326,7 @@ impl Default for FusionConfig {
         Self {
             memory: 1.0,
             reconstruction: 1.0,
+            gaussian: 1.0,
         }
     }
 }
@@ -367,6 +375,7 @@ impl TrainConfig {
             },
             standardize_features: false,
             memory: MemoryConfig::default(),
+            gaussian: GaussianConfig::default(),
             fusion: FusionConfig::default(),
         }
     }
@@ -524,10 +533,18 @@ impl TrainConfig {
             .check()
             .map_err(|e| Error::Config(e.to_string()))?;
         let f = &self.fusion;
-        if !(f.memory >= 0.0 && f.reconstruction >= 0.0 && f.memory + f.reconstruction > 0.0) {
+        if !(f.memory >= 0.0 && f.reconstruction >= 0.0 && f.gaussian >= 0.0)
+            || f.memory + f.gaussian <= 0.0
+        {
             return bad(format!(
-                "fusion weights must be >= 0 and not both 0, found memory {} reconstruction {}",
-                f.memory, f.reconstruction
+                "fusion weights must be >= 0 and memory + gaussian > 0, found memory {} reconstruction {} gaussian {}",
+                f.memory, f.reconstruction, f.gaussian
+            ));
+        }
+        if self.gaussian.shrinkage.is_nan() || self.gaussian.shrinkage <= 0.0 {
+            return bad(format!(
+                "gaussian.shrinkage must be > 0, found {}",
+                self.gaussian.shrinkage
             ));
         }
         Ok(())

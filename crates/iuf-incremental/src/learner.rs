@@ -531,6 +531,11 @@ impl Learner {
             let mine = memory.index_select(&rows, 0)?;
             let t = Instant::now();
             self.memories.build(c, &mine, &self.cfg.memory)?;
+            if self.cfg.fusion.gaussian > 0.0 {
+                let align = train.features.index_select(&rows, 0)?;
+                self.memories
+                    .fit_gaussian(c, &align, &self.cfg.gaussian, self.cfg.memory.f16)?;
+            }
             tracing::info!(
                 class = %c,
                 images = mine.dim(0)?,
@@ -585,10 +590,15 @@ impl Learner {
                     Error::Msg("calibration needs the hold-out images' memory features".into())
                 })?;
                 let objects = vec![c.clone(); n];
-                let maps = self.memory_maps(&memory.index_select(&rows, 0)?, &objects, size)?;
+                let (maps, gauss) =
+                    self.memory_maps(&memory.index_select(&rows, 0)?, &features, &objects, size)?;
                 let norms = ObjectNorms {
                     reconstruction,
                     memory: MapNorm::of_good_maps(&maps)?,
+                    gaussian: gauss
+                        .map(|g| MapNorm::of_good_maps(&g))
+                        .transpose()?
+                        .flatten(),
                 };
                 self.state.norms.insert(c.clone(), norms);
             }
@@ -739,8 +749,14 @@ impl Learner {
                         Some(o) => vec![o.to_string(); len],
                         None => self.recognised(probs)?,
                     };
-                    let mem_maps = self.memory_maps(&mem.narrow(0, start, len)?, &names, size)?;
-                    self.fuse(&names, rec.as_ref().map(|r| &r.0), &mem_maps)?
+                    let (mem_maps, gauss) =
+                        self.memory_maps(&mem.narrow(0, start, len)?, &x, &names, size)?;
+                    self.fuse(
+                        &names,
+                        rec.as_ref().map(|r| &r.0),
+                        &mem_maps,
+                        gauss.as_ref(),
+                    )?
                 }
             };
             scores.extend(
@@ -782,14 +798,17 @@ impl Learner {
     }
 
     /// Memory maps `[n, H, W]` of images whose objects are `objects` (one name per image): each
-    /// image is scored against its object's memory, upsampled like the reconstruction map.
+    /// image is scored against its object's memory, upsampled like the reconstruction map and
+    /// smoothed; and the same for the objects' Gaussians on `align`, when the model fits them.
     fn memory_maps(
         &self,
         memory: &Tensor,
+        align: &Tensor,
         objects: &[String],
         size: (usize, usize),
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut out: Vec<Option<Tensor>> = vec![None; objects.len()];
+        let mut gauss: Vec<Option<Tensor>> = vec![None; objects.len()];
         let mut distinct: Vec<&String> = objects.iter().collect();
         distinct.sort();
         distinct.dedup();
@@ -806,9 +825,26 @@ impl Learner {
             for (j, &i) in idx.iter().enumerate() {
                 out[i as usize] = Some(maps.get(j)?);
             }
+            let g = self
+                .memories
+                .gaussian_maps(object, &align.index_select(&rows, 0)?)?;
+            if let Some(g) = g {
+                let g = iuf_model::anomaly_map(&g, size)?.squeeze(1)?;
+                let g = iuf_model::gaussian_blur(&g, self.cfg.memory.blur_sigma)?;
+                for (j, &i) in idx.iter().enumerate() {
+                    gauss[i as usize] = Some(g.get(j)?);
+                }
+            }
         }
         let out: Vec<Tensor> = out.into_iter().map(|t| t.expect("every image")).collect();
-        Ok(Tensor::stack(&out, 0)?)
+        // Gaussian maps only when every image's object has one (all objects fit one, or none).
+        let gauss = if gauss.iter().all(Option::is_some) {
+            let g: Vec<Tensor> = gauss.into_iter().flatten().collect();
+            Some(Tensor::stack(&g, 0)?)
+        } else {
+            None
+        };
+        Ok((Tensor::stack(&out, 0)?, gauss))
     }
 
     /// Names of the most probable learned object of each image, from `[n, K]` probabilities.
@@ -829,9 +865,16 @@ impl Learner {
             .collect()
     }
 
-    /// The final map of images whose objects are `objects`: the memory map alone (`memory`), or
-    /// both maps normalised with each object's statistics and weighted (`iuf+memory`).
-    fn fuse(&self, objects: &[String], rec: Option<&Tensor>, mem: &Tensor) -> Result<Tensor> {
+    /// The final map of images whose objects are `objects`: each scorer's map (the memory's, and
+    /// where present the Gaussian's and the reconstruction's) normalised with the object's own
+    /// statistics, weighted with `fusion` and summed.
+    fn fuse(
+        &self,
+        objects: &[String],
+        rec: Option<&Tensor>,
+        mem: &Tensor,
+        gauss: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let norm_of = |pick: fn(&ObjectNorms) -> Option<MapNorm>| -> Result<(Tensor, Tensor)> {
             let (mut med, mut scale) = (Vec::new(), Vec::new());
             for o in objects {
@@ -853,17 +896,18 @@ impl Learner {
         let normalised = |map: &Tensor, (med, scale): (Tensor, Tensor)| -> Result<Tensor> {
             Ok(map.broadcast_sub(&med)?.broadcast_div(&scale)?)
         };
-        let z_mem = normalised(mem, norm_of(|n| n.memory)?)?;
-        Ok(match rec {
-            None => z_mem,
-            Some(rec) => {
-                let f = &self.cfg.fusion;
-                let z_rec = normalised(
-                    &rec.to_device(mem.device())?,
-                    norm_of(|n| n.reconstruction)?,
-                )?;
-                ((z_mem * f.memory)? + (z_rec * f.reconstruction)?)?
-            }
-        })
+        let f = &self.cfg.fusion;
+        let mut fused = (normalised(mem, norm_of(|n| n.memory)?)? * f.memory)?;
+        if let Some(g) = gauss {
+            fused = (fused + (normalised(g, norm_of(|n| n.gaussian)?)? * f.gaussian)?)?;
+        }
+        if let Some(rec) = rec {
+            let z = normalised(
+                &rec.to_device(mem.device())?,
+                norm_of(|n| n.reconstruction)?,
+            )?;
+            fused = (fused + (z * f.reconstruction)?)?;
+        }
+        Ok(fused)
     }
 }

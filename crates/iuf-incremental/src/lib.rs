@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod feature_store;
+pub mod gaussian;
 pub mod learner;
 pub mod memory;
 pub mod optim;

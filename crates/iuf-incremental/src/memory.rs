@@ -8,14 +8,18 @@ use candle_core::{DType, Device, Tensor};
 use iuf_model::{MemoryConfig, PatchMemory};
 
 use crate::error::{Error, Result};
+use crate::gaussian::{GaussianConfig, PositionGaussian};
 
 /// Prefix of the memory tensors in the model file (`state.memory.<object>`).
 pub const MEMORY_PREFIX: &str = "state.memory.";
+/// Prefix of the Gaussian tensors (`state.gaussian.<object>.{mean,precision,proj}`).
+pub const GAUSSIAN_PREFIX: &str = "state.gaussian.";
 
-/// Every object's memory.
+/// Every object's memory (and its per-position Gaussian, when the method fits one).
 #[derive(Debug, Clone, Default)]
 pub struct ObjectMemories {
     banks: BTreeMap<String, PatchMemory>,
+    gaussians: BTreeMap<String, PositionGaussian>,
 }
 
 impl ObjectMemories {
@@ -63,8 +67,48 @@ impl ObjectMemories {
                 ..cfg.clone()
             },
         )?;
+        // Stored as f16: round now, so the model in memory scores exactly as the file will.
+        let memory = if cfg.f16 {
+            PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+        } else {
+            memory
+        };
         self.banks.insert(class.to_string(), memory);
         Ok(())
+    }
+
+    /// Fits the per-position Gaussian of a new object from its training images' `feature_align`.
+    /// With `half`, the precision matrices are rounded to f16 now, as the model file stores them.
+    pub fn fit_gaussian(
+        &mut self,
+        class: &str,
+        align: &Tensor,
+        cfg: &GaussianConfig,
+        half: bool,
+    ) -> Result<()> {
+        if self.gaussians.contains_key(class) {
+            return Err(Error::Config(format!(
+                "the Gaussian of `{class}` exists already; an object is learned once"
+            )));
+        }
+        let g = PositionGaussian::fit(align, cfg)?;
+        let g = if half {
+            PositionGaussian::from_state(&g.to_state("", DType::F16)?, "")?
+                .expect("written just now")
+        } else {
+            g
+        };
+        self.gaussians.insert(class.to_string(), g);
+        Ok(())
+    }
+
+    /// Raw Gaussian maps of `align` `[n, C, g, g]` for `class`: `[n, 1, g, g]` (None when the
+    /// object has no Gaussian).
+    pub fn gaussian_maps(&self, class: &str, align: &Tensor) -> Result<Option<Tensor>> {
+        self.gaussians
+            .get(class)
+            .map(|g| g.score(align))
+            .transpose()
     }
 
     /// Raw maps of `features` `[n, C_m, h, w]` against `class`'s memory: `[n, 1, h, w]`.
@@ -81,7 +125,8 @@ impl ObjectMemories {
     /// The memories as model-file state tensors (f16 when `half`: half the bytes).
     pub fn to_state(&self, half: bool) -> Result<Vec<(String, Tensor)>> {
         let dtype = if half { DType::F16 } else { DType::F32 };
-        self.banks
+        let mut out = self
+            .banks
             .iter()
             .map(|(c, m)| {
                 Ok((
@@ -89,7 +134,11 @@ impl ObjectMemories {
                     m.bank().to_dtype(dtype)?.to_device(&Device::Cpu)?,
                 ))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        for (c, g) in &self.gaussians {
+            out.extend(g.to_state(&format!("{GAUSSIAN_PREFIX}{c}."), dtype)?);
+        }
+        Ok(out)
     }
 
     /// Reads the memories back from a model file's state tensors.
@@ -101,7 +150,15 @@ impl ObjectMemories {
                 banks.insert(class.to_string(), PatchMemory::from_bank(bank)?);
             }
         }
-        Ok(Self { banks })
+        let mut gaussians = BTreeMap::new();
+        for class in banks.keys() {
+            if let Some(g) =
+                PositionGaussian::from_state(state, &format!("{GAUSSIAN_PREFIX}{class}."))?
+            {
+                gaussians.insert(class.clone(), g);
+            }
+        }
+        Ok(Self { banks, gaussians })
     }
 }
 

@@ -51,7 +51,7 @@ impl Default for MemoryConfig {
             candidates: 65536,
             projection: 64,
             seed: 0,
-            f16: false,
+            f16: true,
             blur_sigma: 4.0,
         }
     }

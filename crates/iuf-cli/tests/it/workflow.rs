@@ -16,6 +16,8 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
         data.as_os_str(),
         "--classes".as_ref(),
         "fabric".as_ref(),
+        "--method".as_ref(),
+        "iuf".as_ref(),
         "--preset".as_ref(),
         "tiny".as_ref(),
         "--out".as_ref(),
@@ -292,10 +294,96 @@ fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
     ]);
     ok(&o);
     let v = json(&o);
-    assert_eq!(v["methods"].as_array().unwrap().len(), 2);
+    let methods: Vec<&str> = v["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["memory", "iuf+memory", "iuf", "finetune"]);
+    assert_eq!(v["heatmap_panels"].as_array().unwrap().len(), 4);
     for p in v["heatmap_panels"].as_array().unwrap() {
         assert!(std::path::Path::new(p.as_str().unwrap()).is_file(), "{p}");
     }
     assert!(out.join("report.md").is_file());
     assert!(out.join("heatmaps/iuf/fabric").is_dir());
+    assert!(out.join("heatmaps/memory/fabric").is_dir());
+}
+
+/// The default method is the per-object memory: no network in the file, a memory per object, a new
+/// object learned without touching the old one's, predictions with heatmaps.
+#[test]
+fn default_memory_model_trains_learns_and_predicts_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m0 = s.path("m0.safetensors");
+    let m1 = s.path("m1.safetensors");
+    let out = ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric".as_ref(),
+        "--out".as_ref(),
+        m0.as_os_str(),
+    ]));
+    assert!(
+        out.contains("learned fabric") && out.contains("patches"),
+        "{out}"
+    );
+    let o = s.iuf([
+        "--json".as_ref(),
+        "learn".as_ref(),
+        "--model".as_ref(),
+        m0.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "mesh".as_ref(),
+        "--out".as_ref(),
+        m1.as_os_str(),
+    ]);
+    ok(&o);
+    let learned = json(&o);
+    assert_eq!(learned["step"]["optimizer"], "none");
+    let info_of = |m: &std::path::Path| {
+        let o = s.iuf([
+            "--json".as_ref(),
+            "info".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+        ]);
+        ok(&o);
+        json(&o)
+    };
+    let (i0, i1) = (info_of(&m0), info_of(&m1));
+    assert_eq!(i1["method"], "memory");
+    assert_eq!(i1["network"], false);
+    assert_eq!(i1["parameters"], 0);
+    assert!(i1["memory_patches"]["mesh"].as_u64().unwrap() > 0, "{i1}");
+    assert_eq!(
+        i0["thresholds"]["fabric"], i1["thresholds"]["fabric"],
+        "learning mesh changed fabric's threshold"
+    );
+    let text = ok(&s.iuf(["info".as_ref(), "--model".as_ref(), m1.as_os_str()]));
+    assert!(text.contains("network    none"), "{text}");
+    let o = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        m1.as_os_str(),
+        data.join("mesh/test").as_os_str(),
+        "--out".as_ref(),
+        s.path("pred").as_os_str(),
+    ]);
+    ok(&o);
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 8);
+    let mut mesh = 0;
+    for l in &lines {
+        assert!(l["score"].as_f64().unwrap().is_finite(), "{l}");
+        mesh += usize::from(l["object"] == "mesh");
+        assert!(std::path::Path::new(l["heatmap"].as_str().unwrap()).is_file());
+    }
+    assert_eq!(mesh, 8, "mesh images are recognised as mesh: {lines:?}");
 }
