@@ -1,7 +1,8 @@
 //! The per-object memory at the default settings on Lite0-sized features (152 channels, 28 x 28
 //! patches per 224 x 224 image): building one object's memory from 209 training images (bottle's
 //! count in mvtec-mini: 164k patches, 65536 candidates, 4096 kept) and scoring one image (784 patches
-//! against 4096) and a batch of 8. Random features: the work does not depend on the values.
+//! against 4096) and a batch of 8, without and with the 224 x 224 map and image score. Random
+//! features: the work does not depend on the values.
 //! Compare with `python3 xtask/scripts/memory_torch_peer.py` (the same method in PyTorch).
 
 use std::time::Duration;
@@ -30,6 +31,13 @@ fn bench_memory(c: &mut Criterion) {
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("score_b{batch}"), |b| {
             b.iter(|| memory.score(&x).unwrap())
+        });
+        // What the PyTorch peer times as "score": distances, the 224 x 224 map, the image score.
+        g.bench_function(format!("score_map_b{batch}"), |b| {
+            b.iter(|| {
+                let map = iuf_model::anomaly_map(&memory.score(&x).unwrap(), (224, 224)).unwrap();
+                iuf_model::image_scores(&map, iuf_model::SCORE_POOL).unwrap()
+            })
         });
     }
     g.finish();
