@@ -49,7 +49,7 @@ impl Default for MemoryConfig {
         Self {
             patches: 4096,
             candidates: 65536,
-            projection: 64,
+            projection: 32,
             seed: 0,
             f16: true,
             blur_sigma: 4.0,
