@@ -3,8 +3,11 @@
 //! augmentation, so a training image's features never change).
 //!
 //! An entry's key hashes the backbone id, the weights' digest, the image size and the image file's
-//! bytes, so editing a file, switching weights or size never reuses a stale entry. Every entry is
-//! checked when read (key, shape, finite values); anything that does not fit is recomputed.
+//! bytes, so editing a file, switching weights or size never reuses a stale entry. Every entry
+//! carries the CRC-32 of each tensor's bytes, and every tensor read is checked (key, checksum,
+//! shape, finite values); anything that does not fit is reported, recomputed and rewritten. CRC-32
+//! (hardware-accelerated, `crc32fast`) detects the accidental damage a cache suffers at 0.025 ms
+//! per entry, half of reading the entry from the page cache; sha256 took 0.5-0.9 ms.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -116,7 +119,7 @@ impl FeatureStore {
 
     fn key(&self, bytes: &[u8]) -> String {
         let mut h = Sha256::new();
-        h.update(b"iuf-feature-v2\0");
+        h.update(b"iuf-feature-v3\0");
         h.update(self.id.name.as_bytes());
         h.update([0]);
         h.update(self.id.weights_digest.as_bytes());
@@ -139,9 +142,14 @@ impl FeatureStore {
         if meta.metadata().as_ref()?.get("key")? != key {
             return None;
         }
+        let digests = meta.metadata().as_ref()?;
         let read = |name: &str, shape: [usize; 3]| -> Option<Tensor> {
             let view = st.tensor(name).ok()?;
             if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
+                return None;
+            }
+            // Flipped bits that leave the values finite are caught here.
+            if *digests.get(&format!("crc32.{name}"))? != checksum(view.data()) {
                 return None;
             }
             let data: Vec<f32> = view
@@ -183,6 +191,8 @@ impl FeatureStore {
         let mut meta = HashMap::new();
         meta.insert("key".to_string(), key.to_string());
         meta.insert("backbone".to_string(), self.id.name.clone());
+        meta.insert("crc32.feature_align".to_string(), checksum(&a));
+        meta.insert("crc32.memory".to_string(), checksum(&m));
         let out = safetensors::serialize(
             [
                 ("feature_align", view(align, &a, path)?),
@@ -303,6 +313,11 @@ impl FeatureStore {
 struct Entry {
     align: Tensor,
     memory: Option<Tensor>,
+}
+
+/// The CRC-32 of a tensor's bytes, as stored in an entry's metadata.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
 }
 
 /// Hex sha256 of a file, for `BackboneId::weights_digest`.

@@ -555,7 +555,8 @@ impl Learner {
         let rows: Vec<u32> = (0..class_ids.len() as u32)
             .filter(|&i| class_ids[i as usize] == id)
             .collect();
-        Ok(Tensor::from_vec(rows.clone(), rows.len(), &self.device)?)
+        let n = rows.len();
+        Ok(Tensor::from_vec(rows, n, &self.device)?)
     }
 
     /// Per new object: the normalisation of each scorer's map (methods with a memory) and the

@@ -243,6 +243,42 @@ fn real_data_feature_cache_detects_corrupt_entries() {
         third.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
     assert_eq!(first.dims(), &[1, 192, 14, 14]);
+
+    // One flipped mantissa bit in each tensor's data keeps every value finite: the entry's
+    // checksums still catch it, and the entry is recomputed and rewritten.
+    let (_, mem_first, _) = store
+        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    for e in walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+    {
+        let mut b = std::fs::read(&e).unwrap();
+        let header = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let data = 8 + header;
+        b[data + 40] ^= 1; // the first tensor's 11th float, lowest mantissa bit
+        let last = b.len() - 4;
+        b[last] ^= 1; // the last tensor's last float, lowest mantissa bit
+        std::fs::write(&e, b).unwrap();
+    }
+    let (fourth, mem, s4) = store
+        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    assert_eq!((s4.hits, s4.computed, s4.rejected), (0, 1, 1));
+    assert_eq!(
+        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        fourth.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert_eq!(
+        mem_first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        mem.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert_eq!(mem.dims(), &[1, 152, 28, 28]);
+    // The rewritten entry reads back clean.
+    let (_, _, s5) = store
+        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
+        .unwrap();
+    assert_eq!((s5.hits, s5.rejected), (1, 0));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
