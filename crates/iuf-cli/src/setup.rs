@@ -316,6 +316,54 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// `p` as the file system resolves it (symlinks, `..`, relative spelling): canonical if it exists,
+/// else its canonical parent joined with its name (an output not written yet).
+pub fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let parent = p
+        .parent()
+        .filter(|x| !x.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(resolved(parent)?.join(p.file_name()?))
+}
+
+/// The one rule of every command that writes: no output may be one of its inputs, however either
+/// is spelled. An output folder (`out_is_dir`) also may not lie inside an input folder, nor hold
+/// an input. Checked before any work starts. `inputs` are `(flag, path)` pairs for the message.
+pub fn check_output(
+    flag: &str,
+    out: &Path,
+    out_is_dir: bool,
+    inputs: &[(&str, &Path)],
+) -> Result<()> {
+    let Some(o) = resolved(out) else {
+        return Ok(());
+    };
+    for (name, input) in inputs {
+        let Some(i) = resolved(input) else {
+            continue;
+        };
+        let what = if o == i {
+            "is"
+        } else if out_is_dir && i.is_dir() && o.starts_with(&i) {
+            "lies inside"
+        } else if out_is_dir && i.starts_with(&o) {
+            "contains"
+        } else {
+            continue;
+        };
+        bail!(
+            "{flag} {} {what} the input {name} {}: writing there could replace or mix with what \
+             the command reads; choose an {flag} outside every input",
+            out.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,6 +265,7 @@ pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
 }
 
 pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
+    setup::check_output("--out", &a.out, true, &[("--data", &a.data)])?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let protocol = Protocol::parse(&a.protocol, data.classes()).context("fix --protocol")?;

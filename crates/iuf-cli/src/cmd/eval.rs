@@ -48,6 +48,14 @@ fn mean(metrics: &[ClassMetrics]) -> serde_json::Value {
 }
 
 pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
+    if let Some(out) = &a.out {
+        setup::check_output(
+            "--out",
+            out,
+            false,
+            &[("--model", &a.model), ("--data", &a.data)],
+        )?;
+    }
     let device = setup::device(g)?;
     let learner = setup::load_model(&a.model, &device)?;
     let data = setup::dataset(&a.data)?;

@@ -1,7 +1,7 @@
 //! `iuf learn`: teaches a trained model new objects from their images only (an incremental step of
 //! the model's method; for IUF sections 4.5 and 4.6). The input model file is never modified.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -34,28 +34,14 @@ pub struct LearnArgs {
     pub epochs: Option<usize>,
 }
 
-/// The same file, even when spelled differently (`out` may not exist yet).
-fn same_file(a: &Path, b: &Path) -> bool {
-    let canon = |p: &Path| -> Option<PathBuf> {
-        let parent = p
-            .parent()
-            .filter(|x| !x.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Some(parent.canonicalize().ok()?.join(p.file_name()?))
-    };
-    match (canon(a), canon(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
-    if same_file(&a.model, &a.out) {
+    if setup::resolved(&a.model) == setup::resolved(&a.out) {
         bail!(
             "--out {} is the input model; `iuf learn` never modifies its input: choose another --out",
             a.out.display()
         );
     }
+    setup::check_output("--out", &a.out, false, &[("--data", &a.data)])?;
     let device = setup::device(g)?;
     let mut learner = setup::load_model(&a.model, &device)?;
     let data = setup::dataset(&a.data)?;

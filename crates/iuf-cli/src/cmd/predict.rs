@@ -510,6 +510,15 @@ pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
 }
 
 pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--model", &a.model)];
+    inputs.extend(a.paths.iter().map(|p| ("PATH", p.as_path())));
+    if let Some(m) = &a.masks {
+        inputs.push(("--masks", m));
+    }
+    setup::check_output("--out", &a.out, true, &inputs)?;
+    if let Some(panel) = &a.panel {
+        setup::check_output("--panel", panel, false, &inputs)?;
+    }
     let device = setup::device(g)?;
     let learner = setup::load_model(&a.model, &device)?;
     let quantile = a.quantile.unwrap_or(learner.config().calibration.quantile);

@@ -50,6 +50,14 @@ pub fn parse_method(s: &str) -> std::result::Result<Strategy, String> {
 }
 
 pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data", &a.data)];
+    if let Some(w) = &g.weights {
+        inputs.push(("--weights", w));
+    }
+    if let Some(c) = &a.config.config {
+        inputs.push(("--config", c));
+    }
+    setup::check_output("--out", &a.out, false, &inputs)?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let classes = match &a.classes {

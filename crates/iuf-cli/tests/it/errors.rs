@@ -195,3 +195,90 @@ fn predict_skips_an_unreadable_image_and_reports_it_with_shared_lite0_weights() 
     );
     assert!(stdout(&o).contains("1 unreadable"), "{}", stdout(&o));
 }
+
+/// Guarantee: no command writes over one of its inputs, however the output is spelled (relative,
+/// with `..`, through a symlink); the check runs before any work and the inputs stay byte-identical.
+#[test]
+fn an_output_that_is_or_holds_an_input_is_refused_before_any_work() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let model = s.path("m.safetensors");
+    std::fs::write(&model, b"a model the commands must not overwrite").unwrap();
+    let images = data.join("mesh/test/good");
+    let snapshot = |dir: &std::path::Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&images);
+    // predict --out IMAGES (and --out inside IMAGES) would replace the inputs with heatmaps.
+    for out in [images.clone(), images.join("heatmaps")] {
+        let err = fails(&s.iuf([
+            "predict".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            images.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]));
+        assert!(
+            err.contains("--out") && err.contains("the input PATH"),
+            "{err}"
+        );
+    }
+    // An input inside --out is refused too.
+    let err = fails(&s.iuf([
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        images.as_os_str(),
+        "--out".as_ref(),
+        data.join("mesh").as_os_str(),
+    ]));
+    assert!(err.contains("contains the input PATH"), "{err}");
+    assert_eq!(
+        snapshot(&images),
+        before,
+        "predict changed its input images"
+    );
+    // eval --out MODEL, spelled with `..` and through a symlink.
+    std::fs::create_dir_all(s.path("sub")).unwrap();
+    let dotted = s.path("sub/../m.safetensors");
+    let link = s.path("link.safetensors");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    for out in [dotted, link] {
+        let err = fails(&s.iuf([
+            "eval".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]));
+        assert!(err.contains("is the input --model"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        b"a model the commands must not overwrite"
+    );
+    // bench --out inside --data.
+    let err = fails(&s.iuf([
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "fabric | mesh".as_ref(),
+        "--out".as_ref(),
+        data.join("runs").as_os_str(),
+    ]));
+    assert!(err.contains("lies inside the input --data"), "{err}");
+    assert!(!data.join("runs").exists());
+}
