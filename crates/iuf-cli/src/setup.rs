@@ -329,6 +329,55 @@ pub fn resolved(p: &Path) -> Option<PathBuf> {
     Some(resolved(parent)?.join(p.file_name()?))
 }
 
+/// Fails before any work if `out` cannot be written: a file expected where a folder stands (or
+/// the reverse), or a folder that refuses new files (read-only). Probes the nearest existing
+/// folder on the way to `out` with a temporary file it removes again.
+pub fn check_writable(flag: &str, out: &Path, out_is_dir: bool) -> Result<()> {
+    if out.is_dir() && !out_is_dir {
+        bail!(
+            "{flag} {} is a folder; a file name is expected (for example {}/model.safetensors)",
+            out.display(),
+            out.display()
+        );
+    }
+    if out.exists() && !out.is_dir() && out_is_dir {
+        bail!("{flag} {} is a file; a folder is expected", out.display());
+    }
+    let mut dir = if out_is_dir {
+        out
+    } else {
+        out.parent().unwrap_or(Path::new("."))
+    };
+    if dir.as_os_str().is_empty() {
+        dir = Path::new(".");
+    }
+    while !dir.exists() {
+        dir = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: {} is a file, not a folder",
+            out.display(),
+            dir.display()
+        );
+    }
+    let probe = dir.join(format!(".iuf-write-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "{flag} {}: cannot write in {} ({e}); choose a folder you can write to",
+            out.display(),
+            dir.display()
+        ),
+    }
+}
+
 /// The one rule of every command that writes: no output may be one of its inputs, however either
 /// is spelled. An output folder (`out_is_dir`) also may not lie inside an input folder, nor hold
 /// an input. Checked before any work starts. `inputs` are `(flag, path)` pairs for the message.

@@ -266,6 +266,7 @@ pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
 
 pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     setup::check_output("--out", &a.out, true, &[("--data", &a.data)])?;
+    setup::check_writable("--out", &a.out, true)?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let protocol = Protocol::parse(&a.protocol, data.classes()).context("fix --protocol")?;

@@ -55,6 +55,7 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
             false,
             &[("--model", &a.model), ("--data", &a.data)],
         )?;
+        setup::check_writable("--out", out, false)?;
     }
     let device = setup::device(g)?;
     let learner = setup::load_model(&a.model, &device)?;

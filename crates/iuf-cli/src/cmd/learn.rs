@@ -42,6 +42,7 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
         );
     }
     setup::check_output("--out", &a.out, false, &[("--data", &a.data)])?;
+    setup::check_writable("--out", &a.out, false)?;
     let device = setup::device(g)?;
     let mut learner = setup::load_model(&a.model, &device)?;
     let data = setup::dataset(&a.data)?;

@@ -122,7 +122,23 @@ fn is_image(path: &Path) -> bool {
     })
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// What a walk has visited, by (device, inode): a symlink loop, or a second link to a folder or
+/// an image, is followed once. (An output folder inside an input is refused before the walk.)
+#[derive(Default)]
+struct Walk {
+    folders: HashSet<(u64, u64)>,
+    files: HashSet<(u64, u64)>,
+    /// Images met, links to one already taken included.
+    met: usize,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, w: &mut Walk) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("reading folder {}", dir.display()))?;
+    if !w.folders.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -138,10 +154,20 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
         if p.is_dir() {
             if name != "ground_truth" {
-                walk(&p, out)?;
+                walk(&p, out, w)?;
             }
         } else if is_image(&p) {
-            out.push(p);
+            w.met += 1;
+            // Each real file once, however many links lead to it.
+            let id = std::fs::metadata(&p)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                })
+                .ok();
+            if id.is_none_or(|id| w.files.insert(id)) {
+                out.push(p);
+            }
         }
     }
     Ok(())
@@ -199,12 +225,21 @@ pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item
     // (image, path relative to its walked folder or its own name, absolute path for naming)
     let mut files: Vec<(PathBuf, PathBuf, PathBuf)> = Vec::new();
     let mut anchors: Vec<PathBuf> = Vec::new();
+    let mut visited = Walk::default();
     for p in paths {
         let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found)?;
-            if found.is_empty() {
+            let met = visited.met;
+            // A folder already walked as part of an earlier argument adds nothing, silently.
+            let walked_before = {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(p)
+                    .map(|m| visited.folders.contains(&(m.dev(), m.ino())))
+                    .unwrap_or(false)
+            };
+            walk(p, &mut found, &mut visited)?;
+            if found.is_empty() && visited.met == met && !walked_before {
                 bail!(
                     "no images under {} (expected files ending in {})",
                     p.display(),
@@ -487,19 +522,24 @@ impl Predictor<'_> {
 }
 
 /// Writes a panel; the format follows the file name (`.png`, or `.jpg` for a much smaller file).
-pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
+/// The image format of a panel file name (.png, .jpg, .jpeg), or an error naming the flag.
+pub fn panel_format(path: &Path) -> Result<image::ImageFormat> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let format = match ext.as_deref() {
+    Ok(match ext.as_deref() {
         Some("png") => image::ImageFormat::Png,
         Some("jpg" | "jpeg") => image::ImageFormat::Jpeg,
         _ => bail!(
             "--panel {}: expected a file name ending in .png or .jpg",
             path.display()
         ),
-    };
+    })
+}
+
+pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
+    let format = panel_format(path)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -516,8 +556,11 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         inputs.push(("--masks", m));
     }
     setup::check_output("--out", &a.out, true, &inputs)?;
+    setup::check_writable("--out", &a.out, true)?;
     if let Some(panel) = &a.panel {
         setup::check_output("--panel", panel, false, &inputs)?;
+        panel_format(panel)?;
+        setup::check_writable("--panel", panel, false)?;
     }
     let device = setup::device(g)?;
     let learner = setup::load_model(&a.model, &device)?;
@@ -638,6 +681,29 @@ mod tests {
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"").unwrap();
+    }
+
+    /// Guarantee: a symlink loop, or a second link to a folder or image, yields each real image
+    /// once (it gave 41 predictions of one image before).
+    #[test]
+    fn symlink_loops_and_links_are_walked_once() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("images");
+        touch(&r.join("a.png"));
+        touch(&r.join("sub/b.png"));
+        std::os::unix::fs::symlink(&r, r.join("sub/loop")).unwrap(); // sub/loop -> images
+        std::os::unix::fs::symlink(r.join("a.png"), r.join("alias.png")).unwrap();
+        std::fs::hard_link(r.join("sub/b.png"), r.join("b-again.png")).unwrap();
+        let items = collect_items(std::slice::from_ref(&r), None).unwrap();
+        let names: Vec<String> = items
+            .iter()
+            .map(|i| i.heatmap.to_string_lossy().into_owned())
+            .collect();
+        // In name order, the first path to each real file wins: b-again.png before sub/b.png.
+        assert_eq!(names, ["a.png", "b-again.png"], "{names:?}");
+        // The same folder given twice is walked once too.
+        let twice = collect_items(&[r.clone(), r.join("sub")], None).unwrap();
+        assert_eq!(twice.len(), 2);
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
         inputs.push(("--config", c));
     }
     setup::check_output("--out", &a.out, false, &inputs)?;
+    setup::check_writable("--out", &a.out, false)?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let classes = match &a.classes {

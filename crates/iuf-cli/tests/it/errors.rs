@@ -282,3 +282,56 @@ fn an_output_that_is_or_holds_an_input_is_refused_before_any_work() {
     assert!(err.contains("lies inside the input --data"), "{err}");
     assert!(!data.join("runs").exists());
 }
+
+/// Guarantee: an output that cannot be written is reported before any work (a folder where a file
+/// is expected, a file where a folder is expected, a panel format that cannot be written).
+#[test]
+fn unwritable_outputs_are_refused_before_any_work() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let folder = s.path("existing-folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    let err = fails(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        folder.as_os_str(),
+    ]));
+    assert!(
+        err.contains("is a folder; a file name is expected"),
+        "{err}"
+    );
+    let model = s.path("m.safetensors");
+    std::fs::write(&model, b"not read: the flags are checked first").unwrap();
+    let file = s.path("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let images = data.join("mesh/test/good");
+    let err = fails(&s.iuf([
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        images.as_os_str(),
+        "--out".as_ref(),
+        file.as_os_str(),
+    ]));
+    assert!(err.contains("is a file; a folder is expected"), "{err}");
+    let err = fails(&s.iuf([
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        images.as_os_str(),
+        "--out".as_ref(),
+        s.path("pred").as_os_str(),
+        "--panel".as_ref(),
+        s.path("panel.gif").as_os_str(),
+    ]));
+    assert!(
+        err.contains("expected a file name ending in .png or .jpg"),
+        "{err}"
+    );
+    assert!(
+        !s.path("pred").exists(),
+        "nothing is written before the checks pass"
+    );
+}
