@@ -174,24 +174,80 @@ struct RunIdentity {
     method: String,
     steps: Vec<Vec<String>>,
     config: serde_json::Value,
+    /// The data the run learns from (absent in run folders written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<DataIdentity>,
 }
 
-/// Writes `run.json`, or checks that the folder's `run.json` describes this very run, so that a
-/// different run never overwrites its files.
+/// Which images a run uses: the dataset folder and a digest of its file list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct DataIdentity {
+    /// The dataset root as given (for the message; the digest decides).
+    root: String,
+    /// sha256 over every image and mask of the protocol's objects: path relative to the root, and
+    /// size in bytes, in index order.
+    files_sha256: String,
+}
+
+fn data_identity(dataset: &DatasetRoot, classes: &[String]) -> Result<DataIdentity> {
+    use sha2::{Digest, Sha256};
+    let root = dataset.root();
+    let mut h = Sha256::new();
+    for c in classes {
+        let index = dataset.index_class(c)?;
+        for s in index.train.iter().chain(&index.test) {
+            for p in std::iter::once(&s.path).chain(s.mask.as_ref()) {
+                let rel = p.strip_prefix(root).unwrap_or(p);
+                let size = std::fs::metadata(p).map_err(io_err(p))?.len();
+                h.update(rel.to_string_lossy().as_bytes());
+                h.update([0]);
+                h.update(size.to_le_bytes());
+            }
+        }
+    }
+    Ok(DataIdentity {
+        root: root.display().to_string(),
+        files_sha256: format!("{:x}", h.finalize()),
+    })
+}
+
+/// Writes `run.json`, or checks that the folder's `run.json` describes this very run (method,
+/// steps, config and data), so that a different run never overwrites its files and a resume never
+/// mixes the steps of two datasets.
 fn claim_run_dir(
     dir: &Path,
     method: Strategy,
     steps: &[Vec<String>],
     config: &TrainConfig,
+    data: DataIdentity,
 ) -> Result<()> {
-    let identity = RunIdentity {
+    let mut identity = RunIdentity {
         method: method.name().to_string(),
         steps: steps.to_vec(),
         config: serde_json::to_value(config).map_err(|e| Error::Msg(e.to_string()))?,
+        data: Some(data),
     };
     let id_path = dir.join("run.json");
     if id_path.exists() {
         let found: RunIdentity = read_json(&id_path)?;
+        if let (Some(old), Some(new)) = (&found.data, &identity.data) {
+            if old != new {
+                return Err(Error::RunDir {
+                    path: id_path,
+                    msg: format!(
+                        "holds a run on other data ({} then, {} now: the images or their sizes differ); resume it with its own --data, or choose another output folder",
+                        old.root, new.root
+                    ),
+                });
+            }
+        }
+        if found.data.is_none() {
+            tracing::warn!(
+                "{} predates recorded data; resuming without checking that --data is the same",
+                id_path.display()
+            );
+            identity.data = None;
+        }
         if found != identity {
             return Err(Error::RunDir {
                 path: id_path,
@@ -369,7 +425,13 @@ pub fn run_protocol(
     let class_list = spec.protocol.all_classes();
     let config = spec.config.for_strategy(spec.method);
     config.check()?;
-    claim_run_dir(dir, spec.method, &steps, &config)?;
+    claim_run_dir(
+        dir,
+        spec.method,
+        &steps,
+        &config,
+        data_identity(dataset, &class_list)?,
+    )?;
 
     // Resume after the last step whose model and results are both complete.
     let mut done: Vec<StepResult> = Vec::new();
@@ -465,7 +527,13 @@ fn run_class_mean(
     let steps = spec.protocol.steps.clone();
     let class_list = spec.protocol.all_classes();
     let config = spec.config.clone();
-    claim_run_dir(dir, spec.method, &steps, &config)?;
+    claim_run_dir(
+        dir,
+        spec.method,
+        &steps,
+        &config,
+        data_identity(dataset, &class_list)?,
+    )?;
     let mut baseline = ClassMean::new();
     let mut done: Vec<StepResult> = Vec::new();
     for (s, new) in steps.iter().enumerate() {

@@ -293,3 +293,31 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Guarantee: a run folder records its data; resuming it on other data (another folder, or the
+/// same folder with an image removed) is refused, and the same data resumes.
+#[test]
+fn real_data_resume_on_other_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    small_mvtec(&a);
+    small_mvtec(&b);
+    std::fs::remove_file(b.join("bottle/train/good/009.png")).unwrap();
+    let store = store(&tmp.path().join("cache"));
+    let run = |root: &Path| {
+        let dataset = DatasetRoot::open(root).unwrap();
+        let spec = RunSpec {
+            method: Strategy::ClassMean,
+            protocol: Protocol::parse("bottle | tire", dataset.classes()).unwrap(),
+            config: TrainConfig::tiny(store.channels(), 2),
+            dir: tmp.path().join("run"),
+        };
+        run_protocol(&spec, &dataset, &store, &NoProgress)
+    };
+    run(&a).unwrap();
+    let err = run(&b).expect_err("other data must be refused").to_string();
+    assert!(err.contains("other data"), "{err}");
+    let json = std::fs::read_to_string(tmp.path().join("run/run.json")).unwrap();
+    assert!(json.contains("files_sha256"), "{json}");
+    run(&a).unwrap();
+}
