@@ -31,6 +31,9 @@ const KEY_FORMAT: &str = "iuf.format";
 const KEY_VERSION: &str = "iuf.format_version";
 const KEY_META: &str = "iuf.meta";
 const KEY_DIGEST: &str = "iuf.sha256";
+/// sha256 of the `iuf.meta` JSON (config, classes, thresholds, learner state). Files written before
+/// it existed load with a warning.
+const KEY_META_DIGEST: &str = "iuf.meta_sha256";
 
 /// One class the model has learned, and in which step of the protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +170,10 @@ pub fn save_model(
     let header = HashMap::from([
         (KEY_FORMAT.to_string(), FORMAT.to_string()),
         (KEY_VERSION.to_string(), FORMAT_VERSION.to_string()),
+        (
+            KEY_META_DIGEST.to_string(),
+            hex(&Sha256::digest(meta_json.as_bytes())),
+        ),
         (KEY_META.to_string(), meta_json),
         (KEY_DIGEST.to_string(), hex(&hasher.finalize())),
     ]);
@@ -220,6 +227,18 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
     let meta_json = header
         .get(KEY_META)
         .ok_or_else(|| format(format!("header key `{KEY_META}` is missing")))?;
+    match header.get(KEY_META_DIGEST) {
+        Some(d) if *d == hex(&Sha256::digest(meta_json.as_bytes())) => {}
+        Some(_) => {
+            return Err(corrupt(
+                "model metadata (config, thresholds, learner state) does not match the digest stored at save time (the file was altered or damaged)".into(),
+            ))
+        }
+        None => tracing::warn!(
+            "{}: written before model metadata carried a digest; its config and thresholds cannot be checked (re-save it with `iuf learn` to add one)",
+            path.display()
+        ),
+    }
     let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|source| ModelError::Json {
         context: format!("{}: model metadata", path.display()),
         source,

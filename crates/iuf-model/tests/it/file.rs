@@ -148,7 +148,13 @@ fn edit_config(path: &Path, edit: impl FnOnce(&mut ModelConfig)) {
     rewrite_header(path, |h| {
         let mut meta: ModelMeta = serde_json::from_str(&h["iuf.meta"]).unwrap();
         edit(&mut meta.config);
-        h.insert("iuf.meta".into(), serde_json::to_string(&meta).unwrap());
+        let json = serde_json::to_string(&meta).unwrap();
+        // A consistent file of another config: its metadata digest matches.
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        h.insert("iuf.meta_sha256".into(), hex);
+        h.insert("iuf.meta".into(), json);
     });
 }
 
@@ -258,4 +264,30 @@ fn saving_checks_the_varmap_and_state_names() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("state."), "{err}");
+}
+
+/// Guarantee: one changed byte in the header metadata (here a digit of `layer_norm_eps`, the JSON
+/// still valid) is reported as damage instead of loading with other scores.
+#[test]
+fn altered_metadata_fails_the_metadata_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, ..) = saved_model(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let key = b"layer_norm_eps";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the config is in the header");
+    let digit = at + bytes[at..].iter().position(|b| b.is_ascii_digit()).unwrap();
+    bytes[digit] = if bytes[digit] == b'9' {
+        b'8'
+    } else {
+        bytes[digit] + 1
+    };
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("metadata"),
+        "{msg}"
+    );
 }
