@@ -73,6 +73,22 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
             known.join(", ")
         );
     }
+    let meta = learner.meta();
+    let need = classes
+        .iter()
+        .filter(|c| !meta.class_names.contains(c))
+        .count();
+    let slots = meta.config.num_classes;
+    if meta.class_names.len() + need > slots {
+        bail!(
+            "{} has room for {slots} objects and {} are taken ({}); {} new one(s) do not fit. The \
+             room is fixed when a model is created: train a new one with a larger --num-classes",
+            a.model.display(),
+            meta.class_names.len(),
+            meta.class_names.join(", "),
+            need
+        );
+    }
     if let Some(epochs) = a.epochs {
         if epochs == 0 {
             bail!("--epochs must be at least 1");
@@ -102,10 +118,11 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
     let record =
         learn_classes(&mut learner, &data, &store, &classes, &bars).with_context(|| {
             format!(
-                "learning {} from {} into {}",
+                "learning {} from {} (model {} -> {})",
                 classes.join(", "),
                 a.data.display(),
-                a.model.display()
+                a.model.display(),
+                a.out.display()
             )
         })?;
     super::train::save(&learner, &a.out)?;

@@ -335,3 +335,41 @@ fn unwritable_outputs_are_refused_before_any_work() {
         "nothing is written before the checks pass"
     );
 }
+
+/// Guarantee: learning into a model with no free object slot fails before any work, naming the
+/// model, its room and the fix; nothing is written.
+#[test]
+fn learning_into_a_full_model_names_its_room_before_any_work_with_shared_lite0_weights() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m0 = s.path("m0.safetensors");
+    ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric".as_ref(),
+        "--num-classes".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        m0.as_os_str(),
+    ]));
+    let out = s.path("m1.safetensors");
+    let err = fails(&s.iuf([
+        "learn".as_ref(),
+        "--model".as_ref(),
+        m0.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "mesh".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]));
+    assert!(
+        err.contains("m0.safetensors has room for 1 objects and 1 are taken (fabric)"),
+        "{err}"
+    );
+    assert!(err.contains("--num-classes"), "{err}");
+    assert!(!out.exists());
+}
