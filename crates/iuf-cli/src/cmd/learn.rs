@@ -89,6 +89,15 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
             need
         );
     }
+    if a.epochs.is_some() && !learner.has_network() {
+        progress::status(
+            g.json,
+            &format!(
+                "note: --epochs has no effect on a `{}` model (it trains no network)",
+                learner.strategy()
+            ),
+        );
+    }
     if let Some(epochs) = a.epochs {
         if epochs == 0 {
             bail!("--epochs must be at least 1");
