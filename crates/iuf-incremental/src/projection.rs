@@ -47,10 +47,15 @@ impl Gram {
         Ok(())
     }
 
-    /// As a `[D, D]` f32 tensor (for the model file).
+    /// As a `[D, D]` f64 tensor (for the model file): exactly what is accumulated, so a run
+    /// resumed from a step file projects exactly as the uninterrupted run (f32 here made a resumed
+    /// IUF step differ). Files with f32 Gram matrices still load.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        let v: Vec<f32> = self.data.iter().map(|&x| x as f32).collect();
-        Ok(Tensor::from_vec(v, (self.dim, self.dim), device)?)
+        Ok(Tensor::from_vec(
+            self.data.clone(),
+            (self.dim, self.dim),
+            device,
+        )?)
     }
 
     /// From a `[D, D]` tensor stored in a model file and the image count.
