@@ -175,6 +175,7 @@ impl FeatureStore {
     fn write_entry(&self, path: &Path, key: &str, align: &Tensor, memory: &Tensor) -> Result<()> {
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        iuf_model::remove_stale_temps(parent);
         let bytes_of = |t: &Tensor| -> Result<Vec<u8>> {
             let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
             Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -201,7 +202,7 @@ impl FeatureStore {
             Some(meta),
         )
         .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = iuf_model::temp_path(path);
         std::fs::write(&tmp, out).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
         Ok(())

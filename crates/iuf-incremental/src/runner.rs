@@ -137,7 +137,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if let Some(dir) = path.parent() {
+        iuf_model::remove_stale_temps(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        });
+    }
+    let tmp = iuf_model::temp_path(path);
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -550,7 +557,7 @@ fn run_class_mean(
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         let model_path = step_model_path(dir, s);
-        let tmp = model_path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = iuf_model::temp_path(&model_path);
         let tensors: std::collections::HashMap<String, Tensor> =
             baseline.tensors().into_iter().collect();
         candle_core::safetensors::save(&tensors, &tmp)?;

@@ -444,6 +444,43 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The temporary name an atomic write of `path` uses: `.<file name>.tmp-<pid>` beside it. Every
+/// atomic writer of the workspace that can use it does, so [`remove_stale_temps`] knows them.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "unnamed".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Removes the temporary files that interrupted writes left in `dir`: names of [`temp_path`]'s
+/// form (`.<name>.tmp-<pid>`, nothing else, so no user file can match) whose process no longer
+/// runs. Linux only (it asks `/proc`); elsewhere nothing is removed. Failures are ignored: cleaning
+/// up must never fail the write that triggered it.
+pub fn remove_stale_temps(dir: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some(at) = name.rfind(".tmp-").filter(|_| name.starts_with('.')) else {
+            continue;
+        };
+        let pid = &name[at + 5..];
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) || proc.join(pid).exists() {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -460,7 +497,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
         })?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    remove_stale_temps(&dir);
+    let tmp = dir.join(temp_path(Path::new(file_name.as_ref())));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;

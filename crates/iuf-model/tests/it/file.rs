@@ -291,3 +291,36 @@ fn altered_metadata_fails_the_metadata_digest() {
         "{msg}"
     );
 }
+
+/// Guarantee: the temporary files a killed writer left (`.<name>.tmp-<pid>` of a process that no
+/// longer runs) are removed at the next write to the same folder; a live writer's, and files that
+/// only look similar (a user's `results.tmp123`), are kept.
+#[test]
+fn a_save_removes_the_stale_temporary_files_of_dead_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Above Linux's largest pid (2^22): no such process.
+    let dead = [".old.safetensors.tmp-4194999", ".results.json.tmp-4194998"];
+    let live = format!(".other.safetensors.tmp-{}", std::process::id());
+    let keep = [
+        "notes.tmp-draft",
+        "data.tmp",
+        "results.tmp4194999",
+        "photo.tmp-4194999",
+    ];
+    for name in dead
+        .iter()
+        .chain(&keep)
+        .map(|s| s.to_string())
+        .chain([live.clone()])
+    {
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    let (path, ..) = saved_model(dir.path());
+    assert!(path.is_file());
+    for name in dead {
+        assert!(!dir.path().join(name).exists(), "{name} was left");
+    }
+    for name in keep.iter().map(|s| s.to_string()).chain([live]) {
+        assert!(dir.path().join(&name).exists(), "{name} was removed");
+    }
+}
