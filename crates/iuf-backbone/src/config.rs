@@ -257,32 +257,18 @@ impl EfficientNetVariant {
     /// stride-16 stage (section 2: [0, 2, 4, 10] for Lite0, [1, 5, 9, 21] for B4).
     pub fn default_out_blocks(self) -> Vec<usize> {
         let arch = self.architecture();
-        let last_of_stage = |stage: usize| {
-            arch.blocks
-                .iter()
-                .rposition(|b| b.stage == stage)
-                .unwrap_or_default()
-        };
         // Stages 0, 1, 2 end at strides 2, 4, 8; stage 4 is the last one at stride 16.
-        vec![
-            last_of_stage(0),
-            last_of_stage(1),
-            last_of_stage(2),
-            last_of_stage(4),
-        ]
+        [0, 1, 2, 4]
+            .into_iter()
+            .map(|s| last_block_of_stage(&arch, s))
+            .collect()
     }
 
     /// The blocks of the memory features: the ends of the stride-8 and stride-16 stages (stages 2
     /// and 4; `[4, 10]` for Lite0, `[9, 21]` for B4).
     pub fn memory_blocks(self) -> [usize; 2] {
         let arch = self.architecture();
-        let last_of_stage = |stage: usize| {
-            arch.blocks
-                .iter()
-                .rposition(|b| b.stage == stage)
-                .unwrap_or_default()
-        };
-        [last_of_stage(2), last_of_stage(4)]
+        [last_block_of_stage(&arch, 2), last_block_of_stage(&arch, 4)]
     }
 
     /// Channels of the memory features (stride-8 stage plus stride-16 stage: 152 for Lite0).
@@ -293,6 +279,14 @@ impl EfficientNetVariant {
             .map(|&b| arch.blocks[b].out_channels)
             .sum()
     }
+}
+
+/// Index of the last MBConv block of `stage`.
+fn last_block_of_stage(arch: &Architecture, stage: usize) -> usize {
+    arch.blocks
+        .iter()
+        .rposition(|b| b.stage == stage)
+        .unwrap_or_default()
 }
 
 /// `round_filters` of the reference: scale by the width coefficient, round to a multiple of 8, never

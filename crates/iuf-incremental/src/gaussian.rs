@@ -276,25 +276,11 @@ mod tests {
             .to_vec1()
             .unwrap();
         // Direct: position (1, 2) of image 1.
-        let tr: Vec<Vec<f64>> = (0..40)
-            .map(|i| {
-                (0..6)
-                    .map(|ch| {
-                        train
-                            .get(i)
-                            .unwrap()
-                            .get(ch)
-                            .unwrap()
-                            .get(1)
-                            .unwrap()
-                            .get(2)
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap() as f64
-                    })
-                    .collect()
-            })
-            .collect();
+        let token = |t: &Tensor, i: usize| -> Vec<f64> {
+            let v: Vec<Vec<Vec<f32>>> = t.get(i).unwrap().to_vec3().unwrap();
+            v.iter().map(|plane| plane[1][2] as f64).collect()
+        };
+        let tr: Vec<Vec<f64>> = (0..40).map(|i| token(&train, i)).collect();
         let mean: Vec<f64> = (0..6)
             .map(|ch| tr.iter().map(|r| r[ch]).sum::<f64>() / 40.0)
             .collect();
@@ -305,20 +291,10 @@ mod tests {
                 / 40.0
                 + if i == j { 0.5 } else { 0.0 }
         });
-        let q: Vec<f64> = (0..6)
-            .map(|ch| {
-                test.get(1)
-                    .unwrap()
-                    .get(ch)
-                    .unwrap()
-                    .get(1)
-                    .unwrap()
-                    .get(2)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap() as f64
-                    - mean[ch]
-            })
+        let q: Vec<f64> = token(&test, 1)
+            .iter()
+            .zip(&mean)
+            .map(|(x, m)| x - m)
             .collect();
         let qm = faer::Mat::<f64>::from_fn(6, 1, |i, _| q[i]);
         use faer::linalg::solvers::Solve;

@@ -658,12 +658,6 @@ impl Learner {
         self.predict_images(features, None, &NoProgress)
     }
 
-    /// [`Learner::predict`], reporting each finished image to `progress` (`inc` only: the caller
-    /// starts and finishes the phase).
-    pub fn predict_with(&self, features: &Tensor, progress: &dyn Progress) -> Result<Predictions> {
-        self.predict_images(features, None, progress)
-    }
-
     /// Maps, scores and object probabilities of images given by their `feature_align`
     /// `[N, C, g, g]` and, for models with a memory, their memory features `[N, C_m, 2g, 2g]`.
     ///

@@ -226,13 +226,14 @@ fn claim_run_dir(
     method: Strategy,
     steps: &[Vec<String>],
     config: &TrainConfig,
-    data: DataIdentity,
+    dataset: &DatasetRoot,
+    classes: &[String],
 ) -> Result<()> {
     let mut identity = RunIdentity {
         method: method.name().to_string(),
         steps: steps.to_vec(),
         config: serde_json::to_value(config).map_err(|e| Error::Msg(e.to_string()))?,
-        data: Some(data),
+        data: Some(data_identity(dataset, classes)?),
     };
     let id_path = dir.join("run.json");
     if id_path.exists() {
@@ -432,13 +433,7 @@ pub fn run_protocol(
     let class_list = spec.protocol.all_classes();
     let config = spec.config.for_strategy(spec.method);
     config.check()?;
-    claim_run_dir(
-        dir,
-        spec.method,
-        &steps,
-        &config,
-        data_identity(dataset, &class_list)?,
-    )?;
+    claim_run_dir(dir, spec.method, &steps, &config, dataset, &class_list)?;
 
     // Resume after the last step whose model and results are both complete.
     let mut done: Vec<StepResult> = Vec::new();
@@ -534,13 +529,7 @@ fn run_class_mean(
     let steps = spec.protocol.steps.clone();
     let class_list = spec.protocol.all_classes();
     let config = spec.config.clone();
-    claim_run_dir(
-        dir,
-        spec.method,
-        &steps,
-        &config,
-        data_identity(dataset, &class_list)?,
-    )?;
+    claim_run_dir(dir, spec.method, &steps, &config, dataset, &class_list)?;
     let mut baseline = ClassMean::new();
     let mut done: Vec<StepResult> = Vec::new();
     for (s, new) in steps.iter().enumerate() {
