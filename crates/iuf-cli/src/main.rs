@@ -4,8 +4,10 @@
 
 mod cmd;
 mod heatmap;
+mod inspect;
 mod plot;
 mod progress;
+mod serve;
 mod setup;
 mod table;
 
@@ -29,6 +31,7 @@ Typical use on a dataset in MVTec AD layout (<class>/train/good, <class>/test/<t
   iuf eval    --model model2.safetensors --data DIR
   iuf predict --model model2.safetensors images/ --out predictions/
   iuf info    --model model2.safetensors
+  iuf serve   --model model2.safetensors   (then open http://127.0.0.1:8080/)
 
 Backbone weights: fetched once with pip into the cache folder (--cache-dir, $IUF_CACHE, else
 ~/.cache/iuf); --weights FILE uses a local .safetensors or .pth instead.";
@@ -92,6 +95,8 @@ enum Command {
     Predict(cmd::predict::PredictArgs),
     /// Run an incremental protocol for one or several methods side by side, with reports and plots.
     Bench(cmd::bench::BenchArgs),
+    /// Serve a model over HTTP for a production line: JSON API, metrics, reload, and a web page.
+    Serve(serve::ServeArgs),
     /// Show what a model file holds: config, backbone, objects and their steps, thresholds, size.
     Info(cmd::info::InfoArgs),
     /// Fetch the weights, generate a demo dataset, compare IUF with fine-tuning, write heatmaps.
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => cmd::predict::run(g, a),
         Command::Bench(a) => cmd::bench::run(g, a),
         Command::Info(a) => cmd::info::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Demo(a) => cmd::demo::run(g, a),
     };
     progress::clear();

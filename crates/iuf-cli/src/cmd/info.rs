@@ -1,13 +1,14 @@
 //! `iuf info`: what a model file holds: method and configuration, backbone, the objects it knows and
 //! the step that learned each, decision thresholds, training history and size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
-use serde_json::json;
+use iuf_incremental::Learner;
+use serde_json::{json, Value};
 
 use crate::setup;
 use crate::table;
@@ -21,42 +22,57 @@ pub struct InfoArgs {
     pub model: PathBuf,
 }
 
-pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
-    // Inspecting never needs a GPU.
-    let learner = setup::load_model(&a.model, &Device::Cpu)?;
-    let parameters: usize = iuf_model::load_model(&a.model, &Device::Cpu)
-        .with_context(|| format!("reading the weights of {}", a.model.display()))?
+/// The network's parameter count and the file's size in bytes.
+fn size(path: &Path) -> Result<(usize, u64)> {
+    let parameters: usize = iuf_model::load_model(path, &Device::Cpu)
+        .with_context(|| format!("reading the weights of {}", path.display()))?
         .varmap
         .all_vars()
         .iter()
         .map(|v| v.elem_count())
         .sum();
-    let bytes = std::fs::metadata(&a.model)
-        .with_context(|| format!("reading {}", a.model.display()))?
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
         .len();
+    Ok((parameters, bytes))
+}
+
+/// What `iuf info --json` prints for the model file `path`, already loaded as `learner` (also
+/// `iuf serve`'s `GET /v1/model`).
+pub fn model_json(path: &Path, learner: &Learner) -> Result<Value> {
+    let (parameters, bytes) = size(path)?;
+    let meta = learner.meta();
+    let cfg = learner.config();
+    Ok(json!({
+        "model": path,
+        "bytes": bytes,
+        "parameters": parameters,
+        "method": learner.strategy().name(),
+        "backbone": meta.backbone,
+        "backbone_weights_sha256": learner.backbone_weights(),
+        "num_classes": meta.config.num_classes,
+        "class_names": meta.class_names,
+        "learned": meta.learned,
+        "thresholds": meta.thresholds,
+        "threshold_quantile": cfg.calibration.quantile,
+        "steps": learner.steps(),
+        "network": learner.has_network(),
+        "memory_patches": learner.memory_sizes(),
+        "config": cfg,
+    }))
+}
+
+pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
+    // Inspecting never needs a GPU.
+    let learner = setup::load_model(&a.model, &Device::Cpu)?;
+    if g.json {
+        super::print_json(&model_json(&a.model, &learner)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (parameters, bytes) = size(&a.model)?;
     let meta = learner.meta();
     let cfg = learner.config();
     let q = cfg.calibration.quantile;
-    if g.json {
-        super::print_json(&json!({
-            "model": a.model,
-            "bytes": bytes,
-            "parameters": parameters,
-            "method": learner.strategy().name(),
-            "backbone": meta.backbone,
-            "backbone_weights_sha256": learner.backbone_weights(),
-            "num_classes": meta.config.num_classes,
-            "class_names": meta.class_names,
-            "learned": meta.learned,
-            "thresholds": meta.thresholds,
-            "threshold_quantile": q,
-            "steps": learner.steps(),
-            "network": learner.has_network(),
-            "memory_patches": learner.memory_sizes(),
-            "config": cfg,
-        }))?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let t = &meta.config.transformer;
     println!(
         "model      {} ({}, {parameters} parameters)",

@@ -16,9 +16,10 @@ use image::RgbImage;
 use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Progress};
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::heatmap::{self, MapScale};
+pub use crate::inspect::Outcome;
+use crate::inspect::{Inspector, Timings};
 use crate::progress::{self, Bars};
 use crate::setup;
 use crate::Global;
@@ -70,48 +71,6 @@ pub struct Item {
     pub heatmap: PathBuf,
     /// Its ground-truth mask, if known.
     pub mask: Option<PathBuf>,
-}
-
-/// The result for one image (one JSON line).
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    pub path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_probability: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantile: Option<f64>,
-    /// `defect`, `ok`, or absent when the object has no calibrated threshold.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heatmap: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mask: Option<PathBuf>,
-}
-
-impl Outcome {
-    fn failed(path: &Path, error: String) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            error: Some(error),
-            score: None,
-            object: None,
-            object_probability: None,
-            threshold: None,
-            quantile: None,
-            decision: None,
-            heatmap: None,
-            mask: None,
-        }
-    }
 }
 
 fn is_image(path: &Path) -> bool {
@@ -316,38 +275,21 @@ pub struct PredictRun {
     pub timings: Timings,
 }
 
-/// Wall time spent in each stage of [`Predictor::run`], summed over every scored image.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Timings {
-    /// Images scored (unreadable files excluded).
-    pub images: usize,
-    /// Reading and decoding the files, resizing, normalising.
-    pub decode: Duration,
-    /// The frozen backbone and neck (`feature_align`).
-    pub backbone: Duration,
-    /// The transformer, the anomaly map and the image score.
-    pub model: Duration,
-    /// Drawing the heatmaps and writing them.
-    pub heatmaps: Duration,
-}
-
-impl Timings {
-    /// One line such as `per image: 31.0 ms = decode 3.1 + backbone 12.0 + model 6.2 + heatmap 9.7`.
-    pub fn summary(&self) -> Option<String> {
-        if self.images == 0 {
-            return None;
-        }
-        let ms = |d: Duration| 1e3 * d.as_secs_f64() / self.images as f64;
-        let total = self.decode + self.backbone + self.model + self.heatmaps;
-        Some(format!(
-            "per image: {:.1} ms = decode {:.1} + backbone {:.1} + model {:.1} + heatmap {:.1} (batches of up to {CHUNK})",
-            ms(total),
-            ms(self.decode),
-            ms(self.backbone),
-            ms(self.model),
-            ms(self.heatmaps)
-        ))
+/// One line such as `per image: 31.0 ms = decode 3.1 + backbone 12.0 + model 6.2 + heatmap 9.7`.
+pub fn timing_summary(t: &Timings) -> Option<String> {
+    if t.images == 0 {
+        return None;
     }
+    let ms = |d: Duration| 1e3 * d.as_secs_f64() / t.images as f64;
+    let total = t.decode + t.backbone + t.model + t.heatmaps;
+    Some(format!(
+            "per image: {:.1} ms = decode {:.1} + backbone {:.1} + model {:.1} + heatmap {:.1} (batches of up to {CHUNK})",
+        ms(total),
+        ms(t.decode),
+        ms(t.backbone),
+        ms(t.model),
+        ms(t.heatmaps)
+    ))
 }
 
 impl Predictor<'_> {
@@ -358,27 +300,9 @@ impl Predictor<'_> {
         progress: &dyn Progress,
         mut each: impl FnMut(&Outcome) -> Result<()>,
     ) -> Result<PredictRun> {
-        let size = setup::image_size(self.learner);
-        let learned: Vec<(String, u32)> = self
-            .learner
-            .learned_classes()
-            .into_iter()
-            .filter_map(|c| self.learner.class_id(&c).map(|i| (c, i)))
-            .collect();
-        if learned.is_empty() {
-            bail!("the model has learned no object yet; train it with `iuf train` first");
-        }
+        let inspector = Inspector::new(self.learner, self.backbone)?;
         if let Some(o) = &self.object {
-            if !learned.iter().any(|(c, _)| c == o) {
-                bail!(
-                    "--object `{o}` is not an object the model knows ({})",
-                    learned
-                        .iter()
-                        .map(|(c, _)| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            inspector.check_object(o)?;
         }
         let mut run = PredictRun {
             outcomes: Vec::with_capacity(items.len()),
@@ -415,59 +339,16 @@ impl Predictor<'_> {
             if good.is_empty() {
                 continue;
             }
-            let tensors: Vec<_> = good
-                .iter()
-                .map(|(_, _, img)| iuf_data::image::preprocess(img, size))
-                .collect();
-            let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
             run.timings.decode += t.elapsed();
+            let images: Vec<&RgbImage> = good.iter().map(|(_, _, img)| img).collect();
+            let scored = inspector.inspect(
+                &images,
+                self.object.as_deref(),
+                self.quantile,
+                &mut run.timings,
+            )?;
             let t = Instant::now();
-            let (features, memory) = if self.learner.uses_memory() {
-                let (f, m) = self.backbone.extract(&batch).context("backbone features")?;
-                (f, Some(m))
-            } else {
-                let f = self
-                    .backbone
-                    .feature_align(&batch)
-                    .context("backbone features")?;
-                (f, None)
-            };
-            if !features.device().is_cpu() {
-                // Wait for an asynchronous device, so its work is timed in this stage.
-                features.device().synchronize()?;
-            }
-            run.timings.backbone += t.elapsed();
-            let t = Instant::now();
-            let pred = self
-                .learner
-                .predict_images_as(
-                    &features,
-                    memory.as_ref(),
-                    self.object.as_deref(),
-                    &iuf_incremental::NoProgress,
-                )
-                .context("running the model")?;
-            let (_, mh, mw) = pred.maps.dims3()?;
-            let probs: Vec<Vec<f32>> = pred.object_probs.to_vec2()?;
-            run.timings.model += t.elapsed();
-            run.timings.images += good.len();
-            let t = Instant::now();
-            for (i, (index, it, img)) in good.into_iter().enumerate() {
-                let (object, prob) = match &self.object {
-                    Some(o) => {
-                        let id = self.learner.class_id(o).expect("checked above") as usize;
-                        (o.clone(), probs[i][id])
-                    }
-                    None => learned
-                        .iter()
-                        .map(|(c, id)| (c.clone(), probs[i][*id as usize]))
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
-                        .expect("at least one learned object"),
-                };
-                let score = pred.scores[i];
-                let threshold = self.learner.threshold(&object, self.quantile);
-                let decision = threshold.map(|t| if score > t { "defect" } else { "ok" });
-                let map: Vec<f32> = pred.maps.get(i)?.flatten_all()?.to_vec1()?;
+            for ((index, it, img), s) in good.into_iter().zip(scored) {
                 let (ow, oh) = heatmap::output_size(img.width(), img.height());
                 let shown = if (ow, oh) == img.dimensions() {
                     img
@@ -486,8 +367,9 @@ impl Predictor<'_> {
                     },
                     None => None,
                 };
-                let scale = threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
-                let heat = heatmap::overlay(&shown, &map, mw, mh, scale, mask.as_deref());
+                let scale = s.threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
+                let heat =
+                    heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, mask.as_deref());
                 let heat_path = self.out_dir.join(&it.heatmap);
                 if let Some(parent) = heat_path.parent() {
                     std::fs::create_dir_all(parent)
@@ -498,18 +380,10 @@ impl Predictor<'_> {
                 if picks.contains(&index) {
                     run.panel.push((shown, heat));
                 }
-                let o = Outcome {
-                    path: it.path.clone(),
-                    error,
-                    score: Some(score),
-                    object: Some(object),
-                    object_probability: Some(prob),
-                    threshold,
-                    quantile: threshold.map(|_| self.quantile),
-                    decision,
-                    heatmap: Some(heat_path),
-                    mask: it.mask.clone().filter(|_| mask.is_some()),
-                };
+                let mut o = Outcome::scored(&it.path, &s, self.quantile);
+                o.error = error;
+                o.heatmap = Some(heat_path.to_string_lossy().into_owned());
+                o.mask = it.mask.clone().filter(|_| mask.is_some());
                 each(&o)?;
                 run.outcomes.push(o);
                 progress.inc(1);
@@ -636,7 +510,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         result.outcomes.len(),
         a.out.display()
     );
-    let timing = result.timings.summary();
+    let timing = timing_summary(&result.timings);
     if g.json {
         eprintln!("{summary}");
     } else {

@@ -1,0 +1,401 @@
+//! Dynamic batching: one worker thread gathers the queued requests' images into batches (up to
+//! `max_batch` images, or `wait` after the first one arrives) and runs each batch on the compute
+//! pool, so the work in flight never exceeds the cores `--threads` gives.
+
+use std::io::Cursor;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use image::RgbImage;
+use rayon::prelude::*;
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use super::model::Served;
+use crate::heatmap::{self, MapScale};
+use crate::inspect::{Inspector, Outcome, StageMs, Timings};
+
+/// One uploaded image.
+pub struct Upload {
+    /// The client's file name, or `body` for a raw request body.
+    pub name: String,
+    pub bytes: axum::body::Bytes,
+}
+
+/// Why a whole request failed.
+#[derive(Debug)]
+pub enum JobError {
+    /// The request asked for something the model cannot do (400).
+    BadRequest(String),
+    /// The model failed, or the worker panicked (500).
+    Internal(String),
+}
+
+/// A request's images waiting for a batch.
+pub struct Job {
+    pub images: Vec<Upload>,
+    /// Encode each image's heatmap as a PNG data URL.
+    pub heatmap: bool,
+    /// Judge every image as this object.
+    pub object: Option<String>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Vec<Outcome>, JobError>>,
+}
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub wait: Duration,
+    /// Images the queue may hold; more are refused with 503.
+    pub queue: usize,
+}
+
+/// The handlers' side of the queue.
+pub struct Queue {
+    tx: Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Queues `job`, or gives it back when the queue has no room for its images.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        let n = job.images.len();
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= self.capacity).then_some(q + n)
+            })
+            .is_ok();
+        if !admitted {
+            return Err(job);
+        }
+        self.metrics.queue.inc_by(n as i64);
+        self.tx.send(job).map_err(|e| {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.metrics.queue.dec_by(n as i64);
+            e.0
+        })
+    }
+
+    /// Whether the queue is full.
+    pub fn full(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= self.capacity
+    }
+}
+
+/// Starts the worker thread; it stops when every [`Queue`] is dropped and the queue is drained.
+pub fn start(
+    cfg: BatchConfig,
+    model: Arc<ArcSwap<Served>>,
+    metrics: Arc<Metrics>,
+) -> (Queue, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let worker = Worker {
+        cfg,
+        rx,
+        queued: queued.clone(),
+        model,
+        metrics: metrics.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("iuf-batcher".into())
+        .spawn(move || worker.run())
+        .expect("spawning the batch worker thread");
+    (
+        Queue {
+            tx,
+            queued,
+            capacity: cfg.queue,
+            metrics,
+        },
+        handle,
+    )
+}
+
+struct Worker {
+    cfg: BatchConfig,
+    rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+    model: Arc<ArcSwap<Served>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut jobs = vec![first];
+            self.gather(&mut jobs);
+            let n: usize = jobs.iter().map(|j| j.images.len()).sum();
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.metrics.queue.dec_by(n as i64);
+            // A client that gave up (timeout, disconnect) is not worked for.
+            jobs.retain(|j| !j.reply.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            let model = self.model.load_full();
+            self.run_batch(&model, jobs);
+        }
+    }
+
+    /// Adds queued jobs until the batch holds `max_batch` images or `wait` has passed since the
+    /// first one: what is already queued is taken at once, then the worker waits for more.
+    fn gather(&self, jobs: &mut Vec<Job>) {
+        let deadline = jobs[0].enqueued.max(Instant::now() - self.cfg.wait) + self.cfg.wait;
+        let mut n: usize = jobs.iter().map(|j| j.images.len()).sum();
+        while n < self.cfg.max_batch {
+            let next = match self.rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        match self.rx.recv_timeout(left) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                }
+            };
+            let Some(j) = next else { break };
+            n += j.images.len();
+            jobs.push(j);
+        }
+    }
+
+    fn run_batch(&self, model: &Served, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let replies =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.score(model, &jobs, started)));
+        let replies = replies.unwrap_or_else(|panic| {
+            self.metrics.panics.inc();
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            tracing::error!("the model worker panicked on a batch: {what}");
+            jobs.iter()
+                .map(|_| {
+                    Err(JobError::Internal(format!(
+                        "the model failed on this batch ({what}); the service goes on"
+                    )))
+                })
+                .collect()
+        });
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            // The client may have gone meanwhile; nothing to do then.
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    /// Decodes every job's images, runs the model on them in chunks of `max_batch`, and builds
+    /// each job's outcomes.
+    fn score(
+        &self,
+        model: &Served,
+        jobs: &[Job],
+        started: Instant,
+    ) -> Vec<Result<Vec<Outcome>, JobError>> {
+        let inspector = match Inspector::new(&model.learner, &model.backbone.backbone) {
+            Ok(i) => i,
+            Err(e) => return jobs.iter().map(|_| Err(internal(&e))).collect(),
+        };
+        // Decode in parallel on the compute pool.
+        let t = Instant::now();
+        let flat: Vec<(usize, &Upload)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| job.images.iter().map(move |u| (j, u)))
+            .collect();
+        let decoded: Vec<Result<RgbImage, String>> =
+            flat.par_iter().map(|(_, u)| decode(u)).collect();
+        let decode_each = t.elapsed().as_secs_f64() / flat.len().max(1) as f64;
+
+        let mut results: Vec<Result<Vec<Outcome>, JobError>> = jobs
+            .iter()
+            .map(|j| Ok(Vec::with_capacity(j.images.len())))
+            .collect();
+        for (j, job) in jobs.iter().enumerate() {
+            if let Some(o) = &job.object {
+                if let Err(e) = inspector.check_object(o) {
+                    results[j] = Err(JobError::BadRequest(format!("object: {e:#}")));
+                }
+            }
+        }
+        // Per image: (job, position in the job, outcome once known).
+        let mut slots: Vec<Option<Outcome>> = (0..flat.len()).map(|_| None).collect();
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, ((j, u), d)) in flat.iter().zip(&decoded).enumerate() {
+            if results[*j].is_err() {
+                continue;
+            }
+            match d {
+                Ok(_) => todo.push(i),
+                Err(e) => {
+                    self.metrics.image("undecodable");
+                    slots[i] = Some(Outcome::failed(Path::new(&u.name), e.clone()));
+                }
+            }
+        }
+        // Images of one object override run together; chunks never exceed max_batch.
+        todo.sort_by_key(|&i| object_key(&jobs[flat[i].0]));
+        let mut i0 = 0;
+        while i0 < todo.len() {
+            let key = object_key(&jobs[flat[todo[i0]].0]);
+            let mut i1 = i0;
+            while i1 < todo.len()
+                && i1 - i0 < self.cfg.max_batch
+                && object_key(&jobs[flat[todo[i1]].0]) == key
+            {
+                i1 += 1;
+            }
+            let chunk = &todo[i0..i1];
+            let object = jobs[flat[chunk[0]].0].object.as_deref();
+            let images: Vec<&RgbImage> = chunk
+                .iter()
+                .map(|&i| decoded[i].as_ref().expect("decoded"))
+                .collect();
+            let mut timings = Timings::default();
+            match inspector.inspect(&images, object, model.quantile, &mut timings) {
+                Ok(scored) => {
+                    self.metrics.batch(chunk.len());
+                    let per = |d: Duration| d.as_secs_f64() / chunk.len() as f64;
+                    for (&i, s) in chunk.iter().zip(scored) {
+                        let (j, u) = flat[i];
+                        let job = &jobs[j];
+                        let mut o = Outcome::scored(Path::new(&u.name), &s, model.quantile);
+                        o.model_sha256 = Some(model.sha256.clone());
+                        let t = Instant::now();
+                        if job.heatmap {
+                            o.heatmap =
+                                Some(heatmap_url(decoded[i].as_ref().expect("decoded"), &s));
+                        }
+                        let stage = StageMs {
+                            queue: 1e3 * started.duration_since(job.enqueued).as_secs_f64(),
+                            decode: 1e3 * (decode_each + per(timings.decode)),
+                            backbone: 1e3 * per(timings.backbone),
+                            model: 1e3 * per(timings.model),
+                            heatmap: 1e3 * t.elapsed().as_secs_f64(),
+                            batch: chunk.len(),
+                        };
+                        for (name, ms) in [
+                            ("queue", stage.queue),
+                            ("decode", stage.decode),
+                            ("backbone", stage.backbone),
+                            ("model", stage.model),
+                            ("heatmap", stage.heatmap),
+                        ] {
+                            self.metrics.stage(name, ms / 1e3);
+                        }
+                        o.time_ms = Some(stage);
+                        self.metrics.image("scored");
+                        slots[i] = Some(o);
+                    }
+                }
+                Err(e) => {
+                    for &i in chunk {
+                        self.metrics.image("failed");
+                        results[flat[i].0] = Err(internal(&e));
+                    }
+                }
+            }
+            i0 = i1;
+        }
+        for (i, slot) in slots.into_iter().enumerate() {
+            if let (Some(o), Ok(list)) = (slot, &mut results[flat[i].0]) {
+                list.push(o);
+            }
+        }
+        results
+    }
+}
+
+fn internal(e: &anyhow::Error) -> JobError {
+    JobError::Internal(format!("{e:#}"))
+}
+
+/// Jobs judged as the same object (or as the recognised one) can share a batch.
+fn object_key(job: &Job) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    job.object.hash(&mut h);
+    h.finish()
+}
+
+/// Decodes an uploaded image, or says what was wrong with it.
+fn decode(u: &Upload) -> Result<RgbImage, String> {
+    if u.bytes.is_empty() {
+        return Err(format!(
+            "{}: empty file; expected a PNG, JPEG, BMP or TIFF image",
+            u.name
+        ));
+    }
+    let reader = image::ImageReader::new(Cursor::new(&u.bytes[..]))
+        .with_guessed_format()
+        .map_err(|e| format!("{}: {e}", u.name))?;
+    let Some(format) = reader.format() else {
+        return Err(format!(
+            "{}: not an image this service reads ({} bytes starting {}); expected PNG, JPEG, BMP or TIFF",
+            u.name,
+            u.bytes.len(),
+            hex_prefix(&u.bytes)
+        ));
+    };
+    if !matches!(
+        format,
+        image::ImageFormat::Png
+            | image::ImageFormat::Jpeg
+            | image::ImageFormat::Bmp
+            | image::ImageFormat::Tiff
+    ) {
+        return Err(format!(
+            "{}: {format:?} images are not read here; send PNG, JPEG, BMP or TIFF",
+            u.name
+        ));
+    }
+    reader
+        .decode()
+        .map(|img| img.to_rgb8())
+        .map_err(|e| format!("{}: damaged or truncated {format:?} image: {e}", u.name))
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The image's heatmap as a `data:image/png;base64,` URL (drawn as `iuf predict` draws it).
+fn heatmap_url(img: &RgbImage, s: &crate::inspect::Inspection) -> String {
+    let (ow, oh) = heatmap::output_size(img.width(), img.height());
+    let shown = if (ow, oh) == img.dimensions() {
+        img.clone()
+    } else {
+        iuf_data::image::resize_bilinear_rgb(img, ow, oh)
+    };
+    let scale = s.threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
+    let heat = heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, None);
+    let mut png = Vec::new();
+    heat.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encoding a PNG in memory");
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}

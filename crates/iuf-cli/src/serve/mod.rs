@@ -1,0 +1,515 @@
+//! `iuf serve`: a long-running inspection service over HTTP (axum on tokio). The model is loaded
+//! once, swapped atomically on reload (in-flight batches finish on the old one), and requests are
+//! gathered into batches run by one worker on the compute pool.
+//!
+//! Routes: `POST /v1/inspect`, `GET /v1/model`, `POST /v1/reload`, `GET /healthz`, `GET /readyz`,
+//! `GET /metrics`, and a page for a person at `/`.
+
+mod batch;
+mod metrics;
+mod model;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use candle_core::Device;
+use clap::Args;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{oneshot, Mutex};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use self::batch::{BatchConfig, Job, JobError, Queue, Upload};
+use self::metrics::Metrics;
+use self::model::Served;
+use crate::{setup, Global};
+
+/// The page at `/`: one static file, plain JavaScript, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("page.html");
+
+/// Arguments of `iuf serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model file to serve; `POST /v1/reload` (or --watch) loads it again after `iuf learn`
+    /// has replaced it.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Address to listen on. Loopback by default: give an interface's address (or 0.0.0.0) to
+    /// accept other machines, ideally with --token. Port 0 picks a free port (printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Most images run through the model as one batch.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Milliseconds the worker waits for more images after the first one of a batch.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    pub batch_wait_ms: u64,
+    /// Images the queue holds; requests beyond it get 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body, in MiB (413 beyond it).
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_body_mib: usize,
+    /// Seconds a request may take in all, upload included (408 beyond it).
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub timeout_s: u64,
+    /// Require `Authorization: Bearer TOKEN` on POST /v1/reload (also read from $IUF_TOKEN).
+    #[arg(long, value_name = "TOKEN", env = "IUF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Reload the model when its file changes (checked every second).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// What every handler shares.
+struct AppState {
+    model: Arc<ArcSwap<Served>>,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    global: Global,
+    device: Device,
+    path: PathBuf,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+    started: SystemTime,
+}
+
+type Shared = Arc<AppState>;
+
+/// An error answer: a status and a JSON `{"error": ...}` body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
+    if a.max_batch == 0 || a.queue == 0 {
+        bail!("--max-batch and --queue must be at least 1");
+    }
+    if a.queue < a.max_batch {
+        bail!(
+            "--queue {} is smaller than --max-batch {}: a full batch could never be queued",
+            a.queue,
+            a.max_batch
+        );
+    }
+    let device = setup::device(g)?;
+    let t = Instant::now();
+    let served = model::load(g, &a.model, &device, None)?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.serving(&a.model.display().to_string(), &served.sha256);
+    eprintln!(
+        "model {} (sha256 {}, {} object(s)) loaded in {:.2} s",
+        a.model.display(),
+        &served.sha256[..16],
+        served.learner.learned_classes().len(),
+        t.elapsed().as_secs_f64()
+    );
+    let model = Arc::new(ArcSwap::from_pointee(served));
+    let (queue, worker) = batch::start(
+        BatchConfig {
+            max_batch: a.max_batch,
+            wait: Duration::from_millis(a.batch_wait_ms),
+            queue: a.queue,
+        },
+        model.clone(),
+        metrics.clone(),
+    );
+    let state = Arc::new(AppState {
+        model,
+        queue,
+        metrics,
+        token: a.token.clone().filter(|t| !t.is_empty()),
+        global: g.clone(),
+        device,
+        path: a.model.clone(),
+        reloading: Mutex::new(()),
+        started: SystemTime::now(),
+    });
+    if !a.bind.ip().is_loopback() && state.token.is_none() {
+        tracing::warn!(
+            "listening on {} without --token: anyone who can reach it can reload the model",
+            a.bind
+        );
+    }
+    // The network side needs little: the model's work runs on the batch worker and rayon's pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("iuf-http")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(state.clone(), &a))?;
+    // Dropping the state drops the queue's sender: the worker finishes what is queued and stops.
+    drop(state);
+    let _ = worker.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(state: Shared, a: &ServeArgs) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/v1/inspect", post(inspect))
+        .route("/v1/model", get(model_info))
+        .route("/v1/reload", post(reload))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(a.max_body_mib.max(1) << 20))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error while handling the request; the service goes on".into(),
+                )
+                .into_response()
+            },
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(a.timeout_s.max(1)),
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+async fn serve(state: Shared, a: &ServeArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(a.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.bind))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line for the port.
+    eprintln!("listening on http://{addr} (page at /, API at /v1/inspect; Ctrl-C stops)");
+    if a.watch {
+        tokio::spawn(watch(state.clone()));
+    }
+    axum::serve(listener, router(state, a))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving HTTP")
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("stopping: finishing the requests in flight");
+}
+
+/// Counts every answer by route and status, with its latency.
+async fn record(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |m| m.as_str())
+        .to_string();
+    let t = Instant::now();
+    let response = next.run(req).await;
+    s.metrics.request(
+        &route,
+        response.status().as_u16(),
+        t.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    let m = s.model.load();
+    if s.queue.full() {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the queue is full; retry shortly".into(),
+        )
+        .into_response();
+    }
+    Json(json!({ "ready": true, "model_sha256": m.sha256 })).into_response()
+}
+
+async fn metrics_text(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn model_info(State(s): State<Shared>) -> Json<serde_json::Value> {
+    let m = s.model.load();
+    let mut info = m.info.clone();
+    info["served_since"] = json!(s
+        .started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0));
+    Json(info)
+}
+
+#[derive(Debug, Deserialize)]
+struct InspectQuery {
+    /// `png`: include each image's heatmap as a PNG data URL.
+    heatmap: Option<String>,
+    /// Judge the images as this object instead of the recognised one.
+    object: Option<String>,
+}
+
+async fn inspect(
+    State(s): State<Shared>,
+    Query(q): Query<InspectQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let heatmap = match q.heatmap.as_deref() {
+        None | Some("none") => false,
+        Some("png") => true,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("heatmap={other}: expected `png` or `none`"),
+            ))
+        }
+    };
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let images = if multipart {
+        read_multipart(req, &s).await?
+    } else {
+        let body = Bytes::from_request(req, &s)
+            .await
+            .map_err(|e| ApiError(e.status(), format!("reading the body: {}", e.body_text())))?;
+        vec![Upload {
+            name: "body".into(),
+            bytes: body,
+        }]
+    };
+    if images.iter().all(|u| u.bytes.is_empty()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no image: send one as the request body, or several as multipart/form-data".into(),
+        ));
+    }
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        images,
+        heatmap,
+        object: q.object,
+        enqueued: Instant::now(),
+        reply: tx,
+    };
+    let n = job.images.len();
+    if s.queue.submit(job).is_err() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the queue is full ({n} image(s) refused); retry shortly"),
+        ));
+    }
+    let outcomes = match rx.await {
+        Ok(Ok(o)) => o,
+        Ok(Err(JobError::BadRequest(e))) => return Err(ApiError(StatusCode::BAD_REQUEST, e)),
+        Ok(Err(JobError::Internal(e))) => {
+            return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+        }
+        Err(_) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is stopping".into(),
+            ))
+        }
+    };
+    let failed = outcomes.iter().filter(|o| o.score.is_none()).count();
+    let status = if failed == outcomes.len() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(if multipart {
+        (status, Json(json!(outcomes))).into_response()
+    } else {
+        (status, Json(json!(outcomes[0]))).into_response()
+    })
+}
+
+/// Every file part of a multipart body (parts without content are skipped).
+async fn read_multipart(req: Request, s: &Shared) -> Result<Vec<Upload>, ApiError> {
+    let mut mp = Multipart::from_request(req, s)
+        .await
+        .map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let mut images = Vec::new();
+    while let Some(field) = mp.next_field().await.map_err(|e| {
+        ApiError(
+            e.status(),
+            format!("reading the multipart body: {}", e.body_text()),
+        )
+    })? {
+        let name = field
+            .file_name()
+            .or(field.name())
+            .map_or_else(|| format!("part{}", images.len()), str::to_string);
+        let bytes = field.bytes().await.map_err(|e| {
+            ApiError(
+                e.status(),
+                format!("reading part `{name}`: {}", e.body_text()),
+            )
+        })?;
+        images.push(Upload { name, bytes });
+    }
+    if images.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the multipart body holds no file".into(),
+        ));
+    }
+    Ok(images)
+}
+
+fn authorised(s: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn reload(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !authorised(&s, &headers) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "reload needs `Authorization: Bearer <token>` with the service's --token".into(),
+        ));
+    }
+    let (status, body) = reload_now(&s).await;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Loads the model file again and swaps it in if it loads and passes every check; otherwise the
+/// old model keeps serving.
+async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
+    let _one = s.reloading.lock().await;
+    let current = s.model.load_full();
+    let state = s.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        model::load(&state.global, &state.path, &state.device, Some(&current))
+    })
+    .await;
+    let previous = s.model.load().sha256.clone();
+    match loaded {
+        Ok(Ok(new)) if new.sha256 == previous => {
+            s.metrics.reload("unchanged");
+            (
+                StatusCode::OK,
+                json!({ "reloaded": false, "sha256": previous, "message": "the file is unchanged" }),
+            )
+        }
+        Ok(Ok(new)) => {
+            let sha = new.sha256.clone();
+            s.metrics.serving(&s.path.display().to_string(), &sha);
+            // In-flight batches hold their own Arc of the old model and finish on it.
+            s.model.store(Arc::new(new));
+            s.metrics.reload("swapped");
+            tracing::warn!(
+                "reloaded {}: sha256 {} -> {}",
+                s.path.display(),
+                &previous[..16],
+                &sha[..16]
+            );
+            (
+                StatusCode::OK,
+                json!({ "reloaded": true, "sha256": sha, "previous_sha256": previous }),
+            )
+        }
+        Ok(Err(e)) => {
+            s.metrics.reload("refused");
+            let msg = format!(
+                "{e:#}; the model with sha256 {} keeps serving",
+                &previous[..16]
+            );
+            tracing::warn!("reload refused: {msg}");
+            (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": msg }))
+        }
+        Err(e) => {
+            s.metrics.reload("refused");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": format!("the reload task failed: {e}; the old model keeps serving") }),
+            )
+        }
+    }
+}
+
+/// The model file's identity as far as a change goes.
+fn stamp(path: &std::path::Path) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// Reloads when the model file changes (polled every second).
+async fn watch(s: Shared) {
+    let mut last = stamp(&s.path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = stamp(&s.path);
+        if now.is_some() && now != last {
+            last = now;
+            let (status, body) = reload_now(&s).await;
+            eprintln!("model file changed: reload {status}: {body}");
+        }
+    }
+}
