@@ -5,4 +5,5 @@
 mod common;
 mod errors;
 mod mvtec_mini;
+mod serve;
 mod workflow;

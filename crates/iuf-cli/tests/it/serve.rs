@@ -1,0 +1,664 @@
+//! `iuf serve` as a client sees it: real models on real images (../shared/datasets/mvtec-mini), the
+//! JSON API, bad requests, reload, metrics, and the page in a real headless browser.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{json_lines, lite0_pth, ok, shared, Scratch};
+
+/// Two real models, trained once for every test here: `a` knows bottle; `b` is `a` after
+/// `iuf learn` of pill.
+struct Models {
+    _scratch: Scratch,
+    a: PathBuf,
+    b: PathBuf,
+    cache: PathBuf,
+}
+
+fn models() -> &'static Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let s = Scratch::new();
+        let data = mvtec();
+        let (a, b) = (s.path("a.safetensors"), s.path("b.safetensors"));
+        ok(&s.iuf([
+            "train".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "bottle".as_ref(),
+            "--out".as_ref(),
+            a.as_os_str(),
+        ]));
+        ok(&s.iuf([
+            "learn".as_ref(),
+            "--model".as_ref(),
+            a.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "pill".as_ref(),
+            "--out".as_ref(),
+            b.as_os_str(),
+        ]));
+        let cache = s.path("cache");
+        Models {
+            _scratch: s,
+            a,
+            b,
+            cache,
+        }
+    })
+}
+
+fn mvtec() -> PathBuf {
+    shared().join("datasets/mvtec-mini")
+}
+
+fn image(rel: &str) -> Vec<u8> {
+    std::fs::read(mvtec().join(rel)).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    iuf_backbone::fetch::sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// A running `iuf serve`, stopped when dropped.
+struct Service {
+    child: Child,
+    url: String,
+}
+
+impl Service {
+    fn start(model: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iuf"))
+            .arg("--weights")
+            .arg(lite0_pth())
+            .arg("--cache-dir")
+            .arg(&models().cache)
+            .args([
+                "--threads",
+                "2",
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--model",
+            ])
+            .arg(model)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start iuf serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let url = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("iuf serve stopped before listening:\n{seen}"))
+                .unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the service never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    /// (status, body) of a request; `body` None means GET.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let r = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        match r {
+            Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, Value) {
+        let (status, text) = self.call(method, path, headers, body);
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path} answered {status} with no JSON ({e}): {text}")
+        });
+        (status, v)
+    }
+
+    /// The status answered to a POST announcing `length` bytes of body, of which as many as
+    /// the service reads are sent (it may answer and close before reading them all).
+    fn raw_status(&self, path: &str, length: usize) -> u16 {
+        use std::io::Read;
+        let host = self.url.strip_prefix("http://").unwrap();
+        let mut c = TcpStream::connect(host).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let _ = c.write_all(&vec![0u8; length]);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+    }
+
+    fn inspect(&self, bytes: &[u8]) -> (u16, Value) {
+        self.json("POST", "/v1/inspect", &[], Some(bytes))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "iufTestBoundary7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .unwrap();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    write!(body, "--{boundary}--\r\n").unwrap();
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-4 * a.abs().max(1.0)
+}
+
+/// Guarantees: answers match `iuf predict --json` field for field; bad requests get 400/413/422
+/// naming what was wrong and never take the service down; concurrent clients are batched and
+/// answered correctly; a corrupt model offered for reload is refused while the old one keeps
+/// serving; a good one is swapped in; reload needs the token; metrics count it all.
+#[test]
+fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
+    let m = models();
+    let t = tempfile::tempdir().unwrap();
+    let served = t.path().join("served.safetensors");
+    std::fs::copy(&m.a, &served).unwrap();
+    let svc = Service::start(&served, &["--token", "s3cret", "--max-body-mib", "1"]);
+
+    assert_eq!(svc.call("GET", "/healthz", &[], None), (200, "ok\n".into()));
+    let (status, ready) = svc.json("GET", "/readyz", &[], None);
+    assert_eq!(
+        (status, ready["model_sha256"].as_str()),
+        (200, Some(sha256(&m.a).as_str()))
+    );
+    let (_, info) = svc.json("GET", "/v1/model", &[], None);
+    assert_eq!(info["learned"][0]["class"], "bottle");
+    assert_eq!(info["sha256"], sha256(&m.a));
+
+    // Same image, same model: the answer carries predict's fields and values.
+    let defect = "bottle/test/broken_large/000.png";
+    let (status, o) = svc.inspect(&image(defect));
+    assert_eq!(status, 200, "{o}");
+    let s = Scratch::new();
+    let p = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        m.a.as_os_str(),
+        mvtec().join(defect).as_os_str(),
+        "--out".as_ref(),
+        s.path("pred").as_os_str(),
+    ]);
+    ok(&p);
+    let want = &json_lines(&p)[0];
+    for k in ["object", "decision", "quantile"] {
+        assert_eq!(o[k], want[k], "{k}: serve {o} predict {want}");
+    }
+    for k in ["score", "threshold", "object_probability"] {
+        assert!(
+            close(o[k].as_f64().unwrap(), want[k].as_f64().unwrap()),
+            "{k}: serve {o} predict {want}"
+        );
+    }
+    assert_eq!(o["decision"], "defect");
+    assert_eq!(o["model_sha256"], sha256(&m.a));
+    for k in ["queue", "decode", "backbone", "model", "heatmap"] {
+        assert!(o["time_ms"][k].as_f64().unwrap() >= 0.0, "{o}");
+    }
+    assert!(o.get("heatmap").is_none(), "no heatmap unless asked for");
+    let (_, h) = svc.json("POST", "/v1/inspect?heatmap=png", &[], Some(&image(defect)));
+    let url = h["heatmap"].as_str().unwrap();
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(url.strip_prefix("data:image/png;base64,").unwrap())
+        .unwrap();
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 256);
+
+    // Several images as multipart: one answer each, in order; a bad part fails alone.
+    let good = image("bottle/test/good/000.png");
+    let (ct, body) = multipart(&[
+        ("good.png", &good),
+        ("notes.txt", b"not an image"),
+        ("defect.png", &image(defect)),
+    ]);
+    let (status, list) = svc.json("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body));
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["path"], "good.png");
+    assert!(
+        list[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("notes.txt: not an image"),
+        "{}",
+        list[1]
+    );
+    assert!(close(
+        list[2]["score"].as_f64().unwrap(),
+        o["score"].as_f64().unwrap()
+    ));
+
+    // Bad requests: each refused with a status and a reason.
+    let (status, e) = svc.inspect(b"hello, not an image");
+    assert_eq!(status, 422);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected PNG, JPEG, BMP or TIFF"),
+        "{e}"
+    );
+    let (status, e) = svc.inspect(b"GIF89a not really");
+    assert_eq!(status, 422);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("Gif images are not read here"),
+        "{e}"
+    );
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let (status, e) = svc.inspect(&truncated);
+    assert_eq!(status, 422);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("damaged or truncated Png image"),
+        "{e}"
+    );
+    let (status, e) = svc.inspect(b"");
+    assert_eq!(status, 400, "{e}");
+    // Too large: refused from its Content-Length, before the body is read.
+    assert_eq!(
+        svc.raw_status("/v1/inspect", 3 << 20),
+        413,
+        "a 3 MiB body over --max-body-mib 1"
+    );
+    let (status, e) = svc.json("POST", "/v1/inspect?heatmap=gif", &[], Some(&good));
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = svc.json("POST", "/v1/inspect?object=tire", &[], Some(&good));
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("tire"), "{e}");
+    // A client that promises a body and disconnects halfway.
+    let host = svc.url.strip_prefix("http://").unwrap();
+    let mut c = TcpStream::connect(host).unwrap();
+    write!(
+        c,
+        "POST /v1/inspect HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    c.write_all(&good[..1000]).unwrap();
+    drop(c);
+
+    // Concurrent clients: batched, each answered with its own image's score.
+    let good_score = svc.inspect(&good).1["score"].as_f64().unwrap();
+    let want = [
+        (good.clone(), good_score),
+        (image(defect), o["score"].as_f64().unwrap()),
+    ];
+    std::thread::scope(|scope| {
+        for c in 0..6 {
+            let (svc, want) = (&svc, &want);
+            scope.spawn(move || {
+                for r in 0..4 {
+                    let (bytes, score) = &want[(c + r) % 2];
+                    let (status, o) = svc.inspect(bytes);
+                    assert_eq!(status, 200, "{o}");
+                    assert!(
+                        close(o["score"].as_f64().unwrap(), *score),
+                        "{o} against {score}"
+                    );
+                }
+            });
+        }
+    });
+
+    // Reload: the token is required; a corrupt file is refused and the old model keeps serving.
+    let (status, _) = svc.json("POST", "/v1/reload", &[], None);
+    assert_eq!(status, 401);
+    let bytes_b = std::fs::read(&m.b).unwrap();
+    std::fs::write(&served, &bytes_b[..bytes_b.len() / 3]).unwrap();
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (status, e) = svc.json("POST", "/v1/reload", &auth, None);
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("keeps serving"),
+        "{e}"
+    );
+    let (status, o2) = svc.inspect(&good);
+    assert_eq!(
+        (status, &o2["model_sha256"]),
+        (200, &Value::String(sha256(&m.a)))
+    );
+    // The new model, written as `iuf learn` writes (temp file, rename).
+    std::fs::write(t.path().join(".tmp"), &bytes_b).unwrap();
+    std::fs::rename(t.path().join(".tmp"), &served).unwrap();
+    let (status, r) = svc.json("POST", "/v1/reload", &auth, None);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["reloaded"].as_bool(), r["sha256"].as_str()),
+        (Some(true), Some(sha256(&m.b).as_str()))
+    );
+    let (_, pill) = svc.inspect(&image("pill/test/good/000.png"));
+    assert_eq!(pill["object"], "pill", "{pill}");
+    assert_eq!(pill["model_sha256"], sha256(&m.b));
+    let (_, info) = svc.json("GET", "/v1/model", &[], None);
+    assert_eq!(info["learned"].as_array().unwrap().len(), 2);
+
+    let metrics = svc.call("GET", "/metrics", &[], None).1;
+    for want in [
+        "iuf_http_requests_total{route=\"/v1/inspect\",status=\"200\"}",
+        "iuf_http_requests_total{route=\"/v1/inspect\",status=\"422\"}",
+        "iuf_http_requests_total{route=\"/v1/inspect\",status=\"413\"}",
+        "iuf_http_requests_total{route=\"/v1/reload\",status=\"401\"}",
+        "iuf_reloads_total{outcome=\"refused\"} 1",
+        "iuf_reloads_total{outcome=\"swapped\"} 1",
+        "iuf_batch_images_count",
+        "iuf_queue_images 0",
+        "iuf_worker_panics_total 0",
+        &format!("sha256=\"{}\"", sha256(&m.b)),
+    ] {
+        assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
+    }
+}
+
+/// A headless Chromium (from the system packages) driven over the DevTools protocol on a pipe.
+struct Browser {
+    child: Child,
+    to: std::fs::File,
+    from: std::sync::mpsc::Receiver<Value>,
+    next: u64,
+}
+
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|n| std::env::split_paths(&path).map(move |d| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+impl Browser {
+    fn start(exe: &Path, profile: &Path) -> Self {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let mut to_browser = [0; 2];
+        let mut from_browser = [0; 2];
+        // SAFETY: pipe2 fills the two-element arrays; close-on-exec keeps our ends out of the child.
+        unsafe {
+            assert_eq!(libc::pipe2(to_browser.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            assert_eq!(libc::pipe2(from_browser.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        }
+        let (child_in, child_out) = (to_browser[0], from_browser[1]);
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            "--window-size=1280,860",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe fcntl and dup2 calls between fork and exec; the DevTools pipe is
+        // read from fd 3 and written to fd 4 by the browser.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Copies above 10 first: dup2 onto the same number would keep close-on-exec.
+                let (i, o) = (
+                    libc::fcntl(child_in, libc::F_DUPFD, 10),
+                    libc::fcntl(child_out, libc::F_DUPFD, 10),
+                );
+                if i < 0 || o < 0 || libc::dup2(i, 3) < 0 || libc::dup2(o, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start chromium");
+        // SAFETY: the fds come from pipe2 above and are owned here from now on.
+        let (to, from, a, b) = unsafe {
+            (
+                std::fs::File::from_raw_fd(to_browser[1]),
+                std::fs::File::from_raw_fd(from_browser[0]),
+                std::fs::File::from_raw_fd(child_in),
+                std::fs::File::from_raw_fd(child_out),
+            )
+        };
+        drop((a, b));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(from);
+            loop {
+                let mut msg = Vec::new();
+                if r.read_until(0, &mut msg).unwrap_or(0) == 0 {
+                    return;
+                }
+                msg.pop();
+                if let Ok(v) = serde_json::from_slice::<Value>(&msg) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            child,
+            to,
+            from: rx,
+            next: 0,
+        }
+    }
+
+    /// Sends one DevTools command and waits for its answer.
+    fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = serde_json::json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = Value::String(s.into());
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .from
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer from chromium to {method}"));
+            if v["id"].as_u64() == Some(id) {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn eval(&mut self, session: &str, expression: &str) -> Value {
+        let r = self.send(
+            Some(session),
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        r["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Guarantee: a person can use the page at `/`: it lists what the model knows, and an image chosen
+/// in the file input comes back with its heatmap, score and verdict on screen. Runs in a real
+/// headless Chromium. Where no browser is installed the test says so and passes, unless
+/// IUF_REQUIRE_BROWSER is set (`.ci/run` sets it after installing Chromium). IUF_SCREENSHOT=FILE
+/// keeps the screenshot (docs/serve-page.png is made this way).
+#[test]
+fn real_data_serve_page_works_in_headless_chromium() {
+    let Some(exe) = chromium() else {
+        assert!(
+            std::env::var_os("IUF_REQUIRE_BROWSER").is_none(),
+            "IUF_REQUIRE_BROWSER is set but no chromium is on PATH"
+        );
+        eprintln!("skipped: no chromium, chromium-browser or google-chrome on PATH");
+        return;
+    };
+    let m = models();
+    let svc = Service::start(&m.b, &[]);
+    let t = tempfile::tempdir().unwrap();
+    let mut b = Browser::start(&exe, &t.path().join("profile"));
+    let targets = b.send(None, "Target.getTargets", serde_json::json!({}));
+    let page = targets["targetInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .expect("a page target")["targetId"]
+        .clone();
+    let session = b.send(
+        None,
+        "Target.attachToTarget",
+        serde_json::json!({ "targetId": page, "flatten": true }),
+    )["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = session.as_str();
+    b.send(
+        Some(s),
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{}/", svc.url) }),
+    );
+    let wait = |b: &mut Browser, what: &str, js: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = b.eval(s, js);
+            if v.as_bool() == Some(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let text = b.eval(s, "document.body.innerText");
+                panic!("page: timed out waiting for {what}; the page shows:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait(
+        &mut b,
+        "the model table",
+        "document.querySelectorAll('#objects tr').length === 3",
+    );
+    let objects = b.eval(s, "document.getElementById('objects').innerText");
+    assert!(objects.as_str().unwrap().contains("pill"), "{objects}");
+
+    // Choose a defective image in the file input, as a person would.
+    let doc = b.send(Some(s), "DOM.getDocument", serde_json::json!({}));
+    let input = b.send(
+        Some(s),
+        "DOM.querySelector",
+        serde_json::json!({ "nodeId": doc["root"]["nodeId"], "selector": "#file" }),
+    )["nodeId"]
+        .clone();
+    // The browser reads the file by its plain absolute path (no `..`).
+    let file = std::fs::canonicalize(mvtec().join("bottle/test/broken_large/000.png")).unwrap();
+    b.send(
+        Some(s),
+        "DOM.setFileInputFiles",
+        serde_json::json!({ "nodeId": input, "files": [file] }),
+    );
+    wait(
+        &mut b,
+        "the verdict and the heatmap",
+        "(() => { const h = document.getElementById('heatmap'); \
+          return ['DEFECT', 'OK'].includes(document.getElementById('verdict').textContent) \
+              && h.complete && h.naturalWidth > 0; })()",
+    );
+    let verdict = b.eval(s, "document.getElementById('verdict').textContent");
+    let api = svc.inspect(&std::fs::read(&file).unwrap()).1;
+    assert_eq!(
+        verdict.as_str().unwrap(),
+        api["decision"].as_str().unwrap().to_uppercase()
+    );
+    assert_eq!(verdict, "DEFECT");
+    let shown = b.eval(s, "document.getElementById('result').innerText");
+    assert!(shown.as_str().unwrap().contains("bottle"), "{shown}");
+
+    let shot = b.send(
+        Some(s),
+        "Page.captureScreenshot",
+        serde_json::json!({ "format": "png" }),
+    );
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert!(img.width() >= 800, "{}", img.width());
+    if let Some(keep) = std::env::var_os("IUF_SCREENSHOT") {
+        std::fs::write(keep, &png).unwrap();
+    }
+}
