@@ -3,6 +3,7 @@
 
 mod bench;
 mod download;
+mod loadtest;
 mod perf;
 mod tidy;
 mod weights;
@@ -29,6 +30,8 @@ enum Command {
     Perf(perf::Args),
     /// Run a paper protocol on MVTec AD or VisA (`iuf bench`) and file the results under docs/results.
     Bench(bench::Args),
+    /// Drive `iuf serve` with concurrent clients and faults; report throughput and latency.
+    Loadtest(loadtest::Args),
     /// Check formatting, clippy (-D warnings) and that every .rs file starts with a `//!` line.
     Tidy(tidy::Args),
 }
@@ -41,5 +44,6 @@ fn main() -> Result<()> {
         Command::Perf(args) => perf::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Tidy(args) => tidy::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
     }
 }
