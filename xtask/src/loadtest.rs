@@ -4,7 +4,7 @@
 //! answer is checked against `iuf predict`'s score for the model the answer names: nothing may be
 //! wrong, mixed or lost. Prints a Markdown report (throughput, p50/p95/p99 latency).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,7 +280,7 @@ fn chaos(svc: &Service, served: &Path, a: &Path, b: &Path, tally: &Mutex<Tally>)
         .build();
     let inspect = svc.url("/v1/inspect");
     let reload = svc.url("/v1/reload");
-    let mut expect = |what: &str, got: Result<(u16, Value)>, want: u16| {
+    let expect = |what: &str, got: Result<(u16, Value)>, want: u16| {
         let mut t = tally.lock().unwrap();
         match got {
             Ok((s, _)) if s == want => t.refused_as_expected += 1,
