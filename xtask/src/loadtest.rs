@@ -330,6 +330,13 @@ fn chaos(svc: &Service, served: &Path, a: &Path, b: &Path, tally: &Mutex<Tally>)
     }
     disconnect_mid_upload(&svc.host, &png, 1 << 20)?;
     pause();
+    // The service outlives the client that hung up.
+    match ureq::get(&svc.url("/healthz")).call() {
+        Ok(r) if r.status() == 200 => tally.lock().unwrap().refused_as_expected += 1,
+        other => tally.lock().unwrap().failures.push(format!(
+            "health after a client hung up mid-upload: {other:?}"
+        )),
+    }
     // The reload in the middle of the load: model B, written as `iuf learn` writes it.
     let tmp = served.with_extension("incoming");
     std::fs::copy(b, &tmp)?;
@@ -439,7 +446,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     // Faults under load: 4 clients while the chaos thread works.
-    let mb = args.max_batch[0];
+    let mb = *args.max_batch.last().context("--max-batch is empty")?;
     std::fs::copy(&a, &served)?;
     let svc = Service::start(&args, &bin, &served, mb)?;
     let chaos_tally = Mutex::new(Tally::default());

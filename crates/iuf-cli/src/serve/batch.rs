@@ -151,7 +151,7 @@ impl Worker {
     /// Adds queued jobs until the batch holds `max_batch` images or `wait` has passed since the
     /// first one: what is already queued is taken at once, then the worker waits for more.
     fn gather(&self, jobs: &mut Vec<Job>) {
-        let deadline = jobs[0].enqueued.max(Instant::now() - self.cfg.wait) + self.cfg.wait;
+        let deadline = jobs[0].enqueued + self.cfg.wait;
         let mut n: usize = jobs.iter().map(|j| j.images.len()).sum();
         while n < self.cfg.max_batch {
             let next = match self.rx.try_recv() {
