@@ -36,9 +36,9 @@ pub struct Args {
     /// The service's --max-batch settings to compare (one service run each).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     max_batch: Vec<usize>,
-    /// The service's --batch-wait-ms.
-    #[arg(long, default_value_t = 2)]
-    batch_wait_ms: u64,
+    /// The service's --batch-wait-ms settings to compare (each with each --max-batch).
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    batch_wait_ms: Vec<u64>,
     /// Worker threads of the service and of `iuf predict`.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -115,13 +115,19 @@ struct Service {
 }
 
 impl Service {
-    fn start(args: &Args, bin: &Path, model: &Path, max_batch: usize) -> Result<Self> {
+    fn start(
+        args: &Args,
+        bin: &Path,
+        model: &Path,
+        max_batch: usize,
+        wait_ms: u64,
+    ) -> Result<Self> {
         let mut child = iuf(args, bin)
             .args(["serve", "--bind", "127.0.0.1:0", "--token", "loadtest"])
             .arg("--model")
             .arg(model)
             .args(["--max-batch", &max_batch.to_string()])
-            .args(["--batch-wait-ms", &args.batch_wait_ms.to_string()])
+            .args(["--batch-wait-ms", &wait_ms.to_string()])
             .args(["--max-body-mib", "4"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -419,18 +425,22 @@ pub fn run(args: Args) -> Result<()> {
         1e3 / predict_ms
     ));
     report.push_str(
-        "| max batch | clients | requests | images/s | p50 ms | p95 ms | p99 ms | failed |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| max batch | wait ms | clients | requests | images/s | p50 ms | p95 ms | p99 ms | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for &mb in &args.max_batch {
+    for (&mb, &wait) in args
+        .max_batch
+        .iter()
+        .flat_map(|m| args.batch_wait_ms.iter().map(move |w| (m, w)))
+    {
         std::fs::copy(&a, &served)?;
-        let svc = Service::start(&args, &bin, &served, mb)?;
+        let svc = Service::start(&args, &bin, &served, mb, wait)?;
         // Warm-up: the first batches allocate.
         let _ = load(&svc, &truth, 2, 4);
         for &c in &args.clients {
             let (t, wall) = load(&svc, &truth, c, args.requests);
             let row = format!(
-                "| {mb} | {c} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+                "| {mb} | {wait} | {c} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
                 c * args.requests,
                 t.ok as f64 / wall,
                 percentile(&t.latencies, 0.5),
@@ -447,8 +457,12 @@ pub fn run(args: Args) -> Result<()> {
 
     // Faults under load: 4 clients while the chaos thread works.
     let mb = *args.max_batch.last().context("--max-batch is empty")?;
+    let wait = *args
+        .batch_wait_ms
+        .last()
+        .context("--batch-wait-ms is empty")?;
     std::fs::copy(&a, &served)?;
-    let svc = Service::start(&args, &bin, &served, mb)?;
+    let svc = Service::start(&args, &bin, &served, mb, wait)?;
     let chaos_tally = Mutex::new(Tally::default());
     let ((load_tally, wall), chaos_result) = std::thread::scope(|s| {
         let chaos = s.spawn(|| chaos(&svc, &served, &a, &b, &chaos_tally));
@@ -468,7 +482,7 @@ pub fn run(args: Args) -> Result<()> {
     let sha_b = &truth.by_model[1].0;
     let served_b = !after.latencies.is_empty() && after.failures.is_empty();
     report.push_str(&format!(
-        "\nFault phase (max batch {mb}, 4 clients, {} requests, {:.1} images/s): {} correct answers, \
+        "\nFault phase (max batch {mb}, wait {wait} ms, 4 clients, {} requests, {:.1} images/s): {} correct answers, \
          {} failed; deliberate faults answered as expected: {} of 6 (garbage 422, truncated PNG 422, \
          corrupt model reload 422, oversized 413, a client hanging up mid-upload, reload to B 200); \
          after the reload the service answers with model B ({}): {}; worker panics: {panics}.\n",
