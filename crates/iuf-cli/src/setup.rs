@@ -89,7 +89,7 @@ pub fn weights(g: &Global, variant: EfficientNetVariant) -> Result<iuf_backbone:
         )
     })?;
     if let Some(damage) = &weights.repaired {
-        tracing::warn!("{damage}; fetched again and replaced");
+        tracing::warn!("{damage}; fetched them again");
     }
     Ok(weights)
 }

