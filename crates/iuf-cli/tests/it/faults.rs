@@ -276,6 +276,63 @@ fn predict_replaces_no_file_it_did_not_write_in_this_run() {
     assert_eq!(names, ["000.png", "predictions.jsonl"]);
 }
 
+/// Guarantee (issue 14 item 2): no command writes its output over the weights file it reads,
+/// whichever command it is; refused before any work, the weights unchanged.
+#[test]
+fn no_command_writes_over_its_weights_file() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let weights = s.path("weights.pth");
+    std::fs::copy(lite0_pth(), &weights).unwrap();
+    let before = std::fs::read(&weights).unwrap();
+    let cache = s.path("cache");
+    let w = weights.as_os_str();
+    let runs: [Vec<&std::ffi::OsStr>; 3] = [
+        vec![
+            "--weights".as_ref(),
+            w,
+            "train".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "fabric".as_ref(),
+            "--out".as_ref(),
+            w,
+        ],
+        vec![
+            "--weights".as_ref(),
+            w,
+            "learn".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "mesh".as_ref(),
+            "--out".as_ref(),
+            w,
+        ],
+        vec![
+            "--weights".as_ref(),
+            w,
+            "eval".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            w,
+        ],
+    ];
+    for args in runs {
+        let err = fails(&bare(&s, &cache, &args));
+        assert!(err.contains("is the input --weights"), "{args:?}: {err}");
+        assert_tidy(&err);
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
+
 /// Guarantees: damaged images and masks given to predict are reported by name and skipped (or
 /// drawn without the outline) while the others are scored; a damaged training image stops train
 /// with its name before a model is written; no input is changed.
