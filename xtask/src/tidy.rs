@@ -83,7 +83,7 @@ pub fn stray_spaces(src: &str) -> Vec<(usize, &'static str)> {
                 if b.get(i + 1) == Some(&b'\\') {
                     i += 3;
                 } else if b.get(i + 2) == Some(&b'\'') {
-                    i += 3;
+                    i += 2;
                 }
                 i += 1;
             }
