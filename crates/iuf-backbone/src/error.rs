@@ -35,6 +35,10 @@ pub enum Error {
     #[error("fetching weights: {0}")]
     Fetch(String),
 
+    /// A weights file is unreadable or does not match its digest (truncated, damaged, altered).
+    #[error("{path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+
     /// A file-system operation failed (feature `fetch` only: the rest of the crate does no I/O).
     #[error("{path}: {source}")]
     Io {

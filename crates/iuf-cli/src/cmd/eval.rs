@@ -1,7 +1,7 @@
 //! `iuf eval`: per-object image and pixel AUROC, average precision, PRO and F1-max of a model on a
 //! dataset's test images (section 6), as a table or JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -49,12 +49,11 @@ fn mean(metrics: &[ClassMetrics]) -> serde_json::Value {
 
 pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     if let Some(out) = &a.out {
-        setup::check_output(
-            "--out",
-            out,
-            false,
-            &[("--model", &a.model), ("--data", &a.data)],
-        )?;
+        let mut inputs: Vec<(&str, &Path)> = vec![("--model", &a.model), ("--data", &a.data)];
+        if let Some(w) = &g.weights {
+            inputs.push(("--weights", w));
+        }
+        setup::check_output("--out", out, false, &inputs)?;
         setup::check_writable("--out", out, false)?;
     }
     let device = setup::device(g)?;

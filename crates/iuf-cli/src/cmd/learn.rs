@@ -1,7 +1,7 @@
 //! `iuf learn`: teaches a trained model new objects from their images only (an incremental step of
 //! the model's method; for IUF sections 4.5 and 4.6). The input model file is never modified.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -41,7 +41,11 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
             a.out.display()
         );
     }
-    setup::check_output("--out", &a.out, false, &[("--data", &a.data)])?;
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data", &a.data)];
+    if let Some(w) = &g.weights {
+        inputs.push(("--weights", w));
+    }
+    setup::check_output("--out", &a.out, false, &inputs)?;
     setup::check_writable("--out", &a.out, false)?;
     let device = setup::device(g)?;
     let mut learner = setup::load_model(&a.model, &device)?;

@@ -61,6 +61,11 @@ pub struct PredictArgs {
     /// Images in the panel.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub panel_max: usize,
+    /// Replace files that already exist where this run writes (heatmaps, predictions.jsonl, the
+    /// panel). Without it, predict writes no file over one it did not write in this run: it stops
+    /// before any work, naming the file.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// One image to score.
@@ -375,7 +380,7 @@ impl Predictor<'_> {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("creating {}", parent.display()))?;
                 }
-                heat.save_with_format(&heat_path, image::ImageFormat::Png)
+                save_atomically(&heat, &heat_path, image::ImageFormat::Png)
                     .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
                 if picks.contains(&index) {
                     run.panel.push((shown, heat));
@@ -418,9 +423,21 @@ pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    heatmap::panel(pairs, PANEL_TILE)
-        .save_with_format(path, format)
+    save_atomically(&heatmap::panel(pairs, PANEL_TILE), path, format)
         .with_context(|| format!("writing panel {}", path.display()))
+}
+
+/// Writes an image to a temporary name in its folder, then renames it (never a half-written file).
+fn save_atomically(img: &RgbImage, path: &Path, format: image::ImageFormat) -> Result<()> {
+    let tmp = iuf_model::temp_path(path);
+    let saved = img
+        .save_with_format(&tmp, format)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    saved
 }
 
 pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
@@ -456,6 +473,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         }
     }
     let items = collect_items(&a.paths, a.masks.as_deref())?;
+    check_outputs(&a, &items)?;
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
     setup::check_backbone_weights(&learner, &a.model, &loaded)?;
@@ -524,6 +542,51 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Before any work: the panel is none of the files under `--out`, and (unless `--overwrite`) no
+/// file this run writes exists already, so no file is replaced that this run did not write.
+fn check_outputs(a: &PredictArgs, items: &[Item]) -> Result<()> {
+    let mut planned: Vec<(PathBuf, String)> = vec![(
+        a.out.join("predictions.jsonl"),
+        "the predictions".to_string(),
+    )];
+    planned.extend(items.iter().map(|it| {
+        (
+            a.out.join(&it.heatmap),
+            format!("the heatmap of {}", it.path.display()),
+        )
+    }));
+    if let Some(panel) = &a.panel {
+        let p = setup::resolved(panel);
+        if let Some((_, what)) = planned.iter().find(|(f, _)| setup::resolved(f) == p) {
+            bail!(
+                "--panel {} is also where {what} goes; choose another panel file name",
+                panel.display()
+            );
+        }
+        planned.push((panel.clone(), "the panel".to_string()));
+    }
+    if a.overwrite {
+        return Ok(());
+    }
+    let existing: Vec<&(PathBuf, String)> = planned
+        .iter()
+        .filter(|(f, _)| f.symlink_metadata().is_ok())
+        .collect();
+    if let Some((first, what)) = existing.first() {
+        let more = match existing.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more of the files this run writes)"),
+        };
+        bail!(
+            "{} already exists{more} and would be replaced by {what}; predict replaces no file it \
+             did not write in this run: choose an empty --out, move the file away, or pass \
+             --overwrite",
+            first.display()
+        );
+    }
+    Ok(())
 }
 
 fn print_human(o: &Outcome) {

@@ -4,6 +4,7 @@
 
 mod common;
 mod errors;
+mod faults;
 mod mvtec_mini;
 mod serve;
 mod workflow;

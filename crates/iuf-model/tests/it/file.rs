@@ -145,9 +145,14 @@ fn rewrite_header(path: &Path, edit: impl FnOnce(&mut HashMap<String, String>)) 
 }
 
 fn edit_config(path: &Path, edit: impl FnOnce(&mut ModelConfig)) {
+    edit_meta(path, |m| edit(&mut m.config));
+}
+
+/// Rewrites the metadata, with a matching metadata digest (a consistent file of other metadata).
+fn edit_meta(path: &Path, edit: impl FnOnce(&mut ModelMeta)) {
     rewrite_header(path, |h| {
         let mut meta: ModelMeta = serde_json::from_str(&h["iuf.meta"]).unwrap();
-        edit(&mut meta.config);
+        edit(&mut meta);
         let json = serde_json::to_string(&meta).unwrap();
         // A consistent file of another config: its metadata digest matches.
         use sha2::Digest;
@@ -323,4 +328,49 @@ fn a_save_removes_the_stale_temporary_files_of_dead_writers() {
     for name in keep.iter().map(|s| s.to_string()).chain([live]) {
         assert!(dir.path().join(&name).exists(), "{name} was removed");
     }
+}
+
+/// Guarantee: a damaged class list in the metadata (a file written before the metadata digest, or
+/// edited with its digest) is refused on load, naming the file and the field, instead of loading as
+/// a model that "has learned no object".
+#[test]
+fn inconsistent_class_fields_name_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    type Edit = fn(&mut ModelMeta);
+    let cases: [(Edit, &str); 5] = [
+        (|m| m.class_names[2] = "zipp\u{1}r".into(), "entry 2"),
+        (|m| m.class_names[1] = String::new(), "entry 1"),
+        (|m| m.class_names[2] = "bottle".into(), "twice"),
+        (
+            |m| m.class_names = vec!["bottle".into(), "cable".into(), "zipper".into(), "x".into()],
+            "room for 3",
+        ),
+        (
+            |m| m.class_names[1] = "cab1e".into(),
+            "`learned` names \"cable\"",
+        ),
+    ];
+    for (edit, expect) in cases {
+        let (path, ..) = saved_model(dir.path());
+        edit_meta(&path, edit);
+        let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(
+            msg.contains("model.safetensors")
+                && msg.contains("class_names")
+                && msg.contains(expect),
+            "{expect}: {msg}"
+        );
+    }
+    // The same damage in a file without the metadata digest (written before it existed).
+    let (path, ..) = saved_model(dir.path());
+    rewrite_header(&path, |h| {
+        h.remove("iuf.meta_sha256");
+        let meta = h["iuf.meta"].replace("\"zipper\"", "\"zi\\u0000er\"");
+        h.insert("iuf.meta".into(), meta);
+    });
+    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        msg.contains("class_names") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 }

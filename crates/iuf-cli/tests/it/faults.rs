@@ -1,0 +1,616 @@
+//! Fault injection: damaged inputs, caches and weights, colliding outputs, and kill -9 during a
+//! bench. Each case names the guarantee it checks. The rule where nothing more specific applies: a
+//! clear error that names the file and what was expected, and no user file lost or changed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{fails, json, json_lines, lite0_pth, ok, stderr, Scratch};
+
+/// The ways a file gets damaged: cut short, one flipped bit, emptied.
+const DAMAGES: [&str; 3] = ["truncated", "bit-flipped", "zero-byte"];
+
+fn damage(path: &Path, how: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    match how {
+        "truncated" => bytes.truncate(bytes.len() / 2),
+        "bit-flipped" => {
+            let at = bytes.len() * 3 / 4;
+            bytes[at] ^= 0x08;
+        }
+        "zero-byte" => bytes.clear(),
+        other => panic!("unknown damage {other}"),
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Messages carry no runs of spaces inside a line (stray line-continuation indentation).
+#[track_caller]
+fn assert_tidy(msg: &str) {
+    for line in msg.lines() {
+        let body = line.trim_start();
+        assert!(!body.contains("  "), "stray spaces in: {line:?}");
+    }
+}
+
+/// `iuf` without `--weights` (the weights come from the cache) and with a pip that cannot fetch.
+fn bare(s: &Scratch, cache: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iuf"))
+        .env("IUF_PYTHON", s.path("no-python-here"))
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run the iuf binary")
+}
+
+/// A one-object memory model of the demo data (seconds).
+fn trained(s: &Scratch, data: &Path) -> PathBuf {
+    let m = s.path("m.safetensors");
+    ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--out".as_ref(),
+        m.as_os_str(),
+    ]));
+    m
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap();
+                out.push((p, b));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Guarantees (issue 14 item 5): the same weights in .pth and in the cached .safetensors are the
+/// same weights for a model; damaged cached weights are never used, and the error names the file
+/// to delete; a model that records the weights' file sha256 (older iuf) still loads.
+#[test]
+fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refused() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data); // trained with --weights <the .pth>
+    let cache = s.path("cache2");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cached = cache.join("efficientnet-lite0-57934424.safetensors");
+    iuf_backbone::fetch::convert_pth_file(&lite0_pth(), &cached).unwrap();
+    let image = data.join("fabric/test/good/000.png");
+    let predict = |out: &str| {
+        bare(
+            &s,
+            &cache,
+            &[
+                "predict".as_ref(),
+                "--model".as_ref(),
+                m.as_os_str(),
+                image.as_os_str(),
+                "--out".as_ref(),
+                s.path(out).as_os_str(),
+            ],
+        )
+    };
+    ok(&predict("p0"));
+    let good = std::fs::read(&cached).unwrap();
+    for how in DAMAGES {
+        std::fs::write(&cached, &good).unwrap();
+        damage(&cached, how);
+        let err = fails(&predict(&format!("p-{how}")));
+        assert!(
+            err.contains(&format!("delete {}", cached.display())) && err.contains("damaged"),
+            "{how}: {err}"
+        );
+        assert_tidy(&err);
+        assert!(
+            !s.path(&format!("p-{how}")).exists(),
+            "{how}: work was done"
+        );
+    }
+    // A model of an older iuf records the sha256 of the .pth file: still the same weights.
+    std::fs::write(&cached, &good).unwrap();
+    let mut old = iuf_model::load_model(&m, &candle_core::Device::Cpu).unwrap();
+    let pth_sha = iuf_backbone::fetch::sha256_hex(&std::fs::read(lite0_pth()).unwrap());
+    old.meta.extra["backbone_weights"] = serde_json::Value::String(pth_sha);
+    let state = old.state.clone();
+    iuf_model::save_model(&m, &old.varmap, &old.meta, &state).unwrap();
+    let o = predict("p-old");
+    ok(&o);
+    assert!(stderr(&o).contains("by a file's sha256"), "{}", stderr(&o));
+    // Other weights are refused with a tidy message.
+    let mut tensors = iuf_backbone::fetch::read_weights_file(&cached)
+        .unwrap()
+        .tensors;
+    tensors[0].1 = (&tensors[0].1 * 1.5).unwrap();
+    let other = s.path("other.safetensors");
+    iuf_backbone::fetch::write_safetensors(&tensors, &other).unwrap();
+    let err = fails(&bare(
+        &s,
+        &cache,
+        &[
+            "--weights".as_ref(),
+            other.as_os_str(),
+            "predict".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            image.as_os_str(),
+            "--out".as_ref(),
+            s.path("p-other").as_os_str(),
+        ],
+    ));
+    assert!(
+        err.contains("pass --weights with the file the model was trained with"),
+        "{err}"
+    );
+    assert_tidy(&err);
+}
+
+/// Guarantee (issue 14 item 10): a --cache-dir that is a file (or that cannot be written) is
+/// named before any work, with what is wrong; nothing is written there.
+#[test]
+fn a_cache_folder_that_is_a_file_or_read_only_is_named_before_any_work() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let file = s.path("cache-file");
+    std::fs::write(&file, b"user data").unwrap();
+    let out = s.path("m.safetensors");
+    let args: [&std::ffi::OsStr; 7] = [
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "fabric".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    let err = fails(&bare(&s, &file, &args));
+    assert!(
+        err.contains("--cache-dir") && err.contains("is a file, not a folder"),
+        "{err}"
+    );
+    assert!(!err.contains("PyPI"), "{err}");
+    assert_tidy(&err);
+    assert_eq!(std::fs::read(&file).unwrap(), b"user data");
+    assert!(!out.exists());
+    // A folder below a file cannot be created either.
+    let err = fails(&bare(&s, &file.join("sub"), &args));
+    assert!(
+        err.contains("--cache-dir") && err.contains("not a folder"),
+        "{err}"
+    );
+    // Read-only: root ignores permission bits, so this part only runs for other users.
+    use std::os::unix::fs::PermissionsExt;
+    let ro = s.path("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(ro.join("probe"), b"").is_err() {
+        let err = fails(&bare(&s, &ro, &args));
+        assert!(
+            err.contains("--cache-dir") && err.contains("cannot write"),
+            "{err}"
+        );
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Guarantees (issue 14 item 1): predict replaces no file it did not write in this run (a user's
+/// file where a heatmap or predictions.jsonl would go, the files of an earlier run) unless
+/// --overwrite; the check runs before any work; the panel may not be one of the run's own files.
+#[test]
+fn predict_replaces_no_file_it_did_not_write_in_this_run() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let image = data.join("fabric/test/good/000.png");
+    let out = s.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mine = out.join("000.png");
+    std::fs::write(&mine, b"the user's own picture").unwrap();
+    let predict = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--json".as_ref(),
+            "predict".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            image.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        s.iuf(args)
+    };
+    let err = fails(&predict(&[]));
+    assert!(
+        err.contains(&mine.display().to_string())
+            && err.contains("already exists")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_tidy(&err);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"the user's own picture");
+    assert!(!out.join("predictions.jsonl").exists(), "work was done");
+    // A predictions.jsonl of the user, too.
+    std::fs::remove_file(&mine).unwrap();
+    std::fs::write(out.join("predictions.jsonl"), b"mine").unwrap();
+    let err = fails(&predict(&[]));
+    assert!(err.contains("predictions.jsonl"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("predictions.jsonl")).unwrap(),
+        b"mine"
+    );
+    std::fs::remove_file(out.join("predictions.jsonl")).unwrap();
+    // A panel where this run's heatmap goes.
+    let panel = out.join("000.png");
+    let err = fails(&predict(&["--panel", panel.to_str().unwrap()]));
+    assert!(err.contains("--panel") && err.contains("heatmap"), "{err}");
+    // A clean run, then a second run into the same folder: refused, then allowed with --overwrite.
+    let o = predict(&[]);
+    ok(&o);
+    let first = json_lines(&o);
+    assert_eq!(first.len(), 1);
+    let err = fails(&predict(&[]));
+    assert!(err.contains("already exists"), "{err}");
+    ok(&predict(&["--overwrite"]));
+    // Every file there is one this run wrote, no temporaries left.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["000.png", "predictions.jsonl"]);
+}
+
+/// Guarantee (issue 14 item 2): no command writes its output over the weights file it reads,
+/// whichever command it is; refused before any work, the weights unchanged.
+#[test]
+fn no_command_writes_over_its_weights_file() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let weights = s.path("weights.pth");
+    std::fs::copy(lite0_pth(), &weights).unwrap();
+    let before = std::fs::read(&weights).unwrap();
+    let cache = s.path("cache");
+    let w = weights.as_os_str();
+    let runs: [Vec<&std::ffi::OsStr>; 3] = [
+        vec![
+            "--weights".as_ref(),
+            w,
+            "train".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "fabric".as_ref(),
+            "--out".as_ref(),
+            w,
+        ],
+        vec![
+            "--weights".as_ref(),
+            w,
+            "learn".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "mesh".as_ref(),
+            "--out".as_ref(),
+            w,
+        ],
+        vec![
+            "--weights".as_ref(),
+            w,
+            "eval".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            w,
+        ],
+    ];
+    for args in runs {
+        let err = fails(&bare(&s, &cache, &args));
+        assert!(err.contains("is the input --weights"), "{args:?}: {err}");
+        assert_tidy(&err);
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
+
+/// Guarantees: damaged images and masks given to predict are reported by name and skipped (or
+/// drawn without the outline) while the others are scored; a damaged training image stops train
+/// with its name before a model is written; no input is changed.
+#[test]
+fn damaged_images_and_masks_are_named_and_change_nothing() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let images = s.path("images");
+    let masks = s.path("masks");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    let crack = std::fs::read_dir(data.join("fabric/test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|t| t != "good")
+        .expect("a defect type");
+    for how in DAMAGES {
+        std::fs::copy(
+            data.join(format!("fabric/test/{crack}/000.png")),
+            images.join(format!("{how}.png")),
+        )
+        .unwrap();
+        std::fs::copy(
+            data.join(format!("fabric/ground_truth/{crack}/000_mask.png")),
+            masks.join(format!("{how}_mask.png")),
+        )
+        .unwrap();
+        damage(&masks.join(format!("{how}_mask.png")), how);
+    }
+    std::fs::copy(
+        data.join("fabric/test/good/000.png"),
+        images.join("intact.png"),
+    )
+    .unwrap();
+    for how in DAMAGES {
+        let img = images.join(format!("{how}-image.png"));
+        std::fs::copy(data.join("fabric/test/good/001.png"), &img).unwrap();
+        damage(&img, how);
+    }
+    let before = (snapshot(&images), snapshot(&masks));
+    let o = s.iuf([
+        "--json".as_ref(),
+        "predict".as_ref(),
+        "--model".as_ref(),
+        m.as_os_str(),
+        images.as_os_str(),
+        "--masks".as_ref(),
+        masks.as_os_str(),
+        "--out".as_ref(),
+        s.path("pred").as_os_str(),
+    ]);
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    for l in &lines {
+        let path = l["path"].as_str().unwrap();
+        let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+        if name.ends_with("-image.png") {
+            // A damaged image: reported by name, not scored.
+            assert!(l["score"].is_null(), "{name}: {l}");
+            assert!(l["error"].as_str().unwrap().contains(name), "{l}");
+        } else if name == "intact.png" {
+            assert!(l["score"].is_number() && l["error"].is_null(), "{l}");
+        } else {
+            // A damaged mask: the image is scored, the mask is named as the reason.
+            assert!(l["score"].is_number(), "{l}");
+            let e = l["error"].as_str().unwrap_or_else(|| panic!("{name}: {l}"));
+            assert!(
+                e.contains("_mask.png") && e.contains("without the outline"),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(
+        (snapshot(&images), snapshot(&masks)),
+        before,
+        "inputs changed"
+    );
+
+    // A damaged training image: train stops naming it, and writes no model.
+    let victim = data.join("mesh/train/good/000.png");
+    for how in DAMAGES {
+        let good = std::fs::read(&victim).unwrap();
+        damage(&victim, how);
+        let out = s.path(&format!("bad-{how}.safetensors"));
+        let o = s.iuf([
+            "train".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--classes".as_ref(),
+            "mesh".as_ref(),
+            "--preset".as_ref(),
+            "tiny".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+        let err = fails(&o);
+        assert!(err.contains("000.png"), "{how}: {err}");
+        assert_tidy(&err);
+        assert!(!out.exists(), "{how}");
+        std::fs::write(&victim, good).unwrap();
+    }
+}
+
+/// Guarantee: a damaged model file (truncated, one flipped bit, empty) is refused by every reader
+/// with its name and the fix, and is left as it is.
+#[test]
+fn damaged_model_files_are_named_and_left_alone() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let good = std::fs::read(&m).unwrap();
+    for how in DAMAGES {
+        std::fs::write(&m, &good).unwrap();
+        damage(&m, how);
+        let damaged = std::fs::read(&m).unwrap();
+        for args in [
+            vec!["info", "--model", m.to_str().unwrap()],
+            vec![
+                "eval",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ],
+        ] {
+            let err = fails(&s.iuf(&args));
+            assert!(
+                err.contains("m.safetensors") && err.contains("re-created"),
+                "{how} {args:?}: {err}"
+            );
+            assert_tidy(&err);
+        }
+        assert_eq!(
+            std::fs::read(&m).unwrap(),
+            damaged,
+            "{how}: the file was changed"
+        );
+    }
+}
+
+/// Guarantee (issue 14 item 4): damaged feature-cache entries (truncated, a flipped bit, emptied)
+/// are detected, recomputed and rewritten: eval gives the same numbers as with an intact cache.
+#[test]
+fn damaged_feature_cache_entries_are_recomputed() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let m = trained(&s, &data);
+    let eval = || {
+        let o = s.iuf([
+            "--json".as_ref(),
+            "eval".as_ref(),
+            "--model".as_ref(),
+            m.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ]);
+        ok(&o);
+        (json(&o), stderr(&o))
+    };
+    let (reference, _) = eval();
+    let entries: Vec<PathBuf> = snapshot(&s.path("cache/features"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert!(entries.len() >= 3, "{entries:?}");
+    for (i, e) in entries.iter().enumerate() {
+        damage(e, DAMAGES[i % 3]);
+    }
+    let (again, _) = eval();
+    let strip = |mut v: serde_json::Value| {
+        // Timings differ between runs; every metric must not.
+        if let Some(classes) = v["classes"].as_array_mut() {
+            for c in classes {
+                c.as_object_mut().unwrap().remove("seconds_per_image");
+            }
+        }
+        v
+    };
+    assert_eq!(strip(again.clone()), strip(reference), "{again}");
+    // Rewritten: a third run reads every entry back intact.
+    let (_, log) = eval();
+    assert!(!log.to_lowercase().contains("recomput"), "{log}");
+}
+
+/// Guarantee (issue 14 item 8 under kill -9): a bench killed at any point (inside step 0, between
+/// steps, inside step 1) and run again resumes to step models and metrics identical to an
+/// uninterrupted run's, and leaves no temporary file behind.
+#[test]
+fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
+    let s = Scratch::new();
+    let data = s.demo_data();
+    let bench = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iuf"));
+        c.arg("--weights")
+            .arg(lite0_pth())
+            .arg("--cache-dir")
+            .arg(s.path("cache"))
+            .args(["--threads", "2", "bench", "--data"])
+            .arg(&data)
+            .args([
+                "--protocol",
+                "fabric | mesh",
+                "--method",
+                "memory",
+                "--preset",
+                "tiny",
+            ])
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let whole = s.path("whole");
+    ok(&bench(&whole).output().unwrap());
+    let digests = |out: &Path| -> Vec<(String, String)> {
+        let dir = out.join("memory");
+        (0..2)
+            .map(|step| {
+                let bytes = std::fs::read(dir.join(format!("step-{step}.safetensors"))).unwrap();
+                // safetensors: an 8-byte little-endian header length, then the JSON header.
+                let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+                let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+                let h = &header["__metadata__"];
+                let results: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("results.json")).unwrap(),
+                )
+                .unwrap();
+                (
+                    h["iuf.sha256"].as_str().unwrap().to_string(),
+                    results["metrics"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let reference = digests(&whole);
+    // Kill points: as soon as the run folder exists (inside step 0), when step 0 is written
+    // (between the steps), and shortly after (inside step 1).
+    let points: [(&str, &str, u64); 3] = [
+        ("inside-0", "run.json", 0),
+        ("between", "step-0.json", 0),
+        ("inside-1", "step-0.json", 300),
+    ];
+    for (name, file, delay_ms) in points {
+        let out = s.path(name);
+        let mut child = bench(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let marker = out.join("memory").join(file);
+        let start = std::time::Instant::now();
+        while !marker.exists() && start.elapsed().as_secs() < 300 {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SIGKILL (Child::kill sends it on Unix).
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // The kill came before the end: otherwise this case would test nothing.
+        assert!(
+            !status.success(),
+            "{name}: the run finished before the kill"
+        );
+        assert!(
+            !out.join("memory/step-1.json").exists(),
+            "{name}: killed too late"
+        );
+        ok(&bench(&out).output().unwrap());
+        assert_eq!(digests(&out), reference, "{name}");
+        let temps: Vec<_> = snapshot(&out)
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(temps.is_empty(), "{name}: {temps:?}");
+    }
+}
