@@ -313,3 +313,24 @@ fn a_short_output_is_refused() {
         },
     );
 }
+
+#[test]
+fn scopes_nest_and_restore() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        assert_eq!(iuf_bf16::scoped(None, iuf_bf16::active), None);
+        return;
+    };
+    assert_eq!(iuf_bf16::active(), None);
+    let (g1, inner) = iuf_bf16::scoped(Some(cpu), || {
+        let g = iuf_bf16::generation().unwrap();
+        let inner = iuf_bf16::scoped(None, iuf_bf16::active);
+        assert_eq!(iuf_bf16::active(), Some(cpu));
+        // A nested bf16 scope keeps the outer generation.
+        assert_eq!(iuf_bf16::scoped(Some(cpu), iuf_bf16::generation), Some(g));
+        (g, inner)
+    });
+    assert_eq!(inner, None);
+    assert_eq!(iuf_bf16::active(), None);
+    let g2 = iuf_bf16::scoped(Some(cpu), || iuf_bf16::generation().unwrap());
+    assert_ne!(g1, g2, "a new outermost scope must get a new generation");
+}
