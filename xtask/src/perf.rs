@@ -107,6 +107,58 @@ fn matmul_peak_gflops(dev: &Device, runs: usize) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / secs / 1e9)
 }
 
+/// GFLOP/s of a 2048^3 bf16 product (iuf-bf16, B packed once, A converted each time).
+fn bf16_matmul_gflops(cpu: iuf_bf16::Bf16Cpu, runs: usize) -> Result<f64> {
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let b = iuf_bf16::PackedB::pack(n, n, &a, (n, 1));
+    let mut c = vec![0f32; n * n];
+    let secs = median_secs(1, runs, || {
+        let lhs = iuf_bf16::Lhs {
+            data: &a,
+            rs: n,
+            cs: 1,
+        };
+        cpu.matmul_par(
+            n,
+            lhs,
+            &b,
+            iuf_bf16::Out {
+                data: &mut c,
+                rs: n,
+            },
+        );
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / secs / 1e9)
+}
+
+/// Inference (batch and batch 1) with bf16 products, in one inference scope (the weights are
+/// packed once, in the first warmup run).
+fn measure_bf16(
+    cpu: iuf_bf16::Bf16Cpu,
+    cfg: &TransformerConfig,
+    args: &Args,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let varmap = VarMap::new();
+    let model = Transformer::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let x = Tensor::rand(0f32, 1f32, (args.batch, cfg.in_channels, 14, 14), dev)?;
+    let x1 = x.narrow(0, 0, 1)?.contiguous()?;
+    iuf_bf16::scoped(Some(cpu), || {
+        let infer = |input: &Tensor| {
+            let out = model.forward(input, &mut Mode::Eval)?;
+            out.pred.to_device(&Device::Cpu)?;
+            Ok(())
+        };
+        let batch_s = median_secs(args.warmup, args.runs, || infer(&x))?;
+        let b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&x1))?;
+        Ok((batch_s, b1_s))
+    })
+}
+
 struct CandleNumbers {
     train_step_s: f64,
     infer_batch_s: f64,
@@ -190,6 +242,22 @@ pub fn run(args: Args) -> Result<()> {
     let peak = matmul_peak_gflops(&dev, args.runs)?;
     eprintln!("measuring candle (batch {}) ...", args.batch);
     let c = measure_candle(&cfg, &args, &dev)?;
+    // bf16 inference (training is always f32), where the CPU has AVX-512 BF16.
+    let bf16 = match iuf_bf16::Bf16Cpu::detect() {
+        Some(cpu) => {
+            eprintln!(
+                "measuring bf16 ({} kernel) ...",
+                if cpu.amx() { "AMX" } else { "AVX-512" }
+            );
+            let peak = bf16_matmul_gflops(cpu, args.runs)?;
+            let (batch_s, b1_s) = measure_bf16(cpu, &cfg, &args, &dev)?;
+            Some((cpu, peak, batch_s, b1_s))
+        }
+        None => {
+            eprintln!("no avx512bf16 on this CPU: bf16 skipped");
+            None
+        }
+    };
     let batch = args.batch as f64;
     let train_ips = batch / c.train_step_s;
     let infer_ips = batch / c.infer_batch_s;
@@ -261,6 +329,29 @@ pub fn run(args: Args) -> Result<()> {
         tv("infer_b1_ms"),
         false,
     );
+    if let Some((_, _, batch_s, b1_s)) = bf16 {
+        row(
+            "bf16 inference images/s",
+            batch / batch_s,
+            tv("infer_images_per_s"),
+            true,
+        );
+        row(
+            "bf16 inference batch-1 ms",
+            b1_s * 1e3,
+            tv("infer_b1_ms"),
+            false,
+        );
+    }
+    if let Some((cpu, bf16_peak, batch_s, _)) = bf16 {
+        println!(
+            "bf16 2048^3 product ({}): {:.1} GFLOP/s ({:.2}x the f32 matmul); bf16 inference at {:.0}% of it",
+            if cpu.amx() { "AMX" } else { "AVX-512" },
+            bf16_peak,
+            bf16_peak / peak,
+            100.0 * batch / batch_s * flops_fwd / 1e9 / bf16_peak
+        );
+    }
     println!(
         "fraction of matmul peak: training {:.0}%, inference {:.0}%",
         100.0 * train_frac,
@@ -272,7 +363,19 @@ pub fn run(args: Args) -> Result<()> {
 
     if let Some(path) = &args.json {
         let ratio = |ours: f64, k: &str| tv(k).map(|t| ours / t);
-        let report = json!({
+        let bf16_json = bf16.map(|(cpu, bf16_peak, batch_s, b1_s)| {
+            json!({
+                "bf16_kernel": if cpu.amx() { "amx" } else { "avx512" },
+                "bf16_matmul_gflops": bf16_peak,
+                "bf16_infer_images_per_s": batch / batch_s,
+                "bf16_infer_batch_s": batch_s,
+                "bf16_infer_b1_ms": b1_s * 1e3,
+                "bf16_infer_speedup_vs_torch": ratio(batch / batch_s, "infer_images_per_s"),
+                "bf16_infer_b1_speedup_vs_torch": tv("infer_b1_ms").map(|t| t / (b1_s * 1e3)),
+                "bf16_infer_speedup_vs_f32": c.infer_batch_s / batch_s,
+            })
+        });
+        let mut report = json!({
             "train_images_per_s": train_ips,
             "infer_images_per_s": infer_ips,
             "infer_b1_ms": c.infer_b1_s * 1e3,
@@ -296,6 +399,10 @@ pub fn run(args: Args) -> Result<()> {
             "load_average_before": load_before,
             "load_average_after": load_after,
         });
+        // bf16 figures under their own keys (absent on CPUs without AVX-512 BF16).
+        if let (Some(Value::Object(extra)), Some(obj)) = (bf16_json, report.as_object_mut()) {
+            obj.extend(extra);
+        }
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -300,6 +300,38 @@ pub struct ConfigArgs {
     /// Seed of every random draw (overrides the preset).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
+}
+
+/// `--precision`, on every command that runs a model.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PrecisionArg {
+    /// Arithmetic of inference: `f32`, `bf16` (bf16 products with f32 accumulation; needs a CPU
+    /// with AVX-512 BF16) or `auto` (bf16 where the CPU has it). Learning is always f32. Default:
+    /// the model's configuration (f32 unless set).
+    #[arg(long, value_name = "f32|bf16|auto")]
+    pub precision: Option<iuf_model::Precision>,
+}
+
+impl PrecisionArg {
+    /// Sets the precision of a configuration; `bf16` on a CPU without it is an error.
+    pub fn apply_to_config(&self, cfg: &mut TrainConfig) -> Result<()> {
+        if let Some(p) = self.precision {
+            p.resolve().context("--precision")?;
+            cfg.precision = p;
+        }
+        Ok(())
+    }
+
+    /// Sets the precision a loaded model runs inference with (not saved unless the command saves
+    /// the model anyway); `bf16` on a CPU without it is an error.
+    pub fn apply(&self, learner: &mut Learner) -> Result<()> {
+        if let Some(p) = self.precision {
+            learner.set_precision(p).context("--precision")?;
+        }
+        Ok(())
+    }
 }
 
 /// The training configuration the flags describe, for a backbone of `in_channels` and room for
@@ -340,6 +372,7 @@ pub fn train_config(a: &ConfigArgs, in_channels: usize, num_classes: usize) -> R
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
+    a.precision.apply_to_config(&mut cfg)?;
     cfg.check()
         .context("the training configuration is invalid; fix the flags or the --config file")?;
     Ok(cfg)

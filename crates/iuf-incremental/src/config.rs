@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use iuf_model::{MemoryConfig, ModelConfig, OasaMode};
+use iuf_model::{MemoryConfig, ModelConfig, OasaMode, Precision};
 
 use crate::error::{Error, Result};
 use crate::gaussian::GaussianConfig;
@@ -305,6 +305,10 @@ pub struct TrainConfig {
     /// How the maps of several scorers are combined (methods with a memory).
     #[serde(default)]
     pub fusion: FusionConfig,
+    /// How inference multiplies (evaluation and prediction; learning, calibration included, is
+    /// always f32): `f32` (default), `bf16` (an error on a CPU without AVX-512 BF16) or `auto`.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Weights of the per-object normalised maps in the fused map (section 10: each scorer's map minus
@@ -377,6 +381,7 @@ impl TrainConfig {
             memory: MemoryConfig::default(),
             gaussian: GaussianConfig::default(),
             fusion: FusionConfig::default(),
+            precision: Precision::default(),
         }
     }
 

@@ -319,6 +319,15 @@ impl Learner {
         Ok(())
     }
 
+    /// How inference multiplies from now on (evaluation and prediction; learning stays f32).
+    /// `Bf16` on a CPU without AVX-512 BF16 is an error and changes nothing.
+    pub fn set_precision(&mut self, precision: iuf_model::Precision) -> Result<()> {
+        precision.resolve()?;
+        self.cfg.precision = precision;
+        self.state.train_config.precision = precision;
+        Ok(())
+    }
+
     /// Model metadata: config, backbone, classes, learned classes and their steps, thresholds.
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
@@ -604,7 +613,10 @@ impl Learner {
                 self.state.norms.insert(c.clone(), norms);
             }
         }
-        let pred = self.predict_images(holdout.features, holdout.memory, &NoProgress)?;
+        // Calibration is part of learning: f32 whatever the inference precision.
+        let pred = iuf_bf16::scoped(None, || {
+            self.predict_images_in_scope(holdout.features, holdout.memory, None, &NoProgress)
+        })?;
         for c in classes {
             let id = self.class_id(c).expect("checked in learn_step");
             let scores: Vec<f32> = holdout
@@ -676,6 +688,21 @@ impl Learner {
     /// [`Learner::predict_images`] with every image's object given (`Some`) instead of
     /// recognised: its memory and normalisation are used whatever the image shows.
     pub fn predict_images_as(
+        &self,
+        features: &Tensor,
+        memory: Option<&Tensor>,
+        object: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        let cpu = self.cfg.precision.resolve()?;
+        iuf_bf16::scoped(cpu, || {
+            self.predict_images_in_scope(features, memory, object, progress)
+        })
+    }
+
+    /// [`Learner::predict_images_as`] in the precision of the caller's `iuf_bf16` scope (f32
+    /// outside one).
+    fn predict_images_in_scope(
         &self,
         features: &Tensor,
         memory: Option<&Tensor>,

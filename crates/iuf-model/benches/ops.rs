@@ -139,11 +139,70 @@ fn bench_linear(c: &mut Criterion) {
     group.finish();
 }
 
+/// bf16 products (iuf-bf16: AVX-512 `vdpbf16ps` and, where present, AMX `tdpbf16ps`; B packed once outside the timing, A converted inside)
+/// against candle's f32 matmul (gemm's AVX-512 kernels, its own threading), both on the rayon pool,
+/// A/B in one run. Shapes: 2048^3, the FFN's [1568, 256] x [256, 1024] and [1568, 1024] x
+/// [1024, 256], the 256-wide projections at batch 8 and 1. Throughput is in FLOP (2 per
+/// multiply-add): criterion's "elem/s" reads as FLOP/s.
+fn bench_matmul_bf16(c: &mut Criterion) {
+    let Some(cpu) = iuf_bf16::Bf16Cpu::detect() else {
+        eprintln!("matmul_bf16: no avx512bf16 on this CPU, skipped");
+        return;
+    };
+    let dev = Device::Cpu;
+    let shapes: [(usize, usize, usize); 6] = [
+        (2048, 2048, 2048),
+        (1568, 1024, 256),
+        (1568, 256, 1024),
+        (1568, 256, 256),
+        (196, 256, 256),
+        (196, 1024, 256),
+    ];
+    for (m, n, k) in shapes {
+        let mut group = c.benchmark_group(format!("matmul_{m}x{k}x{n}"));
+        group.sample_size(if m * n * k > 1 << 30 { 10 } else { 30 });
+        group.throughput(criterion::Throughput::Elements((2 * m * n * k) as u64));
+        let a = Tensor::randn(0f32, 1f32, (m, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1f32, (k, n), &dev).unwrap();
+        group.bench_function("f32_candle", |bench| bench.iter(|| a.matmul(&b).unwrap()));
+        let av = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bv = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let packed = iuf_bf16::PackedB::pack(k, n, &bv, (n, 1));
+        let mut out = vec![0f32; m * n];
+        let mut kernels = vec![("bf16_avx512", cpu.without_amx())];
+        if cpu.amx() {
+            kernels.push(("bf16_amx", cpu));
+        }
+        for (name, cpu) in kernels {
+            group.bench_function(name, |bench| {
+                bench.iter(|| {
+                    let lhs = iuf_bf16::Lhs {
+                        data: &av,
+                        rs: k,
+                        cs: 1,
+                    };
+                    cpu.matmul_par(
+                        m,
+                        lhs,
+                        &packed,
+                        iuf_bf16::Out {
+                            data: &mut out,
+                            rs: n,
+                        },
+                    );
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group!(
     benches,
     bench_layer_norm,
     bench_softmax,
     bench_attention,
-    bench_linear
+    bench_linear,
+    bench_matmul_bf16
 );
 criterion_main!(benches);

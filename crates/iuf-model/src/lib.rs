@@ -14,6 +14,7 @@ pub mod memory;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod precision;
 pub mod random;
 pub mod reference;
 pub mod transformer;
@@ -30,5 +31,6 @@ pub use file::{
 pub use map::{anomaly_map, gaussian_blur, image_scores, MAP_STRIDE, SCORE_POOL};
 pub use memory::{MemoryConfig, PatchMemory};
 pub use model::{IufModel, ModelOutput};
+pub use precision::Precision;
 pub use random::Mode;
 pub use transformer::{Transformer, TransformerOutput};

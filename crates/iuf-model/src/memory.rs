@@ -102,6 +102,9 @@ pub struct PatchMemory {
     bank: Tensor,
     /// `|m|^2` of every row, `[M]`.
     norms: Tensor,
+    /// `bank^T` in bf16 for inference scopes (`iuf_bf16::scoped`), packed on first use (the bank
+    /// never changes).
+    packed: std::sync::Arc<std::sync::OnceLock<iuf_bf16::PackedB>>,
 }
 
 impl PatchMemory {
@@ -117,7 +120,11 @@ impl PatchMemory {
         }
         let bank = bank.to_dtype(DType::F32)?.contiguous()?;
         let norms = bank.sqr()?.sum(1)?;
-        Ok(Self { bank, norms })
+        Ok(Self {
+            bank,
+            norms,
+            packed: Default::default(),
+        })
     }
 
     /// Selects the memory of one object from its good images' features `[N, C, h, w]`.
@@ -217,7 +224,21 @@ impl PatchMemory {
         let q = patches_of(features)?;
         let d2 = if q.device().is_cpu() && self.bank.device().is_cpu() {
             let rows = b * h * w;
-            let v = nearest_sq_cpu(&q, &self.bank, &self.norms, rows, c)?;
+            let v = match iuf_bf16::active() {
+                Some(cpu) => {
+                    let packed = match self.packed.get() {
+                        Some(p) => p,
+                        None => {
+                            let p = with_f32(&self.bank, "memory bank", |bd| {
+                                Ok(iuf_bf16::PackedB::pack(c, self.len(), bd, (1, c)))
+                            })?;
+                            self.packed.get_or_init(|| p)
+                        }
+                    };
+                    nearest_sq_bf16(cpu, &q, &self.bank, packed, &self.norms, rows, c)?
+                }
+                None => nearest_sq_cpu(&q, &self.bank, &self.norms, rows, c)?,
+            };
             Tensor::from_vec(v, rows, &Device::Cpu)?
         } else {
             // Any other device: the same products as candle ops, in query blocks.
@@ -293,6 +314,82 @@ fn nearest_sq_cpu(
         })
     })?;
     Ok(out)
+}
+
+/// [`nearest_sq_cpu`] with the products `q . m` in bf16 (f32 accumulation) to find each query's
+/// nearest memory patch, whose squared distance is then computed exactly in f32 from the f32
+/// features: a bf16 rounding can at worst pick a patch almost as near as the nearest, never
+/// report a distance to no patch.
+fn nearest_sq_bf16(
+    cpu: iuf_bf16::Bf16Cpu,
+    q: &Tensor,
+    bank: &Tensor,
+    packed: &iuf_bf16::PackedB,
+    norms: &Tensor,
+    rows: usize,
+    c: usize,
+) -> Result<Vec<f32>> {
+    let m = bank.dim(0)?;
+    let mut out = vec![0f32; rows];
+    with_f32(q, "memory query", |qd| {
+        with_f32(bank, "memory bank", |bd| {
+            with_f32(norms, "memory norms", |nd| {
+                out.par_chunks_mut(QUERY_BLOCK).enumerate().for_each_init(
+                    || vec![0f32; QUERY_BLOCK * m],
+                    |buf, (bi, dst)| {
+                        let r0 = bi * QUERY_BLOCK;
+                        let len = dst.len();
+                        let qb = &qd[r0 * c..(r0 + len) * c];
+                        let lhs = iuf_bf16::Lhs {
+                            data: qb,
+                            rs: c,
+                            cs: 1,
+                        };
+                        cpu.matmul(len, lhs, packed, iuf_bf16::Out { data: buf, rs: m });
+                        for (i, o) in dst.iter_mut().enumerate() {
+                            let j = argmin_norm_minus_twice(&buf[i * m..(i + 1) * m], nd);
+                            let qi = &qb[i * c..(i + 1) * c];
+                            let mj = &bd[j * c..(j + 1) * c];
+                            *o = qi.iter().zip(mj).map(|(x, y)| (x - y) * (x - y)).sum();
+                        }
+                    },
+                );
+                Ok(())
+            })
+        })
+    })?;
+    Ok(out)
+}
+
+/// `argmin_j (norms[j] - 2 dots[j])` (the first on ties), in 16 lanes so it vectorises.
+fn argmin_norm_minus_twice(dots: &[f32], norms: &[f32]) -> usize {
+    let mut best = [f32::INFINITY; 16];
+    let mut at = [0u32; 16];
+    let mut dc = dots.chunks_exact(16);
+    let mut nc = norms.chunks_exact(16);
+    for (chunk, (d, n)) in (&mut dc).zip(&mut nc).enumerate() {
+        for l in 0..16 {
+            let v = n[l] - 2.0 * d[l];
+            if v < best[l] {
+                best[l] = v;
+                at[l] = (chunk * 16 + l) as u32;
+            }
+        }
+    }
+    let (mut b, mut j) = (f32::INFINITY, 0usize);
+    for l in 0..16 {
+        if best[l] < b || (best[l] == b && (at[l] as usize) < j) {
+            (b, j) = (best[l], at[l] as usize);
+        }
+    }
+    let tail = dots.len() - dc.remainder().len();
+    for (t, (d, n)) in dc.remainder().iter().zip(nc.remainder()).enumerate() {
+        let v = n - 2.0 * d;
+        if v < b {
+            (b, j) = (v, tail + t);
+        }
+    }
+    j
 }
 
 /// `min_j (norms[j] - 2 dots[j])`, in 16 independent lanes so it vectorises.

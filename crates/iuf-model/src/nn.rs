@@ -25,6 +25,8 @@ pub(crate) fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// The weight in bf16 for inference scopes (`iuf_bf16::scoped`), packed on first use in each.
+    packed: ops::PackedWeight,
 }
 
 impl Linear {
@@ -41,21 +43,33 @@ impl Linear {
     ) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed: ops::PackedWeight::default(),
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::linear(
-            x,
-            &self.weight,
-            &self.bias,
-            Activation::Identity,
-        )?)
+        self.forward_act(x, Activation::Identity)
     }
 
     /// `relu(x W^T + b)` (the FFN's first layer), fused on the CPU.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::linear(x, &self.weight, &self.bias, Activation::Relu)?)
+        self.forward_act(x, Activation::Relu)
+    }
+
+    /// f32 (`ops::linear`), or inside a bf16 inference scope on the CPU, bf16 products with the
+    /// weight packed once per scope.
+    fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if let (Some(cpu), Some(generation)) = (iuf_bf16::active(), iuf_bf16::generation()) {
+            if x.device().is_cpu() && self.weight.device().is_cpu() {
+                let packed = self.packed.get(generation, &self.weight)?;
+                let x = x.to_dtype(candle_core::DType::F32)?;
+                return Ok(ops::linear_bf16(cpu, &x, &packed, &self.bias, act)?);
+            }
+        }
+        Ok(ops::linear(x, &self.weight, &self.bias, act)?)
     }
 }
 

@@ -8,6 +8,7 @@
 //! reference the fused ops are tested against.
 
 mod attention;
+mod bf16;
 mod dropout;
 pub(crate) mod fused;
 mod kernels;
@@ -18,6 +19,7 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::AttentionDropout;
+pub use bf16::{linear_bf16, PackedWeight};
 pub use linear::Activation;
 
 /// Layer norm over the last dimension with affine weight and bias, differentiable in all inputs.

@@ -32,6 +32,8 @@ pub struct DemoArgs {
     /// A seconds-long version for tests: tiny images, the `tiny` preset, one epoch per step.
     #[arg(long, hide = true)]
     pub quick: bool,
+    #[command(flatten)]
+    pub precision: setup::PrecisionArg,
 }
 
 /// The demo dataset: three procedural objects, 224-pixel images (the model's input size).
@@ -140,7 +142,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
             remove_run(&a.out.join(m.name()))?;
         }
     }
-    let config = if a.quick {
+    let mut config = if a.quick {
         let mut c = TrainConfig::tiny(loaded.backbone.out_channels(), classes.len());
         c.base.epochs = 1;
         c.incremental.epochs = 1;
@@ -149,6 +151,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     } else {
         demo_config(loaded.backbone.out_channels(), classes.len())
     };
+    a.precision.apply_to_config(&mut config)?;
     let store = setup::feature_store(g, loaded, 224, &device)?;
     progress::status(
         quiet,
@@ -178,7 +181,8 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     let mut panels = Vec::new();
     for m in &methods {
         let model = step_model_path(&a.out.join(m.name()), last);
-        let learner = setup::load_model(&model, &device)?;
+        let mut learner = setup::load_model(&model, &device)?;
+        a.precision.apply(&mut learner)?;
         let out_dir = a.out.join("heatmaps").join(m.name());
         let predictor = Predictor {
             learner: &learner,

@@ -31,6 +31,8 @@ pub struct EvalArgs {
     /// Also write the JSON result to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub precision: setup::PrecisionArg,
 }
 
 /// The mean of every metric over the objects.
@@ -57,7 +59,8 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
         setup::check_writable("--out", out, false)?;
     }
     let device = setup::device(g)?;
-    let learner = setup::load_model(&a.model, &device)?;
+    let mut learner = setup::load_model(&a.model, &device)?;
+    a.precision.apply(&mut learner)?;
     let data = setup::dataset(&a.data)?;
     let learned = learner.learned_classes();
     let classes = match &a.classes {

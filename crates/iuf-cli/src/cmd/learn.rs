@@ -32,6 +32,8 @@ pub struct LearnArgs {
     /// hard new object better learned; the old objects stay protected by the model's method.
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
+    #[command(flatten)]
+    pub precision: setup::PrecisionArg,
 }
 
 pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
@@ -49,6 +51,7 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
     setup::check_writable("--out", &a.out, false)?;
     let device = setup::device(g)?;
     let mut learner = setup::load_model(&a.model, &device)?;
+    a.precision.apply(&mut learner)?;
     let data = setup::dataset(&a.data)?;
     let known = learner.learned_classes();
     let classes = match &a.classes {

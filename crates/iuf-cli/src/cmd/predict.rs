@@ -66,6 +66,8 @@ pub struct PredictArgs {
     /// before any work, naming the file.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub precision: setup::PrecisionArg,
 }
 
 /// One image to score.
@@ -454,7 +456,8 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         setup::check_writable("--panel", panel, false)?;
     }
     let device = setup::device(g)?;
-    let learner = setup::load_model(&a.model, &device)?;
+    let mut learner = setup::load_model(&a.model, &device)?;
+    a.precision.apply(&mut learner)?;
     let quantile = a.quantile.unwrap_or(learner.config().calibration.quantile);
     if !(0.0..=1.0).contains(&quantile) {
         bail!("--quantile must lie in [0, 1]; found {quantile}");

@@ -72,6 +72,8 @@ pub struct ServeArgs {
     /// Reload the model when its file changes (checked every second).
     #[arg(long)]
     pub watch: bool,
+    #[command(flatten)]
+    pub precision: setup::PrecisionArg,
 }
 
 /// What every handler shares.
@@ -82,6 +84,7 @@ struct AppState {
     token: Option<String>,
     global: Global,
     device: Device,
+    precision: setup::PrecisionArg,
     path: PathBuf,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -117,7 +120,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     }
     let device = setup::device(g)?;
     let t = Instant::now();
-    let served = model::load(g, &a.model, &device, None)?;
+    let served = model::load(g, &a.model, &device, &a.precision, None)?;
     let metrics = Arc::new(Metrics::new());
     metrics.serving(&a.model.display().to_string(), &served.sha256);
     eprintln!(
@@ -144,6 +147,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         token: a.token.clone().filter(|t| !t.is_empty()),
         global: g.clone(),
         device,
+        precision: a.precision,
         path: a.model.clone(),
         reloading: Mutex::new(()),
         started: SystemTime::now(),
@@ -444,7 +448,13 @@ async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
     let current = s.model.load_full();
     let state = s.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        model::load(&state.global, &state.path, &state.device, Some(&current))
+        model::load(
+            &state.global,
+            &state.path,
+            &state.device,
+            &state.precision,
+            Some(&current),
+        )
     })
     .await;
     let previous = s.model.load().sha256.clone();

@@ -9,7 +9,7 @@ use iuf_incremental::Learner;
 use serde_json::Value;
 
 use crate::inspect::Inspector;
-use crate::setup::{self, LoadedBackbone};
+use crate::setup::{self, LoadedBackbone, PrecisionArg};
 use crate::Global;
 
 /// A model file loaded with its backbone; immutable once built. Requests take an `Arc` of the
@@ -34,9 +34,16 @@ fn file_sha256(path: &Path) -> Result<String> {
 /// Loads and checks `path`: a readable model whose digests hold, which has learned at least one
 /// object, with backbone weights it was trained on. `current` lends its backbone when the weights
 /// are the same.
-pub fn load(g: &Global, path: &Path, device: &Device, current: Option<&Served>) -> Result<Served> {
+pub fn load(
+    g: &Global,
+    path: &Path,
+    device: &Device,
+    precision: &PrecisionArg,
+    current: Option<&Served>,
+) -> Result<Served> {
     let before = file_sha256(path)?;
-    let learner = setup::load_model(path, device)?;
+    let mut learner = setup::load_model(path, device)?;
+    precision.apply(&mut learner)?;
     let variant = setup::model_backbone(&learner, path)?;
     let backbone = match current {
         Some(c)

@@ -1,0 +1,695 @@
+//! bf16 x bf16 -> f32 matrix products on CPUs with AVX-512 BF16 (`vdpbf16ps`).
+//!
+//! `C [m, n] = A [m, k] B [k, n]` with both inputs rounded to bf16 (round to nearest even) and every
+//! product accumulated in f32. One `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32
+//! lanes, twice the multiply-adds of an f32 FMA, so on the same hardware the peak is twice f32's.
+//! Neither candle 0.11 (its bf16 matmul widens to f32) nor gemm 0.19 (f16 only, no bf16 kernel) uses
+//! this instruction.
+//!
+//! Layouts: `vdpbf16ps` works on pairs of consecutive `k` (one 32-bit lane holds `x[2p]` in its low
+//! half and `x[2p + 1]` in its high half). [`PackedB`] holds the right operand as panels of
+//! [`NR`] columns, each `k / 2` (rounded up) rows of 32 lanes: pack it once (at load time for weights).
+//! The left operand is converted and packed block by block during the product, from f32 with any
+//! strides (its cost is `1 / n` of the multiply-adds).
+//! Odd `k` is padded with a zero pair half; rows and columns past the tile are padded with zeros and
+//! never stored.
+//!
+//! Tiling: a 14 x 32 register tile (28 accumulators), `k` in blocks of [`KC`] pairs (the B panel,
+//! 16 KiB, stays in L1 while the A micro-panels of one row block stream from L2), rows in blocks of
+//! [`MC`]. [`matmul_par`] splits the rows over the rayon pool, one single-threaded product per block.
+//!
+//! Everything needs a [`Bf16Cpu`] token, which only [`Bf16Cpu::detect`] makes, and only when the CPU
+//! has `avx512f` and `avx512bf16`: the unsafe kernel is unreachable elsewhere.
+
+use std::cell::RefCell;
+
+/// Rows of the register tile.
+pub const MR: usize = 14;
+/// Columns of the register tile (two 16-lane vectors).
+pub const NR: usize = 32;
+/// Pairs of `k` per block.
+pub const KC: usize = 128;
+/// Rows per block of the left operand (whole micro-panels).
+pub const MC: usize = 14 * MR;
+
+/// Proof that this CPU runs the bf16 kernels (x86-64 with AVX-512 F and BF16), and whether it also
+/// runs the AMX one (AMX-TILE and AMX-BF16, with the kernel's permission to use the tile state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Cpu {
+    amx: bool,
+}
+
+impl Bf16Cpu {
+    /// The token when the CPU supports the kernel, `None` elsewhere (other CPUs, other arches).
+    /// The first call asks Linux for the AMX tile state (once per process).
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bf16")
+            {
+                static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                let amx = *AMX.get_or_init(amx::enable);
+                return Some(Self { amx });
+            }
+        }
+        None
+    }
+
+    /// Whether products run on AMX tiles (`tdpbf16ps`) rather than AVX-512 (`vdpbf16ps`).
+    pub fn amx(self) -> bool {
+        self.amx
+    }
+
+    /// The same CPU, restricted to the AVX-512 kernel (tests and benchmarks of that kernel).
+    pub fn without_amx(self) -> Self {
+        Self { amx: false }
+    }
+}
+
+thread_local! {
+    /// The bf16 scope of this thread: the kernel token and the scope's generation.
+    static SCOPE: std::cell::Cell<Option<(Bf16Cpu, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Outermost scopes opened so far (process-wide).
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `f` with bf16 inference on (`Some`) or off (`None`) for the code that asks [`active`] on
+/// this thread (the model's linear layers, the backbone's pointwise convolutions, the patch
+/// memory's distance products), and restores the previous setting afterwards (also on panic).
+///
+/// A scope is for inference: the weights must not change inside it. Layers may keep bf16 copies
+/// of their weights tagged with the scope's [`generation`] and reuse them only within that scope,
+/// so weights trained between two scopes are packed again.
+pub fn scoped<R>(cpu: Option<Bf16Cpu>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<(Bf16Cpu, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|s| s.set(self.0));
+        }
+    }
+    let prev = SCOPE.with(|s| s.get());
+    let next = cpu.map(|c| match prev {
+        Some((_, g)) => (c, g),
+        None => (
+            c,
+            GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        ),
+    });
+    let _restore = Restore(prev);
+    SCOPE.with(|s| s.set(next));
+    f()
+}
+
+/// The kernel when this thread is inside a bf16 [`scoped`] call.
+pub fn active() -> Option<Bf16Cpu> {
+    SCOPE.with(|s| s.get()).map(|(c, _)| c)
+}
+
+/// The generation of this thread's bf16 scope (unique per outermost scope), `None` outside one.
+pub fn generation() -> Option<u64> {
+    SCOPE.with(|s| s.get()).map(|(_, g)| g)
+}
+
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN), as `vcvtne2ps2bf16` does for normal
+/// numbers. (The instruction also flushes f32 subnormals to zero; they are below bf16's precision
+/// relative to any normal operand, so the packed weights and the packed activations agree to within
+/// that.)
+pub fn f32_to_bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits -> f32 (exact).
+pub fn bf16_bits_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `x` rounded to bf16 and back (the value the kernel multiplies).
+pub fn round_bf16(x: f32) -> f32 {
+    bf16_bits_to_f32(f32_to_bf16_bits(x))
+}
+
+fn pair(lo: f32, hi: f32) -> u32 {
+    f32_to_bf16_bits(lo) as u32 | (f32_to_bf16_bits(hi) as u32) << 16
+}
+
+/// Checks that `len` elements cover a `rows x cols` matrix with strides `(rs, cs)`.
+fn check_cover(what: &str, len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last < len,
+        "iuf-bf16: {what} [{rows}, {cols}] with strides ({rs}, {cs}) needs {} elements, found {len}",
+        last + 1
+    );
+}
+
+/// The right operand `B [k, n]` in bf16, pair-interleaved in panels of [`NR`] columns.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    /// Pairs per panel: `ceil(k / 2)` rounded up to a multiple of [`KT`] (zero pairs past k).
+    kpp: usize,
+    /// Panel `j`, pair `p`, lane `c`: at `(j * kpp + p) * NR + c`.
+    data: Vec<u32>,
+}
+
+/// Pairs of `k` per AMX tile (16 rows of 64 bytes).
+pub const KT: usize = 16;
+
+impl PackedB {
+    /// Packs `B[kk][col] = src[kk * rs + col * cs]`. A linear layer's weight `W [out, in]` is
+    /// `B = W^T` with `(rs, cs) = (1, in)`. Panics if `src` is too short.
+    pub fn pack(k: usize, n: usize, src: &[f32], (rs, cs): (usize, usize)) -> Self {
+        check_cover("B", src.len(), (k, n), (rs, cs));
+        let kpp = k.div_ceil(2).next_multiple_of(KT);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u32; panels * kpp * NR];
+        let at = |kk: usize, col: usize| {
+            if kk < k {
+                src[kk * rs + col * cs]
+            } else {
+                0.0
+            }
+        };
+        let kp = k.div_ceil(2);
+        for (j, panel) in data.chunks_mut(kpp * NR).enumerate() {
+            let cols = (n - j * NR).min(NR);
+            for (p, lanes) in panel.chunks_mut(NR).take(kp).enumerate() {
+                for (c, lane) in lanes[..cols].iter_mut().enumerate() {
+                    let col = j * NR + c;
+                    *lane = pair(at(2 * p, col), at(2 * p + 1, col));
+                }
+            }
+        }
+        Self { k, n, kpp, data }
+    }
+
+    /// Rows of B (the inner dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of B (of the product).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// The left operand: f32 `A [m, k]`, `A[i][kk] = data[i * rs + kk * cs]`, converted to bf16 and
+/// packed block by block during the product.
+#[derive(Debug, Clone, Copy)]
+pub struct Lhs<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// The output `C [m, n]`: `data[row * rs + col]` (columns contiguous).
+pub struct Out<'a> {
+    pub data: &'a mut [f32],
+    pub rs: usize,
+}
+
+thread_local! {
+    /// Scratch for the packed A block (reused, so no page faults per call).
+    static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Bf16Cpu {
+    /// `C = A B` (overwriting C), single-threaded. `m` rows; `k` and `n` come from `b`. Panics
+    /// when a slice is too short for its shape and strides.
+    pub fn matmul(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
+        self.matmul_rows(0..m, a, b, c)
+    }
+
+    /// [`Bf16Cpu::matmul`] with the rows split over the rayon pool (one block per thread, whole
+    /// tiles), each block a single-threaded product.
+    pub fn matmul_par(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        use rayon::prelude::*;
+        let n = b.n;
+        let rs = c.rs;
+        check_cover("C", c.data.len(), (m, n), (rs, 1));
+        let threads = rayon::current_num_threads().max(1);
+        let tile = if self.amx { 2 * KT } else { MR };
+        let block = m.div_ceil(threads).next_multiple_of(tile).max(2 * tile);
+        if threads <= 1 || m <= block {
+            return self.matmul_rows(0..m, a, b, c);
+        }
+        // Blocks of whole output rows: split C into disjoint row ranges.
+        let mut parts: Vec<(std::ops::Range<usize>, &mut [f32])> = Vec::new();
+        let mut rest = &mut c.data[..];
+        let mut start = 0;
+        while start < m {
+            let end = (start + block).min(m);
+            let len = if end == m {
+                rest.len()
+            } else {
+                (end - start) * rs
+            };
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            parts.push((start..end, head));
+            rest = tail;
+            start = end;
+        }
+        parts.into_par_iter().for_each(|(rows, data)| {
+            self.matmul_rows(rows, a, b, Out { data, rs });
+        });
+    }
+
+    /// Rows `rows` of the product into `c`, whose row 0 is product row `rows.start`.
+    fn matmul_rows(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        let (k, n) = (b.k, b.n);
+        check_cover("A", a.data.len(), (rows.end, k), (a.rs, a.cs));
+        let rows_here = rows.len();
+        check_cover("C", c.data.len(), (rows_here, n), (c.rs, 1));
+        if rows_here == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for r in 0..rows_here {
+                c.data[r * c.rs..r * c.rs + n].fill(0.0);
+            }
+            return;
+        }
+        if self.amx {
+            self.matmul_rows_amx(rows, a, b, c)
+        } else {
+            self.matmul_rows_avx512(rows, a, b, c)
+        }
+    }
+
+    /// AVX-512 kernel: 14 x 32 register tiles, k in blocks of [`KC`] pairs.
+    fn matmul_rows_avx512(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        let (k, n, kpp) = (b.k, b.n, b.kpp);
+        let rows_here = rows.len();
+        A_BLOCK.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            for ic in (0..rows_here).step_by(MC) {
+                let mrows = (rows_here - ic).min(MC);
+                let panels_a = mrows.div_ceil(MR);
+                for pc in (0..kpp).step_by(KC) {
+                    let kc = (kpp - pc).min(KC);
+                    let need = panels_a * kc * MR;
+                    if buf.len() < need {
+                        buf.resize(need, 0);
+                    }
+                    let block = &mut buf[..need];
+                    block.fill(0);
+                    for (r, panel) in block.chunks_mut(kc * MR).enumerate() {
+                        for i in 0..(mrows - r * MR).min(MR) {
+                            let row = rows.start + ic + r * MR + i;
+                            convert_row(self, a, k, row, pc, kc, |p, v| panel[p * MR + i] = v);
+                        }
+                    }
+                    for jp in 0..n.div_ceil(NR) {
+                        let cols = (n - jp * NR).min(NR);
+                        let b_panel = &b.data[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
+                        for (ip, a_panel) in block.chunks(kc * MR).enumerate() {
+                            let r = ic + ip * MR;
+                            let tile_rows = (rows_here - r).min(MR);
+                            let off = r * c.rs + jp * NR;
+                            let c_need = (tile_rows - 1) * c.rs + cols;
+                            let c_tile = &mut c.data[off..off + c_need];
+                            // SAFETY: a_panel holds kc * MR lanes, b_panel kc * NR; c_tile covers
+                            // tile_rows rows of cols columns at stride c.rs; the token proves the
+                            // CPU features.
+                            unsafe {
+                                kernel::tile(
+                                    kc,
+                                    a_panel.as_ptr(),
+                                    b_panel.as_ptr(),
+                                    c_tile.as_mut_ptr(),
+                                    c.rs,
+                                    tile_rows,
+                                    cols,
+                                    pc > 0,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// AMX kernel: 32 x 32 blocks of four 16 x 16 f32 tiles over the whole k; A in blocks of 32
+    /// rows (row-major pairs, all of k), B panels straight from [`PackedB`] (tile rows 128 bytes
+    /// apart).
+    fn matmul_rows_amx(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        let (k, n, kpp) = (b.k, b.n, b.kpp);
+        let rows_here = rows.len();
+        const MB: usize = 2 * KT;
+        A_BLOCK.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let need = MB * kpp;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let block = &mut buf[..need];
+            let mut scratch = [0f32; MB * NR];
+            // SAFETY: the token says AMX is present and the tile state permitted (`amx::enable`).
+            unsafe { amx::configure() };
+            for ib in (0..rows_here).step_by(MB) {
+                let mrows = (rows_here - ib).min(MB);
+                block.fill(0);
+                for (i, dst) in block.chunks_mut(kpp).take(mrows).enumerate() {
+                    convert_row(self, a, k, rows.start + ib + i, 0, kpp, |p, v| dst[p] = v);
+                }
+                for jp in 0..n.div_ceil(NR) {
+                    let cols = (n - jp * NR).min(NR);
+                    let b_panel = &b.data[jp * kpp * NR..(jp + 1) * kpp * NR];
+                    // SAFETY: block is MB rows of kpp pairs, b_panel kpp rows of NR lanes, kpp a
+                    // multiple of KT; scratch holds MB x NR floats; tiles configured above.
+                    unsafe { amx::block(kpp, block.as_ptr(), b_panel.as_ptr(), &mut scratch) };
+                    for i in 0..mrows {
+                        let off = (ib + i) * c.rs + jp * NR;
+                        c.data[off..off + cols].copy_from_slice(&scratch[i * NR..i * NR + cols]);
+                    }
+                }
+            }
+            // SAFETY: as for `configure`.
+            unsafe { amx::release() };
+        });
+    }
+}
+
+/// Converts row `row` of A, pairs `pc..pc + kc` (zero past k), calling `put(p - pc, pair)` for
+/// every pair that holds at least one element of A (the caller zero-fills the rest).
+fn convert_row(
+    cpu: Bf16Cpu,
+    a: Lhs<'_>,
+    k: usize,
+    row: usize,
+    pc: usize,
+    kc: usize,
+    put: impl FnMut(usize, u32),
+) {
+    let k0 = 2 * pc;
+    let k1 = (2 * (pc + kc)).min(k);
+    if k0 >= k1 {
+        return;
+    }
+    let base = row * a.rs;
+    if a.cs == 1 {
+        kernel::convert(cpu, &a.data[base + k0..base + k1], put);
+    } else {
+        let mut tmp = vec![0f32; k1 - k0];
+        for (kk, t) in (k0..k1).zip(tmp.iter_mut()) {
+            *t = a.data[base + kk * a.cs];
+        }
+        kernel::convert(cpu, &tmp, put);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use super::{Bf16Cpu, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Converts `src` into pairs, calling `put(p, pair)` for every pair
+    /// `p < ceil(src.len() / 2)` (an odd tail is paired with zero).
+    pub(super) fn convert(_cpu: Bf16Cpu, src: &[f32], mut put: impl FnMut(usize, u32)) {
+        let mut chunk = [0u32; 16];
+        for (c, part) in src.chunks(32).enumerate() {
+            // SAFETY: `_cpu` proves avx512f + avx512bf16; the loads read only `part`.
+            unsafe { convert32(part, &mut chunk) };
+            for (j, v) in chunk[..part.len().div_ceil(2)].iter().enumerate() {
+                put(c * 16 + j, *v);
+            }
+        }
+    }
+
+    /// Up to 32 floats -> 16 bf16 pairs (missing floats read as zero).
+    ///
+    /// # Safety
+    /// The CPU must have avx512f and avx512bf16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn convert32(part: &[f32], out: &mut [u32; 16]) {
+        let n = part.len().min(32);
+        let lo_mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+        let hi_n = n.saturating_sub(16);
+        let hi_mask: __mmask16 = if hi_n >= 16 {
+            0xffff
+        } else {
+            (1u16 << hi_n) - 1
+        };
+        // SAFETY: masked loads touch only the first n floats of `part`; the store writes 64 bytes
+        // into `out` (16 u32).
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lo_mask, part.as_ptr());
+            let hi = _mm512_maskz_loadu_ps(hi_mask, part.as_ptr().wrapping_add(16));
+            let bh = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(
+                out.as_mut_ptr().cast(),
+                std::mem::transmute::<__m512bh, __m512i>(bh),
+            );
+        }
+    }
+
+    /// One MR x NR tile: `C (+)= A_panel B_panel` over `kc` pairs; stores `rows` x `cols`.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f and avx512bf16; `a` must hold kc * MR u32, `b` kc * NR u32, and
+    /// `c` must be writable at `i * ldc + j` for i < rows <= MR, j < cols <= NR.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile(
+        kc: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc0 = [_mm512_setzero_ps(); MR];
+        let mut acc1 = [_mm512_setzero_ps(); MR];
+        for p in 0..kc {
+            // SAFETY: p < kc, so b + p * NR + 16 + 15 < kc * NR and a + p * MR + i < kc * MR.
+            unsafe {
+                let bp = b.add(p * NR);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+                let ap = a.add(p * MR);
+                for i in 0..MR {
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                    acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
+                    acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
+                }
+            }
+        }
+        let mask = |from: usize| -> __mmask16 {
+            let n = cols.saturating_sub(from).min(16);
+            if n == 16 {
+                0xffff
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        for i in 0..rows.min(MR) {
+            // SAFETY: row i < rows; the masks select columns < cols, all inside the caller's C.
+            unsafe {
+                let row = c.add(i * ldc);
+                let (mut v0, mut v1) = (acc0[i], acc1[i]);
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
+                    if m1 != 0 {
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.add(16)));
+                    }
+                }
+                _mm512_mask_storeu_ps(row, m0, v0);
+                if m1 != 0 {
+                    _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel {
+    use super::Bf16Cpu;
+
+    // A `Bf16Cpu` cannot be made on other architectures, so these are never called.
+    pub(super) fn convert(_cpu: Bf16Cpu, _src: &[f32], _put: impl FnMut(usize, u32)) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        _kc: usize,
+        _a: *const u32,
+        _b: *const u32,
+        _c: *mut f32,
+        _ldc: usize,
+        _rows: usize,
+        _cols: usize,
+        _accumulate: bool,
+    ) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{KT, NR};
+    use std::arch::asm;
+
+    /// Every tile 16 rows of 64 bytes (palette 1): C tiles 0-3 (16 x 16 f32), A tiles 4-5
+    /// (16 rows x 16 pairs), B tiles 6-7 (16 pairs x 16 columns).
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// True when the CPU has AMX-TILE and AMX-BF16 and Linux grants this process the tile state
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, needed once per process).
+    pub(super) fn enable() -> bool {
+        // Leaf 7 exists on every x86-64 CPU with AVX-512 (checked by the caller).
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        if !(amx_bf16 && amx_tile) {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call with integer arguments; it only changes this process's
+        // permission to use the AMX register state.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        r == 0
+    }
+
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// `enable()` must have returned true in this process.
+    pub(super) unsafe fn configure() {
+        // SAFETY: CONFIG is a valid 64-byte palette-1 configuration; AMX is enabled (caller).
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack)) };
+    }
+
+    /// Releases the tile state of this thread.
+    ///
+    /// # Safety
+    /// As for [`configure`].
+    pub(super) unsafe fn release() {
+        // SAFETY: AMX is enabled (caller); tilerelease only resets the tile state.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `out [32, NR] = A [32 rows, kpp pairs] B_panel [kpp pairs, NR]`.
+    ///
+    /// # Safety
+    /// Tiles configured by [`configure`] on this thread; `a` valid for 32 * kpp u32, `b` for
+    /// kpp * NR u32; kpp a multiple of KT.
+    pub(super) unsafe fn block(
+        kpp: usize,
+        a: *const u32,
+        b: *const u32,
+        out: &mut [f32; 2 * KT * NR],
+    ) {
+        let a_stride = kpp * 4;
+        let b_stride = NR * 4;
+        // SAFETY: tiles configured (caller).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+        for kt in (0..kpp).step_by(KT) {
+            // SAFETY: rows 0..16 and 16..32 of A at pairs kt..kt + 16 and pair rows kt..kt + 16 of
+            // B (both column halves) lie inside the buffers the caller vouches for.
+            unsafe {
+                let a0 = a.add(kt);
+                let a1 = a.add(KT * kpp + kt);
+                let b0 = b.add(kt * NR);
+                let b1 = b.add(kt * NR + KT);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    sa = in(reg) a_stride,
+                    sb = in(reg) b_stride,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        let o = out.as_mut_ptr();
+        // SAFETY: out holds 32 rows of NR floats (stride NR * 4 bytes): each 16 x 16 tile fits.
+        unsafe {
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) o,
+                c1 = in(reg) o.add(KT),
+                c2 = in(reg) o.add(KT * NR),
+                c3 = in(reg) o.add(KT * NR + KT),
+                s = in(reg) b_stride,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    // A `Bf16Cpu` cannot be made on other architectures, so these are never called.
+    pub(super) unsafe fn configure() {}
+    pub(super) unsafe fn release() {}
+    pub(super) unsafe fn block(
+        _kpp: usize,
+        _a: *const u32,
+        _b: *const u32,
+        _out: &mut [f32; 2 * super::KT * super::NR],
+    ) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+}

@@ -1,0 +1,336 @@
+//! The bf16 product against f64 references.
+//!
+//! Error model. Each input is rounded to bf16 (8 significant bits, round to nearest even: relative
+//! error at most u = 2^-8, half an ulp), so a product a_r b_r is within (2u + u^2) |a b| of a b
+//! (we allow 2^-7 and let the summation term absorb u^2); the kernel then sums in f32,
+//! adding at most about k 2^-24 sum |a_r b_r|. Two checks follow from it:
+//! - against the f64 product of the bf16-ROUNDED inputs: only the f32 summation error is left,
+//!   bound k 2^-23 sum|a_r b_r|; a packing error (a wrong pair, lane, panel or block) breaks it;
+//! - against the f64 product of the f32 inputs: bound (2^-7 + k 2^-23) sum|a b|, the accuracy a
+//!   caller can rely on.
+
+use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, KC, MC, MR, NR};
+
+/// Both kernels this CPU runs: AMX (when present) and AVX-512.
+fn kernels() -> Vec<Bf16Cpu> {
+    match Bf16Cpu::detect() {
+        None => {
+            eprintln!("no avx512bf16 on this CPU: the kernels are not tested here");
+            Vec::new()
+        }
+        Some(cpu) if cpu.amx() => vec![cpu, cpu.without_amx()],
+        Some(cpu) => {
+            eprintln!("no AMX on this CPU: only the AVX-512 kernel is tested");
+            vec![cpu]
+        }
+    }
+}
+
+/// Deterministic values in [-1, 1) with varied exponents.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * u - 1.0) * if s & 3 == 0 { 0.01 } else { 1.0 }
+        })
+        .collect()
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+/// Checks `c` (row stride `rs`) against both references; returns the largest error relative to
+/// sum|a b| seen against the f32 inputs.
+fn check(case: &Case, a: &dyn Fn(usize, usize) -> f32, b: &[f32], c: &[f32], rs: usize) -> f64 {
+    let Case { m, n, k } = *case;
+    let mut worst = 0f64;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut exact, mut rounded, mut mag, mut mag_r) = (0f64, 0f64, 0f64, 0f64);
+            for kk in 0..k {
+                let (x, y) = (a(i, kk), b[kk * n + j]);
+                exact += x as f64 * y as f64;
+                mag += (x as f64 * y as f64).abs();
+                let (xr, yr) = (round_bf16(x) as f64, round_bf16(y) as f64);
+                rounded += xr * yr;
+                mag_r += (xr * yr).abs();
+            }
+            let got = c[i * rs + j] as f64;
+            let sum_err = k as f64 * 2f64.powi(-23) * mag_r + 1e-30;
+            assert!(
+                (got - rounded).abs() <= sum_err,
+                "[{m}, {k}] x [{k}, {n}] at ({i}, {j}): {got} vs {rounded} from the bf16 inputs \
+                 (bound {sum_err}): packing or summation is wrong"
+            );
+            let bound = (2f64.powi(-7) + k as f64 * 2f64.powi(-23)) * mag + 1e-30;
+            assert!(
+                (got - exact).abs() <= bound,
+                "({i}, {j}): {got} vs {exact} (bound {bound})"
+            );
+            if mag > 0.0 {
+                worst = worst.max((got - exact).abs() / mag);
+            }
+        }
+    }
+    worst
+}
+
+fn shapes() -> Vec<Case> {
+    let mut v = vec![
+        Case { m: 1, n: 1, k: 1 },
+        Case { m: 3, n: 5, k: 2 },
+        Case { m: MR, n: NR, k: 2 },
+        Case {
+            m: MR + 1,
+            n: NR + 1,
+            k: 3,
+        },
+        Case {
+            m: 13,
+            n: 31,
+            k: 2 * KC,
+        },
+        Case {
+            m: 29,
+            n: 65,
+            k: 2 * KC + 1,
+        },
+        Case {
+            m: 7,
+            n: 17,
+            k: 4 * KC + 3,
+        },
+        Case {
+            m: MC + 15,
+            n: 48,
+            k: 37,
+        },
+    ];
+    v.push(Case {
+        m: 2 * MC + 3,
+        n: 97,
+        k: 300,
+    });
+    v
+}
+
+#[test]
+fn rounding_is_to_nearest_even() {
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1).
+    assert_eq!(round_bf16(1.0 + 2f32.powi(-8)), 1.0);
+    // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to even (1 + 2^-6).
+    assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+    assert_eq!(
+        round_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-12)),
+        1.0 + 2f32.powi(-7)
+    );
+    assert_eq!(round_bf16(-3.0), -3.0);
+    assert!(round_bf16(f32::NAN).is_nan());
+    assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+}
+
+#[test]
+fn row_major_lhs_against_f64() {
+    for cpu in kernels() {
+        let mut worst = 0f64;
+        for (t, case) in shapes().iter().enumerate() {
+            let (m, n, k) = (case.m, case.n, case.k);
+            let a = values(m * k, 2 * t as u64 + 1);
+            let b = values(k * n, 2 * t as u64 + 2);
+            let packed = PackedB::pack(k, n, &b, (n, 1));
+            // Output rows padded by 3: the padding must stay untouched.
+            let rs = n + 3;
+            let mut c = vec![f32::NAN; m * rs];
+            let lhs = Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            cpu.matmul(m, lhs, &packed, Out { data: &mut c, rs });
+            worst = worst.max(check(case, &|i, kk| a[i * k + kk], &b, &c, rs));
+            for i in 0..m {
+                assert!(c[i * rs + n..i * rs + rs].iter().all(|x| x.is_nan()));
+            }
+        }
+        // Measured: 6.2e-3 (the k = 1 case, a single product); within 2^-7 = 7.8e-3, the product
+        // term of the bound without the summation slack.
+        eprintln!("{cpu:?}: worst |error| / sum|a b| against the f32 inputs: {worst:.2e}");
+        assert!(worst <= 2f64.powi(-7), "worst relative error {worst}");
+    }
+}
+
+#[test]
+fn strided_lhs_transposed_weights_and_threads_agree() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for cpu in kernels() {
+        for (t, case) in shapes().iter().enumerate() {
+            let (m, n, k) = (case.m, case.n, case.k);
+            // A stored transposed: A[i][kk] = at[kk * m + i].
+            let at = values(m * k, 7 * t as u64 + 3);
+            let b = values(k * n, 7 * t as u64 + 4);
+            // B stored transposed too, like a linear layer's weight [out, in].
+            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            let packed = PackedB::pack(k, n, &bt, (1, k));
+            let strided = Lhs {
+                data: &at,
+                rs: 1,
+                cs: m,
+            };
+            let mut c1 = vec![0f32; m * n];
+            cpu.matmul(
+                m,
+                strided,
+                &packed,
+                Out {
+                    data: &mut c1,
+                    rs: n,
+                },
+            );
+            check(case, &|i, kk| at[kk * m + i], &b, &c1, n);
+
+            let mut c2 = vec![0f32; m * n];
+            pool.install(|| {
+                cpu.matmul_par(
+                    m,
+                    strided,
+                    &packed,
+                    Out {
+                        data: &mut c2,
+                        rs: n,
+                    },
+                )
+            });
+            assert_eq!(c1, c2, "{cpu:?}, 3 threads, {m}x{n}x{k}");
+        }
+    }
+}
+
+#[test]
+fn the_two_kernels_agree() {
+    let Some(cpu) = Bf16Cpu::detect().filter(|c| c.amx()) else {
+        eprintln!("no AMX on this CPU: nothing to compare");
+        return;
+    };
+    // Same bf16 inputs, both sums in f32 (in different orders): equal to within the summation
+    // error of the bound above.
+    let (m, n, k) = (45, 70, 3 * KC + 9);
+    let a = values(m * k, 11);
+    let b = values(k * n, 12);
+    let packed = PackedB::pack(k, n, &b, (n, 1));
+    let mut c1 = vec![0f32; m * n];
+    let mut c2 = vec![0f32; m * n];
+    cpu.matmul(
+        m,
+        Lhs {
+            data: &a,
+            rs: k,
+            cs: 1,
+        },
+        &packed,
+        Out {
+            data: &mut c1,
+            rs: n,
+        },
+    );
+    cpu.without_amx().matmul(
+        m,
+        Lhs {
+            data: &a,
+            rs: k,
+            cs: 1,
+        },
+        &packed,
+        Out {
+            data: &mut c2,
+            rs: n,
+        },
+    );
+    for (x, y) in c1.iter().zip(&c2) {
+        assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn exactly_representable_inputs_give_exact_products() {
+    for cpu in kernels() {
+        // Small integers are exact in bf16 and their sums exact in f32: any packing slip shows.
+        let (m, n, k) = (MR + 3, NR + 7, 2 * KC + 5);
+        let a: Vec<f32> = (0..m * k).map(|x| ((x * 7) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|x| ((x * 5) % 13) as f32 - 6.0).collect();
+        let packed = PackedB::pack(k, n, &b, (n, 1));
+        let mut c = vec![0f32; m * n];
+        cpu.matmul(
+            m,
+            Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            },
+            &packed,
+            Out {
+                data: &mut c,
+                rs: n,
+            },
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
+                assert_eq!(c[i * n + j], want, "{cpu:?} ({i}, {j})");
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "needs")]
+fn a_short_output_is_refused() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        panic!("needs avx512bf16 (not on this CPU; the panic keeps the test meaningful)");
+    };
+    let b = PackedB::pack(4, 4, &[0.0; 16], (4, 1));
+    let mut c = vec![0f32; 15];
+    cpu.matmul(
+        4,
+        Lhs {
+            data: &[0.0; 16],
+            rs: 4,
+            cs: 1,
+        },
+        &b,
+        Out {
+            data: &mut c,
+            rs: 4,
+        },
+    );
+}
+
+#[test]
+fn scopes_nest_and_restore() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        assert_eq!(iuf_bf16::scoped(None, iuf_bf16::active), None);
+        return;
+    };
+    assert_eq!(iuf_bf16::active(), None);
+    let (g1, inner) = iuf_bf16::scoped(Some(cpu), || {
+        let g = iuf_bf16::generation().unwrap();
+        let inner = iuf_bf16::scoped(None, iuf_bf16::active);
+        assert_eq!(iuf_bf16::active(), Some(cpu));
+        // A nested bf16 scope keeps the outer generation.
+        assert_eq!(iuf_bf16::scoped(Some(cpu), iuf_bf16::generation), Some(g));
+        (g, inner)
+    });
+    assert_eq!(inner, None);
+    assert_eq!(iuf_bf16::active(), None);
+    let g2 = iuf_bf16::scoped(Some(cpu), || iuf_bf16::generation().unwrap());
+    assert_ne!(g1, g2, "a new outermost scope must get a new generation");
+}

@@ -1,0 +1,101 @@
+//! Inference in bf16 (`iuf_bf16`): the linear layer's product with the weight packed once per
+//! inference scope, and the cache that holds that packing.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, Device, Result, Tensor};
+use iuf_bf16::{Bf16Cpu, Lhs, Out, PackedB};
+use rayon::prelude::*;
+
+use super::fused::with_f32;
+use super::kernels;
+use super::linear::Activation;
+
+/// A bf16 copy of a weight, packed for [`iuf_bf16`] and tagged with the generation of the
+/// inference scope that packed it: reused within that scope, packed again in a later one (the
+/// weights may have been trained in between).
+#[derive(Clone, Default)]
+pub struct PackedWeight(Arc<Mutex<Option<Tagged>>>);
+
+/// A packing and the scope generation it belongs to.
+type Tagged = (u64, Arc<PackedB>);
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PackedWeight")
+    }
+}
+
+impl PackedWeight {
+    /// The packing of `weight` [out, in] (as `B = W^T`) for scope `generation`.
+    pub fn get(&self, generation: u64, weight: &Tensor) -> Result<Arc<PackedB>> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, p)) = slot.as_ref() {
+            if *g == generation {
+                return Ok(p.clone());
+            }
+        }
+        let (dout, din) = weight.dims2()?;
+        let packed = Arc::new(with_f32(weight, "bf16 weight", |w| {
+            Ok(PackedB::pack(din, dout, w, (1, din)))
+        })?);
+        *slot = Some((generation, packed.clone()));
+        Ok(packed)
+    }
+}
+
+/// `act(x W^T + b)` over the last dimension with bf16 products: `x` [..., in] f32 on the CPU,
+/// `packed` = W^T, `bias` [out]. No backward (inference scopes only).
+pub fn linear_bf16(
+    cpu: Bf16Cpu,
+    x: &Tensor,
+    packed: &PackedB,
+    bias: &Tensor,
+    act: Activation,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let din = dims.last().copied().unwrap_or(0);
+    let dout = packed.n();
+    if din != packed.k() || bias.elem_count() != dout {
+        bail!(
+            "linear_bf16: x {:?}, weight [{dout}, {}], bias {:?} do not fit",
+            dims,
+            packed.k(),
+            bias.dims()
+        );
+    }
+    let rows = x.elem_count() / din.max(1);
+    let mut y = vec![0f32; rows * dout];
+    with_f32(x, "linear_bf16 x", |xs| {
+        with_f32(bias, "linear_bf16 bias", |b| {
+            if rows > 0 && dout > 0 {
+                let lhs = Lhs {
+                    data: xs,
+                    rs: din,
+                    cs: 1,
+                };
+                cpu.matmul_par(
+                    rows,
+                    lhs,
+                    packed,
+                    Out {
+                        data: &mut y,
+                        rs: dout,
+                    },
+                );
+                let block = rows
+                    .div_ceil(4 * rayon::current_num_threads().max(1))
+                    .max(16)
+                    * dout;
+                y.par_chunks_mut(block)
+                    .for_each(|yc| kernels::bias_act_rows(yc, b, act));
+            }
+            Ok(())
+        })
+    })?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = dout;
+    }
+    Tensor::from_vec(y, out_dims, &Device::Cpu)
+}

@@ -1,0 +1,70 @@
+//! The arithmetic of inference: f32, or bf16 products with f32 accumulation (`iuf_bf16`).
+//!
+//! Training is always f32. A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers
+//! (`nn::Linear`), the patch memory's distance products and the backbone's pointwise convolutions
+//! then multiply in bf16; everything else (layer norm, softmax, attention, maps) stays f32.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// How inference multiplies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere (the default).
+    #[default]
+    F32,
+    /// bf16 products with f32 accumulation; an error on CPUs without AVX-512 BF16.
+    Bf16,
+    /// bf16 where the CPU supports it (AVX-512 BF16), f32 elsewhere.
+    Auto,
+}
+
+impl Precision {
+    /// The bf16 kernel to run inference with, `None` for f32. `Bf16` on a CPU without
+    /// AVX-512 BF16 is an error naming the missing feature; `Auto` falls back to f32 silently.
+    pub fn resolve(self) -> Result<Option<iuf_bf16::Bf16Cpu>> {
+        match self {
+            Precision::F32 => Ok(None),
+            Precision::Auto => Ok(iuf_bf16::Bf16Cpu::detect()),
+            Precision::Bf16 => iuf_bf16::Bf16Cpu::detect().map(Some).ok_or_else(|| {
+                ModelError::Config(
+                    "precision bf16 needs a CPU with AVX-512 BF16 (avx512bf16), which this one \
+                     lacks; use precision f32 or auto"
+                        .into(),
+                )
+            }),
+        }
+    }
+
+    /// `f32`, `bf16` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "auto" => Ok(Precision::Auto),
+            other => Err(format!(
+                "unknown precision `{other}`: expected f32, bf16 or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
