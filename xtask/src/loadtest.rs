@@ -45,6 +45,9 @@ pub struct Args {
     /// Working folder (models, feature cache); models already there are reused.
     #[arg(long, default_value = "target/loadtest")]
     work: PathBuf,
+    /// `--precision` of the service and of `iuf predict` (default: the model's, f32).
+    #[arg(long, value_name = "f32|bf16|auto")]
+    precision: Option<String>,
     /// Also write the report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -59,6 +62,13 @@ fn iuf(args: &Args, bin: &Path) -> Command {
         .arg("--threads")
         .arg(args.threads.to_string());
     c
+}
+
+fn precision(args: &Args) -> Vec<String> {
+    args.precision
+        .iter()
+        .flat_map(|p| ["--precision".to_string(), p.clone()])
+        .collect()
 }
 
 fn check(out: std::process::Output, what: &str) -> Result<std::process::Output> {
@@ -84,6 +94,7 @@ fn predict(args: &Args, bin: &Path, model: &Path, images: &[PathBuf]) -> Result<
         iuf(args, bin)
             .arg("--json")
             .arg("predict")
+            .args(precision(args))
             .arg("--model")
             .arg(model)
             .args(images)
@@ -124,6 +135,7 @@ impl Service {
     ) -> Result<Self> {
         let mut child = iuf(args, bin)
             .args(["serve", "--bind", "127.0.0.1:0", "--token", "loadtest"])
+            .args(precision(args))
             .arg("--model")
             .arg(model)
             .args(["--max-batch", &max_batch.to_string()])
@@ -418,6 +430,11 @@ pub fn run(args: Args) -> Result<()> {
     let served = args.work.join("served.safetensors");
     let mut report = String::new();
     let mut total_failures = Vec::new();
+    report.push_str(&format!(
+        "Precision: {}; service and predict with --threads {}.\n\n",
+        args.precision.as_deref().unwrap_or("the model's (f32)"),
+        args.threads
+    ));
     report.push_str(&format!(
         "`iuf predict` with model A: **{predict_ms:.1} ms per image** on {} images (batches of 8, \
          heatmaps written), {predict_one_ms:.1} ms for a single image; {:.1} images/s.\n\n",

@@ -1,5 +1,6 @@
 //! Dynamic batching: one worker thread gathers the queued requests' images into batches (up to
-//! `max_batch` images, or `wait` after the first one arrives) and runs each batch on the compute
+//! `max_batch` images, or `wait` after the first one arrives, when the last batch showed that
+//! clients overlap) and runs each batch on the compute
 //! pool, so the work in flight never exceeds the cores `--threads` gives.
 
 use std::io::Cursor;
@@ -132,10 +133,14 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        // Waiting for more images pays only when clients overlap: a lone client would wait for
+        // nobody. So the worker waits only after a batch that held several images.
+        let mut concurrent = false;
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
-            self.gather(&mut jobs);
+            self.gather(&mut jobs, if concurrent { self.cfg.wait } else { Duration::ZERO });
             let n: usize = jobs.iter().map(|j| j.images.len()).sum();
+            concurrent = jobs.len() > 1;
             self.queued.fetch_sub(n, Ordering::AcqRel);
             self.metrics.queue.dec_by(n as i64);
             // A client that gave up (timeout, disconnect) is not worked for.
@@ -149,9 +154,9 @@ impl Worker {
     }
 
     /// Adds queued jobs until the batch holds `max_batch` images or `wait` has passed since the
-    /// first one: what is already queued is taken at once, then the worker waits for more.
-    fn gather(&self, jobs: &mut Vec<Job>) {
-        let deadline = jobs[0].enqueued + self.cfg.wait;
+    /// first one arrived: what is already queued is taken at once, then the worker waits for more.
+    fn gather(&self, jobs: &mut Vec<Job>, wait: Duration) {
+        let deadline = jobs[0].enqueued + wait;
         let mut n: usize = jobs.iter().map(|j| j.images.len()).sum();
         while n < self.cfg.max_batch {
             let next = match self.rx.try_recv() {
