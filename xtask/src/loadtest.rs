@@ -452,8 +452,8 @@ pub fn run(args: Args) -> Result<()> {
     {
         std::fs::copy(&a, &served)?;
         let svc = Service::start(&args, &bin, &served, mb, wait)?;
-        // Warm-up: the first batches allocate.
-        let _ = load(&svc, &truth, 2, 4);
+        // Warm-up: the first batches allocate. Its answers are checked too.
+        total_failures.extend(load(&svc, &truth, 2, 4).0.failures);
         for &c in &args.clients {
             let (t, wall) = load(&svc, &truth, c, args.requests);
             let row = format!(

@@ -138,7 +138,14 @@ impl Worker {
         let mut concurrent = false;
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
-            self.gather(&mut jobs, if concurrent { self.cfg.wait } else { Duration::ZERO });
+            self.gather(
+                &mut jobs,
+                if concurrent {
+                    self.cfg.wait
+                } else {
+                    Duration::ZERO
+                },
+            );
             let n: usize = jobs.iter().map(|j| j.images.len()).sum();
             concurrent = jobs.len() > 1;
             self.queued.fetch_sub(n, Ordering::AcqRel);
