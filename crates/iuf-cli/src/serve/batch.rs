@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,10 +174,8 @@ impl Worker {
                     if left.is_zero() {
                         None
                     } else {
-                        match self.rx.recv_timeout(left) {
-                            Ok(j) => Some(j),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                        }
+                        // A timeout or a closed queue both end the gathering.
+                        self.rx.recv_timeout(left).ok()
                     }
                 }
             };
