@@ -87,6 +87,11 @@ impl Queue {
         })
     }
 
+    /// Images the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether the queue is full.
     pub fn full(&self) -> bool {
         self.queued.load(Ordering::Acquire) >= self.capacity

@@ -350,6 +350,16 @@ async fn inspect(
         reply: tx,
     };
     let n = job.images.len();
+    if n > s.queue.capacity() {
+        // Retrying could never help: say so instead of 503.
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{n} images in one request; this service queues at most {} (--queue)",
+                s.queue.capacity()
+            ),
+        ));
+    }
     if s.queue.submit(job).is_err() {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -418,6 +418,52 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     }
 }
 
+/// Guarantee: a full queue answers 503 with Retry-After at once (the clients refused may retry)
+/// and every admitted request is still answered correctly; a request with more images than the
+/// queue can ever hold gets 413, not a 503 that no retry could cure.
+#[test]
+fn real_data_serve_sheds_load_with_503_when_its_queue_is_full() {
+    let m = models();
+    let svc = Service::start(&m.a, &["--max-batch", "1", "--queue", "1"]);
+    let good = image("bottle/test/good/000.png");
+    let (ct, body) = multipart(&[("a.png", &good), ("b.png", &good)]);
+    let (status, e) = svc.json("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body));
+    assert_eq!(status, 413, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--queue"), "{e}");
+    let url = format!("{}/v1/inspect", svc.url);
+    let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, good) = (&url, &good);
+                scope.spawn(move || match ureq::post(url).send_bytes(good) {
+                    Ok(r) => (r.status(), None),
+                    Err(ureq::Error::Status(code, r)) => {
+                        (code, r.header("Retry-After").map(str::to_string))
+                    }
+                    Err(e) => panic!("{e}"),
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let shed: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !shed.is_empty(),
+        "8 simultaneous requests into a queue of 1: {answers:?}"
+    );
+    assert!(
+        shed.iter().all(|(_, retry)| retry.as_deref() == Some("1")),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 503),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
+    // Still serving after shedding.
+    assert_eq!(svc.inspect(&good).0, 200);
+}
+
 /// A headless Chromium (from the system packages) driven over the DevTools protocol on a pipe.
 struct Browser {
     child: Child,
