@@ -1,7 +1,8 @@
 //! Dynamic batching: one worker thread gathers the queued requests' images into batches (up to
 //! `max_batch` images, or `wait` after the first one arrives, when the last batch showed that
-//! clients overlap) and runs each batch on the compute
-//! pool, so the work in flight never exceeds the cores `--threads` gives.
+//! clients overlap) and runs each batch on the compute pool, so the work in flight never exceeds
+//! the cores `--threads` gives. Images judged as the same object (`?object=`, or the recognised
+//! one) share a batch.
 
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
@@ -250,7 +251,7 @@ impl Worker {
                 }
             }
         }
-        // Per image: (job, position in the job, outcome once known).
+        // Each image's outcome, by its index in `flat`, once known.
         let mut slots: Vec<Option<Outcome>> = (0..flat.len()).map(|_| None).collect();
         let mut todo: Vec<usize> = Vec::new();
         for (i, ((j, u), d)) in flat.iter().zip(&decoded).enumerate() {
@@ -266,14 +267,14 @@ impl Worker {
             }
         }
         // Images of one object override run together; chunks never exceed max_batch.
-        todo.sort_by_key(|&i| object_key(&jobs[flat[i].0]));
+        todo.sort_by(|&x, &y| jobs[flat[x].0].object.cmp(&jobs[flat[y].0].object));
         let mut i0 = 0;
         while i0 < todo.len() {
-            let key = object_key(&jobs[flat[todo[i0]].0]);
+            let key = &jobs[flat[todo[i0]].0].object;
             let mut i1 = i0;
             while i1 < todo.len()
                 && i1 - i0 < self.cfg.max_batch
-                && object_key(&jobs[flat[todo[i1]].0]) == key
+                && &jobs[flat[todo[i1]].0].object == key
             {
                 i1 += 1;
             }
@@ -340,14 +341,6 @@ impl Worker {
 
 fn internal(e: &anyhow::Error) -> JobError {
     JobError::Internal(format!("{e:#}"))
-}
-
-/// Jobs judged as the same object (or as the recognised one) can share a batch.
-fn object_key(job: &Job) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    job.object.hash(&mut h);
-    h.finish()
 }
 
 /// Decodes an uploaded image, or says what was wrong with it.

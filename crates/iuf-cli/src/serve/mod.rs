@@ -88,6 +88,8 @@ struct AppState {
     path: PathBuf,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Largest request body in bytes.
+    max_body: usize,
     started: SystemTime,
 }
 
@@ -150,6 +152,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         precision: a.precision,
         path: a.model.clone(),
         reloading: Mutex::new(()),
+        max_body: a.max_body_mib.max(1) << 20,
         started: SystemTime::now(),
     });
     if !a.bind.ip().is_loopback() && state.token.is_none() {
@@ -319,6 +322,21 @@ async fn inspect(
             ))
         }
     };
+    // Refuse a body announced too large before reading any of it.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced.filter(|&l| l > s.max_body as u64) {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is {len} bytes; this service takes at most {} MiB (--max-body-mib)",
+                s.max_body >> 20
+            ),
+        ));
+    }
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
