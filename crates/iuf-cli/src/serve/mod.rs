@@ -312,15 +312,15 @@ async fn inspect(
     Query(q): Query<InspectQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    // A bad query is answered only after the body is read: answering first and closing a
+    // connection whose body is still arriving makes the client see a broken pipe, not the 400.
     let heatmap = match q.heatmap.as_deref() {
-        None | Some("none") => false,
-        Some("png") => true,
-        Some(other) => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("heatmap={other}: expected `png` or `none`"),
-            ))
-        }
+        None | Some("none") => Ok(false),
+        Some("png") => Ok(true),
+        Some(other) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("heatmap={other}: expected `png` or `none`"),
+        )),
     };
     // Refuse a body announced too large before reading any of it.
     let announced = req
@@ -353,6 +353,7 @@ async fn inspect(
             bytes: body,
         }]
     };
+    let heatmap = heatmap?;
     if images.iter().all(|u| u.bytes.is_empty()) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
