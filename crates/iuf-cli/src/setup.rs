@@ -237,13 +237,20 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Learner> {
             path.display()
         );
     }
-    Learner::load(path, device).with_context(|| {
-        format!(
-            "cannot load model {}; expected a model file written by `iuf train` or `iuf learn` \
-             (a damaged file must be re-created)",
-            path.display()
-        )
-    })
+    Learner::load(path, device).with_context(|| cannot_load(path))
+}
+
+/// [`load_model`] on the file's bytes, already read.
+pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Learner> {
+    Learner::load_bytes(path, bytes, device).with_context(|| cannot_load(path))
+}
+
+fn cannot_load(path: &Path) -> String {
+    format!(
+        "cannot load model {}; expected a model file written by `iuf train` or `iuf learn` \
+         (a damaged file must be re-created)",
+        path.display()
+    )
 }
 
 /// Splits `a,b , c` into class names (no empty names, no duplicates).

@@ -202,7 +202,24 @@ impl Learner {
 
     /// Loads a model file written by [`Learner::save`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let loaded = iuf_model::load_model(path, device)?;
+        Self::from_loaded(path, iuf_model::load_model(path, device)?, device)
+    }
+
+    /// [`Learner::load`] on the file's bytes already read (`path` names it in messages).
+    pub fn load_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Self> {
+        Self::from_loaded(
+            path,
+            iuf_model::load_model_bytes(path, bytes, device)?,
+            device,
+        )
+    }
+
+    /// The network's parameter count (0 for methods without one).
+    pub fn parameters(&self) -> usize {
+        self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    fn from_loaded(path: &Path, loaded: iuf_model::LoadedModel, device: &Device) -> Result<Self> {
         let state: LearnerState =
             serde_json::from_value(loaded.meta.extra.clone()).map_err(|e| Error::RunDir {
                 path: path.to_path_buf(),

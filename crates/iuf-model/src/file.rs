@@ -188,11 +188,16 @@ pub fn save_model(
 /// Reads a model file, checking format, version, config, every tensor and the digest.
 pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
     let path = path.as_ref();
-    let io = |source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let bytes = std::fs::read(path).map_err(io)?;
+    })?;
+    load_model_bytes(path, &bytes, device)
+}
+
+/// [`load_model`] on a file's bytes already read (`path` names the file in messages). One read
+/// gives the caller both the model and, for instance, a digest of exactly those bytes.
+pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<LoadedModel> {
     let corrupt = |reason: String| ModelError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -201,13 +206,13 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
         path: path.to_path_buf(),
         reason,
     };
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
         corrupt(format!(
             "not a readable safetensors file ({} bytes): {e}",
             bytes.len()
         ))
     })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
     let header = header.metadata().clone().unwrap_or_default();
     match header.get(KEY_FORMAT) {

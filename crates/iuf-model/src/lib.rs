@@ -25,8 +25,8 @@ pub use config::{
 pub use discriminator::{Discriminator, DiscriminatorOutput};
 pub use error::{ModelError, Result, TensorProblem};
 pub use file::{
-    assign_tensors, load_model, remove_stale_temps, save_model, temp_path, LearnedClass,
-    LoadedModel, MissingTensors, ModelMeta, FORMAT_VERSION, STATE_PREFIX,
+    assign_tensors, load_model, load_model_bytes, remove_stale_temps, save_model, temp_path,
+    LearnedClass, LoadedModel, MissingTensors, ModelMeta, FORMAT_VERSION, STATE_PREFIX,
 };
 pub use map::{anomaly_map, gaussian_blur, image_scores, MAP_STRIDE, SCORE_POOL};
 pub use memory::{MemoryConfig, PatchMemory};

@@ -23,24 +23,17 @@ pub struct InfoArgs {
 }
 
 /// The network's parameter count and the file's size in bytes.
-fn size(path: &Path) -> Result<(usize, u64)> {
-    let parameters: usize = iuf_model::load_model(path, &Device::Cpu)
-        .with_context(|| format!("reading the weights of {}", path.display()))?
-        .varmap
-        .all_vars()
-        .iter()
-        .map(|v| v.elem_count())
-        .sum();
+fn size(path: &Path, learner: &Learner) -> Result<(usize, u64)> {
     let bytes = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
-    Ok((parameters, bytes))
+    Ok((learner.parameters(), bytes))
 }
 
 /// What `iuf info --json` prints for the model file `path`, already loaded as `learner` (also
 /// `iuf serve`'s `GET /v1/model`).
 pub fn model_json(path: &Path, learner: &Learner) -> Result<Value> {
-    let (parameters, bytes) = size(path)?;
+    let (parameters, bytes) = size(path, learner)?;
     let meta = learner.meta();
     let cfg = learner.config();
     Ok(json!({
@@ -69,7 +62,7 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
         super::print_json(&model_json(&a.model, &learner)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (parameters, bytes) = size(&a.model)?;
+    let (parameters, bytes) = size(&a.model, &learner)?;
     let meta = learner.meta();
     let cfg = learner.config();
     let q = cfg.calibration.quantile;

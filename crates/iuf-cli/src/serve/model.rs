@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use iuf_incremental::Learner;
 use serde_json::Value;
@@ -26,11 +26,6 @@ pub struct Served {
     pub quantile: f64,
 }
 
-fn file_sha256(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(iuf_backbone::fetch::sha256_hex(&bytes))
-}
-
 /// Loads and checks `path`: a readable model whose digests hold, which has learned at least one
 /// object, with backbone weights it was trained on. `current` lends its backbone when the weights
 /// are the same.
@@ -41,8 +36,13 @@ pub fn load(
     precision: &PrecisionArg,
     current: Option<&Served>,
 ) -> Result<Served> {
-    let before = file_sha256(path)?;
-    let mut learner = setup::load_model(path, device)?;
+    // One read: the digest and the model come from the same bytes, even when `iuf learn`
+    // renames a new file into place meanwhile.
+    let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+    let sha256 = iuf_backbone::fetch::sha256_hex(&bytes);
+    let mut learner = setup::load_model_bytes(path, &bytes, device)?;
+    let size = bytes.len();
+    drop(bytes);
     precision.apply(&mut learner)?;
     let variant = setup::model_backbone(&learner, path)?;
     let backbone = match current {
@@ -52,21 +52,17 @@ pub fn load(
         {
             c.backbone.clone()
         }
-        _ => Arc::new(setup::backbone(g, variant, device)?),
+        _ => {
+            let loaded = Arc::new(setup::backbone(g, variant, device)?);
+            setup::check_backbone_weights(&learner, path, &loaded)?;
+            loaded
+        }
     };
-    setup::check_backbone_weights(&learner, path, &backbone)?;
     Inspector::new(&learner, &backbone.backbone)
         .with_context(|| format!("model {} cannot be served", path.display()))?;
     let mut info = crate::cmd::info::model_json(path, &learner)?;
-    // The file must not have changed while it was read twice (model, then info): an atomic
-    // rename by `iuf learn` in between would pair one file's digest with another's weights.
-    let sha256 = file_sha256(path)?;
-    if sha256 != before {
-        bail!(
-            "{} changed while it was being loaded; try the reload again",
-            path.display()
-        );
-    }
+    // The size of the bytes read, not of whatever file is at `path` now.
+    info["bytes"] = size.into();
     info["sha256"] = Value::String(sha256.clone());
     let quantile = learner.config().calibration.quantile;
     Ok(Served {
