@@ -155,7 +155,6 @@ impl Service {
     /// body the service would not read could make the kernel reset the connection and drop the
     /// answer before it is read.
     fn raw_status(&self, path: &str, length: usize) -> u16 {
-        use std::io::Read;
         let host = self.url.strip_prefix("http://").unwrap();
         let mut c = TcpStream::connect(host).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -164,14 +163,7 @@ impl Service {
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
-        let mut answer = Vec::new();
-        let _ = c.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+        read_status(&mut c)
     }
 
     /// The status answered to a POST whose body arrives in two halves, 300 ms apart; panics if
@@ -206,19 +198,25 @@ impl Service {
         }
         c.write_all(&body[half..]).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut answer = Vec::new();
-        let _ = c.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+        read_status(&mut c)
     }
 
     fn inspect(&self, bytes: &[u8]) -> (u16, Value) {
         self.json("POST", "/v1/inspect", &[], Some(bytes))
     }
+}
+
+/// The status of the HTTP answer read to the end of `c`.
+fn read_status(c: &mut TcpStream) -> u16 {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
 }
 
 impl Drop for Service {
