@@ -478,16 +478,21 @@ fn real_data_serve_sheds_load_with_503_when_its_queue_is_full() {
     assert_eq!(status, 413, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--queue"), "{e}");
     let url = format!("{}/v1/inspect", svc.url);
+    // All clients start together, so a busy machine cannot spread them out to one at a time.
+    let start = std::sync::Barrier::new(12);
     let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..8)
+        let handles: Vec<_> = (0..12)
             .map(|_| {
-                let (url, good) = (&url, &good);
-                scope.spawn(move || match ureq::post(url).send_bytes(good) {
-                    Ok(r) => (r.status(), None),
-                    Err(ureq::Error::Status(code, r)) => {
-                        (code, r.header("Retry-After").map(str::to_string))
+                let (url, good, start) = (&url, &good, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    match ureq::post(url).send_bytes(good) {
+                        Ok(r) => (r.status(), None),
+                        Err(ureq::Error::Status(code, r)) => {
+                            (code, r.header("Retry-After").map(str::to_string))
+                        }
+                        Err(e) => panic!("{e}"),
                     }
-                    Err(e) => panic!("{e}"),
                 })
             })
             .collect();
@@ -496,7 +501,7 @@ fn real_data_serve_sheds_load_with_503_when_its_queue_is_full() {
     let shed: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
     assert!(
         !shed.is_empty(),
-        "8 simultaneous requests into a queue of 1: {answers:?}"
+        "12 simultaneous requests into a queue of 1: {answers:?}"
     );
     assert!(
         shed.iter().all(|(_, retry)| retry.as_deref() == Some("1")),
