@@ -6,5 +6,6 @@ mod common;
 mod errors;
 mod faults;
 mod mvtec_mini;
+mod readonly;
 mod serve;
 mod workflow;
