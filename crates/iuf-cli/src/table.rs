@@ -1,7 +1,7 @@
 //! Plain-text tables for the terminal: a header, a rule, left-aligned text and right-aligned numbers.
 
-/// Renders `rows` under `header`; columns whose cells all parse as numbers (or `-`) are
-/// right-aligned.
+/// Renders `rows` under `header`; columns whose cells all parse as numbers (or are `-` or `n/a`)
+/// are right-aligned.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -15,7 +15,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
             rows.iter().all(|r| {
                 r.get(i).is_none_or(|c| {
                     let c = c.trim_end_matches('%');
-                    c == "-" || c.is_empty() || c.parse::<f64>().is_ok()
+                    c == "-" || c == "n/a" || c.is_empty() || c.parse::<f64>().is_ok()
                 })
             })
         })

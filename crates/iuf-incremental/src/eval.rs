@@ -1,5 +1,11 @@
 //! Per-class evaluation (section 6): image AUROC from the image score, pixel AUROC, pixel AP, PRO,
 //! image AP and F1-max, over one object's test set.
+//!
+//! A test set needs good and defective images: without either, no metric is defined and
+//! evaluation fails naming the class. A test set whose defect masks are all empty (no defect
+//! pixel, e.g. a dataset shipped with black masks) still has the image-level metrics, computed
+//! from the folder labels; its pixel metrics are absent (`None`, JSON `null`) and
+//! [`ClassMetrics::warning`] says which class, what is missing and what was computed.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -37,14 +43,27 @@ pub struct ClassMetrics {
     pub image_ap: f64,
     /// Image-level best F1.
     pub image_f1_max: f64,
-    /// Pixel-level AUROC over every pixel of the test set.
-    pub pixel_auroc: f64,
-    /// Pixel-level average precision.
-    pub pixel_ap: f64,
-    /// Normalised area under the per-region-overlap curve up to FPR 0.3.
-    pub pro: f64,
+    /// Pixel-level AUROC over every pixel of the test set; `None` when the masks hold no defect
+    /// pixel (see [`warning`](Self::warning)).
+    pub pixel_auroc: Option<f64>,
+    /// Pixel-level average precision; `None` like `pixel_auroc`.
+    pub pixel_ap: Option<f64>,
+    /// Normalised area under the per-region-overlap curve up to FPR 0.3; `None` like
+    /// `pixel_auroc`.
+    pub pro: Option<f64>,
     /// Seconds spent in the model (forward, map, score) per image.
     pub seconds_per_image: f64,
+    /// Why some metrics are absent: names the class, what its test set lacks and what was
+    /// computed all the same. `None` when every metric has a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl ClassMetrics {
+    /// The pixel-level metrics (pixel AUROC, pixel AP, PRO), all present or all absent.
+    pub fn has_pixel_metrics(&self) -> bool {
+        self.pixel_auroc.is_some() && self.pixel_ap.is_some() && self.pro.is_some()
+    }
 }
 
 fn metric<T>(class: &str, r: iuf_metrics::Result<T>) -> Result<T> {
@@ -129,33 +148,38 @@ pub fn metrics_of(
     let image_auroc = metric(c, image.auroc())?;
     let image_ap = metric(c, image.average_precision())?;
     let image_f1_max = metric(c, image.f1_max())?.f1;
-    if !masks.iter().any(|m| m.iter().any(|&x| x)) {
-        return Err(Error::Msg(format!(
-            "class `{c}`: the ground-truth masks of its {anomalous} defective test images are all \
-             empty (no defect pixel), so pixel AUROC, pixel AP and PRO cannot be computed; the \
-             image-level metrics could: image AUROC {:.1}, AP {:.1}, F1-max {:.1}; check the masks \
-             under {c}/ground_truth/<defect type> (white defect pixels on black)",
-            100.0 * image_auroc,
-            100.0 * image_ap,
-            100.0 * image_f1_max
-        )));
-    }
-    let pixel = metric(c, iuf_metrics::RankedScores::from_parts(&maps, &mask_refs))?;
-    Ok(ClassMetrics {
+    let mut m = ClassMetrics {
         class: class.to_string(),
         images: n,
         anomalous,
         image_auroc,
         image_ap,
         image_f1_max,
-        pixel_auroc: metric(c, pixel.auroc())?,
-        pixel_ap: metric(c, pixel.average_precision())?,
-        pro: metric(
-            c,
-            iuf_metrics::pro_auc(&maps, &mask_refs, w, h, iuf_metrics::PRO_MAX_FPR),
-        )?,
+        pixel_auroc: None,
+        pixel_ap: None,
+        pro: None,
         seconds_per_image: 0.0,
-    })
+        warning: None,
+    };
+    if !masks.iter().any(|m| m.iter().any(|&x| x)) {
+        // The image labels come from the folders, so the image-level metrics stand.
+        m.warning = Some(format!(
+            "class `{c}`: the ground-truth masks of its {anomalous} defective test images are all \
+             empty (no defect pixel), so pixel AUROC, pixel AP and PRO cannot be computed and are \
+             reported as absent; the image-level metrics (AUROC, AP, F1-max) are computed from the \
+             image labels; check the masks under {c}/ground_truth/<defect type> (white defect \
+             pixels on black)"
+        ));
+        return Ok(m);
+    }
+    let pixel = metric(c, iuf_metrics::RankedScores::from_parts(&maps, &mask_refs))?;
+    m.pixel_auroc = Some(metric(c, pixel.auroc())?);
+    m.pixel_ap = Some(metric(c, pixel.average_precision())?);
+    m.pro = Some(metric(
+        c,
+        iuf_metrics::pro_auc(&maps, &mask_refs, w, h, iuf_metrics::PRO_MAX_FPR),
+    )?);
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -174,8 +198,9 @@ mod tests {
         }
     }
 
-    /// Guarantee: a test set that makes a metric undefined is named with the class, what is
-    /// missing and what could still be computed, instead of "AUROC needs at least one positive".
+    /// Guarantee: a test set without good or without defective images, where no metric is
+    /// defined, is an error that names the class and what is missing, instead of "AUROC needs at
+    /// least one positive"; one whose masks are all empty is evaluated (next test).
     #[test]
     fn undefined_metrics_name_the_class_and_what_is_missing() {
         let p = predictions(4);
@@ -192,19 +217,58 @@ mod tests {
             .to_string();
         assert!(msg.contains("no good image"), "{msg}");
         let labels = [false, false, true, true];
-        let msg = metrics_of("tire", &p, &labels, &empty)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`tire`")
-                && msg.contains("masks of its 2 defective test images are all empty")
-                && msg.contains("image AUROC 100.0")
-                && !msg.contains("  "),
-            "{msg}"
-        );
         let mut masks = empty.clone();
         masks[2][1] = true;
         let m = metrics_of("tire", &p, &labels, &masks).unwrap();
         assert_eq!((m.images, m.anomalous, m.image_auroc), (4, 2, 1.0));
+        assert!(m.has_pixel_metrics() && m.warning.is_none(), "{m:?}");
+    }
+
+    /// Guarantee (issue 14): a test set whose defect masks are all empty still gets its
+    /// image-level metrics; the pixel metrics are absent (not 0, not NaN, not an error), and the
+    /// warning names the class, what is missing and that the image-level metrics were computed.
+    /// Old step files (numbers) and new ones (`null`) both read back.
+    #[test]
+    fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics() {
+        let p = predictions(4);
+        let labels = [false, false, true, true];
+        let m = metrics_of("tire", &p, &labels, &vec![vec![false; 4]; 4]).unwrap();
+        assert_eq!(
+            (
+                m.images,
+                m.anomalous,
+                m.image_auroc,
+                m.image_ap,
+                m.image_f1_max
+            ),
+            (4, 2, 1.0, 1.0, 1.0)
+        );
+        assert_eq!((m.pixel_auroc, m.pixel_ap, m.pro), (None, None, None));
+        assert!(!m.has_pixel_metrics());
+        let msg = m.warning.as_deref().expect("a warning");
+        assert!(
+            msg.contains("`tire`")
+                && msg.contains("masks of its 2 defective test images are all empty")
+                && msg.contains("pixel AUROC, pixel AP and PRO")
+                && msg.contains("image-level metrics (AUROC, AP, F1-max) are computed")
+                && msg.contains("tire/ground_truth/")
+                && !msg.contains("  "),
+            "{msg}"
+        );
+        let json = serde_json::to_value(&m).unwrap();
+        assert!(
+            json["pixel_auroc"].is_null() && json["pro"].is_null(),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_value::<ClassMetrics>(json).unwrap(), m);
+        // A file written before pixel metrics could be absent: numbers, no `warning`.
+        let old = r#"{"class":"a","images":4,"anomalous":2,"image_auroc":0.9,"image_ap":0.8,
+            "image_f1_max":0.7,"pixel_auroc":0.95,"pixel_ap":0.5,"pro":0.85,
+            "seconds_per_image":0.01}"#;
+        let old: ClassMetrics = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (old.pixel_auroc, old.pixel_ap, old.pro, old.warning),
+            (Some(0.95), Some(0.5), Some(0.85), None)
+        );
     }
 }

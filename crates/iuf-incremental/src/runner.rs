@@ -3,6 +3,11 @@
 //! `report.md`. A run directory can be resumed: each finished step leaves its model file and its
 //! evaluation (`step-<s>.safetensors`, `step-<s>.json`), written atomically, and a restarted run
 //! continues after the last step that has both.
+//!
+//! An object whose defect masks are all empty has no pixel metrics (see [`crate::eval`]): its
+//! cells of the pixel matrices are `null` from the step that learned it (the protocol's step, not
+//! the first value), and the pixel ACC and FM average over the other objects; the report marks
+//! the cells "n/a" and says so.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -86,13 +91,19 @@ pub struct RunResults {
     pub steps: Vec<Vec<String>>,
     /// Class order of every matrix's columns.
     pub classes: Vec<String>,
-    /// `metrics[name][step][class]`, null where a class was not yet learned. Names: image_auroc,
-    /// pixel_auroc, pixel_ap, pro, image_ap, image_f1_max.
+    /// `metrics[name][step][class]`, null where a class was not yet learned, and for the pixel
+    /// metrics also where the class's masks hold no defect pixel (see `warnings`). Names:
+    /// image_auroc, pixel_auroc, pixel_ap, pro, image_ap, image_f1_max.
     pub metrics: BTreeMap<String, Vec<Vec<Option<f64>>>>,
-    /// ACC after the last step.
+    /// ACC after the last step: the mean over the objects with the metric (objects without pixel
+    /// metrics are left out of the pixel ACC).
     pub acc: ImagePixel,
-    /// FM after the last step.
+    /// FM after the last step, over the same objects as `acc`.
     pub fm: ImagePixel,
+    /// Why metrics are absent: one line per object whose test set leaves some undefined (absent in
+    /// files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Per step: training wall time, seconds.
     pub train_seconds: Vec<f64>,
     /// Per step: evaluation wall time, seconds.
@@ -116,14 +127,43 @@ const METRICS: [&str; 6] = [
     "image_f1_max",
 ];
 
-fn metric_value(m: &ClassMetrics, name: &str) -> f64 {
+fn metric_value(m: &ClassMetrics, name: &str) -> Option<f64> {
     match name {
-        "image_auroc" => m.image_auroc,
+        "image_auroc" => Some(m.image_auroc),
         "pixel_auroc" => m.pixel_auroc,
         "pixel_ap" => m.pixel_ap,
         "pro" => m.pro,
-        "image_ap" => m.image_ap,
-        _ => m.image_f1_max,
+        "image_ap" => Some(m.image_ap),
+        _ => Some(m.image_f1_max),
+    }
+}
+
+impl RunResults {
+    /// The objects that have learned cells without a pixel AUROC (their masks hold no defect
+    /// pixel): left out of the pixel ACC and FM. A cell counts as learned from the step whose
+    /// classes (`steps`) include the object.
+    pub fn without_pixel_metrics(&self) -> Vec<String> {
+        let Some(rows) = self.metrics.get("pixel_auroc") else {
+            return Vec::new();
+        };
+        self.classes
+            .iter()
+            .enumerate()
+            .filter(|(ci, c)| {
+                rows.iter().enumerate().any(|(s, row)| {
+                    self.learned_by(c, s) && row.get(*ci).is_some_and(Option::is_none)
+                })
+            })
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Whether `class` is learned after step `step` (it is among the classes of a step up to it).
+    fn learned_by(&self, class: &str, step: usize) -> bool {
+        self.steps
+            .iter()
+            .take(step + 1)
+            .any(|st| st.iter().any(|c| c == class))
     }
 }
 
@@ -494,7 +534,8 @@ pub fn run_protocol(
         for c in &seen {
             let set = eval_set(dataset, store, c, learner.uses_memory(), progress)?;
             let (m, _) = evaluate(&learner, &set, progress)?;
-            tracing::info!(step = s, class = %c, image_auroc = m.image_auroc, pixel_auroc = m.pixel_auroc, "evaluated");
+            tracing::info!(step = s, class = %c, image_auroc = m.image_auroc, pixel_auroc = ?m.pixel_auroc, "evaluated");
+            warn_once(&m, new);
             metrics.push(m);
         }
         let result = StepResult {
@@ -559,6 +600,7 @@ fn run_class_mean(
         for c in steps[..=s].iter().flatten() {
             let set = eval_set(dataset, store, c, false, progress)?;
             let (m, _) = evaluate_with(&set, progress, |f, _| baseline.predict(c, f))?;
+            warn_once(&m, new);
             metrics.push(m);
         }
         let result = StepResult {
@@ -586,6 +628,18 @@ fn run_class_mean(
     Ok(results)
 }
 
+/// Logs the warning of an object's metrics at the step that learns it (not again at every step).
+fn warn_once(m: &ClassMetrics, new: &[String]) {
+    if let Some(w) = &m.warning {
+        if new.contains(&m.class) {
+            tracing::warn!("{w}; the pixel ACC and FM leave `{}` out", m.class);
+        }
+    }
+}
+
+/// `R[step][class]` of metric `name` over the finished steps. An object evaluated without a value
+/// (its pixel metrics are undefined) is marked undefined: it counts as learned at that step, and
+/// ACC / FM average over the objects with a value.
 fn matrix(
     classes: &[String],
     steps: usize,
@@ -601,11 +655,14 @@ fn matrix(
     for (s, r) in done.iter().enumerate() {
         for cm in &r.metrics {
             if let Some(ci) = m.class_index(&cm.class) {
-                m.set(s, ci, metric_value(cm, name))
-                    .map_err(|source| Error::Metrics {
-                        class: cm.class.clone(),
-                        source,
-                    })?;
+                match metric_value(cm, name) {
+                    Some(v) => m.set(s, ci, v),
+                    None => m.set_undefined(s, ci),
+                }
+                .map_err(|source| Error::Metrics {
+                    class: cm.class.clone(),
+                    source,
+                })?;
             }
         }
     }
@@ -647,6 +704,16 @@ fn assemble(
         }
         metrics.insert(name.to_string(), rows);
     }
+    let mut warnings: Vec<String> = Vec::new();
+    for w in done
+        .iter()
+        .flat_map(|r| &r.metrics)
+        .filter_map(|m| m.warning.as_ref())
+    {
+        if !warnings.contains(w) {
+            warnings.push(w.clone());
+        }
+    }
     Ok(RunResults {
         method: spec.method.name().to_string(),
         protocol: ProtocolInfo {
@@ -659,6 +726,7 @@ fn assemble(
         metrics,
         acc,
         fm,
+        warnings,
         train_seconds: done.iter().map(|r| r.record.train_seconds).collect(),
         eval_seconds: done.iter().map(|r| r.eval_seconds).collect(),
         infer_ms_per_image: done
@@ -714,6 +782,7 @@ pub fn report_markdown(r: &RunResults) -> String {
         pct(r.fm.image),
         pct(r.fm.pixel)
     );
+    s.push_str(&absent_pixel_note(r));
     s.push_str(&efficiency_markdown(r));
     for name in METRICS {
         let Some(rows) = r.metrics.get(name) else {
@@ -732,7 +801,12 @@ pub fn report_markdown(r: &RunResults) -> String {
             let mean = (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64);
             let cells: Vec<String> = row
                 .iter()
-                .map(|v| v.map_or("-".into(), |v| format!("{v:.3}")))
+                .zip(&r.classes)
+                .map(|(v, c)| match v {
+                    Some(v) => format!("{v:.3}"),
+                    None if r.learned_by(c, i) => "n/a".into(),
+                    None => "-".into(),
+                })
                 .collect();
             let _ = writeln!(
                 s,
@@ -741,6 +815,27 @@ pub fn report_markdown(r: &RunResults) -> String {
                 mean.map_or("-".into(), |m| format!("{m:.3}"))
             );
         }
+    }
+    s
+}
+
+/// The objects without pixel metrics and why, or nothing.
+fn absent_pixel_note(r: &RunResults) -> String {
+    let absent = r.without_pixel_metrics();
+    if absent.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = absent.iter().map(|c| format!("`{c}`")).collect();
+    let mut s = format!(
+        "No pixel metrics for {} (n/a below): the pixel ACC and FM average over the other objects; \
+         the image-level metrics include every object.\n\n",
+        names.join(", ")
+    );
+    for w in &r.warnings {
+        let _ = writeln!(s, "- {w}");
+    }
+    if !r.warnings.is_empty() {
+        s.push('\n');
     }
     s
 }
@@ -783,5 +878,172 @@ pub fn comparison_markdown(runs: &[RunResults]) -> String {
             r.model_bytes.last().map_or("-".into(), |b| mib(*b)),
         );
     }
+    for r in runs {
+        let absent = r.without_pixel_metrics();
+        if !absent.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{}: no pixel metrics for {} (masks without defect pixels); its pixel ACC and FM \
+                 average over the other objects.",
+                r.method,
+                absent.join(", ")
+            );
+        }
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(class: &str, image: f64, pixel: Option<f64>) -> ClassMetrics {
+        ClassMetrics {
+            class: class.into(),
+            images: 10,
+            anomalous: 5,
+            image_auroc: image,
+            image_ap: image,
+            image_f1_max: image,
+            pixel_auroc: pixel,
+            pixel_ap: pixel,
+            pro: pixel,
+            seconds_per_image: 0.01,
+            warning: pixel
+                .is_none()
+                .then(|| format!("class `{class}`: masks all empty")),
+        }
+    }
+
+    fn step(s: usize, classes: &[&str], metrics: Vec<ClassMetrics>) -> StepResult {
+        StepResult {
+            record: StepRecord {
+                step: s,
+                classes: classes.iter().map(|c| c.to_string()).collect(),
+                images: 10,
+                epochs: 1,
+                optimizer: "adamw".into(),
+                final_loss: Default::default(),
+                train_seconds: 1.0,
+            },
+            metrics,
+            eval_seconds: 1.0,
+            feature_seconds: 1.0,
+            model_bytes: 1,
+            peak_rss_bytes: None,
+        }
+    }
+
+    fn results(steps: &[&[&str]], done: &[StepResult]) -> RunResults {
+        let steps: Vec<Vec<String>> = steps
+            .iter()
+            .map(|st| st.iter().map(|c| c.to_string()).collect())
+            .collect();
+        let spec = RunSpec {
+            method: Strategy::Iuf,
+            protocol: Protocol {
+                name: "test".into(),
+                steps: steps.clone(),
+            },
+            config: TrainConfig::tiny(8, 3),
+            dir: PathBuf::new(),
+        };
+        let classes: Vec<String> = steps.iter().flatten().cloned().collect();
+        assemble(&spec, &spec.config, &steps, &classes, done).unwrap()
+    }
+
+    /// Guarantee (issue 14): an object without pixel metrics (all-empty masks) keeps its image
+    /// metrics in the image ACC / FM, is `null` in the pixel matrices from the step the protocol
+    /// learns it, and leaves the pixel ACC / FM and the learned steps of the other objects exactly
+    /// as without it; the reports mark it "n/a" (learned) apart from "-" (not learned yet) and say
+    /// why; the warning is kept once, and results.json reads back.
+    #[test]
+    fn an_object_without_pixel_metrics_leaves_the_others_pixel_acc_and_fm_alone() {
+        let done = [
+            step(
+                0,
+                &["a", "b"],
+                vec![metrics("a", 0.9, Some(0.95)), metrics("b", 0.8, None)],
+            ),
+            step(
+                1,
+                &["c"],
+                vec![
+                    metrics("a", 0.7, Some(0.85)),
+                    metrics("b", 0.6, None),
+                    metrics("c", 0.9, Some(0.75)),
+                ],
+            ),
+        ];
+        let r = results(&[&["a", "b"], &["c"]], &done);
+        // Pixel: a 0.85 and c 0.75 after step 1; forgetting only a: 0.95 - 0.85.
+        assert!((r.acc.pixel.unwrap() - 0.80).abs() < 1e-12, "{:?}", r.acc);
+        assert!((r.fm.pixel.unwrap() - 0.10).abs() < 1e-12, "{:?}", r.fm);
+        // Image: every object, b included: (0.7 + 0.6 + 0.9) / 3; FM (0.2 + 0.2) / 2.
+        assert!((r.acc.image.unwrap() - 2.2 / 3.0).abs() < 1e-12);
+        assert!((r.fm.image.unwrap() - 0.2).abs() < 1e-12);
+        // The same pixel ACC / FM as a run without b at all.
+        let without_b: Vec<StepResult> = done
+            .iter()
+            .map(|st| {
+                let mut st = st.clone();
+                st.metrics.retain(|m| m.class != "b");
+                st
+            })
+            .collect();
+        let reference = results(&[&["a"], &["c"]], &without_b);
+        assert_eq!(
+            (r.acc.pixel, r.fm.pixel),
+            (reference.acc.pixel, reference.fm.pixel)
+        );
+        let m = matrix(&r.classes, 2, &done, "pixel_auroc").unwrap();
+        assert_eq!(
+            (0..3).map(|c| m.learned_at(c)).collect::<Vec<_>>(),
+            [Some(0), Some(0), Some(1)]
+        );
+        for name in ["pixel_auroc", "pixel_ap", "pro"] {
+            assert_eq!(
+                r.metrics[name],
+                [
+                    vec![Some(0.95), None, None],
+                    vec![Some(0.85), None, Some(0.75)]
+                ],
+                "{name}"
+            );
+        }
+        assert_eq!(
+            r.metrics["image_auroc"][1],
+            [Some(0.7), Some(0.6), Some(0.9)]
+        );
+        assert_eq!(r.without_pixel_metrics(), ["b"]);
+        assert_eq!(r.warnings, ["class `b`: masks all empty"]);
+        assert!(reference.without_pixel_metrics().is_empty() && reference.warnings.is_empty());
+
+        let report = report_markdown(&r);
+        assert!(report.contains("No pixel metrics for `b`"), "{report}");
+        assert!(report.contains("- class `b`: masks all empty"), "{report}");
+        // Step 0 of pixel_auroc: b learned without a value, c not learned yet.
+        assert!(
+            report.contains("| 0 | 0.950 | n/a | - | 0.950 |"),
+            "{report}"
+        );
+        assert!(!report_markdown(&reference).contains("n/a"));
+        let cmp = comparison_markdown(&[r.clone(), reference]);
+        assert_eq!(cmp.matches("no pixel metrics for b").count(), 1, "{cmp}");
+
+        // results.json round trip: nulls stay absent, the warnings come back; a file written
+        // before warnings were recorded still reads.
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["metrics"]["pixel_auroc"][1][1].is_null());
+        let back: RunResults = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            (back.metrics, back.warnings),
+            (r.metrics, r.warnings.clone())
+        );
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("warnings");
+        let old: RunResults = serde_json::from_value(old).unwrap();
+        assert!(old.warnings.is_empty());
+        assert_eq!(old.without_pixel_metrics(), ["b"]);
+    }
 }

@@ -7,10 +7,15 @@ use crate::error::{MetricsError, Result};
 
 /// `R[s][c]`: the metric (e.g. image AUROC) of the model after step `s` on class `c`.
 ///
-/// A cell is absent (`None`) where class `c` was not yet learned at step `s`. The step at which a
-/// class is learned is the first step with a value. Plain data with public accessors
-/// ([`classes`](Self::classes), [`steps`](Self::steps), [`get`](Self::get)) so callers can
-/// serialise it however they like.
+/// A cell is absent (`None`) where class `c` was not yet learned at step `s`, or where it was
+/// learned and evaluated but the metric is undefined for it ([`set_undefined`](Self::set_undefined):
+/// e.g. pixel AUROC of a test set whose defect masks are all empty). The step at which a class is
+/// learned is the first step with a value or an undefined mark, so a metric that cannot be
+/// computed never moves it. ACC and FM average over the classes with a value; an undefined cell
+/// leaves its class out of them (and out of the best-earlier value of FM) without changing the
+/// others. Plain data with public accessors ([`classes`](Self::classes), [`steps`](Self::steps),
+/// [`get`](Self::get), [`is_undefined`](Self::is_undefined)) so callers can serialise it however
+/// they like.
 ///
 /// ```
 /// use iuf_metrics::ResultsMatrix;
@@ -30,7 +35,18 @@ pub struct ResultsMatrix {
     classes: Vec<String>,
     steps: usize,
     /// Row-major: `cells[step * classes.len() + class]`.
-    cells: Vec<Option<f64>>,
+    cells: Vec<Cell>,
+}
+
+/// One `R[s][c]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell {
+    /// The class is not learned yet at this step.
+    NotLearned,
+    /// Learned and evaluated, but the metric has no value (undefined for its test set).
+    Undefined,
+    /// The metric.
+    Value(f64),
 }
 
 impl ResultsMatrix {
@@ -56,7 +72,7 @@ impl ResultsMatrix {
                 return Err(MetricsError::DuplicateClass { name: name.clone() });
             }
         }
-        let cells = vec![None; steps * classes.len()];
+        let cells = vec![Cell::NotLearned; steps * classes.len()];
         Ok(Self {
             classes,
             steps,
@@ -107,25 +123,47 @@ impl ResultsMatrix {
                 found: format!("NaN at step {step}, class {}", self.classes[class]),
             });
         }
-        self.cells[cell] = Some(value);
+        self.cells[cell] = Cell::Value(value);
         Ok(())
     }
 
-    /// `R[step][class]`, or `None` where the class was not learned yet (or an index is out of
-    /// range).
+    /// Records that `class` is learned at `step` (it was evaluated) but the metric is undefined
+    /// for it, e.g. pixel AUROC of a test set without any defect pixel in its masks. The cell
+    /// reads `None`; [`learned_at`](Self::learned_at) counts it; ACC and FM leave it out. Errors on
+    /// an index out of range.
+    pub fn set_undefined(&mut self, step: usize, class: usize) -> Result<()> {
+        let cell = self.cell(step, class)?;
+        self.cells[cell] = Cell::Undefined;
+        Ok(())
+    }
+
+    /// `R[step][class]`, or `None` where the class was not learned yet, where the metric is
+    /// undefined for it (see [`is_undefined`](Self::is_undefined)) or where an index is out of
+    /// range.
     pub fn get(&self, step: usize, class: usize) -> Option<f64> {
-        self.cell(step, class)
-            .ok()
-            .and_then(|cell| self.cells[cell])
+        match self.cell(step, class).map(|cell| self.cells[cell]) {
+            Ok(Cell::Value(v)) => Some(v),
+            _ => None,
+        }
     }
 
-    /// The first step with a value for `class`: the step that learned it.
+    /// True where [`set_undefined`](Self::set_undefined) marked `R[step][class]`: learned, but
+    /// without a value.
+    pub fn is_undefined(&self, step: usize, class: usize) -> bool {
+        matches!(
+            self.cell(step, class).map(|cell| self.cells[cell]),
+            Ok(Cell::Undefined)
+        )
+    }
+
+    /// The first step with a value or an undefined mark for `class`: the step that learned it.
     pub fn learned_at(&self, class: usize) -> Option<usize> {
-        (0..self.steps).find(|&s| self.get(s, class).is_some())
+        (0..self.steps).find(|&s| self.get(s, class).is_some() || self.is_undefined(s, class))
     }
 
-    /// ACC after `step`: mean over the classes present at `step` of `R[step][c]`.
-    /// `None` if no class has a value at `step`.
+    /// ACC after `step`: mean over the classes with a value at `step` of `R[step][c]` (classes not
+    /// learned yet, or with the metric undefined, are left out). `None` if no class has a value
+    /// at `step`.
     pub fn acc_at(&self, step: usize) -> Option<f64> {
         let values: Vec<f64> = (0..self.classes.len())
             .filter_map(|c| self.get(step, c))
@@ -133,10 +171,10 @@ impl ResultsMatrix {
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }
 
-    /// FM after step `t`: mean over the classes learned before `t` (and present at `t`) of
-    /// (max over s in [step learned, t-1] of `R[s][c]`) - `R[t][c]`. `None` when no class was
-    /// learned before `t`, in particular at step 0 and for a one-step run: forgetting is undefined
-    /// there.
+    /// FM after step `t`: mean over the classes learned before `t` (and with a value at `t`) of
+    /// (max over s in [step learned, t-1] of `R[s][c]`) - `R[t][c]`, the max taken over the steps
+    /// with a value; a class without any value before `t` is left out. `None` when no class
+    /// qualifies, in particular at step 0 and for a one-step run: forgetting is undefined there.
     pub fn fm_at(&self, t: usize) -> Option<f64> {
         let mut forgetting = Vec::new();
         for c in 0..self.classes.len() {
@@ -160,7 +198,8 @@ impl ResultsMatrix {
     }
 
     /// The per-class table as GitHub Markdown: one row per step, one column per class, then ACC
-    /// and FM after that step. Values have 4 decimals; absent values are "-".
+    /// and FM after that step. Values have 4 decimals; cells of classes not learned yet are "-",
+    /// undefined ones "n/a".
     pub fn to_markdown(&self) -> String {
         let format = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
         let mut out = String::from("| step |");
@@ -176,7 +215,12 @@ impl ResultsMatrix {
         for step in 0..self.steps {
             let _ = write!(out, "| {step} |");
             for class in 0..self.classes.len() {
-                let _ = write!(out, " {} |", format(self.get(step, class)));
+                let cell = if self.is_undefined(step, class) {
+                    "n/a".to_string()
+                } else {
+                    format(self.get(step, class))
+                };
+                let _ = write!(out, " {cell} |");
             }
             let _ = writeln!(
                 out,

@@ -210,7 +210,8 @@ fn report(plan: &BenchPlan<'_>, store: &FeatureStore, runs: &[RunResults]) -> St
     s
 }
 
-/// The comparison as a terminal table.
+/// The comparison as a terminal table, then a line for each method with objects left out of the
+/// pixel ACC / FM (their masks hold no defect pixel).
 pub fn comparison_table(runs: &[RunResults]) -> String {
     let o = |v: Option<f64>| v.map_or("-".into(), pct);
     let rows: Vec<Vec<String>> = runs
@@ -229,7 +230,7 @@ pub fn comparison_table(runs: &[RunResults]) -> String {
             ]
         })
         .collect();
-    table::render(
+    let mut s = table::render(
         &[
             "method",
             "image ACC",
@@ -242,7 +243,19 @@ pub fn comparison_table(runs: &[RunResults]) -> String {
             "model size",
         ],
         &rows,
-    )
+    );
+    for r in runs {
+        let absent = r.without_pixel_metrics();
+        if !absent.is_empty() {
+            s.push_str(&format!(
+                "({}: no pixel metrics for {}, whose masks hold no defect pixel; pixel ACC and FM are \
+                 over the other objects)\n",
+                r.method,
+                absent.join(", ")
+            ));
+        }
+    }
+    s
 }
 
 /// The short JSON summary of a benchmark.

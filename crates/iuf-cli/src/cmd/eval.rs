@@ -1,5 +1,7 @@
 //! `iuf eval`: per-object image and pixel AUROC, average precision, PRO and F1-max of a model on a
-//! dataset's test images (section 6), as a table or JSON.
+//! dataset's test images (section 6), as a table or JSON. An object whose defect masks are all
+//! empty gets its image-level metrics and no pixel metrics ("n/a", JSON `null`), with a warning;
+//! the means are over the objects that have the metric.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,17 +37,35 @@ pub struct EvalArgs {
     pub precision: setup::PrecisionArg,
 }
 
-/// The mean of every metric over the objects.
+/// The metrics of the table's columns: image AUROC, pixel AUROC, image AP, pixel AP, PRO, F1-max;
+/// the pixel ones are `None` for an object without defect pixels in its masks.
+fn columns(m: &ClassMetrics) -> [Option<f64>; 6] {
+    [
+        Some(m.image_auroc),
+        m.pixel_auroc,
+        Some(m.image_ap),
+        m.pixel_ap,
+        m.pro,
+        Some(m.image_f1_max),
+    ]
+}
+
+/// The mean of column `k` over the objects that have it; `None` when none has.
+fn column_mean(metrics: &[ClassMetrics], k: usize) -> Option<f64> {
+    let vals: Vec<f64> = metrics.iter().filter_map(|m| columns(m)[k]).collect();
+    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+}
+
+/// The mean of every metric over the objects that have it (`null` when none has).
 fn mean(metrics: &[ClassMetrics]) -> serde_json::Value {
-    let n = metrics.len().max(1) as f64;
-    let m = |f: fn(&ClassMetrics) -> f64| metrics.iter().map(f).sum::<f64>() / n;
+    let m = |k| column_mean(metrics, k);
     json!({
-        "image_auroc": m(|c| c.image_auroc),
-        "pixel_auroc": m(|c| c.pixel_auroc),
-        "image_ap": m(|c| c.image_ap),
-        "pixel_ap": m(|c| c.pixel_ap),
-        "pro": m(|c| c.pro),
-        "image_f1_max": m(|c| c.image_f1_max),
+        "image_auroc": m(0),
+        "pixel_auroc": m(1),
+        "image_ap": m(2),
+        "pixel_ap": m(3),
+        "pro": m(4),
+        "image_f1_max": m(5),
     })
 }
 
@@ -105,6 +125,9 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
         })?;
         let (m, _) =
             evaluate(&learner, &set, &bars).with_context(|| format!("evaluating `{c}`"))?;
+        if let Some(w) = &m.warning {
+            progress::status(g.json, &format!("warning: {w}"));
+        }
         metrics.push(m);
     }
     let result = json!({
@@ -122,21 +145,11 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
         super::print_json(&result)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let row = |name: &str, images: String, m: [f64; 6], ms: String| -> Vec<String> {
+    let row = |name: &str, images: String, m: [Option<f64>; 6], ms: String| -> Vec<String> {
         let mut r = vec![name.to_string(), images];
-        r.extend(m.iter().map(|v| pct(*v)));
+        r.extend(m.iter().map(|v| v.map_or_else(|| "n/a".to_string(), pct)));
         r.push(ms);
         r
-    };
-    let vals = |m: &ClassMetrics| {
-        [
-            m.image_auroc,
-            m.pixel_auroc,
-            m.image_ap,
-            m.pixel_ap,
-            m.pro,
-            m.image_f1_max,
-        ]
     };
     let mut rows: Vec<Vec<String>> = metrics
         .iter()
@@ -144,15 +157,13 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
             row(
                 &m.class,
                 format!("{} ({} bad)", m.images, m.anomalous),
-                vals(m),
+                columns(m),
                 format!("{:.2}", 1000.0 * m.seconds_per_image),
             )
         })
         .collect();
     if metrics.len() > 1 {
-        let n = metrics.len() as f64;
-        let means: [f64; 6] =
-            std::array::from_fn(|k| metrics.iter().map(|m| vals(m)[k]).sum::<f64>() / n);
+        let means: [Option<f64>; 6] = std::array::from_fn(|k| column_mean(&metrics, k));
         rows.push(row("mean", String::new(), means, String::new()));
     }
     print!(
@@ -173,5 +184,17 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
         )
     );
     println!("(percent; ms/image is the model's inference time, backbone features excluded)");
+    let absent: Vec<&str> = metrics
+        .iter()
+        .filter(|m| !m.has_pixel_metrics())
+        .map(|m| m.class.as_str())
+        .collect();
+    if !absent.is_empty() {
+        println!(
+            "(n/a: no pixel metrics for {}, whose masks hold no defect pixel; the means are over the \
+             objects that have the metric)",
+            absent.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{fails, json, json_lines, lite0_pth, ok, stderr, Scratch};
+use crate::common::{fails, json, json_lines, lite0_pth, ok, shared, stderr, Scratch};
 
 /// The ways a file gets damaged: cut short, one flipped bit, emptied.
 const DAMAGES: [&str; 3] = ["truncated", "bit-flipped", "zero-byte"];
@@ -613,4 +613,183 @@ fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
             .collect();
         assert!(temps.is_empty(), "{name}: {temps:?}");
     }
+}
+
+/// A small real dataset from ../shared/datasets/mvtec-mini: `bottle` with its masks and `tire`
+/// with every mask blackened (a dataset shipped with empty masks): the first 16 training images,
+/// 4 good and 3 + 3 defective test images of each.
+fn real_data_with_black_tire_masks(s: &Scratch) -> PathBuf {
+    let src = shared().join("datasets/mvtec-mini");
+    let dst = s.path("black-masks");
+    let first = |dir: &Path, n: usize| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.truncate(n);
+        names
+    };
+    for (class, defects) in [
+        ("bottle", ["broken_large", "contamination"]),
+        ("tire", ["cut", "hole"]),
+    ] {
+        let copy = |rel: &str, n: usize| -> Vec<String> {
+            let names = first(&src.join(class).join(rel), n);
+            std::fs::create_dir_all(dst.join(class).join(rel)).unwrap();
+            for f in &names {
+                std::fs::copy(
+                    src.join(class).join(rel).join(f),
+                    dst.join(class).join(rel).join(f),
+                )
+                .unwrap();
+            }
+            names
+        };
+        copy("train/good", 16);
+        copy("test/good", 4);
+        for d in defects {
+            for f in copy(&format!("test/{d}"), 3) {
+                let rel = format!("ground_truth/{d}/{}", f.replace(".png", "_mask.png"));
+                let (from, to) = (src.join(class).join(&rel), dst.join(class).join(&rel));
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                if class == "tire" {
+                    let (w, h) = image::image_dimensions(&from).unwrap();
+                    image::GrayImage::new(w, h).save(&to).unwrap();
+                } else {
+                    std::fs::copy(&from, &to).unwrap();
+                }
+            }
+        }
+    }
+    dst
+}
+
+/// Guarantee (issue 14): a test set whose defect masks are all empty is evaluated: `iuf eval` exits
+/// 0 with the object's image-level metrics, shows its pixel metrics absent ("n/a", JSON `null`),
+/// warns naming the object and what is missing, and averages the pixel metrics over the other
+/// objects; `iuf bench` runs through and its pixel ACC / FM are those of the other objects.
+#[test]
+fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() {
+    let s = Scratch::new();
+    let data = real_data_with_black_tire_masks(&s);
+    let m = s.path("m.safetensors");
+    ok(&s.iuf([
+        "train".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--classes".as_ref(),
+        "bottle,tire".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        m.as_os_str(),
+    ]));
+    let eval = [
+        "eval".as_ref(),
+        "--model".as_ref(),
+        m.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+
+    let o = s.iuf(eval);
+    let table = ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: class `tire`")
+            && err.contains("masks of its 6 defective test images are all empty")
+            && err.contains("pixel AUROC, pixel AP and PRO")
+            && err.contains("image-level metrics (AUROC, AP, F1-max) are computed"),
+        "{err}"
+    );
+    assert!(!err.contains("`bottle`"), "{err}");
+    assert_tidy(&err);
+    let row = |name: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` row:\n{table}"));
+        line.split("  ")
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    // object, test images, image AUROC, pixel AUROC, image AP, pixel AP, PRO, F1-max, ms/image
+    let tire = row("tire");
+    assert_eq!(tire[1], "10 (6 bad)", "{table}");
+    for k in [2, 4, 7] {
+        assert!(tire[k].parse::<f64>().is_ok(), "image metric {k}: {tire:?}");
+    }
+    assert_eq!([&tire[3], &tire[5], &tire[6]], ["n/a"; 3], "{table}");
+    assert!(row("bottle")[3].parse::<f64>().is_ok(), "{table}");
+    assert!(table.contains("n/a: no pixel metrics for tire"), "{table}");
+
+    let o = s.iuf(std::iter::once("--json".as_ref()).chain(eval));
+    ok(&o);
+    let v = json(&o);
+    let classes = v["classes"].as_array().unwrap();
+    let tire = classes.iter().find(|c| c["class"] == "tire").unwrap();
+    let bottle = classes.iter().find(|c| c["class"] == "bottle").unwrap();
+    for k in ["image_auroc", "image_ap", "image_f1_max"] {
+        let x = tire[k].as_f64().unwrap_or_else(|| panic!("{k}: {tire}"));
+        assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+    }
+    for k in ["pixel_auroc", "pixel_ap", "pro"] {
+        assert!(tire[k].is_null(), "{k}: {tire}");
+        // The mean of a pixel metric is over the objects that have it: bottle's own.
+        assert_eq!(v["mean"][k], bottle[k], "{k}: {v}");
+    }
+    assert!(
+        tire["warning"].as_str().unwrap().contains("`tire`"),
+        "{tire}"
+    );
+    assert!(bottle.get("warning").is_none(), "{bottle}");
+
+    // The protocol runner: tire is learned at step 1 with no pixel value, bottle's pixel ACC/FM
+    // are the run's.
+    let out = s.path("bench");
+    let o = s.iuf([
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "bottle | tire".as_ref(),
+        "--method".as_ref(),
+        "class-mean".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let printed = ok(&o);
+    assert!(
+        printed.contains("class-mean: no pixel metrics for tire"),
+        "{printed}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("class-mean/results.json")).unwrap())
+            .unwrap();
+    let pixel = &r["metrics"]["pixel_auroc"];
+    assert!(pixel[0][1].is_null() && pixel[1][1].is_null(), "{pixel}");
+    assert_eq!(r["acc"]["pixel"], pixel[1][0], "{r}");
+    let image = &r["metrics"]["image_auroc"][1];
+    let mean = (image[0].as_f64().unwrap() + image[1].as_f64().unwrap()) / 2.0;
+    assert!(
+        (r["acc"]["image"].as_f64().unwrap() - mean).abs() < 1e-12,
+        "{r}"
+    );
+    assert!(r["warnings"][0].as_str().unwrap().contains("`tire`"), "{r}");
+    let report = std::fs::read_to_string(out.join("class-mean/report.md")).unwrap();
+    assert!(report.contains("No pixel metrics for `tire`"), "{report}");
+    let steps: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| 0 |") || l.starts_with("| 1 |"))
+        .collect();
+    assert!(
+        steps.iter().any(|l| l.contains("| - |")) && steps.iter().any(|l| l.contains("| n/a |")),
+        "{report}"
+    );
 }

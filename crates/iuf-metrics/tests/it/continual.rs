@@ -85,3 +85,64 @@ fn accessors_expose_everything_for_serialisation() {
     assert_eq!(r.get(1, 2), Some(0.70));
     assert_eq!(r.get(0, 2), None);
 }
+
+/// Guarantee: a class whose metric is undefined (e.g. pixel AUROC of an object whose defect masks
+/// are all empty) is learned at the step that marks it, shows "n/a", and changes neither ACC, FM
+/// nor the learned step of the other classes: they equal those of the matrix without that class.
+#[test]
+fn an_undefined_metric_leaves_acc_fm_and_learned_steps_of_the_others_alone() {
+    let full = matrix();
+    let mut r = ResultsMatrix::new(["a", "b", "c", "d"], 3).unwrap();
+    let mut without_b = ResultsMatrix::new(["a", "c", "d"], 3).unwrap();
+    for step in 0..3 {
+        for class in 0..4 {
+            let Some(v) = full.get(step, class) else {
+                continue;
+            };
+            if class == 1 {
+                r.set_undefined(step, class).unwrap();
+            } else {
+                r.set(step, class, v).unwrap();
+                without_b
+                    .set(step, class - usize::from(class > 1), v)
+                    .unwrap();
+            }
+        }
+    }
+    for step in 0..3 {
+        assert_eq!(
+            r.acc_at(step),
+            without_b.acc_at(step),
+            "ACC after step {step}"
+        );
+        assert_eq!(r.fm_at(step), without_b.fm_at(step), "FM after step {step}");
+        assert_eq!(r.get(step, 1), None);
+        assert!(r.is_undefined(step, 1));
+    }
+    // a: 0.80, c: 0.60, d: 0.95; FM: a 0.90 - 0.80, c 0.70 - 0.60.
+    assert!(close(r.acc().unwrap(), 2.35 / 3.0));
+    assert!(close(r.fm().unwrap(), 0.10));
+    assert_eq!(
+        (0..4).map(|c| r.learned_at(c)).collect::<Vec<_>>(),
+        [Some(0), Some(0), Some(1), Some(2)]
+    );
+    assert!(!r.is_undefined(0, 2), "not learned yet is not undefined");
+    let markdown = r.to_markdown();
+    assert!(
+        markdown.contains("| 0 | 0.9000 | n/a | - | - | 0.9000 | - |"),
+        "{markdown}"
+    );
+
+    // Undefined when learned, defined later: learned at the first step all the same, and with no
+    // earlier value it has no forgetting yet.
+    let mut r = ResultsMatrix::new(["a", "c"], 3).unwrap();
+    r.set(0, 0, 0.9).unwrap();
+    r.set_undefined(1, 1).unwrap();
+    r.set(1, 0, 0.8).unwrap();
+    r.set(2, 0, 0.7).unwrap();
+    r.set(2, 1, 0.5).unwrap();
+    assert_eq!(r.learned_at(1), Some(1));
+    assert!(close(r.fm().unwrap(), 0.2));
+    assert!(close(r.acc().unwrap(), 0.6));
+    assert!(r.set_undefined(3, 0).is_err() && r.set_undefined(0, 2).is_err());
+}
