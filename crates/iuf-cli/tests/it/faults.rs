@@ -194,7 +194,8 @@ fn a_cache_folder_that_is_a_file_or_read_only_is_named_before_any_work() {
         err.contains("--cache-dir") && err.contains("not a folder"),
         "{err}"
     );
-    // Read-only: root ignores permission bits, so this part only runs for other users.
+    // Read-only: root ignores permission bits, so this part only runs for other users;
+    // `readonly::read_only_output_folders_are_named_before_any_work` checks it as root too.
     use std::os::unix::fs::PermissionsExt;
     let ro = s.path("ro");
     std::fs::create_dir_all(&ro).unwrap();
