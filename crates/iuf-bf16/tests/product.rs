@@ -9,7 +9,7 @@
 //! - against the f64 product of the f32 inputs: bound (2^-7 + k 2^-23) sum|a b|, the accuracy a
 //!   caller can rely on.
 
-use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, KC, MC, MR, NR};
+use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, AMX_KC, AMX_NB, KC, KT, MC, MR, NR};
 
 /// Both kernels this CPU runs: AMX (when present) and AVX-512.
 fn kernels() -> Vec<Bf16Cpu> {
@@ -117,6 +117,19 @@ fn shapes() -> Vec<Case> {
         m: 2 * MC + 3,
         n: 97,
         k: 300,
+    });
+    // The AMX kernel's cache blocks: whole 32-row blocks and column and k blocks that divide
+    // evenly, then edges of each (a partial column block, k past two blocks and odd, rows past
+    // whole 32-row blocks).
+    v.push(Case {
+        m: 64,
+        n: AMX_NB + NR,
+        k: 4 * AMX_KC,
+    });
+    v.push(Case {
+        m: 2 * 2 * KT + 5,
+        n: AMX_NB + 2 * NR + 7,
+        k: 2 * 2 * AMX_KC + 2 * KT + 1,
     });
     v
 }
