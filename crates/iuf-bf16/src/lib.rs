@@ -215,6 +215,34 @@ impl PackedB {
         let kp = k.div_ceil(2);
         for (j, panel) in data[off..off + len].chunks_mut(kpp * NR).enumerate() {
             let cols = (n - j * NR).min(NR);
+            // Two common layouts without the per-element index arithmetic (same values):
+            // rows of B contiguous (`cs == 1`, e.g. attention's v) and columns of B contiguous
+            // (`rs == 1`, a weight W [out, in] as W^T, or attention's k^T).
+            if cs == 1 {
+                for (p, lanes) in panel.chunks_mut(NR).take(kp).enumerate() {
+                    let r0 = &src[2 * p * rs + j * NR..][..cols];
+                    if 2 * p + 1 < k {
+                        let r1 = &src[(2 * p + 1) * rs + j * NR..][..cols];
+                        for ((lane, &lo), &hi) in lanes.iter_mut().zip(r0).zip(r1) {
+                            *lane = pair(lo, hi);
+                        }
+                    } else {
+                        for (lane, &lo) in lanes.iter_mut().zip(r0) {
+                            *lane = pair(lo, 0.0);
+                        }
+                    }
+                }
+                continue;
+            }
+            if rs == 1 {
+                for c in 0..cols {
+                    let column = &src[(j * NR + c) * cs..][..k];
+                    for (p, two) in column.chunks(2).enumerate() {
+                        panel[p * NR + c] = pair(two[0], two.get(1).copied().unwrap_or(0.0));
+                    }
+                }
+                continue;
+            }
             for (p, lanes) in panel.chunks_mut(NR).take(kp).enumerate() {
                 for (c, lane) in lanes[..cols].iter_mut().enumerate() {
                     let col = j * NR + c;
