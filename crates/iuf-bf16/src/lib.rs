@@ -213,7 +213,10 @@ impl PackedB {
             }
         };
         let kp = k.div_ceil(2);
-        for (j, panel) in data[off..off + len].chunks_mut(kpp * NR).enumerate() {
+        for (j, panel) in data[off..off + len]
+            .chunks_mut((kpp * NR).max(1))
+            .enumerate()
+        {
             let cols = (n - j * NR).min(NR);
             // Two common layouts without the per-element index arithmetic (same values):
             // rows of B contiguous (`cs == 1`, e.g. attention's v) and columns of B contiguous
@@ -289,6 +292,34 @@ pub struct Lhs<'a> {
     pub cs: usize,
 }
 
+/// What happens to each output row after the product: `c[col] = act(c[col] + bias[col])`, with
+/// `act` ReLU or the identity (a linear layer's bias and activation, applied while the block is
+/// in cache instead of in a pass of its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// One value per column of C.
+    pub bias: &'a [f32],
+    /// ReLU after the bias (else the identity).
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies to `row`, whose element `i` is column `col0 + i` of C.
+    fn apply(self, row: &mut [f32], col0: usize) {
+        let bias = &self.bias[col0..col0 + row.len()];
+        if self.relu {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                let x = *v + b;
+                *v = if x > 0.0 { x } else { 0.0 };
+            }
+        } else {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
 /// The output `C [m, n]`: `data[row * rs + col]` (columns contiguous).
 pub struct Out<'a> {
     pub data: &'a mut [f32],
@@ -305,13 +336,29 @@ impl Bf16Cpu {
     /// when a slice is too short for its shape and strides.
     pub fn matmul(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
         check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
-        self.matmul_rows(0..m, a, b, c)
+        self.matmul_rows(0..m, a, b, c, None)
     }
 
     /// [`Bf16Cpu::matmul`] with the rows split over the rayon pool (one block per thread, whole
     /// tiles), each block a single-threaded product.
     pub fn matmul_par(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        self.matmul_par_then(m, a, b, c, None)
+    }
+
+    /// [`Bf16Cpu::matmul_par`], then `ep` on every row of C (`C = act(A B + bias)`). Panics when
+    /// the bias does not have one value per column.
+    pub fn matmul_par_then(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         use rayon::prelude::*;
+        if let Some(ep) = ep {
+            assert_eq!(ep.bias.len(), b.n, "iuf-bf16: bias length against columns");
+        }
         let n = b.n;
         let rs = c.rs;
         check_cover("C", c.data.len(), (m, n), (rs, 1));
@@ -319,7 +366,7 @@ impl Bf16Cpu {
         let tile = if self.amx { 2 * KT } else { MR };
         let block = m.div_ceil(threads).next_multiple_of(tile).max(2 * tile);
         if threads <= 1 || m <= block {
-            return self.matmul_rows(0..m, a, b, c);
+            return self.matmul_rows(0..m, a, b, c, ep);
         }
         // Blocks of whole output rows: split C into disjoint row ranges.
         let mut parts: Vec<(std::ops::Range<usize>, &mut [f32])> = Vec::new();
@@ -338,12 +385,19 @@ impl Bf16Cpu {
             start = end;
         }
         parts.into_par_iter().for_each(|(rows, data)| {
-            self.matmul_rows(rows, a, b, Out { data, rs });
+            self.matmul_rows(rows, a, b, Out { data, rs }, ep);
         });
     }
 
     /// Rows `rows` of the product into `c`, whose row 0 is product row `rows.start`.
-    fn matmul_rows(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    fn matmul_rows(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         let (k, n) = (b.k, b.n);
         check_cover("A", a.data.len(), (rows.end, k), (a.rs, a.cs));
         let rows_here = rows.len();
@@ -353,14 +407,24 @@ impl Bf16Cpu {
         }
         if k == 0 {
             for r in 0..rows_here {
-                c.data[r * c.rs..r * c.rs + n].fill(0.0);
+                let row = &mut c.data[r * c.rs..r * c.rs + n];
+                row.fill(0.0);
+                if let Some(ep) = ep {
+                    ep.apply(row, 0);
+                }
             }
             return;
         }
         if self.amx {
-            self.matmul_rows_amx(rows, a, b, c)
+            self.matmul_rows_amx(rows, a, b, c, ep)
         } else {
-            self.matmul_rows_avx512(rows, a, b, c)
+            let rs = c.rs;
+            self.matmul_rows_avx512(rows.clone(), a, b, Out { data: c.data, rs });
+            if let Some(ep) = ep {
+                for r in 0..rows_here {
+                    ep.apply(&mut c.data[r * rs..r * rs + n], 0);
+                }
+            }
         }
     }
 
@@ -424,7 +488,14 @@ impl Bf16Cpu {
     /// four 16 x 16 f32 tiles of C, loaded from C (k blocks after the first) and stored back.
     /// Whole 32 x 32 blocks of C are loaded and stored in place; edge blocks go through a scratch
     /// block.
-    fn matmul_rows_amx(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    fn matmul_rows_amx(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
         let rows_here = rows.len();
         const MB: usize = 2 * KT;
@@ -448,6 +519,7 @@ impl Bf16Cpu {
                     // kpp and AMX_KC are multiples of KT, so is kc.
                     let kc = (kpp - pc).min(AMX_KC);
                     let accumulate = pc > 0;
+                    let last = pc + kc == kpp;
                     let block = &mut buf[off..off + MB * kc];
                     for ib in (0..rows_here).step_by(MB) {
                         let mrows = (rows_here - ib).min(MB);
@@ -478,6 +550,12 @@ impl Bf16Cpu {
                                         accumulate,
                                     )
                                 };
+                                if let (Some(ep), true) = (ep, last) {
+                                    for i in 0..MB {
+                                        let row = off + i * c.rs;
+                                        ep.apply(&mut c.data[row..row + NR], jp * NR);
+                                    }
+                                }
                             } else {
                                 if accumulate {
                                     for i in 0..mrows {
@@ -501,6 +579,9 @@ impl Bf16Cpu {
                                     let row = off + i * c.rs;
                                     c.data[row..row + cols]
                                         .copy_from_slice(&scratch[i * NR..i * NR + cols]);
+                                    if let (Some(ep), true) = (ep, last) {
+                                        ep.apply(&mut c.data[row..row + cols], jp * NR);
+                                    }
                                 }
                             }
                         }

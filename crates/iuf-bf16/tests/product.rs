@@ -347,3 +347,65 @@ fn scopes_nest_and_restore() {
     let g2 = iuf_bf16::scoped(Some(cpu), || iuf_bf16::generation().unwrap());
     assert_ne!(g1, g2, "a new outermost scope must get a new generation");
 }
+
+#[test]
+fn the_epilogue_adds_the_bias_and_applies_relu_exactly() {
+    use iuf_bf16::Epilogue;
+    for cpu in kernels() {
+        for (t, &(m, n, k)) in [
+            (1, 1, 0),
+            (45, 70, 37),
+            (2 * MC + 3, AMX_NB + 33, 2 * AMX_KC + 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let a = values(m * k, 40 + t as u64);
+            let b = values(k * n, 50 + t as u64);
+            let bias = values(n, 60 + t as u64);
+            let packed = PackedB::pack(k, n, &b, (n, 1));
+            let lhs = Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let mut plain = vec![f32::NAN; m * n];
+            cpu.matmul_par(
+                m,
+                lhs,
+                &packed,
+                Out {
+                    data: &mut plain,
+                    rs: n,
+                },
+            );
+            for relu in [false, true] {
+                let mut got = vec![f32::NAN; m * n];
+                let ep = Epilogue { bias: &bias, relu };
+                cpu.matmul_par_then(
+                    m,
+                    lhs,
+                    &packed,
+                    Out {
+                        data: &mut got,
+                        rs: n,
+                    },
+                    Some(ep),
+                );
+                for (idx, (&g, &p)) in got.iter().zip(&plain).enumerate() {
+                    let x = p + bias[idx % n];
+                    let want = if relu && x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                        0.0
+                    } else {
+                        x
+                    };
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "{cpu:?} [{m}, {k}] x [{k}, {n}] relu {relu} at {idx}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
