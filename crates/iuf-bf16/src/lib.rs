@@ -95,8 +95,8 @@ thread_local! {
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs `f` with bf16 inference on (`Some`) or off (`None`) for the code that asks [`active`] on
-/// this thread (the model's linear layers, the backbone's pointwise convolutions, the patch
-/// memory's distance products), and restores the previous setting afterwards (also on panic).
+/// this thread (the model's linear layers and the patch memory's distance products), and restores
+/// the previous setting afterwards (also on panic).
 ///
 /// A scope is for inference: the weights must not change inside it. Layers may keep bf16 copies
 /// of their weights tagged with the scope's [`generation`] and reuse them only within that scope,

@@ -1,8 +1,8 @@
 //! The arithmetic of inference: f32, or bf16 products with f32 accumulation (`iuf_bf16`).
 //!
 //! Training is always f32. A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers
-//! (`nn::Linear`), the patch memory's distance products and the backbone's pointwise convolutions
-//! then multiply in bf16; everything else (layer norm, softmax, attention, maps) stays f32.
+//! (`nn::Linear`) and the patch memory's distance products then multiply in bf16; everything else
+//! (the backbone, layer norm, softmax, the attention products, maps) stays f32.
 
 use serde::{Deserialize, Serialize};
 
