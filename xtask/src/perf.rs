@@ -135,6 +135,27 @@ fn bf16_matmul_gflops(cpu: iuf_bf16::Bf16Cpu, runs: usize) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / secs / 1e9)
 }
 
+/// GFLOP/s of the AMX tiles alone (`tdpbf16ps` on registers, no memory operands) on `threads`
+/// threads at once, best of 5: the ceiling the bf16 kernels are measured against. `None` without
+/// AMX.
+fn bf16_tile_peak_gflops(cpu: iuf_bf16::Bf16Cpu, threads: usize) -> Option<f64> {
+    if !cpu.amx() {
+        return None;
+    }
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let flops: f64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|_| s.spawn(|| cpu.amx_register_loop(2_000_000).unwrap_or(0.0)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Some(best)
+}
+
 /// Inference (batch and batch 1) with bf16 products, in one inference scope (the weights are
 /// packed once, in the first warmup run).
 fn measure_bf16(
@@ -250,8 +271,9 @@ pub fn run(args: Args) -> Result<()> {
                 if cpu.amx() { "AMX" } else { "AVX-512" }
             );
             let peak = bf16_matmul_gflops(cpu, args.runs)?;
+            let tile_peak = bf16_tile_peak_gflops(cpu, args.threads);
             let (batch_s, b1_s) = measure_bf16(cpu, &cfg, &args, &dev)?;
-            Some((cpu, peak, batch_s, b1_s))
+            Some((cpu, peak, tile_peak, batch_s, b1_s))
         }
         None => {
             eprintln!("no avx512bf16 on this CPU: bf16 skipped");
@@ -329,7 +351,7 @@ pub fn run(args: Args) -> Result<()> {
         tv("infer_b1_ms"),
         false,
     );
-    if let Some((_, _, batch_s, b1_s)) = bf16 {
+    if let Some((_, _, _, batch_s, b1_s)) = bf16 {
         row(
             "bf16 inference images/s",
             batch / batch_s,
@@ -343,7 +365,7 @@ pub fn run(args: Args) -> Result<()> {
             false,
         );
     }
-    if let Some((cpu, bf16_peak, batch_s, _)) = bf16 {
+    if let Some((cpu, bf16_peak, tile_peak, batch_s, _)) = bf16 {
         println!(
             "bf16 2048^3 product ({}): {:.1} GFLOP/s ({:.2}x the f32 matmul); bf16 inference at {:.0}% of it",
             if cpu.amx() { "AMX" } else { "AVX-512" },
@@ -351,6 +373,14 @@ pub fn run(args: Args) -> Result<()> {
             bf16_peak / peak,
             100.0 * batch / batch_s * flops_fwd / 1e9 / bf16_peak
         );
+        if let Some(tp) = tile_peak {
+            println!(
+                "AMX tiles register-only: {:.0} GFLOP/s; the 2048^3 product at {:.0}% of it, bf16 inference at {:.0}%",
+                tp,
+                100.0 * bf16_peak / tp,
+                100.0 * batch / batch_s * flops_fwd / 1e9 / tp
+            );
+        }
     }
     println!(
         "fraction of matmul peak: training {:.0}%, inference {:.0}%",
@@ -363,10 +393,14 @@ pub fn run(args: Args) -> Result<()> {
 
     if let Some(path) = &args.json {
         let ratio = |ours: f64, k: &str| tv(k).map(|t| ours / t);
-        let bf16_json = bf16.map(|(cpu, bf16_peak, batch_s, b1_s)| {
+        let bf16_json = bf16.map(|(cpu, bf16_peak, tile_peak, batch_s, b1_s)| {
             json!({
                 "bf16_kernel": if cpu.amx() { "amx" } else { "avx512" },
                 "bf16_matmul_gflops": bf16_peak,
+                "bf16_tile_peak_gflops": tile_peak,
+                "bf16_matmul_fraction_of_tile_peak": tile_peak.map(|t| bf16_peak / t),
+                "bf16_infer_fraction_of_tile_peak":
+                    tile_peak.map(|t| batch / batch_s * flops_fwd / 1e9 / t),
                 "bf16_infer_images_per_s": batch / batch_s,
                 "bf16_infer_batch_s": batch_s,
                 "bf16_infer_b1_ms": b1_s * 1e3,

@@ -61,6 +61,25 @@ impl Bf16Cpu {
         self.amx
     }
 
+    /// The tiles' register-only rate, for the fraction-of-peak figures: runs `reps` rounds of four
+    /// independent 16 x 16 x 32 `tdpbf16ps` on this thread (no memory operands) and returns the
+    /// FLOPs done (2 per multiply-add), `None` without AMX. Time it on every thread at once for
+    /// the machine's tile peak.
+    pub fn amx_register_loop(self, reps: usize) -> Option<f64> {
+        if !self.amx {
+            return None;
+        }
+        // SAFETY: the token says AMX is present and the tile state permitted; the loop runs
+        // between configure and release on this thread.
+        unsafe {
+            amx::configure();
+            amx::register_loop(reps);
+            amx::release();
+        }
+        // Per instruction 16 x 16 outputs, each a sum of 16 pairs (32 products).
+        Some(reps.max(1) as f64 * 4.0 * (16 * 16 * 32 * 2) as f64)
+    }
+
     /// The same CPU, restricted to the AVX-512 kernel (tests and benchmarks of that kernel).
     pub fn without_amx(self) -> Self {
         Self { amx: false }
@@ -76,8 +95,8 @@ thread_local! {
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs `f` with bf16 inference on (`Some`) or off (`None`) for the code that asks [`active`] on
-/// this thread (the model's linear layers, the backbone's pointwise convolutions, the patch
-/// memory's distance products), and restores the previous setting afterwards (also on panic).
+/// this thread (the model's linear layers and the patch memory's distance products), and restores
+/// the previous setting afterwards (also on panic).
 ///
 /// A scope is for inference: the weights must not change inside it. Layers may keep bf16 copies
 /// of their weights tagged with the scope's [`generation`] and reuse them only within that scope,
@@ -158,12 +177,23 @@ pub struct PackedB {
     n: usize,
     /// Pairs per panel: `ceil(k / 2)` rounded up to a multiple of [`KT`] (zero pairs past k).
     kpp: usize,
-    /// Panel `j`, pair `p`, lane `c`: at `(j * kpp + p) * NR + c`.
+    /// Panel `j`, pair `p`, lane `c`: at `off + (j * kpp + p) * NR + c`.
     data: Vec<u32>,
+    /// Start of the panels in `data`, chosen so that they begin on a 64-byte boundary (every tile
+    /// row then is one cache line). A clone keeps the offset, so it may lose the alignment, not
+    /// the values.
+    off: usize,
 }
 
 /// Pairs of `k` per AMX tile (16 rows of 64 bytes).
 pub const KT: usize = 16;
+
+/// Pairs of `k` per block of the AMX kernel (a multiple of [`KT`]): 32 rows of A are 16 KiB (L1).
+pub const AMX_KC: usize = 128;
+
+/// Columns per block of the AMX kernel (a multiple of [`NR`]): with [`AMX_KC`] pairs the block of
+/// B is 512 KiB, held in L2 while every 32-row block of A passes over it.
+pub const AMX_NB: usize = 1024;
 
 impl PackedB {
     /// Packs `B[kk][col] = src[kk * rs + col * cs]`. A linear layer's weight `W [out, in]` is
@@ -172,7 +202,9 @@ impl PackedB {
         check_cover("B", src.len(), (k, n), (rs, cs));
         let kpp = k.div_ceil(2).next_multiple_of(KT);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * kpp * NR];
+        let len = panels * kpp * NR;
+        let mut data = vec![0u32; len + 15];
+        let off = data.as_ptr().align_offset(64).min(15);
         let at = |kk: usize, col: usize| {
             if kk < k {
                 src[kk * rs + col * cs]
@@ -181,8 +213,39 @@ impl PackedB {
             }
         };
         let kp = k.div_ceil(2);
-        for (j, panel) in data.chunks_mut(kpp * NR).enumerate() {
+        for (j, panel) in data[off..off + len]
+            .chunks_mut((kpp * NR).max(1))
+            .enumerate()
+        {
             let cols = (n - j * NR).min(NR);
+            // Two common layouts without the per-element index arithmetic (same values):
+            // rows of B contiguous (`cs == 1`, e.g. attention's v) and columns of B contiguous
+            // (`rs == 1`, a weight W [out, in] as W^T, or attention's k^T).
+            if cs == 1 {
+                for (p, lanes) in panel.chunks_mut(NR).take(kp).enumerate() {
+                    let r0 = &src[2 * p * rs + j * NR..][..cols];
+                    if 2 * p + 1 < k {
+                        let r1 = &src[(2 * p + 1) * rs + j * NR..][..cols];
+                        for ((lane, &lo), &hi) in lanes.iter_mut().zip(r0).zip(r1) {
+                            *lane = pair(lo, hi);
+                        }
+                    } else {
+                        for (lane, &lo) in lanes.iter_mut().zip(r0) {
+                            *lane = pair(lo, 0.0);
+                        }
+                    }
+                }
+                continue;
+            }
+            if rs == 1 {
+                for c in 0..cols {
+                    let column = &src[(j * NR + c) * cs..][..k];
+                    for (p, two) in column.chunks(2).enumerate() {
+                        panel[p * NR + c] = pair(two[0], two.get(1).copied().unwrap_or(0.0));
+                    }
+                }
+                continue;
+            }
             for (p, lanes) in panel.chunks_mut(NR).take(kp).enumerate() {
                 for (c, lane) in lanes[..cols].iter_mut().enumerate() {
                     let col = j * NR + c;
@@ -190,7 +253,13 @@ impl PackedB {
                 }
             }
         }
-        Self { k, n, kpp, data }
+        Self {
+            k,
+            n,
+            kpp,
+            data,
+            off,
+        }
     }
 
     /// Rows of B (the inner dimension).
@@ -207,6 +276,11 @@ impl PackedB {
     pub fn size_bytes(&self) -> usize {
         self.data.len() * 4
     }
+
+    /// The panels (see `data`).
+    fn lanes(&self) -> &[u32] {
+        &self.data[self.off..]
+    }
 }
 
 /// The left operand: f32 `A [m, k]`, `A[i][kk] = data[i * rs + kk * cs]`, converted to bf16 and
@@ -216,6 +290,34 @@ pub struct Lhs<'a> {
     pub data: &'a [f32],
     pub rs: usize,
     pub cs: usize,
+}
+
+/// What happens to each output row after the product: `c[col] = act(c[col] + bias[col])`, with
+/// `act` ReLU or the identity (a linear layer's bias and activation, applied while the block is
+/// in cache instead of in a pass of its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// One value per column of C.
+    pub bias: &'a [f32],
+    /// ReLU after the bias (else the identity).
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies to `row`, whose element `i` is column `col0 + i` of C.
+    fn apply(self, row: &mut [f32], col0: usize) {
+        let bias = &self.bias[col0..col0 + row.len()];
+        if self.relu {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                let x = *v + b;
+                *v = if x > 0.0 { x } else { 0.0 };
+            }
+        } else {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
 }
 
 /// The output `C [m, n]`: `data[row * rs + col]` (columns contiguous).
@@ -234,13 +336,29 @@ impl Bf16Cpu {
     /// when a slice is too short for its shape and strides.
     pub fn matmul(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
         check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
-        self.matmul_rows(0..m, a, b, c)
+        self.matmul_rows(0..m, a, b, c, None)
     }
 
     /// [`Bf16Cpu::matmul`] with the rows split over the rayon pool (one block per thread, whole
     /// tiles), each block a single-threaded product.
     pub fn matmul_par(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+        self.matmul_par_then(m, a, b, c, None)
+    }
+
+    /// [`Bf16Cpu::matmul_par`], then `ep` on every row of C (`C = act(A B + bias)`). Panics when
+    /// the bias does not have one value per column.
+    pub fn matmul_par_then(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         use rayon::prelude::*;
+        if let Some(ep) = ep {
+            assert_eq!(ep.bias.len(), b.n, "iuf-bf16: bias length against columns");
+        }
         let n = b.n;
         let rs = c.rs;
         check_cover("C", c.data.len(), (m, n), (rs, 1));
@@ -248,7 +366,7 @@ impl Bf16Cpu {
         let tile = if self.amx { 2 * KT } else { MR };
         let block = m.div_ceil(threads).next_multiple_of(tile).max(2 * tile);
         if threads <= 1 || m <= block {
-            return self.matmul_rows(0..m, a, b, c);
+            return self.matmul_rows(0..m, a, b, c, ep);
         }
         // Blocks of whole output rows: split C into disjoint row ranges.
         let mut parts: Vec<(std::ops::Range<usize>, &mut [f32])> = Vec::new();
@@ -267,12 +385,19 @@ impl Bf16Cpu {
             start = end;
         }
         parts.into_par_iter().for_each(|(rows, data)| {
-            self.matmul_rows(rows, a, b, Out { data, rs });
+            self.matmul_rows(rows, a, b, Out { data, rs }, ep);
         });
     }
 
     /// Rows `rows` of the product into `c`, whose row 0 is product row `rows.start`.
-    fn matmul_rows(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    fn matmul_rows(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         let (k, n) = (b.k, b.n);
         check_cover("A", a.data.len(), (rows.end, k), (a.rs, a.cs));
         let rows_here = rows.len();
@@ -282,14 +407,24 @@ impl Bf16Cpu {
         }
         if k == 0 {
             for r in 0..rows_here {
-                c.data[r * c.rs..r * c.rs + n].fill(0.0);
+                let row = &mut c.data[r * c.rs..r * c.rs + n];
+                row.fill(0.0);
+                if let Some(ep) = ep {
+                    ep.apply(row, 0);
+                }
             }
             return;
         }
         if self.amx {
-            self.matmul_rows_amx(rows, a, b, c)
+            self.matmul_rows_amx(rows, a, b, c, ep)
         } else {
-            self.matmul_rows_avx512(rows, a, b, c)
+            let rs = c.rs;
+            self.matmul_rows_avx512(rows.clone(), a, b, Out { data: c.data, rs });
+            if let Some(ep) = ep {
+                for r in 0..rows_here {
+                    ep.apply(&mut c.data[r * rs..r * rs + n], 0);
+                }
+            }
         }
     }
 
@@ -318,7 +453,7 @@ impl Bf16Cpu {
                     }
                     for jp in 0..n.div_ceil(NR) {
                         let cols = (n - jp * NR).min(NR);
-                        let b_panel = &b.data[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
+                        let b_panel = &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
                         for (ip, a_panel) in block.chunks(kc * MR).enumerate() {
                             let r = ic + ip * MR;
                             let tile_rows = (rows_here - r).min(MR);
@@ -347,38 +482,109 @@ impl Bf16Cpu {
         });
     }
 
-    /// AMX kernel: 32 x 32 blocks of four 16 x 16 f32 tiles over the whole k; A in blocks of 32
-    /// rows (row-major pairs, all of k), B panels straight from [`PackedB`] (tile rows 128 bytes
-    /// apart).
-    fn matmul_rows_amx(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    /// AMX kernel, blocked for the caches: column blocks of [`AMX_NB`] columns, in them k blocks
+    /// of [`AMX_KC`] pairs (the B block, at most 512 KiB, stays in L2), in them blocks of 32 rows
+    /// of A (converted to bf16 pairs, 16 KiB, in L1) times every 32-column panel of the B block:
+    /// four 16 x 16 f32 tiles of C, loaded from C (k blocks after the first) and stored back.
+    /// Whole 32 x 32 blocks of C are loaded and stored in place; edge blocks go through a scratch
+    /// block.
+    fn matmul_rows_amx(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: Out<'_>,
+        ep: Option<Epilogue<'_>>,
+    ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
         let rows_here = rows.len();
         const MB: usize = 2 * KT;
+        let panels = n.div_ceil(NR);
+        let panels_per_block = AMX_NB / NR;
         A_BLOCK.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let need = MB * kpp;
+            // 15 lanes of slack to start the block on a 64-byte boundary (one cache line per
+            // tile row).
+            let need = MB * kpp.min(AMX_KC) + 15;
             if buf.len() < need {
                 buf.resize(need, 0);
             }
-            let block = &mut buf[..need];
+            let off = buf.as_ptr().align_offset(64).min(15);
             let mut scratch = [0f32; MB * NR];
             // SAFETY: the token says AMX is present and the tile state permitted (`amx::enable`).
             unsafe { amx::configure() };
-            for ib in (0..rows_here).step_by(MB) {
-                let mrows = (rows_here - ib).min(MB);
-                block.fill(0);
-                for (i, dst) in block.chunks_mut(kpp).take(mrows).enumerate() {
-                    convert_row(self, a, k, rows.start + ib + i, 0, kpp, |p, v| dst[p] = v);
-                }
-                for jp in 0..n.div_ceil(NR) {
-                    let cols = (n - jp * NR).min(NR);
-                    let b_panel = &b.data[jp * kpp * NR..(jp + 1) * kpp * NR];
-                    // SAFETY: block is MB rows of kpp pairs, b_panel kpp rows of NR lanes, kpp a
-                    // multiple of KT; scratch holds MB x NR floats; tiles configured above.
-                    unsafe { amx::block(kpp, block.as_ptr(), b_panel.as_ptr(), &mut scratch) };
-                    for i in 0..mrows {
-                        let off = (ib + i) * c.rs + jp * NR;
-                        c.data[off..off + cols].copy_from_slice(&scratch[i * NR..i * NR + cols]);
+            for jc in (0..panels).step_by(panels_per_block) {
+                let jend = (jc + panels_per_block).min(panels);
+                for pc in (0..kpp).step_by(AMX_KC) {
+                    // kpp and AMX_KC are multiples of KT, so is kc.
+                    let kc = (kpp - pc).min(AMX_KC);
+                    let accumulate = pc > 0;
+                    let last = pc + kc == kpp;
+                    let block = &mut buf[off..off + MB * kc];
+                    for ib in (0..rows_here).step_by(MB) {
+                        let mrows = (rows_here - ib).min(MB);
+                        for (i, dst) in block.chunks_mut(kc).enumerate() {
+                            if i < mrows {
+                                convert_row_into(self, a, k, rows.start + ib + i, pc, dst);
+                            } else {
+                                dst.fill(0);
+                            }
+                        }
+                        for jp in jc..jend {
+                            let cols = (n - jp * NR).min(NR);
+                            let b_block =
+                                &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
+                            let off = ib * c.rs + jp * NR;
+                            if mrows == MB && cols == NR {
+                                let c_block = &mut c.data[off..off + (MB - 1) * c.rs + NR];
+                                // SAFETY: block is MB rows of kc pairs, b_block kc rows of NR
+                                // lanes, kc a multiple of KT; c_block covers MB rows of NR floats
+                                // at stride c.rs; tiles configured above.
+                                unsafe {
+                                    amx::block(
+                                        kc,
+                                        block.as_ptr(),
+                                        b_block.as_ptr(),
+                                        c_block.as_mut_ptr(),
+                                        c.rs,
+                                        accumulate,
+                                    )
+                                };
+                                if let (Some(ep), true) = (ep, last) {
+                                    for i in 0..MB {
+                                        let row = off + i * c.rs;
+                                        ep.apply(&mut c.data[row..row + NR], jp * NR);
+                                    }
+                                }
+                            } else {
+                                if accumulate {
+                                    for i in 0..mrows {
+                                        let row = off + i * c.rs;
+                                        scratch[i * NR..i * NR + cols]
+                                            .copy_from_slice(&c.data[row..row + cols]);
+                                    }
+                                }
+                                // SAFETY: as above, with scratch (MB rows of NR floats) for C.
+                                unsafe {
+                                    amx::block(
+                                        kc,
+                                        block.as_ptr(),
+                                        b_block.as_ptr(),
+                                        scratch.as_mut_ptr(),
+                                        NR,
+                                        accumulate,
+                                    )
+                                };
+                                for i in 0..mrows {
+                                    let row = off + i * c.rs;
+                                    c.data[row..row + cols]
+                                        .copy_from_slice(&scratch[i * NR..i * NR + cols]);
+                                    if let (Some(ep), true) = (ep, last) {
+                                        ep.apply(&mut c.data[row..row + cols], jp * NR);
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -386,6 +592,24 @@ impl Bf16Cpu {
             unsafe { amx::release() };
         });
     }
+}
+
+/// Converts row `row` of A, pairs `pc..pc + dst.len()`, into `dst` (zero pairs past k).
+fn convert_row_into(cpu: Bf16Cpu, a: Lhs<'_>, k: usize, row: usize, pc: usize, dst: &mut [u32]) {
+    let k0 = 2 * pc;
+    let k1 = (2 * (pc + dst.len())).min(k);
+    let mut filled = 0;
+    if k0 < k1 {
+        filled = (k1 - k0).div_ceil(2);
+        let base = row * a.rs;
+        if a.cs == 1 {
+            kernel::convert_into(cpu, &a.data[base + k0..base + k1], &mut dst[..filled]);
+        } else {
+            let tmp: Vec<f32> = (k0..k1).map(|kk| a.data[base + kk * a.cs]).collect();
+            kernel::convert_into(cpu, &tmp, &mut dst[..filled]);
+        }
+    }
+    dst[filled..].fill(0);
 }
 
 /// Converts row `row` of A, pairs `pc..pc + kc` (zero past k), calling `put(p - pc, pair)` for
@@ -430,6 +654,27 @@ mod kernel {
             unsafe { convert32(part, &mut chunk) };
             for (j, v) in chunk[..part.len().div_ceil(2)].iter().enumerate() {
                 put(c * 16 + j, *v);
+            }
+        }
+    }
+
+    /// Converts `src` into `dst`, pair `p` = (src[2p], src[2p + 1]), an odd tail paired with zero.
+    /// Panics unless `dst.len() == ceil(src.len() / 2)`.
+    pub(super) fn convert_into(_cpu: Bf16Cpu, src: &[f32], dst: &mut [u32]) {
+        assert_eq!(
+            dst.len(),
+            src.len().div_ceil(2),
+            "iuf-bf16: convert_into sizes"
+        );
+        let mut chunk = [0u32; 16];
+        for (part, out) in src.chunks(32).zip(dst.chunks_mut(16)) {
+            if out.len() == 16 {
+                // SAFETY: `_cpu` proves avx512f + avx512bf16; `out` holds exactly 16 u32.
+                unsafe { convert32(part, out.try_into().expect("16 lanes")) };
+            } else {
+                // SAFETY: as above, into the local chunk.
+                unsafe { convert32(part, &mut chunk) };
+                out.copy_from_slice(&chunk[..out.len()]);
             }
         }
     }
@@ -532,6 +777,10 @@ mod kernel {
         unreachable!("iuf-bf16: no kernel on this architecture")
     }
 
+    pub(super) fn convert_into(_cpu: Bf16Cpu, _src: &[f32], _dst: &mut [u32]) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile(
         _kc: usize,
@@ -601,6 +850,35 @@ mod amx {
         unsafe { asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack)) };
     }
 
+    /// `reps` rounds of four independent `tdpbf16ps` on zeroed tiles, no memory operands.
+    ///
+    /// # Safety
+    /// As for [`configure`], and tiles configured on this thread.
+    pub(super) unsafe fn register_loop(reps: usize) {
+        // SAFETY: tiles configured (caller); only tile registers and the counter are touched.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7",
+                "2:",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) reps.max(1) => _,
+                options(nostack, nomem),
+            )
+        };
+    }
+
     /// Releases the tile state of this thread.
     ///
     /// # Safety
@@ -610,44 +888,69 @@ mod amx {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// `out [32, NR] = A [32 rows, kpp pairs] B_panel [kpp pairs, NR]`.
+    /// `C [32, NR] (+)= A [32 rows, kc pairs] B [kc pairs, NR]`, A rows `kc` pairs apart, B rows
+    /// `NR` lanes apart, C rows `ldc` floats apart; `accumulate` loads C first, else starts at 0.
     ///
     /// # Safety
-    /// Tiles configured by [`configure`] on this thread; `a` valid for 32 * kpp u32, `b` for
-    /// kpp * NR u32; kpp a multiple of KT.
+    /// Tiles configured by [`configure`] on this thread; `a` valid for 32 * kc u32, `b` for
+    /// kc * NR u32, `c` for reads and writes of 32 rows of NR floats at stride `ldc`; kc a
+    /// multiple of KT.
     pub(super) unsafe fn block(
-        kpp: usize,
+        kc: usize,
         a: *const u32,
         b: *const u32,
-        out: &mut [f32; 2 * KT * NR],
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
     ) {
-        let a_stride = kpp * 4;
+        let a_stride = kc * 4;
         let b_stride = NR * 4;
-        // SAFETY: tiles configured (caller).
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            )
-        };
-        for kt in (0..kpp).step_by(KT) {
+        let c_stride = ldc * 4;
+        // SAFETY: the four 16 x 16 quarters of C lie inside the block the caller vouches for.
+        let (c0, c1, c2, c3) = unsafe { (c, c.add(KT), c.add(KT * ldc), c.add(KT * ldc + KT)) };
+        if accumulate {
+            // SAFETY: as above; tiles configured (caller).
+            unsafe {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {s}*1]",
+                    "tileloadd tmm1, [{c1} + {s}*1]",
+                    "tileloadd tmm2, [{c2} + {s}*1]",
+                    "tileloadd tmm3, [{c3} + {s}*1]",
+                    c0 = in(reg) c0,
+                    c1 = in(reg) c1,
+                    c2 = in(reg) c2,
+                    c3 = in(reg) c3,
+                    s = in(reg) c_stride,
+                    options(nostack, readonly),
+                )
+            };
+        } else {
+            // SAFETY: tiles configured (caller).
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+        }
+        for kt in (0..kc).step_by(KT) {
             // SAFETY: rows 0..16 and 16..32 of A at pairs kt..kt + 16 and pair rows kt..kt + 16 of
             // B (both column halves) lie inside the buffers the caller vouches for.
             unsafe {
                 let a0 = a.add(kt);
-                let a1 = a.add(KT * kpp + kt);
+                let a1 = a.add(KT * kc + kt);
                 let b0 = b.add(kt * NR);
                 let b1 = b.add(kt * NR + KT);
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
                     "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0,
@@ -660,19 +963,18 @@ mod amx {
                 );
             }
         }
-        let o = out.as_mut_ptr();
-        // SAFETY: out holds 32 rows of NR floats (stride NR * 4 bytes): each 16 x 16 tile fits.
+        // SAFETY: as for the loads.
         unsafe {
             asm!(
                 "tilestored [{c0} + {s}*1], tmm0",
                 "tilestored [{c1} + {s}*1], tmm1",
                 "tilestored [{c2} + {s}*1], tmm2",
                 "tilestored [{c3} + {s}*1], tmm3",
-                c0 = in(reg) o,
-                c1 = in(reg) o.add(KT),
-                c2 = in(reg) o.add(KT * NR),
-                c3 = in(reg) o.add(KT * NR + KT),
-                s = in(reg) b_stride,
+                c0 = in(reg) c0,
+                c1 = in(reg) c1,
+                c2 = in(reg) c2,
+                c3 = in(reg) c3,
+                s = in(reg) c_stride,
                 options(nostack),
             );
         }
@@ -682,13 +984,16 @@ mod amx {
 #[cfg(not(target_arch = "x86_64"))]
 mod amx {
     // A `Bf16Cpu` cannot be made on other architectures, so these are never called.
+    pub(super) unsafe fn register_loop(_reps: usize) {}
     pub(super) unsafe fn configure() {}
     pub(super) unsafe fn release() {}
     pub(super) unsafe fn block(
-        _kpp: usize,
+        _kc: usize,
         _a: *const u32,
         _b: *const u32,
-        _out: &mut [f32; 2 * super::KT * super::NR],
+        _c: *mut f32,
+        _ldc: usize,
+        _accumulate: bool,
     ) {
         unreachable!("iuf-bf16: no kernel on this architecture")
     }

@@ -9,7 +9,7 @@
 //! - against the f64 product of the f32 inputs: bound (2^-7 + k 2^-23) sum|a b|, the accuracy a
 //!   caller can rely on.
 
-use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, KC, MC, MR, NR};
+use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, AMX_KC, AMX_NB, KC, KT, MC, MR, NR};
 
 /// Both kernels this CPU runs: AMX (when present) and AVX-512.
 fn kernels() -> Vec<Bf16Cpu> {
@@ -117,6 +117,19 @@ fn shapes() -> Vec<Case> {
         m: 2 * MC + 3,
         n: 97,
         k: 300,
+    });
+    // The AMX kernel's cache blocks: whole 32-row blocks and column and k blocks that divide
+    // evenly, then edges of each (a partial column block, k past two blocks and odd, rows past
+    // whole 32-row blocks).
+    v.push(Case {
+        m: 64,
+        n: AMX_NB + NR,
+        k: 4 * AMX_KC,
+    });
+    v.push(Case {
+        m: 2 * 2 * KT + 5,
+        n: AMX_NB + 2 * NR + 7,
+        k: 2 * 2 * AMX_KC + 2 * KT + 1,
     });
     v
 }
@@ -333,4 +346,66 @@ fn scopes_nest_and_restore() {
     assert_eq!(iuf_bf16::active(), None);
     let g2 = iuf_bf16::scoped(Some(cpu), || iuf_bf16::generation().unwrap());
     assert_ne!(g1, g2, "a new outermost scope must get a new generation");
+}
+
+#[test]
+fn the_epilogue_adds_the_bias_and_applies_relu_exactly() {
+    use iuf_bf16::Epilogue;
+    for cpu in kernels() {
+        for (t, &(m, n, k)) in [
+            (1, 1, 0),
+            (45, 70, 37),
+            (2 * MC + 3, AMX_NB + 33, 2 * AMX_KC + 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let a = values(m * k, 40 + t as u64);
+            let b = values(k * n, 50 + t as u64);
+            let bias = values(n, 60 + t as u64);
+            let packed = PackedB::pack(k, n, &b, (n, 1));
+            let lhs = Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let mut plain = vec![f32::NAN; m * n];
+            cpu.matmul_par(
+                m,
+                lhs,
+                &packed,
+                Out {
+                    data: &mut plain,
+                    rs: n,
+                },
+            );
+            for relu in [false, true] {
+                let mut got = vec![f32::NAN; m * n];
+                let ep = Epilogue { bias: &bias, relu };
+                cpu.matmul_par_then(
+                    m,
+                    lhs,
+                    &packed,
+                    Out {
+                        data: &mut got,
+                        rs: n,
+                    },
+                    Some(ep),
+                );
+                for (idx, (&g, &p)) in got.iter().zip(&plain).enumerate() {
+                    let x = p + bias[idx % n];
+                    let want = if relu && x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                        0.0
+                    } else {
+                        x
+                    };
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "{cpu:?} [{m}, {k}] x [{k}, {n}] relu {relu} at {idx}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }

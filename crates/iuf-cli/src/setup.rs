@@ -315,8 +315,8 @@ pub struct ConfigArgs {
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct PrecisionArg {
     /// Arithmetic of inference: `f32`, `bf16` (bf16 products with f32 accumulation; needs a CPU
-    /// with AVX-512 BF16) or `auto` (bf16 where the CPU has it). Learning is always f32. Default:
-    /// the model's configuration (f32 unless set).
+    /// with AVX-512 BF16) or `auto` (bf16 where the CPU has AMX, where it is faster than f32; f32
+    /// elsewhere). Learning is always f32. Default: the model's configuration (f32 unless set).
     #[arg(long, value_name = "f32|bf16|auto")]
     pub precision: Option<iuf_model::Precision>,
 }

@@ -1,8 +1,8 @@
 //! The arithmetic of inference: f32, or bf16 products with f32 accumulation (`iuf_bf16`).
 //!
 //! Training is always f32. A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers
-//! (`nn::Linear`), the patch memory's distance products and the backbone's pointwise convolutions
-//! then multiply in bf16; everything else (layer norm, softmax, attention, maps) stays f32.
+//! (`nn::Linear`) and the patch memory's distance products then multiply in bf16; everything else
+//! (the backbone, layer norm, softmax, the attention products, maps) stays f32.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,17 +17,22 @@ pub enum Precision {
     F32,
     /// bf16 products with f32 accumulation; an error on CPUs without AVX-512 BF16.
     Bf16,
-    /// bf16 where the CPU supports it (AVX-512 BF16), f32 elsewhere.
+    /// bf16 where it is faster than f32: CPUs with AMX (AMX-TILE and AMX-BF16, granted by the
+    /// kernel), f32 elsewhere. On CPUs with AVX-512 BF16 but no AMX, `Bf16` still runs the
+    /// AVX-512 kernel, but `Auto` does not choose it: on the Xeon it was measured on, `vdpbf16ps`
+    /// issues at half the rate of f32 FMAs and its products ran at 0.46-0.80x the f32 ones
+    /// (`docs/results/performance.md`). (AMD Zen 4 may be faster with it; not measured.)
     Auto,
 }
 
 impl Precision {
     /// The bf16 kernel to run inference with, `None` for f32. `Bf16` on a CPU without
-    /// AVX-512 BF16 is an error naming the missing feature; `Auto` falls back to f32 silently.
+    /// AVX-512 BF16 is an error naming the missing feature; `Auto` is bf16 only with AMX and falls
+    /// back to f32 silently.
     pub fn resolve(self) -> Result<Option<iuf_bf16::Bf16Cpu>> {
         match self {
             Precision::F32 => Ok(None),
-            Precision::Auto => Ok(iuf_bf16::Bf16Cpu::detect()),
+            Precision::Auto => Ok(iuf_bf16::Bf16Cpu::detect().filter(|c| c.amx())),
             Precision::Bf16 => iuf_bf16::Bf16Cpu::detect().map(Some).ok_or_else(|| {
                 ModelError::Config(
                     "precision bf16 needs a CPU with AVX-512 BF16 (avx512bf16), which this one \

@@ -4,11 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Device, Result, Tensor};
-use iuf_bf16::{Bf16Cpu, Lhs, Out, PackedB};
-use rayon::prelude::*;
+use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, Out, PackedB};
 
 use super::fused::with_f32;
-use super::kernels;
 use super::linear::Activation;
 
 /// A bf16 copy of a weight, packed for [`iuf_bf16`] and tagged with the generation of the
@@ -74,7 +72,13 @@ pub fn linear_bf16(
                     rs: din,
                     cs: 1,
                 };
-                cpu.matmul_par(
+                // Bias and activation on each block of rows while it is in cache (the same
+                // arithmetic as `kernels::bias_act_rows`).
+                let ep = Epilogue {
+                    bias: b,
+                    relu: act == Activation::Relu,
+                };
+                cpu.matmul_par_then(
                     rows,
                     lhs,
                     packed,
@@ -82,13 +86,8 @@ pub fn linear_bf16(
                         data: &mut y,
                         rs: dout,
                     },
+                    Some(ep),
                 );
-                let block = rows
-                    .div_ceil(4 * rayon::current_num_threads().max(1))
-                    .max(16)
-                    * dout;
-                y.par_chunks_mut(block)
-                    .for_each(|yc| kernels::bias_act_rows(yc, b, act));
             }
             Ok(())
         })

@@ -1,0 +1,83 @@
+//! GFLOP/s of the bf16 product at the shapes of `cargo xtask perf` (the 2048^3 peak product and the
+//! paper transformer's linear layers at batch 8 and 1), on the rayon pool (`RAYON_NUM_THREADS`),
+//! B packed once, A converted in every product as in inference:
+//! `cargo run --release -p iuf-bf16 --example shapes [runs] [avx512]` (median of `runs`, default 15;
+//! `avx512` forces the AVX-512 kernel on an AMX CPU).
+use iuf_bf16::*;
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15);
+    let mut cpu = Bf16Cpu::detect().expect("this CPU has no AVX-512 BF16");
+    if args.iter().any(|a| a == "avx512") {
+        cpu = cpu.without_amx();
+    }
+    println!(
+        "kernel {}, {} threads, median of {runs}",
+        if cpu.amx() { "AMX" } else { "AVX-512" },
+        rayon::current_num_threads()
+    );
+    // The tiles' register-only rate on every thread at once (best of 5).
+    let threads = rayon::current_num_threads();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let flops: f64 = rayon::broadcast(|_| cpu.amx_register_loop(2_000_000).unwrap_or(0.0))
+            .iter()
+            .sum();
+        best = best.max(flops / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    if cpu.amx() {
+        println!("AMX register-only peak ({threads} threads): {best:.0} GFLOP/s");
+    }
+    for &(m, k, n) in &[
+        (2048usize, 2048usize, 2048usize),
+        (1568, 256, 1024),
+        (1568, 1024, 256),
+        (1568, 256, 256),
+        (1568, 256, 768),
+        (196, 256, 256),
+        (196, 256, 1024),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|x| ((x * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|x| ((x * 104729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let pb = PackedB::pack(k, n, &b, (n, 1));
+        let mut c = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        let reps = (2e8 / flops) as usize + 1;
+        let mut t = Vec::new();
+        for r in 0..runs + 2 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                let lhs = Lhs {
+                    data: &a,
+                    rs: k,
+                    cs: 1,
+                };
+                cpu.matmul_par(
+                    m,
+                    lhs,
+                    &pb,
+                    Out {
+                        data: &mut c,
+                        rs: n,
+                    },
+                );
+            }
+            if r >= 2 {
+                t.push(t0.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        t.sort_by(|x, y| x.total_cmp(y));
+        let g = |s: f64| flops / s / 1e9;
+        println!(
+            "{m} x {k} x {n}: {:.0} GFLOP/s (range {:.0}-{:.0})",
+            g(t[t.len() / 2]),
+            g(t[t.len() - 1]),
+            g(t[0])
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! Inference of the `paper` reconstruction transformer (C_f 272, D 256, 8 heads, 4 + 4 layers,
+//! FFN 1024, 196 tokens), the configuration of `cargo xtask perf`, in a loop: a target for a
+//! sampling profiler.
+//!
+//! `cargo run --release -p iuf-model --example infer_loop -- [f32|bf16] [batch] [seconds]`
+//! (defaults bf16, 8, 20), e.g. under `perf record -e cpu-clock -g`. Prints images/s.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use iuf_model::config::TransformerConfig;
+use iuf_model::{Mode, Transformer};
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let bf16 = args.get(1).map(|s| s != "f32").unwrap_or(true);
+    let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(20.0);
+    let dev = Device::Cpu;
+    let cfg = TransformerConfig::paper(272);
+    let varmap = VarMap::new();
+    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
+        .map_err(candle_core::Error::wrap)?;
+    let x = Tensor::rand(0f32, 1f32, (batch, cfg.in_channels, 14, 14), &dev)?;
+    let cpu = if bf16 {
+        Some(iuf_bf16::Bf16Cpu::detect().expect("this CPU has no AVX-512 BF16"))
+    } else {
+        None
+    };
+    iuf_bf16::scoped(cpu, || {
+        let infer = || -> candle_core::Result<()> {
+            let out = model
+                .forward(&x, &mut Mode::Eval)
+                .map_err(candle_core::Error::wrap)?;
+            out.pred.to_device(&Device::Cpu)?;
+            Ok(())
+        };
+        infer()?;
+        let t = std::time::Instant::now();
+        let mut n = 0usize;
+        while t.elapsed().as_secs_f64() < seconds {
+            infer()?;
+            n += 1;
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{} batch {batch}: {n} runs, {:.2} images/s, {:.1} ms per run",
+            if bf16 { "bf16" } else { "f32" },
+            (n * batch) as f64 / s,
+            1e3 * s / n as f64
+        );
+        Ok(())
+    })
+}
