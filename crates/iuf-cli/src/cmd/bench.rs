@@ -273,6 +273,7 @@ pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
             "peak_rss_bytes": r.peak_rss_bytes,
             "model_bytes": r.model_bytes,
             "results": out.join(&r.method).join("results.json"),
+            "warnings": r.warnings,
         })).collect::<Vec<_>>(),
     })
 }

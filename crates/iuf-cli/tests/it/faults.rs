@@ -783,6 +783,26 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
         "{r}"
     );
     assert!(r["warnings"][0].as_str().unwrap().contains("`tire`"), "{r}");
+    // The --json summary carries them too (the finished run is resumed, not recomputed).
+    let o = s.iuf([
+        "--json".as_ref(),
+        "bench".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--protocol".as_ref(),
+        "bottle | tire".as_ref(),
+        "--method".as_ref(),
+        "class-mean".as_ref(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let summary = json(&o);
+    assert_eq!(
+        summary["methods"][0]["warnings"], r["warnings"],
+        "{summary}"
+    );
     let report = std::fs::read_to_string(out.join("class-mean/report.md")).unwrap();
     assert!(report.contains("No pixel metrics for `tire`"), "{report}");
     let steps: Vec<&str> = report
