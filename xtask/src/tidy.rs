@@ -19,8 +19,16 @@ const SOURCE_DIRS: [&str; 2] = ["crates", "xtask"];
 
 /// `.rs` files under `dir` whose first line is not a `//!` doc comment.
 pub fn missing_headers(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files)?;
     let mut bad = Vec::new();
-    visit(dir, &mut bad)?;
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !text.lines().next().is_some_and(|l| l.starts_with("//!")) {
+            bad.push(path);
+        }
+    }
     bad.sort();
     Ok(bad)
 }
@@ -37,26 +45,6 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             rust_files(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn visit(dir: &Path, bad: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with('.') || name == "target" {
-            continue;
-        }
-        if path.is_dir() {
-            visit(&path, bad)?;
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if !text.lines().next().is_some_and(|l| l.starts_with("//!")) {
-                bad.push(path);
-            }
         }
     }
     Ok(())

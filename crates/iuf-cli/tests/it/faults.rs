@@ -752,7 +752,7 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     // The protocol runner: tire is learned at step 1 with no pixel value, bottle's pixel ACC/FM
     // are the run's.
     let out = s.path("bench");
-    let o = s.iuf([
+    let bench: [&std::ffi::OsStr; 11] = [
         "bench".as_ref(),
         "--data".as_ref(),
         data.as_os_str(),
@@ -764,7 +764,8 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
         "tiny".as_ref(),
         "--out".as_ref(),
         out.as_os_str(),
-    ]);
+    ];
+    let o = s.iuf(bench);
     let printed = ok(&o);
     assert!(
         printed.contains("class-mean: no pixel metrics for tire"),
@@ -784,20 +785,7 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     );
     assert!(r["warnings"][0].as_str().unwrap().contains("`tire`"), "{r}");
     // The --json summary carries them too (the finished run is resumed, not recomputed).
-    let o = s.iuf([
-        "--json".as_ref(),
-        "bench".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--protocol".as_ref(),
-        "bottle | tire".as_ref(),
-        "--method".as_ref(),
-        "class-mean".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let o = s.iuf(std::iter::once("--json".as_ref()).chain(bench));
     let summary = json(&o);
     assert_eq!(
         summary["methods"][0]["warnings"], r["warnings"],
