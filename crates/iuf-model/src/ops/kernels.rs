@@ -228,10 +228,23 @@ multiversion! {
     }
 }
 
+/// In-place softmax over rows of length `d` after adding `bias` (an additive [rows, d] mask, or
+/// empty for none): the attention-score path of `attention.rs`. AVX-512 where the CPU has it (the
+/// same exp with fused multiply-adds; rows of 196 scores are 12 vectors and a masked tail),
+/// else the portable kernel.
+pub fn softmax_inplace(s: &mut [f32], bias: &[f32], d: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if d > 0 && std::is_x86_feature_detected!("avx512f") {
+        assert!(s.len().is_multiple_of(d) && (bias.is_empty() || bias.len() == s.len()));
+        // SAFETY: the CPU has just been checked to support AVX-512 F; lengths checked above.
+        return unsafe { avx512::softmax_inplace(s, bias, d) };
+    }
+    softmax_inplace_portable(s, bias, d)
+}
+
 multiversion! {
-    /// In-place softmax over rows of length `d` after adding `bias` (an additive [rows, d] mask,
-    /// or empty for none): the attention-score path of `attention.rs`.
-    pub fn softmax_inplace(s: &mut [f32], bias: &[f32], d: usize) {
+    /// [`softmax_inplace`] without AVX-512.
+    pub fn softmax_inplace_portable(s: &mut [f32], bias: &[f32], d: usize) {
         for (r, row) in s.chunks_exact_mut(d).enumerate() {
             if !bias.is_empty() {
                 let br = &bias[r * d..(r + 1) * d];
@@ -376,9 +389,153 @@ multiversion! {
     }
 }
 
+/// AVX-512 versions of the hottest row kernels (explicit intrinsics: masked tails instead of
+/// scalar remainders, one pass for exp and sum).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::exp_nonpositive`] on 16 lanes (the same range reduction and polynomial, with
+    /// fused multiply-adds). NaN stays NaN; below -87.3 gives 0.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp_nonpositive(x: __m512) -> __m512 {
+        let round = _mm512_set1_ps(12_582_912.0);
+        // max(-87, x) keeps a NaN x (the second operand is returned when either is NaN).
+        let xc = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
+        let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
+        let fx = _mm512_sub_ps(t, round);
+        let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(round));
+        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693_359_4), xc);
+        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_2e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
+        let y = _mm512_mul_ps(y, _mm512_castsi512_ps(scale));
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+        _mm512_maskz_mov_ps(!under, y)
+    }
+
+    /// See [`super::softmax_inplace`]; `s.len()` is a multiple of `d > 0`, `bias` empty or as
+    /// long as `s`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn softmax_inplace(s: &mut [f32], bias: &[f32], d: usize) {
+        let full = d / 16;
+        let tail: __mmask16 = ((1u32 << (d % 16)) - 1) as __mmask16;
+        for r in 0..s.len() / d {
+            // SAFETY (whole block): row r is s[r*d..(r+1)*d] (and bias's, when present); full
+            // vectors stay below 16 * full <= d, the tail is masked to the d % 16 lanes left.
+            unsafe {
+                let row = s.as_mut_ptr().add(r * d);
+                let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+                if bias.is_empty() {
+                    for c in 0..full {
+                        m = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * c)), m);
+                    }
+                    if tail != 0 {
+                        let v = _mm512_maskz_loadu_ps(tail, row.add(16 * full));
+                        m = _mm512_mask_max_ps(m, tail, v, m);
+                    }
+                } else {
+                    let br = bias.as_ptr().add(r * d);
+                    for c in 0..full {
+                        let v = _mm512_add_ps(
+                            _mm512_loadu_ps(row.add(16 * c)),
+                            _mm512_loadu_ps(br.add(16 * c)),
+                        );
+                        _mm512_storeu_ps(row.add(16 * c), v);
+                        m = _mm512_max_ps(v, m);
+                    }
+                    if tail != 0 {
+                        let v = _mm512_add_ps(
+                            _mm512_maskz_loadu_ps(tail, row.add(16 * full)),
+                            _mm512_maskz_loadu_ps(tail, br.add(16 * full)),
+                        );
+                        _mm512_mask_storeu_ps(row.add(16 * full), tail, v);
+                        m = _mm512_mask_max_ps(m, tail, v, m);
+                    }
+                }
+                let mx = _mm512_reduce_max_ps(m);
+                // A row that is entirely -inf has no valid softmax: NaN, as the composition.
+                let mx = _mm512_set1_ps(if mx == f32::NEG_INFINITY {
+                    f32::NAN
+                } else {
+                    mx
+                });
+                let mut sum = _mm512_setzero_ps();
+                for c in 0..full {
+                    let e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * c)), mx));
+                    _mm512_storeu_ps(row.add(16 * c), e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                if tail != 0 {
+                    let v = _mm512_maskz_loadu_ps(tail, row.add(16 * full));
+                    let e = _mm512_maskz_mov_ps(tail, exp_nonpositive(_mm512_sub_ps(v, mx)));
+                    _mm512_mask_storeu_ps(row.add(16 * full), tail, e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+                for c in 0..full {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(row.add(16 * c)), inv);
+                    _mm512_storeu_ps(row.add(16 * c), v);
+                }
+                if tail != 0 {
+                    let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row.add(16 * full)), inv);
+                    _mm512_mask_storeu_ps(row.add(16 * full), tail, v);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_inplace_avx512_matches_the_portable_kernel() {
+        // Row lengths around the vector width, 196 (the attention rows), masks with -inf, a
+        // fully masked row (NaN like the composition) and large scores.
+        for d in [1usize, 5, 15, 16, 17, 33, 196] {
+            let rows = 4;
+            let mut s: Vec<f32> = (0..rows * d)
+                .map(|i| ((i * 7919 % 113) as f32 - 56.0) * 0.37)
+                .collect();
+            s[0] = 95.0;
+            let mut bias = vec![0f32; rows * d];
+            for (i, b) in bias.iter_mut().enumerate() {
+                if i % 3 == 1 || i / d == 2 {
+                    *b = f32::NEG_INFINITY;
+                }
+            }
+            for bias in [Vec::new(), bias] {
+                let mut want = s.clone();
+                softmax_inplace_portable(&mut want, &bias, d);
+                let mut got = s.clone();
+                softmax_inplace(&mut got, &bias, d);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g.is_nan() && w.is_nan()) || (g - w).abs() <= 2e-6 * w.abs().max(1e-30),
+                        "d {d}, masked {}, element {i}: {g} against {w}",
+                        !bias.is_empty()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_matches_std_on_softmax_range() {
