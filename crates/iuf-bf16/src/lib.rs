@@ -23,6 +23,9 @@
 
 use std::cell::RefCell;
 
+mod attention;
+pub use attention::{HeadDims, HeadScores, HeadScratch, Rows};
+
 /// Rows of the register tile.
 pub const MR: usize = 14;
 /// Columns of the register tile (two 16-lane vectors).

@@ -141,6 +141,80 @@ impl Attention {
         kernels::softmax_inplace(p, &self.mask, dm.nk);
     }
 
+    /// Inference in a bf16 scope on AMX: pair `bh`'s `softmax(scale q k^T + mask) v` with bf16
+    /// products (`iuf_bf16::Bf16Cpu::head_scores` / `head_apply`). Between them the softmax's
+    /// exponentials are computed in f32 and written straight into the product's bf16 operand;
+    /// the division by their sum is applied to the product's rows (dh values instead of Nk).
+    #[allow(clippy::too_many_arguments)]
+    fn head_bf16(
+        &self,
+        cpu: iuf_bf16::Bf16Cpu,
+        dm: Dims,
+        bh: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: SharedMut,
+    ) {
+        thread_local! {
+            /// The head's buffers and the reciprocal softmax sums of its rows.
+            static SCRATCH: std::cell::RefCell<(iuf_bf16::HeadScratch, Vec<f32>)> =
+                std::cell::RefCell::new(Default::default());
+        }
+        let (b, h) = (bh / dm.h, bh % dm.h);
+        let d = dm.d();
+        fn head(x: &[f32], b: usize, n: usize, d: usize, col: usize) -> iuf_bf16::Rows<'_> {
+            iuf_bf16::Rows {
+                data: &x[b * n * d + col..(b + 1) * n * d],
+                rs: d,
+            }
+        }
+        let col = h * dm.dh;
+        let dims = iuf_bf16::HeadDims {
+            nq: dm.nq,
+            nk: dm.nk,
+            dh: dm.dh,
+        };
+        SCRATCH.with(|scratch| {
+            let (scratch, inv) = &mut *scratch.borrow_mut();
+            inv.resize(dm.nq, 0.0);
+            let hs = cpu.head_scores(
+                dims,
+                head(q, b, dm.nq, d, col),
+                head(k, b, dm.nk, d, col),
+                self.scale,
+                scratch,
+            );
+            for (i, inv) in inv.iter_mut().enumerate() {
+                let mask = if self.mask.is_empty() {
+                    &[][..]
+                } else {
+                    &self.mask[i * dm.nk..(i + 1) * dm.nk]
+                };
+                // The exponentials as bf16 pairs; row i of the product is divided by their sum.
+                let sum = kernels::softmax_exp_pairs(
+                    cpu,
+                    &hs.s[i * hs.ld..i * hs.ld + dm.nk],
+                    mask,
+                    &mut hs.p[i * hs.ldp..(i + 1) * hs.ldp],
+                );
+                *inv = 1.0 / sum;
+            }
+            let (o, ldo) = cpu.head_apply(head(v, b, dm.nk, d, col), scratch);
+            for (i, &inv) in inv.iter().enumerate() {
+                let src = &o[i * ldo..i * ldo + dm.dh];
+                // SAFETY: pair (b, h) writes only its own columns h*dh..(h+1)*dh of image b's
+                // rows of `out` ([B, Nq, D]), dh floats from there.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.at((b * dm.nq + i) * d + col), dm.dh)
+                };
+                for (y, x) in dst.iter_mut().zip(src) {
+                    *y = x * inv;
+                }
+            }
+        });
+    }
+
     /// `p` times the dropout multipliers of pair `bh` into `out`.
     fn dropped(&self, dm: Dims, bh: usize, p: &[f32], out: &mut [f32], drop: AttentionDropout) {
         let start = (bh * dm.nq * dm.nk) as u64;
@@ -173,6 +247,18 @@ impl CustomOp3 for Attention {
         let mut out = vec![0f32; dm.b * dm.nq * d];
         let out_ptr = SharedMut(out.as_mut_ptr());
         let keep = self.keep_probs == KeepProbs::Yes;
+        if let (KeepProbs::No, None, Some(cpu)) = (
+            self.keep_probs,
+            self.dropout,
+            iuf_bf16::active().filter(|c| c.amx()),
+        ) {
+            if pn > 0 && pairs > 0 {
+                (0..pairs)
+                    .into_par_iter()
+                    .for_each(|bh| self.head_bf16(cpu, dm, bh, q, k, v, out_ptr));
+            }
+            return Ok((CpuStorage::F32(out), lq.shape().clone()));
+        }
         let mut probs = if keep {
             vec![0f32; pairs * pn]
         } else {

@@ -242,6 +242,27 @@ pub fn softmax_inplace(s: &mut [f32], bias: &[f32], d: usize) {
     softmax_inplace_portable(s, bias, d)
 }
 
+/// The softmax numerators of one score row for bf16 products: `out` gets `exp(s + bias - max)`
+/// as bf16 pairs (pair `p` = elements `2p`, `2p + 1`, the lower in the low half; zeros past the
+/// row), and the return value is their sum before rounding, by which the caller divides the
+/// product's row (the normalisation moved past the product). `bias` is the row's additive mask
+/// or empty. Panics when `out` has fewer than `ceil(s.len() / 2)` lanes.
+pub fn softmax_exp_pairs(cpu: iuf_bf16::Bf16Cpu, s: &[f32], bias: &[f32], out: &mut [u32]) -> f32 {
+    assert!(bias.is_empty() || bias.len() == s.len());
+    assert!(out.len() >= s.len().div_ceil(2));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = cpu;
+        // SAFETY: a Bf16Cpu exists only where avx512f and avx512bf16 do; lengths checked above.
+        unsafe { avx512::softmax_exp_pairs(s, bias, out) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = cpu;
+        unreachable!("no bf16 kernel on this architecture")
+    }
+}
+
 multiversion! {
     /// [`softmax_inplace`] without AVX-512.
     pub fn softmax_inplace_portable(s: &mut [f32], bias: &[f32], d: usize) {
@@ -429,6 +450,78 @@ mod avx512 {
         _mm512_maskz_mov_ps(!under, y)
     }
 
+    /// The row's maximum of `s + bias` (NaN when every element is -inf), 16 lanes at a time.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_max(s: &[f32], bias: &[f32]) -> f32 {
+        let d = s.len();
+        let (full, tail) = (d / 16, ((1u32 << (d % 16)) - 1) as __mmask16);
+        let b = !bias.is_empty();
+        // SAFETY: full vectors stay below 16 * full <= d, the tail is masked to the rest; bias
+        // is as long as s when present (callers).
+        unsafe {
+            let load = |c: usize, m: __mmask16| {
+                let v = _mm512_maskz_loadu_ps(m, s.as_ptr().add(16 * c));
+                if b {
+                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias.as_ptr().add(16 * c)))
+                } else {
+                    v
+                }
+            };
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c in 0..full {
+                m = _mm512_max_ps(load(c, 0xffff), m);
+            }
+            if tail != 0 {
+                m = _mm512_mask_max_ps(m, tail, load(full, tail), m);
+            }
+            let mx = _mm512_reduce_max_ps(m);
+            if mx == f32::NEG_INFINITY {
+                f32::NAN
+            } else {
+                mx
+            }
+        }
+    }
+
+    /// See [`super::softmax_exp_pairs`] (lengths checked there).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn softmax_exp_pairs(s: &[f32], bias: &[f32], out: &mut [u32]) -> f32 {
+        let d = s.len();
+        let b = !bias.is_empty();
+        // SAFETY: as for row_max; every vector below reads at most the `n` elements left from
+        // its start, and each store writes at most the pairs of those elements.
+        unsafe {
+            let mx = _mm512_set1_ps(row_max(s, bias));
+            let exp_at = |at: usize, n: usize| {
+                let m: __mmask16 = ((1u32 << n.min(16)) - 1) as __mmask16;
+                let mut v = _mm512_maskz_loadu_ps(m, s.as_ptr().add(at));
+                if b {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias.as_ptr().add(at)));
+                }
+                _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(v, mx)))
+            };
+            let mut sum = _mm512_setzero_ps();
+            let mut at = 0;
+            while at < d {
+                let n = (d - at).min(32);
+                let lo = exp_at(at, n);
+                let hi = if n > 16 {
+                    exp_at(at + 16, n - 16)
+                } else {
+                    _mm512_setzero_ps()
+                };
+                sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+                let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                let pm: __mmask16 = ((1u32 << n.div_ceil(2)) - 1) as __mmask16;
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at / 2).cast(), pm, pairs);
+                at += 32;
+            }
+            out[d.div_ceil(2)..].fill(0);
+            _mm512_reduce_add_ps(sum)
+        }
+    }
+
     /// See [`super::softmax_inplace`]; `s.len()` is a multiple of `d > 0`, `bias` empty or as
     /// long as `s`.
     #[target_feature(enable = "avx512f")]
@@ -504,6 +597,61 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_exp_pairs_are_the_rounded_numerators() {
+        let Some(cpu) = iuf_bf16::Bf16Cpu::detect() else {
+            eprintln!("no AVX-512 BF16 on this CPU: skipped");
+            return;
+        };
+        for d in [1usize, 2, 15, 16, 17, 31, 32, 33, 196] {
+            let s: Vec<f32> = (0..d)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+                .collect();
+            let bias: Vec<f32> = (0..d)
+                .map(|i| if i % 5 == 3 { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            for bias in [Vec::new(), bias] {
+                let x: Vec<f32> = s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + bias.get(i).copied().unwrap_or(0.0))
+                    .collect();
+                let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = x.iter().map(|v| exp_nonpositive(v - m)).collect();
+                let mut out = vec![u32::MAX; d.div_ceil(2) + 3];
+                let sum = softmax_exp_pairs(cpu, &s, &bias, &mut out);
+                let want: f32 = e.iter().sum();
+                assert!(
+                    (sum - want).abs() <= 1e-5 * want,
+                    "d {d}: sum {sum} against {want}"
+                );
+                for (i, &v) in e.iter().enumerate() {
+                    let lane = out[i / 2];
+                    let bits = if i % 2 == 0 {
+                        lane & 0xffff
+                    } else {
+                        lane >> 16
+                    };
+                    let got = iuf_bf16::bf16_bits_to_f32(bits as u16);
+                    let r = iuf_bf16::round_bf16(v);
+                    // The vector exp may differ from the scalar one in the last bits, which
+                    // can move the rounding by one bf16 step.
+                    assert!(
+                        (got - r).abs() <= r.abs() * 2f32.powi(-7),
+                        "d {d}, {i}: {got} against {r}"
+                    );
+                }
+                if d % 2 == 1 {
+                    assert_eq!(out[d / 2] >> 16, 0, "d {d}: the odd tail pairs with zero");
+                }
+                assert!(
+                    out[d.div_ceil(2)..].iter().all(|&v| v == 0),
+                    "d {d}: zeros past the row"
+                );
+            }
+        }
+    }
 
     #[test]
     fn softmax_inplace_avx512_matches_the_portable_kernel() {

@@ -1,0 +1,426 @@
+//! One attention head on AMX tiles, for inference: `S = scale q k^T` and then `O = P v`, with the
+//! inputs rounded to bf16 and every sum accumulated in f32. The softmax that turns the scores `S`
+//! into the probabilities `P` is the caller's (in f32, on the score rows in place), between the
+//! two calls:
+//!
+//! ```text
+//! let h = cpu.head_scores(dims, q, k, scale, &mut scratch);  // S rows h.ld apart
+//! for i in 0..dims.nq {
+//!     // softmax of h.s[i * h.ld..][..nk], written as bf16 pairs into h.p[i * h.ldp..][..h.ldp]
+//!     // (zero past the keys), e.g. with `cpu.convert_pairs`; unnormalised is fine when the
+//!     // caller scales row i of O afterwards.
+//! }
+//! let (o, ldo) = cpu.head_apply(v, &mut scratch);            // O rows ldo apart
+//! ```
+//!
+//! Writing the probabilities as pairs is left to the caller so that its softmax can write them
+//! directly from the exponentials (one pass over the scores instead of three).
+//!
+//! Layouts (all in [`HeadScratch`], reused between heads so nothing is allocated per head): the
+//! query rows as bf16 pairs along the head width (the left operand of `q k^T`); the keys as panels
+//! of 32 keys, each `dh / 2` pair rows of 32 lanes (the right operand, the layout of a
+//! [`crate::PackedB`]); the probabilities as bf16 pairs along the keys; the values as panels of
+//! 32 columns, each `nk / 2` pair rows (pairs of consecutive keys). Every extent is padded to 32
+//! with zeros: a head width of 32 is one `tdpbf16ps` per 16 x 16 block of scores, 196 keys are 7
+//! steps of the `P v` product.
+
+use crate::{amx, kernel, Bf16Cpu, KT, NR};
+
+/// The shape of one head: `nq` queries, `nk` keys, head width `dh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadDims {
+    pub nq: usize,
+    pub nk: usize,
+    pub dh: usize,
+}
+
+impl HeadDims {
+    /// Queries padded to whole 32-row blocks.
+    fn nq32(self) -> usize {
+        self.nq.next_multiple_of(2 * KT)
+    }
+    /// Keys padded to whole 32-key panels (also the row length of the score block).
+    fn nk32(self) -> usize {
+        self.nk.next_multiple_of(NR)
+    }
+    /// Head width padded to whole 32-column panels.
+    fn dh32(self) -> usize {
+        self.dh.next_multiple_of(NR)
+    }
+}
+
+/// An f32 matrix of `rows` rows whose row `r` starts at `data[r * rs]` (columns contiguous).
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+}
+
+impl Rows<'_> {
+    fn row(&self, r: usize, cols: usize) -> &[f32] {
+        &self.data[r * self.rs..r * self.rs + cols]
+    }
+}
+
+/// One thread's buffers for [`Bf16Cpu::head_scores`] and [`Bf16Cpu::head_apply`]: grown to the
+/// largest head seen, reused for every head after it.
+#[derive(Debug, Default)]
+pub struct HeadScratch {
+    dims: Option<HeadDims>,
+    q: Vec<u32>,
+    k: Vec<u32>,
+    p: Vec<u32>,
+    v: Vec<u32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// The first `len` elements of `buf` from a 64-byte boundary (one cache line per tile row),
+/// growing it when needed. Elements are 4 bytes, so at most 15 are skipped.
+fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len + 15 {
+        buf.resize(len + 15, T::default());
+    }
+    let off = buf.as_ptr().align_offset(64).min(15);
+    &mut buf[off..off + len]
+}
+
+/// The scores of one head, and the rows the caller fills with its probabilities.
+#[derive(Debug)]
+pub struct HeadScores<'s> {
+    /// `S = scale q k^T`: row `i` is `s[i * ld..i * ld + nk]`.
+    pub s: &'s mut [f32],
+    pub ld: usize,
+    /// The probabilities as bf16 pairs along the keys (pair `p` = keys `2p` and `2p + 1`, the
+    /// lower key in the low half): row `i` (`i < nq`) is `p[i * ldp..(i + 1) * ldp]`, to be
+    /// filled by the caller, zero past the last key. Rows past `nq` are zero already.
+    pub p: &'s mut [u32],
+    pub ldp: usize,
+}
+
+impl Bf16Cpu {
+    /// `src` as bf16 pairs into `dst` (pair `p` = `src[2p]`, `src[2p + 1]`, an odd tail paired
+    /// with zero), zeros past them. Panics when `dst` has fewer than `ceil(src.len() / 2)` lanes.
+    pub fn convert_pairs(self, src: &[f32], dst: &mut [u32]) {
+        let half = src.len().div_ceil(2);
+        kernel::convert_into(self, src, &mut dst[..half]);
+        dst[half..].fill(0);
+    }
+
+    /// `S = scale q k^T` for one head: `q` has `dims.nq` rows and `k` `dims.nk` rows of
+    /// `dims.dh` columns. Returns the scores (the columns past `nk` hold zeros of the padding)
+    /// and the probability rows for the caller to fill before [`Bf16Cpu::head_apply`]. The
+    /// query is scaled before it is rounded to bf16.
+    ///
+    /// Panics without AMX ([`Bf16Cpu::amx`]) or when a matrix is too short for its shape.
+    pub fn head_scores<'s>(
+        self,
+        dims: HeadDims,
+        q: Rows<'_>,
+        k: Rows<'_>,
+        scale: f32,
+        scratch: &'s mut HeadScratch,
+    ) -> HeadScores<'s> {
+        assert!(self.amx, "iuf-bf16: head_scores needs AMX");
+        let HeadDims { nq, nk, dh } = dims;
+        if nq > 0 {
+            crate::check_cover("q", q.data.len(), (nq, dh), (q.rs, 1));
+        }
+        if nk > 0 {
+            crate::check_cover("k", k.data.len(), (nk, dh), (k.rs, 1));
+        }
+        scratch.dims = Some(dims);
+        let (nq32, nk32, dp) = (dims.nq32(), dims.nk32(), dims.dh32() / 2);
+        let half = dh.div_ceil(2);
+        let HeadScratch {
+            q: qbuf,
+            k: kbuf,
+            s: sbuf,
+            p: pbuf,
+            row,
+            ..
+        } = scratch;
+        // Query rows: scaled, rounded, as pairs along the head width.
+        let qp = aligned(qbuf, nq32 * dp);
+        let tmp = aligned(row, dh);
+        for i in 0..nq {
+            for (t, &x) in tmp.iter_mut().zip(q.row(i, dh)) {
+                *t = x * scale;
+            }
+            let dst = &mut qp[i * dp..(i + 1) * dp];
+            kernel::convert_into(self, tmp, &mut dst[..half]);
+            dst[half..].fill(0);
+        }
+        qp[nq * dp..].fill(0);
+        // Keys: panels of NR keys, pair row p of a panel holding pair p of each of its keys.
+        let kp = aligned(kbuf, nk32 * dp);
+        kp.fill(0);
+        let mut pairs = [0u32; 512];
+        for n in 0..nk {
+            let (panel, j) = (n / NR, n % NR);
+            for chunk in 0..half.div_ceil(512) {
+                let c0 = chunk * 512;
+                let c1 = (c0 + 512).min(half);
+                let src = &k.row(n, dh)[2 * c0..(2 * c1).min(dh)];
+                kernel::convert_into(self, src, &mut pairs[..c1 - c0]);
+                for (p, &v) in pairs[..c1 - c0].iter().enumerate() {
+                    kp[(panel * dp + c0 + p) * NR + j] = v;
+                }
+            }
+        }
+        let ld = nk32;
+        let s = aligned(sbuf, nq32 * ld);
+        if nq > 0 && nk > 0 {
+            // SAFETY: the token says AMX is present and the tile state permitted. Each block
+            // reads 32 query rows of dp pairs (inside qp: nq32 rows) and one key panel of dp
+            // pair rows of NR lanes (inside kp: nk32 / NR panels), and writes 32 rows of NR
+            // floats at stride ld inside s (nq32 rows of ld = nk32); dp is a multiple of KT.
+            unsafe {
+                amx::configure();
+                for ib in (0..nq32).step_by(2 * KT) {
+                    for panel in 0..nk32 / NR {
+                        amx::block(
+                            dp,
+                            qp.as_ptr().add(ib * dp),
+                            kp.as_ptr().add(panel * dp * NR),
+                            s.as_mut_ptr().add(ib * ld + panel * NR),
+                            ld,
+                            false,
+                        );
+                    }
+                }
+                amx::release();
+            }
+        } else {
+            s.fill(0.0);
+        }
+        let ldp = nk32 / 2;
+        let p = aligned(pbuf, nq32 * ldp);
+        p[nq * ldp..].fill(0);
+        HeadScores { s, ld, p, ldp }
+    }
+
+    /// `O = P v` for the head of the last [`Bf16Cpu::head_scores`] call on `scratch`, `P` being
+    /// the probability rows the caller wrote into [`HeadScores::p`], `v` `nk` rows of `dh`
+    /// columns. Returns `O` and its row stride: row `i` is `o[i * ldo..i * ldo + dh]`.
+    ///
+    /// Panics without AMX, without a previous `head_scores`, or when `v` is too short.
+    pub fn head_apply<'s>(self, v: Rows<'_>, scratch: &'s mut HeadScratch) -> (&'s [f32], usize) {
+        assert!(self.amx, "iuf-bf16: head_apply needs AMX");
+        let dims = scratch
+            .dims
+            .expect("iuf-bf16: head_apply without head_scores");
+        let HeadDims { nq, nk, dh } = dims;
+        if nk > 0 {
+            crate::check_cover("v", v.data.len(), (nk, dh), (v.rs, 1));
+        }
+        let (nq32, nk32, dh32) = (dims.nq32(), dims.nk32(), dims.dh32());
+        let kp2 = nk32 / 2;
+        let HeadScratch {
+            p: pbuf,
+            v: vbuf,
+            o: obuf,
+            ..
+        } = scratch;
+        let pp = aligned(pbuf, nq32 * kp2);
+        // Values: panels of NR columns, pair row r holding keys 2r and 2r + 1 of each column.
+        let vp = aligned(vbuf, dh32 * kp2);
+        vp[nk.div_ceil(2) * NR..].fill(0);
+        for r in 0..nk.div_ceil(2) {
+            let lo = v.row(2 * r, dh);
+            let hi = (2 * r + 1 < nk).then(|| v.row(2 * r + 1, dh));
+            for panel in 0..dh32 / NR {
+                let c0 = panel * NR;
+                let cols = dh.saturating_sub(c0).min(NR);
+                let dst: &mut [u32; NR] = (&mut vp[(panel * kp2 + r) * NR..][..NR])
+                    .try_into()
+                    .expect("one panel row");
+                interleave(self, &lo[c0..c0 + cols], hi.map(|h| &h[c0..c0 + cols]), dst);
+            }
+        }
+        let o = aligned(obuf, nq32 * dh32);
+        if nq > 0 && nk > 0 {
+            // SAFETY: AMX as in head_scores. Each block reads 32 probability rows of kp2 pairs
+            // (inside pp: nq32 rows) and one value panel of kp2 pair rows of NR lanes (inside vp:
+            // dh32 / NR panels), and writes 32 rows of NR floats at stride dh32 inside o; kp2 =
+            // nk32 / 2 is a multiple of KT.
+            unsafe {
+                amx::configure();
+                for ib in (0..nq32).step_by(2 * KT) {
+                    for panel in 0..dh32 / NR {
+                        amx::block(
+                            kp2,
+                            pp.as_ptr().add(ib * kp2),
+                            vp.as_ptr().add(panel * kp2 * NR),
+                            o.as_mut_ptr().add(ib * dh32 + panel * NR),
+                            dh32,
+                            false,
+                        );
+                    }
+                }
+                amx::release();
+            }
+        } else {
+            o.fill(0.0);
+        }
+        (o, dh32)
+    }
+}
+
+/// `dst[c] = pair(lo[c], hi[c])` for the columns given (`hi` zero when `None`), zeros past them.
+fn interleave(cpu: Bf16Cpu, lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32; NR]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = cpu;
+        // SAFETY: a Bf16Cpu exists only where avx512f and avx512bf16 do.
+        unsafe { interleave_avx512(lo, hi, dst) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (cpu, lo, hi, dst);
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+}
+
+/// [`interleave`] with AVX-512: both rows rounded by `vcvtneps2bf16`, widened and merged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn interleave_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32; NR]) {
+    use std::arch::x86_64::*;
+    debug_assert!(lo.len() <= NR && hi.is_none_or(|h| h.len() == lo.len()));
+    for half in 0..NR / 16 {
+        let c0 = 16 * half;
+        let n = lo.len().saturating_sub(c0).min(16);
+        let mask: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: the masked loads read only the n columns from c0 of each row; the store
+        // writes 16 lanes of dst from c0 (c0 + 16 <= NR).
+        unsafe {
+            let bits = |row: &[f32]| {
+                let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(c0));
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                    _mm512_cvtneps_pbh(x),
+                ))
+            };
+            let l = bits(lo);
+            let v = match hi {
+                Some(h) => _mm512_or_si512(l, _mm512_slli_epi32::<16>(bits(h))),
+                None => l,
+            };
+            _mm512_storeu_si512(dst.as_mut_ptr().add(c0).cast(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round_bf16;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The head in f64 from the bf16-rounded inputs, with an exact softmax in between.
+    fn reference(
+        dims: HeadDims,
+        q: Rows<'_>,
+        k: Rows<'_>,
+        v: Rows<'_>,
+        scale: f32,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let HeadDims { nq, nk, dh } = dims;
+        let r = |x: f32| round_bf16(x) as f64;
+        let mut s = vec![0f64; nq * nk];
+        let mut o = vec![0f64; nq * dh];
+        for i in 0..nq {
+            for j in 0..nk {
+                s[i * nk + j] = (0..dh)
+                    .map(|c| r(q.row(i, dh)[c] * scale) * r(k.row(j, dh)[c]))
+                    .sum();
+            }
+            let row = &s[i * nk..(i + 1) * nk];
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = row.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..dh {
+                o[i * dh + c] = (0..nk)
+                    .map(|j| r((e[j] / z) as f32) * r(v.row(j, dh)[c]))
+                    .sum();
+            }
+        }
+        (s, o)
+    }
+
+    #[test]
+    fn one_head_matches_an_f64_reference_over_awkward_shapes() {
+        let Some(cpu) = Bf16Cpu::detect().filter(|c| c.amx()) else {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        };
+        let mut scratch = HeadScratch::default();
+        // Shapes below, at and past the tiles; the paper's head (196 x 196 x 32); a wide head;
+        // strided rows (heads cut out of a [N, D] matrix); the scratch reused across shapes.
+        for (nq, nk, dh, rs) in [
+            (1, 1, 1, 1),
+            (5, 7, 3, 8),
+            (16, 32, 32, 32),
+            (33, 17, 16, 40),
+            (196, 196, 32, 256),
+            (50, 64, 64, 64),
+            (9, 300, 40, 41),
+            (3, 5, 2, 2),
+        ] {
+            let dims = HeadDims { nq, nk, dh };
+            let (qd, kd, vd) = (data(nq * rs, 1), data(nk * rs, 2), data(nk * rs, 3));
+            let (q, k, v) = (
+                Rows { data: &qd, rs },
+                Rows { data: &kd, rs },
+                Rows { data: &vd, rs },
+            );
+            let scale = 1.0 / (dh as f32).sqrt();
+            let (want_s, want_o) = reference(dims, q, k, v, scale);
+            let h = cpu.head_scores(dims, q, k, scale, &mut scratch);
+            let (s, ld) = (h.s, h.ld);
+            for i in 0..nq {
+                for j in 0..nk {
+                    let (got, want) = (s[i * ld + j] as f64, want_s[i * nk + j]);
+                    // f32 sums of dh exact bf16 products.
+                    let bound = 1e-6 * (dh as f64) * 1.0f64.max(want.abs());
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{dims:?} s[{i}][{j}] {got} against {want}"
+                    );
+                }
+                // The caller's softmax, in f32.
+                let row = &mut s[i * ld..i * ld + nk];
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                row.iter_mut().for_each(|x| *x = (*x - m).exp());
+                let z: f32 = row.iter().sum();
+                row.iter_mut().for_each(|x| *x /= z);
+                cpu.convert_pairs(row, &mut h.p[i * h.ldp..(i + 1) * h.ldp]);
+            }
+            let (o, ldo) = cpu.head_apply(v, &mut scratch);
+            for i in 0..nq {
+                for c in 0..dh {
+                    let (got, want) = (o[i * ldo + c] as f64, want_o[i * dh + c]);
+                    // Probabilities rounded to bf16 from slightly different f32 values: a few
+                    // bf16 ulps of the largest term, plus the f32 sum.
+                    let bound = 2e-2 * 2f64.powi(-7) * 4.0 + 1e-5;
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{dims:?} o[{i}][{c}] {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+}
