@@ -6,9 +6,14 @@ position embedding (section 3.2), post-norm encoder layers (3.3) and decoder lay
 learned queries attending to the encoder output and to the previous decoder output (3.4), a shared
 decoder LayerNorm, Linear(D -> C_f) output projection, MSE reconstruction loss (3.6).
 
+PyTorch's own bf16 CPU path is measured too: inference under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (linear layers and attention products in bf16 through
+oneDNN, which uses AMX where the CPU has it), reported as "bf16_infer_*"; "bf16_cpu" says whether
+torch.ops.mkldnn reports bf16 support on this CPU.
+
 Prints one JSON object on stdout:
   {"train_images_per_s", "infer_images_per_s", "infer_b1_ms", "train_step_s", "infer_batch_s",
-   "threads", "torch_version", "batch", ...}
+   "bf16_infer_images_per_s", "bf16_infer_b1_ms", "threads", "torch_version", "batch", ...}
 All times are medians over --runs timed runs after --warmup untimed ones.
 """
 
@@ -155,10 +160,10 @@ def main():
         loss = torch.nn.functional.mse_loss(model(x), x)
         loss.backward()
 
-    def infer(inp):
+    def infer(inp, bf16=False):
         def run():
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model(inp)
 
         return run
@@ -166,6 +171,9 @@ def main():
     train_s = median_time(train_step, args.warmup, args.runs)
     infer_s = median_time(infer(x), args.warmup, args.runs)
     infer_b1_s = median_time(infer(x1), args.warmup, max(args.runs, 15))
+    bf16_s = median_time(infer(x, True), args.warmup, args.runs)
+    bf16_b1_s = median_time(infer(x1, True), args.warmup, max(args.runs, 15))
+    bf16_cpu = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     print(
         json.dumps(
             {
@@ -178,6 +186,10 @@ def main():
                 "infer_b1_ms": infer_b1_s * 1e3,
                 "train_images_per_s": args.batch / train_s,
                 "infer_images_per_s": args.batch / infer_s,
+                "bf16_infer_batch_s": bf16_s,
+                "bf16_infer_images_per_s": args.batch / bf16_s,
+                "bf16_infer_b1_ms": bf16_b1_s * 1e3,
+                "bf16_cpu": bf16_cpu,
             }
         )
     )

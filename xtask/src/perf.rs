@@ -364,6 +364,19 @@ pub fn run(args: Args) -> Result<()> {
             tv("infer_b1_ms"),
             false,
         );
+        // PyTorch's own bf16 CPU path (autocast, oneDNN): the same comparison in bf16.
+        row(
+            "  vs PyTorch bf16 images/s",
+            batch / batch_s,
+            tv("bf16_infer_images_per_s"),
+            true,
+        );
+        row(
+            "  vs PyTorch bf16 b1 ms",
+            b1_s * 1e3,
+            tv("bf16_infer_b1_ms"),
+            false,
+        );
     }
     if let Some((cpu, bf16_peak, tile_peak, batch_s, _)) = bf16 {
         println!(
@@ -407,6 +420,10 @@ pub fn run(args: Args) -> Result<()> {
                 "bf16_infer_speedup_vs_torch": ratio(batch / batch_s, "infer_images_per_s"),
                 "bf16_infer_b1_speedup_vs_torch": tv("infer_b1_ms").map(|t| t / (b1_s * 1e3)),
                 "bf16_infer_speedup_vs_f32": c.infer_batch_s / batch_s,
+                "bf16_infer_speedup_vs_torch_bf16":
+                    ratio(batch / batch_s, "bf16_infer_images_per_s"),
+                "bf16_infer_b1_speedup_vs_torch_bf16":
+                    tv("bf16_infer_b1_ms").map(|t| t / (b1_s * 1e3)),
             })
         });
         let mut report = json!({
@@ -418,6 +435,8 @@ pub fn run(args: Args) -> Result<()> {
             "torch_train_images_per_s": tv("train_images_per_s"),
             "torch_infer_images_per_s": tv("infer_images_per_s"),
             "torch_infer_b1_ms": tv("infer_b1_ms"),
+            "torch_bf16_infer_images_per_s": tv("bf16_infer_images_per_s"),
+            "torch_bf16_infer_b1_ms": tv("bf16_infer_b1_ms"),
             "torch_version": torch.as_ref().and_then(|t| t.get("torch_version")).cloned(),
             "train_speedup_vs_torch": ratio(train_ips, "train_images_per_s"),
             "infer_speedup_vs_torch": ratio(infer_ips, "infer_images_per_s"),
