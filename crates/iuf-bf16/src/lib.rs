@@ -326,6 +326,40 @@ pub struct Out<'a> {
     pub rs: usize,
 }
 
+/// Where the kernels write C: element `(row, col)` at `ptr + row * rs + col`. Made only by the
+/// public entry points, from an [`Out`] whose length was checked or from a `Vec`'s spare capacity;
+/// the kernels write every element of their rows before they read it back, so the memory behind
+/// it may start uninitialised.
+#[derive(Clone, Copy)]
+struct RawOut {
+    ptr: *mut f32,
+    rs: usize,
+}
+
+// SAFETY: a `RawOut` is only a place to write; the products give each thread disjoint rows.
+unsafe impl Send for RawOut {}
+// SAFETY: as above.
+unsafe impl Sync for RawOut {}
+
+impl RawOut {
+    /// The same output from row `r` on.
+    fn at_row(self, r: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(r * self.rs),
+            rs: self.rs,
+        }
+    }
+
+    /// Row `r`, columns `col0..col0 + len`, which must all have been written.
+    ///
+    /// # Safety
+    /// The row must lie inside the caller's output, initialised, and not otherwise borrowed.
+    unsafe fn row_mut<'x>(self, r: usize, col0: usize, len: usize) -> &'x mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.rs + col0), len) }
+    }
+}
+
 thread_local! {
     /// Scratch for the packed A block (reused, so no page faults per call).
     static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -336,7 +370,14 @@ impl Bf16Cpu {
     /// when a slice is too short for its shape and strides.
     pub fn matmul(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
         check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
-        self.matmul_rows(0..m, a, b, c, None)
+        check_cover("A", a.data.len(), (m, b.k), (a.rs, a.cs));
+        let out = RawOut {
+            ptr: c.data.as_mut_ptr(),
+            rs: c.rs,
+        };
+        // SAFETY: `c.data` covers m rows of n columns at stride c.rs (checked) and is borrowed
+        // mutably for the call.
+        unsafe { self.matmul_rows(0..m, a, b, out, None) }
     }
 
     /// [`Bf16Cpu::matmul`] with the rows split over the rayon pool (one block per thread, whole
@@ -355,60 +396,107 @@ impl Bf16Cpu {
         c: Out<'_>,
         ep: Option<Epilogue<'_>>,
     ) {
+        check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
+        let out = RawOut {
+            ptr: c.data.as_mut_ptr(),
+            rs: c.rs,
+        };
+        // SAFETY: as in `matmul`.
+        unsafe { self.matmul_par_raw(m, a, b, out, ep) }
+    }
+
+    /// `act(A B + bias)` (with `ep`, else `A B`) in a new `Vec` of `m * n` values, row `i` at
+    /// `i * n`, on the rayon pool as [`Bf16Cpu::matmul_par_then`] and with the same values, but
+    /// without filling the output with zeros first (every element is written exactly once by the
+    /// product). Panics as that function does.
+    pub fn matmul_par_vec(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        ep: Option<Epilogue<'_>>,
+    ) -> Vec<f32> {
+        let len = m.checked_mul(b.n).expect("iuf-bf16: output size overflows");
+        let mut v: Vec<f32> = Vec::with_capacity(len);
+        let out = RawOut {
+            ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            rs: b.n,
+        };
+        // SAFETY: the spare capacity holds `len` = m * n floats, owned by `v` and used by nothing
+        // else; the product writes every one of them (and reads only what it wrote) or panics,
+        // leaving `v` empty.
+        unsafe {
+            self.matmul_par_raw(m, a, b, out, ep);
+            v.set_len(len);
+        }
+        v
+    }
+
+    /// The body of [`Bf16Cpu::matmul_par_then`].
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and reads of what was written) of m rows of n columns at
+    /// its stride, and used by nothing else during the call.
+    unsafe fn matmul_par_raw(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: RawOut,
+        ep: Option<Epilogue<'_>>,
+    ) {
         use rayon::prelude::*;
         if let Some(ep) = ep {
             assert_eq!(ep.bias.len(), b.n, "iuf-bf16: bias length against columns");
         }
-        let n = b.n;
-        let rs = c.rs;
-        check_cover("C", c.data.len(), (m, n), (rs, 1));
+        check_cover("A", a.data.len(), (m, b.k), (a.rs, a.cs));
         let threads = rayon::current_num_threads().max(1);
         let tile = if self.amx { 2 * KT } else { MR };
         let block = m.div_ceil(threads).next_multiple_of(tile).max(2 * tile);
         if threads <= 1 || m <= block {
-            return self.matmul_rows(0..m, a, b, c, ep);
+            // SAFETY: the caller's contract.
+            return unsafe { self.matmul_rows(0..m, a, b, c, ep) };
         }
-        // Blocks of whole output rows: split C into disjoint row ranges.
-        let mut parts: Vec<(std::ops::Range<usize>, &mut [f32])> = Vec::new();
-        let mut rest = &mut c.data[..];
-        let mut start = 0;
-        while start < m {
-            let end = (start + block).min(m);
-            let len = if end == m {
-                rest.len()
-            } else {
-                (end - start) * rs
-            };
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            parts.push((start..end, head));
-            rest = tail;
-            start = end;
-        }
-        parts.into_par_iter().for_each(|(rows, data)| {
-            self.matmul_rows(rows, a, b, Out { data, rs }, ep);
+        // Blocks of whole output rows: disjoint row ranges of C.
+        let parts: Vec<std::ops::Range<usize>> = (0..m)
+            .step_by(block)
+            .map(|start| start..(start + block).min(m))
+            .collect();
+        parts.into_par_iter().for_each(|rows| {
+            let start = rows.start;
+            // SAFETY: rows start.. of C, disjoint from every other part's (caller's contract).
+            unsafe { self.matmul_rows(rows, a, b, c.at_row(start), ep) };
         });
     }
 
     /// Rows `rows` of the product into `c`, whose row 0 is product row `rows.start`.
-    fn matmul_rows(
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and reads of what was written) of `rows.len()` rows of n
+    /// columns at its stride, and used by nothing else during the call.
+    unsafe fn matmul_rows(
         self,
         rows: std::ops::Range<usize>,
         a: Lhs<'_>,
         b: &PackedB,
-        c: Out<'_>,
+        c: RawOut,
         ep: Option<Epilogue<'_>>,
     ) {
         let (k, n) = (b.k, b.n);
         check_cover("A", a.data.len(), (rows.end, k), (a.rs, a.cs));
         let rows_here = rows.len();
-        check_cover("C", c.data.len(), (rows_here, n), (c.rs, 1));
         if rows_here == 0 || n == 0 {
             return;
         }
         if k == 0 {
             for r in 0..rows_here {
-                let row = &mut c.data[r * c.rs..r * c.rs + n];
-                row.fill(0.0);
+                // SAFETY: row r of the caller's C; written (zeros) before the slice is made.
+                let row = unsafe {
+                    for col in 0..n {
+                        c.ptr.add(r * c.rs + col).write(0.0);
+                    }
+                    c.row_mut(r, 0, n)
+                };
                 if let Some(ep) = ep {
                     ep.apply(row, 0);
                 }
@@ -416,20 +504,31 @@ impl Bf16Cpu {
             return;
         }
         if self.amx {
-            self.matmul_rows_amx(rows, a, b, c, ep)
+            // SAFETY: the caller's contract.
+            unsafe { self.matmul_rows_amx(rows, a, b, c, ep) }
         } else {
-            let rs = c.rs;
-            self.matmul_rows_avx512(rows.clone(), a, b, Out { data: c.data, rs });
+            // SAFETY: the caller's contract.
+            unsafe { self.matmul_rows_avx512(rows.clone(), a, b, c) };
             if let Some(ep) = ep {
                 for r in 0..rows_here {
-                    ep.apply(&mut c.data[r * rs..r * rs + n], 0);
+                    // SAFETY: every element of the row was written by the product.
+                    ep.apply(unsafe { c.row_mut(r, 0, n) }, 0);
                 }
             }
         }
     }
 
     /// AVX-512 kernel: 14 x 32 register tiles, k in blocks of [`KC`] pairs.
-    fn matmul_rows_avx512(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    ///
+    /// # Safety
+    /// As for `matmul_rows` (the first k block writes every element of C, later ones read it).
+    unsafe fn matmul_rows_avx512(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: RawOut,
+    ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
         let rows_here = rows.len();
         A_BLOCK.with(|buf| {
@@ -457,18 +556,16 @@ impl Bf16Cpu {
                         for (ip, a_panel) in block.chunks(kc * MR).enumerate() {
                             let r = ic + ip * MR;
                             let tile_rows = (rows_here - r).min(MR);
-                            let off = r * c.rs + jp * NR;
-                            let c_need = (tile_rows - 1) * c.rs + cols;
-                            let c_tile = &mut c.data[off..off + c_need];
-                            // SAFETY: a_panel holds kc * MR lanes, b_panel kc * NR; c_tile covers
-                            // tile_rows rows of cols columns at stride c.rs; the token proves the
-                            // CPU features.
+                            // SAFETY: a_panel holds kc * MR lanes, b_panel kc * NR; C's rows
+                            // r..r + tile_rows, columns jp * NR..+cols are the caller's; the
+                            // first k block (pc == 0) writes all of them, later ones read them
+                            // back; the token proves the CPU features.
                             unsafe {
                                 kernel::tile(
                                     kc,
                                     a_panel.as_ptr(),
                                     b_panel.as_ptr(),
-                                    c_tile.as_mut_ptr(),
+                                    c.ptr.add(r * c.rs + jp * NR),
                                     c.rs,
                                     tile_rows,
                                     cols,
@@ -488,12 +585,15 @@ impl Bf16Cpu {
     /// four 16 x 16 f32 tiles of C, loaded from C (k blocks after the first) and stored back.
     /// Whole 32 x 32 blocks of C are loaded and stored in place; edge blocks go through a scratch
     /// block.
-    fn matmul_rows_amx(
+    ///
+    /// # Safety
+    /// As for `matmul_rows` (the first k block writes every element of C, later ones read it).
+    unsafe fn matmul_rows_amx(
         self,
         rows: std::ops::Range<usize>,
         a: Lhs<'_>,
         b: &PackedB,
-        c: Out<'_>,
+        c: RawOut,
         ep: Option<Epilogue<'_>>,
     ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
@@ -536,32 +636,35 @@ impl Bf16Cpu {
                                 &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
                             let off = ib * c.rs + jp * NR;
                             if mrows == MB && cols == NR {
-                                let c_block = &mut c.data[off..off + (MB - 1) * c.rs + NR];
                                 // SAFETY: block is MB rows of kc pairs, b_block kc rows of NR
-                                // lanes, kc a multiple of KT; c_block covers MB rows of NR floats
-                                // at stride c.rs; tiles configured above.
+                                // lanes, kc a multiple of KT; C's rows ib..ib + MB, columns
+                                // jp * NR..+NR are the caller's, written by the first k block
+                                // before later ones read them; tiles configured above.
                                 unsafe {
                                     amx::block(
                                         kc,
                                         block.as_ptr(),
                                         b_block.as_ptr(),
-                                        c_block.as_mut_ptr(),
+                                        c.ptr.add(off),
                                         c.rs,
                                         accumulate,
                                     )
                                 };
                                 if let (Some(ep), true) = (ep, last) {
                                     for i in 0..MB {
-                                        let row = off + i * c.rs;
-                                        ep.apply(&mut c.data[row..row + NR], jp * NR);
+                                        // SAFETY: written just above.
+                                        ep.apply(
+                                            unsafe { c.row_mut(ib + i, jp * NR, NR) },
+                                            jp * NR,
+                                        );
                                     }
                                 }
                             } else {
                                 if accumulate {
                                     for i in 0..mrows {
-                                        let row = off + i * c.rs;
-                                        scratch[i * NR..i * NR + cols]
-                                            .copy_from_slice(&c.data[row..row + cols]);
+                                        // SAFETY: written by the first k block.
+                                        let row = unsafe { c.row_mut(ib + i, jp * NR, cols) };
+                                        scratch[i * NR..i * NR + cols].copy_from_slice(row);
                                     }
                                 }
                                 // SAFETY: as above, with scratch (MB rows of NR floats) for C.
@@ -576,11 +679,19 @@ impl Bf16Cpu {
                                     )
                                 };
                                 for i in 0..mrows {
-                                    let row = off + i * c.rs;
-                                    c.data[row..row + cols]
-                                        .copy_from_slice(&scratch[i * NR..i * NR + cols]);
+                                    // SAFETY: row ib + i, columns jp * NR..+cols of the caller's
+                                    // C, written here before the slice is made.
+                                    let row = unsafe {
+                                        let dst = c.ptr.add(off + i * c.rs);
+                                        std::ptr::copy_nonoverlapping(
+                                            scratch[i * NR..].as_ptr(),
+                                            dst,
+                                            cols,
+                                        );
+                                        c.row_mut(ib + i, jp * NR, cols)
+                                    };
                                     if let (Some(ep), true) = (ep, last) {
-                                        ep.apply(&mut c.data[row..row + cols], jp * NR);
+                                        ep.apply(row, jp * NR);
                                     }
                                 }
                             }
