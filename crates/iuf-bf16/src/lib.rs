@@ -191,9 +191,13 @@ pub const KT: usize = 16;
 /// Pairs of `k` per block of the AMX kernel (a multiple of [`KT`]): 32 rows of A are 16 KiB (L1).
 pub const AMX_KC: usize = 128;
 
-/// Columns per block of the AMX kernel (a multiple of [`NR`]): with [`AMX_KC`] pairs the block of
-/// B is 512 KiB, held in L2 while every 32-row block of A passes over it.
+/// Most columns per block of the AMX kernel (a multiple of [`NR`]); the block of B (all of k,
+/// at most [`AMX_B_BYTES`]) is held in L2 while every 32-row block of A passes over it.
 pub const AMX_NB: usize = 1024;
+
+/// Bytes of B per column block of the AMX kernel (all of k, kept in L2), unless one panel of
+/// [`NR`] columns is larger.
+pub const AMX_B_BYTES: usize = 1 << 20;
 
 impl PackedB {
     /// Packs `B[kk][col] = src[kk * rs + col * cs]`. A linear layer's weight `W [out, in]` is
@@ -363,6 +367,8 @@ impl RawOut {
 thread_local! {
     /// Scratch for the packed A block (reused, so no page faults per call).
     static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Scratch for the AMX kernel's blocks of C (reused likewise).
+    static C_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Bf16Cpu {
@@ -579,15 +585,16 @@ impl Bf16Cpu {
         });
     }
 
-    /// AMX kernel, blocked for the caches: column blocks of [`AMX_NB`] columns, in them k blocks
-    /// of [`AMX_KC`] pairs (the B block, at most 512 KiB, stays in L2), in them blocks of 32 rows
-    /// of A (converted to bf16 pairs, 16 KiB, in L1) times every 32-column panel of the B block:
-    /// four 16 x 16 f32 tiles of C, loaded from C (k blocks after the first) and stored back.
-    /// Whole 32 x 32 blocks of C are loaded and stored in place; edge blocks go through a scratch
-    /// block.
+    /// AMX kernel, blocked for the caches: column blocks of B of at most [`AMX_NB`] columns and
+    /// [`AMX_B_BYTES`] (all of k: the block stays in L2), in them blocks of 32 rows of A, in them
+    /// k blocks of [`AMX_KC`] pairs (the rows converted to bf16 pairs, 16 KiB, in L1) times every
+    /// 32-column panel of the B block. Each 32 x 32 block of C is four 16 x 16 f32 tiles kept in
+    /// a 64-byte aligned per-thread scratch (a tile row is one cache line there, which C's rows
+    /// need not be) across the k blocks; after the last one it is copied to C with the epilogue
+    /// applied on the way (so C is only written, once, and never read).
     ///
     /// # Safety
-    /// As for `matmul_rows` (the first k block writes every element of C, later ones read it).
+    /// As for `matmul_rows`.
     unsafe fn matmul_rows_amx(
         self,
         rows: std::ops::Range<usize>,
@@ -600,107 +607,88 @@ impl Bf16Cpu {
         let rows_here = rows.len();
         const MB: usize = 2 * KT;
         let panels = n.div_ceil(NR);
-        let panels_per_block = AMX_NB / NR;
-        A_BLOCK.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            // 15 lanes of slack to start the block on a 64-byte boundary (one cache line per
-            // tile row).
-            let need = MB * kpp.min(AMX_KC) + 15;
-            if buf.len() < need {
-                buf.resize(need, 0);
-            }
-            let off = buf.as_ptr().align_offset(64).min(15);
-            let mut scratch = [0f32; MB * NR];
-            // SAFETY: the token says AMX is present and the tile state permitted (`amx::enable`).
-            unsafe { amx::configure() };
-            for jc in (0..panels).step_by(panels_per_block) {
-                let jend = (jc + panels_per_block).min(panels);
-                for pc in (0..kpp).step_by(AMX_KC) {
-                    // kpp and AMX_KC are multiples of KT, so is kc.
-                    let kc = (kpp - pc).min(AMX_KC);
-                    let accumulate = pc > 0;
-                    let last = pc + kc == kpp;
-                    let block = &mut buf[off..off + MB * kc];
+        let panel_bytes = kpp * NR * 4;
+        let panels_per_block = (AMX_B_BYTES / panel_bytes)
+            .clamp(1, AMX_NB / NR)
+            .min(panels);
+        A_BLOCK.with(|abuf| {
+            C_BLOCK.with(|cbuf| {
+                let mut abuf = abuf.borrow_mut();
+                let mut cbuf = cbuf.borrow_mut();
+                // 15 lanes of slack to start each block on a 64-byte boundary (one cache line
+                // per tile row).
+                let need = MB * kpp.min(AMX_KC) + 15;
+                if abuf.len() < need {
+                    abuf.resize(need, 0);
+                }
+                let need = panels_per_block * MB * NR + 15;
+                if cbuf.len() < need {
+                    cbuf.resize(need, 0.0);
+                }
+                let a_off = abuf.as_ptr().align_offset(64).min(15);
+                let c_off = cbuf.as_ptr().align_offset(64).min(15);
+                let cblock = &mut cbuf[c_off..c_off + panels_per_block * MB * NR];
+                // SAFETY: the token says AMX is present and the tile state permitted
+                // (`amx::enable`).
+                unsafe { amx::configure() };
+                for jc in (0..panels).step_by(panels_per_block) {
+                    let jend = (jc + panels_per_block).min(panels);
                     for ib in (0..rows_here).step_by(MB) {
                         let mrows = (rows_here - ib).min(MB);
-                        for (i, dst) in block.chunks_mut(kc).enumerate() {
-                            if i < mrows {
-                                convert_row_into(self, a, k, rows.start + ib + i, pc, dst);
-                            } else {
-                                dst.fill(0);
+                        for pc in (0..kpp).step_by(AMX_KC) {
+                            // kpp and AMX_KC are multiples of KT, so is kc.
+                            let kc = (kpp - pc).min(AMX_KC);
+                            let last = pc + kc == kpp;
+                            let block = &mut abuf[a_off..a_off + MB * kc];
+                            for (i, dst) in block.chunks_mut(kc).enumerate() {
+                                if i < mrows {
+                                    convert_row_into(self, a, k, rows.start + ib + i, pc, dst);
+                                } else {
+                                    dst.fill(0);
+                                }
                             }
-                        }
-                        for jp in jc..jend {
-                            let cols = (n - jp * NR).min(NR);
-                            let b_block =
-                                &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
-                            let off = ib * c.rs + jp * NR;
-                            if mrows == MB && cols == NR {
+                            for jp in jc..jend {
+                                let b_block =
+                                    &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
+                                let cs = &mut cblock[(jp - jc) * MB * NR..][..MB * NR];
                                 // SAFETY: block is MB rows of kc pairs, b_block kc rows of NR
-                                // lanes, kc a multiple of KT; C's rows ib..ib + MB, columns
-                                // jp * NR..+NR are the caller's, written by the first k block
-                                // before later ones read them; tiles configured above.
+                                // lanes, kc a multiple of KT; cs is MB rows of NR floats, written
+                                // by the first k block before later ones read it; tiles
+                                // configured above.
                                 unsafe {
                                     amx::block(
                                         kc,
                                         block.as_ptr(),
                                         b_block.as_ptr(),
-                                        c.ptr.add(off),
-                                        c.rs,
-                                        accumulate,
-                                    )
-                                };
-                                if let (Some(ep), true) = (ep, last) {
-                                    for i in 0..MB {
-                                        // SAFETY: written just above.
-                                        ep.apply(
-                                            unsafe { c.row_mut(ib + i, jp * NR, NR) },
-                                            jp * NR,
-                                        );
-                                    }
-                                }
-                            } else {
-                                if accumulate {
-                                    for i in 0..mrows {
-                                        // SAFETY: written by the first k block.
-                                        let row = unsafe { c.row_mut(ib + i, jp * NR, cols) };
-                                        scratch[i * NR..i * NR + cols].copy_from_slice(row);
-                                    }
-                                }
-                                // SAFETY: as above, with scratch (MB rows of NR floats) for C.
-                                unsafe {
-                                    amx::block(
-                                        kc,
-                                        block.as_ptr(),
-                                        b_block.as_ptr(),
-                                        scratch.as_mut_ptr(),
+                                        cs.as_mut_ptr(),
                                         NR,
-                                        accumulate,
+                                        pc > 0,
                                     )
                                 };
-                                for i in 0..mrows {
-                                    // SAFETY: row ib + i, columns jp * NR..+cols of the caller's
-                                    // C, written here before the slice is made.
-                                    let row = unsafe {
-                                        let dst = c.ptr.add(off + i * c.rs);
-                                        std::ptr::copy_nonoverlapping(
-                                            scratch[i * NR..].as_ptr(),
-                                            dst,
+                                if last {
+                                    let cols = (n - jp * NR).min(NR);
+                                    let bias = ep.map(|e| &e.bias[jp * NR..jp * NR + cols]);
+                                    // SAFETY: C's rows ib..ib + mrows, columns jp * NR..+cols
+                                    // are the caller's; the token proves avx512f.
+                                    unsafe {
+                                        kernel::store_block(
+                                            cs,
+                                            c.ptr.add(ib * c.rs + jp * NR),
+                                            c.rs,
+                                            mrows,
                                             cols,
-                                        );
-                                        c.row_mut(ib + i, jp * NR, cols)
+                                            bias,
+                                            ep.is_some_and(|e| e.relu),
+                                        )
                                     };
-                                    if let (Some(ep), true) = (ep, last) {
-                                        ep.apply(row, jp * NR);
-                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-            // SAFETY: as for `configure`.
-            unsafe { amx::release() };
+                // SAFETY: as for `configure`.
+                unsafe { amx::release() };
+            })
         });
     }
 }
@@ -817,6 +805,69 @@ mod kernel {
         }
     }
 
+    /// Copies a block of C, `rows` x `cols` of `src` (rows [`NR`] floats apart, 64-byte
+    /// aligned), to `dst` (rows `ldc` apart), as `act(c + bias)` when `bias` is given (ReLU when
+    /// `relu`), else unchanged.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f; `src` must hold rows * NR floats, `bias` (when given) `cols`,
+    /// and `dst` be writable at `i * ldc + j` for i < rows, j < cols <= NR.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_block(
+        src: &[f32],
+        dst: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let mask = |from: usize| -> __mmask16 {
+            let n = cols.saturating_sub(from).min(16);
+            if n == 16 {
+                0xffff
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        assert!(src.len() >= rows * NR && bias.is_none_or(|b| b.len() >= cols));
+        // SAFETY: the masked loads read only the first `cols` bias values.
+        let (b0, b1) = unsafe {
+            match bias {
+                Some(b) => (
+                    _mm512_maskz_loadu_ps(m0, b.as_ptr()),
+                    _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(16)),
+                ),
+                None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+            }
+        };
+        let zero = _mm512_setzero_ps();
+        for i in 0..rows {
+            // SAFETY: row i < rows of `src` (checked) and of `dst` (caller); the masks select
+            // columns < cols.
+            unsafe {
+                let s = src.as_ptr().add(i * NR);
+                let (mut v0, mut v1) = (_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)));
+                if bias.is_some() {
+                    v0 = _mm512_add_ps(v0, b0);
+                    v1 = _mm512_add_ps(v1, b1);
+                    if relu {
+                        // max(x, 0) is x when x > 0, else 0 (also for NaN and -0): the
+                        // scalar epilogue's arithmetic.
+                        v0 = _mm512_max_ps(v0, zero);
+                        v1 = _mm512_max_ps(v1, zero);
+                    }
+                }
+                let row = dst.add(i * ldc);
+                _mm512_mask_storeu_ps(row, m0, v0);
+                if m1 != 0 {
+                    _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                }
+            }
+        }
+    }
+
     /// One MR x NR tile: `C (+)= A_panel B_panel` over `kc` pairs; stores `rows` x `cols`.
     ///
     /// # Safety
@@ -889,6 +940,18 @@ mod kernel {
     }
 
     pub(super) fn convert_into(_cpu: Bf16Cpu, _src: &[f32], _dst: &mut [u32]) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+
+    pub(super) unsafe fn store_block(
+        _src: &[f32],
+        _dst: *mut f32,
+        _ldc: usize,
+        _rows: usize,
+        _cols: usize,
+        _bias: Option<&[f32]>,
+        _relu: bool,
+    ) {
         unreachable!("iuf-bf16: no kernel on this architecture")
     }
 
