@@ -590,8 +590,10 @@ impl Bf16Cpu {
     /// k blocks of [`AMX_KC`] pairs (the rows converted to bf16 pairs, 16 KiB, in L1) times every
     /// 32-column panel of the B block. Each 32 x 32 block of C is four 16 x 16 f32 tiles kept in
     /// a 64-byte aligned per-thread scratch (a tile row is one cache line there, which C's rows
-    /// need not be) across the k blocks; after the last one it is copied to C with the epilogue
-    /// applied on the way (so C is only written, once, and never read).
+    /// need not be) across the k blocks; after the last one the whole 32-row strip of the
+    /// column block is copied to C row by row (one contiguous run per row, better for the
+    /// hardware prefetcher than 32 rows of 128 bytes per block), the epilogue applied on the way
+    /// (so C is only written, once, and never read).
     ///
     /// # Safety
     /// As for `matmul_rows`.
@@ -627,7 +629,8 @@ impl Bf16Cpu {
                 }
                 let a_off = abuf.as_ptr().align_offset(64).min(15);
                 let c_off = cbuf.as_ptr().align_offset(64).min(15);
-                let cblock = &mut cbuf[c_off..c_off + panels_per_block * MB * NR];
+                let cblock = cbuf[c_off..c_off + panels_per_block * MB * NR].as_mut_ptr();
+                let relu = ep.is_some_and(|e| e.relu);
                 // SAFETY: the token says AMX is present and the tile state permitted
                 // (`amx::enable`).
                 unsafe { amx::configure() };
@@ -650,38 +653,39 @@ impl Bf16Cpu {
                             for jp in jc..jend {
                                 let b_block =
                                     &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
-                                let cs = &mut cblock[(jp - jc) * MB * NR..][..MB * NR];
+                                let slot = jp - jc;
                                 // SAFETY: block is MB rows of kc pairs, b_block kc rows of NR
-                                // lanes, kc a multiple of KT; cs is MB rows of NR floats, written
-                                // by the first k block before later ones read it; tiles
+                                // lanes, kc a multiple of KT; the slot is MB rows of NR floats,
+                                // written by the first k block before later ones read it; tiles
                                 // configured above.
                                 unsafe {
                                     amx::block(
                                         kc,
                                         block.as_ptr(),
                                         b_block.as_ptr(),
-                                        cs.as_mut_ptr(),
+                                        cblock.add(slot * MB * NR),
                                         NR,
                                         pc > 0,
                                     )
                                 };
-                                if last {
-                                    let cols = (n - jp * NR).min(NR);
-                                    let bias = ep.map(|e| &e.bias[jp * NR..jp * NR + cols]);
-                                    // SAFETY: C's rows ib..ib + mrows, columns jp * NR..+cols
-                                    // are the caller's; the token proves avx512f.
-                                    unsafe {
-                                        kernel::store_block(
-                                            cs,
-                                            c.ptr.add(ib * c.rs + jp * NR),
-                                            c.rs,
-                                            mrows,
-                                            cols,
-                                            bias,
-                                            ep.is_some_and(|e| e.relu),
-                                        )
-                                    };
-                                }
+                            }
+                            if last {
+                                let cols = n.min(jend * NR) - jc * NR;
+                                let bias = ep.map(|e| &e.bias[jc * NR..jc * NR + cols]);
+                                // SAFETY: the strip's blocks were written by the last k block
+                                // above; C's rows ib..ib + mrows, columns jc * NR..+cols are the
+                                // caller's; the token proves avx512f.
+                                unsafe {
+                                    kernel::store_strip(
+                                        cblock,
+                                        c.ptr.add(ib * c.rs + jc * NR),
+                                        c.rs,
+                                        0..mrows,
+                                        cols,
+                                        bias,
+                                        relu,
+                                    )
+                                };
                             }
                         }
                     }
@@ -805,64 +809,59 @@ mod kernel {
         }
     }
 
-    /// Copies a block of C, `rows` x `cols` of `src` (rows [`NR`] floats apart, 64-byte
-    /// aligned), to `dst` (rows `ldc` apart), as `act(c + bias)` when `bias` is given (ReLU when
-    /// `relu`), else unchanged.
+    /// Copies rows `rows` of a strip of C blocks (`panels` blocks of 32 rows x [`NR`] columns,
+    /// each `MB * NR` floats after the previous, 64-byte aligned) to `dst` (rows `ldc` apart),
+    /// `cols` columns in all, row by row, as `act(c + bias)` when `bias` is given (ReLU
+    /// when `relu`), else unchanged. Each row is written with aligned masked stores (rotated by
+    /// the row's offset in its cache line), so no store splits a line.
     ///
     /// # Safety
-    /// The CPU must have avx512f; `src` must hold rows * NR floats, `bias` (when given) `cols`,
-    /// and `dst` be writable at `i * ldc + j` for i < rows, j < cols <= NR.
+    /// The CPU must have avx512f; `src` must be readable for the blocks holding `cols` columns
+    /// and `dst` writable at `i * ldc + j` for i in rows, j < cols; `bias`, when given, must hold
+    /// `cols` values (checked).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn store_block(
-        src: &[f32],
+    pub(super) unsafe fn store_strip(
+        src: *const f32,
         dst: *mut f32,
         ldc: usize,
-        rows: usize,
+        rows: std::ops::Range<usize>,
         cols: usize,
         bias: Option<&[f32]>,
         relu: bool,
     ) {
-        let mask = |from: usize| -> __mmask16 {
-            let n = cols.saturating_sub(from).min(16);
-            if n == 16 {
-                0xffff
-            } else {
-                (1u16 << n) - 1
-            }
-        };
-        let (m0, m1) = (mask(0), mask(16));
-        assert!(src.len() >= rows * NR && bias.is_none_or(|b| b.len() >= cols));
-        // SAFETY: the masked loads read only the first `cols` bias values.
-        let (b0, b1) = unsafe {
-            match bias {
-                Some(b) => (
-                    _mm512_maskz_loadu_ps(m0, b.as_ptr()),
-                    _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(16)),
-                ),
-                None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-            }
-        };
+        assert!(bias.is_none_or(|b| b.len() >= cols));
         let zero = _mm512_setzero_ps();
-        for i in 0..rows {
-            // SAFETY: row i < rows of `src` (checked) and of `dst` (caller); the masks select
-            // columns < cols.
-            unsafe {
-                let s = src.as_ptr().add(i * NR);
-                let (mut v0, mut v1) = (_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)));
-                if bias.is_some() {
-                    v0 = _mm512_add_ps(v0, b0);
-                    v1 = _mm512_add_ps(v1, b1);
-                    if relu {
-                        // max(x, 0) is x when x > 0, else 0 (also for NaN and -0): the
-                        // scalar epilogue's arithmetic.
-                        v0 = _mm512_max_ps(v0, zero);
-                        v1 = _mm512_max_ps(v1, zero);
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for i in rows {
+            let row = dst.wrapping_add(i * ldc);
+            let sh = (row as usize / 4) % 16;
+            let line = row.wrapping_sub(sh);
+            let idx = _mm512_and_si512(
+                _mm512_sub_epi32(iota, _mm512_set1_epi32(sh as i32)),
+                _mm512_set1_epi32(15),
+            );
+            let low: __mmask16 = ((1u32 << sh) - 1) as u16;
+            for c0 in (0..cols).step_by(16) {
+                let w = (cols - c0).min(16);
+                let m: __mmask16 = if w == 16 { 0xffff } else { (1u16 << w) - 1 };
+                let (p, j) = (c0 / NR, c0 % NR);
+                // SAFETY: block p, row i, columns j..j + w of `src`; the bias masked to `cols`;
+                // the stores write only row i's columns c0..c0 + w (masked), all the caller's.
+                unsafe {
+                    let mut v = _mm512_loadu_ps(src.add(p * 2 * super::KT * NR + i * NR + j));
+                    if let Some(b) = bias {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b.as_ptr().add(c0)));
+                        if relu {
+                            v = _mm512_max_ps(v, zero);
+                        }
                     }
-                }
-                let row = dst.add(i * ldc);
-                _mm512_mask_storeu_ps(row, m0, v0);
-                if m1 != 0 {
-                    _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                    let r = _mm512_permutexvar_ps(idx, v);
+                    let mm = (m as u32) << sh;
+                    _mm512_mask_storeu_ps(line.wrapping_add(c0), mm as u16 & !low, r);
+                    if (mm >> 16) as u16 != 0 {
+                        _mm512_mask_storeu_ps(line.wrapping_add(c0 + 16), (mm >> 16) as u16, r);
+                    }
                 }
             }
         }
@@ -943,11 +942,12 @@ mod kernel {
         unreachable!("iuf-bf16: no kernel on this architecture")
     }
 
-    pub(super) unsafe fn store_block(
-        _src: &[f32],
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn store_strip(
+        _src: *const f32,
         _dst: *mut f32,
         _ldc: usize,
-        _rows: usize,
+        _rows: std::ops::Range<usize>,
         _cols: usize,
         _bias: Option<&[f32]>,
         _relu: bool,
