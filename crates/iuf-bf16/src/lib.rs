@@ -194,9 +194,13 @@ pub const KT: usize = 16;
 /// Pairs of `k` per block of the AMX kernel (a multiple of [`KT`]): 32 rows of A are 16 KiB (L1).
 pub const AMX_KC: usize = 128;
 
-/// Columns per block of the AMX kernel (a multiple of [`NR`]): with [`AMX_KC`] pairs the block of
-/// B is 512 KiB, held in L2 while every 32-row block of A passes over it.
+/// Most columns per block of the AMX kernel (a multiple of [`NR`]); the block of B (all of k,
+/// at most [`AMX_B_BYTES`]) is held in L2 while every 32-row block of A passes over it.
 pub const AMX_NB: usize = 1024;
+
+/// Bytes of B per column block of the AMX kernel (all of k, kept in L2), unless one panel of
+/// [`NR`] columns is larger.
+pub const AMX_B_BYTES: usize = 1 << 20;
 
 impl PackedB {
     /// Packs `B[kk][col] = src[kk * rs + col * cs]`. A linear layer's weight `W [out, in]` is
@@ -329,9 +333,45 @@ pub struct Out<'a> {
     pub rs: usize,
 }
 
+/// Where the kernels write C: element `(row, col)` at `ptr + row * rs + col`. Made only by the
+/// public entry points, from an [`Out`] whose length was checked or from a `Vec`'s spare capacity;
+/// the kernels write every element of their rows before they read it back, so the memory behind
+/// it may start uninitialised.
+#[derive(Clone, Copy)]
+struct RawOut {
+    ptr: *mut f32,
+    rs: usize,
+}
+
+// SAFETY: a `RawOut` is only a place to write; the products give each thread disjoint rows.
+unsafe impl Send for RawOut {}
+// SAFETY: as above.
+unsafe impl Sync for RawOut {}
+
+impl RawOut {
+    /// The same output from row `r` on.
+    fn at_row(self, r: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(r * self.rs),
+            rs: self.rs,
+        }
+    }
+
+    /// Row `r`, columns `col0..col0 + len`, which must all have been written.
+    ///
+    /// # Safety
+    /// The row must lie inside the caller's output, initialised, and not otherwise borrowed.
+    unsafe fn row_mut<'x>(self, r: usize, col0: usize, len: usize) -> &'x mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.rs + col0), len) }
+    }
+}
+
 thread_local! {
     /// Scratch for the packed A block (reused, so no page faults per call).
     static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Scratch for the AMX kernel's blocks of C (reused likewise).
+    static C_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Bf16Cpu {
@@ -339,7 +379,14 @@ impl Bf16Cpu {
     /// when a slice is too short for its shape and strides.
     pub fn matmul(self, m: usize, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
         check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
-        self.matmul_rows(0..m, a, b, c, None)
+        check_cover("A", a.data.len(), (m, b.k), (a.rs, a.cs));
+        let out = RawOut {
+            ptr: c.data.as_mut_ptr(),
+            rs: c.rs,
+        };
+        // SAFETY: `c.data` covers m rows of n columns at stride c.rs (checked) and is borrowed
+        // mutably for the call.
+        unsafe { self.matmul_rows(0..m, a, b, out, None) }
     }
 
     /// [`Bf16Cpu::matmul`] with the rows split over the rayon pool (one block per thread, whole
@@ -358,60 +405,107 @@ impl Bf16Cpu {
         c: Out<'_>,
         ep: Option<Epilogue<'_>>,
     ) {
+        check_cover("C", c.data.len(), (m, b.n), (c.rs, 1));
+        let out = RawOut {
+            ptr: c.data.as_mut_ptr(),
+            rs: c.rs,
+        };
+        // SAFETY: as in `matmul`.
+        unsafe { self.matmul_par_raw(m, a, b, out, ep) }
+    }
+
+    /// `act(A B + bias)` (with `ep`, else `A B`) in a new `Vec` of `m * n` values, row `i` at
+    /// `i * n`, on the rayon pool as [`Bf16Cpu::matmul_par_then`] and with the same values, but
+    /// without filling the output with zeros first (every element is written exactly once by the
+    /// product). Panics as that function does.
+    pub fn matmul_par_vec(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        ep: Option<Epilogue<'_>>,
+    ) -> Vec<f32> {
+        let len = m.checked_mul(b.n).expect("iuf-bf16: output size overflows");
+        let mut v: Vec<f32> = Vec::with_capacity(len);
+        let out = RawOut {
+            ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            rs: b.n,
+        };
+        // SAFETY: the spare capacity holds `len` = m * n floats, owned by `v` and used by nothing
+        // else; the product writes every one of them (and reads only what it wrote) or panics,
+        // leaving `v` empty.
+        unsafe {
+            self.matmul_par_raw(m, a, b, out, ep);
+            v.set_len(len);
+        }
+        v
+    }
+
+    /// The body of [`Bf16Cpu::matmul_par_then`].
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and reads of what was written) of m rows of n columns at
+    /// its stride, and used by nothing else during the call.
+    unsafe fn matmul_par_raw(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: RawOut,
+        ep: Option<Epilogue<'_>>,
+    ) {
         use rayon::prelude::*;
         if let Some(ep) = ep {
             assert_eq!(ep.bias.len(), b.n, "iuf-bf16: bias length against columns");
         }
-        let n = b.n;
-        let rs = c.rs;
-        check_cover("C", c.data.len(), (m, n), (rs, 1));
+        check_cover("A", a.data.len(), (m, b.k), (a.rs, a.cs));
         let threads = rayon::current_num_threads().max(1);
         let tile = if self.amx { 2 * KT } else { MR };
         let block = m.div_ceil(threads).next_multiple_of(tile).max(2 * tile);
         if threads <= 1 || m <= block {
-            return self.matmul_rows(0..m, a, b, c, ep);
+            // SAFETY: the caller's contract.
+            return unsafe { self.matmul_rows(0..m, a, b, c, ep) };
         }
-        // Blocks of whole output rows: split C into disjoint row ranges.
-        let mut parts: Vec<(std::ops::Range<usize>, &mut [f32])> = Vec::new();
-        let mut rest = &mut c.data[..];
-        let mut start = 0;
-        while start < m {
-            let end = (start + block).min(m);
-            let len = if end == m {
-                rest.len()
-            } else {
-                (end - start) * rs
-            };
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            parts.push((start..end, head));
-            rest = tail;
-            start = end;
-        }
-        parts.into_par_iter().for_each(|(rows, data)| {
-            self.matmul_rows(rows, a, b, Out { data, rs }, ep);
+        // Blocks of whole output rows: disjoint row ranges of C.
+        let parts: Vec<std::ops::Range<usize>> = (0..m)
+            .step_by(block)
+            .map(|start| start..(start + block).min(m))
+            .collect();
+        parts.into_par_iter().for_each(|rows| {
+            let start = rows.start;
+            // SAFETY: rows start.. of C, disjoint from every other part's (caller's contract).
+            unsafe { self.matmul_rows(rows, a, b, c.at_row(start), ep) };
         });
     }
 
     /// Rows `rows` of the product into `c`, whose row 0 is product row `rows.start`.
-    fn matmul_rows(
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and reads of what was written) of `rows.len()` rows of n
+    /// columns at its stride, and used by nothing else during the call.
+    unsafe fn matmul_rows(
         self,
         rows: std::ops::Range<usize>,
         a: Lhs<'_>,
         b: &PackedB,
-        c: Out<'_>,
+        c: RawOut,
         ep: Option<Epilogue<'_>>,
     ) {
         let (k, n) = (b.k, b.n);
         check_cover("A", a.data.len(), (rows.end, k), (a.rs, a.cs));
         let rows_here = rows.len();
-        check_cover("C", c.data.len(), (rows_here, n), (c.rs, 1));
         if rows_here == 0 || n == 0 {
             return;
         }
         if k == 0 {
             for r in 0..rows_here {
-                let row = &mut c.data[r * c.rs..r * c.rs + n];
-                row.fill(0.0);
+                // SAFETY: row r of the caller's C; written (zeros) before the slice is made.
+                let row = unsafe {
+                    for col in 0..n {
+                        c.ptr.add(r * c.rs + col).write(0.0);
+                    }
+                    c.row_mut(r, 0, n)
+                };
                 if let Some(ep) = ep {
                     ep.apply(row, 0);
                 }
@@ -419,20 +513,31 @@ impl Bf16Cpu {
             return;
         }
         if self.amx {
-            self.matmul_rows_amx(rows, a, b, c, ep)
+            // SAFETY: the caller's contract.
+            unsafe { self.matmul_rows_amx(rows, a, b, c, ep) }
         } else {
-            let rs = c.rs;
-            self.matmul_rows_avx512(rows.clone(), a, b, Out { data: c.data, rs });
+            // SAFETY: the caller's contract.
+            unsafe { self.matmul_rows_avx512(rows.clone(), a, b, c) };
             if let Some(ep) = ep {
                 for r in 0..rows_here {
-                    ep.apply(&mut c.data[r * rs..r * rs + n], 0);
+                    // SAFETY: every element of the row was written by the product.
+                    ep.apply(unsafe { c.row_mut(r, 0, n) }, 0);
                 }
             }
         }
     }
 
     /// AVX-512 kernel: 14 x 32 register tiles, k in blocks of [`KC`] pairs.
-    fn matmul_rows_avx512(self, rows: std::ops::Range<usize>, a: Lhs<'_>, b: &PackedB, c: Out<'_>) {
+    ///
+    /// # Safety
+    /// As for `matmul_rows` (the first k block writes every element of C, later ones read it).
+    unsafe fn matmul_rows_avx512(
+        self,
+        rows: std::ops::Range<usize>,
+        a: Lhs<'_>,
+        b: &PackedB,
+        c: RawOut,
+    ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
         let rows_here = rows.len();
         A_BLOCK.with(|buf| {
@@ -460,18 +565,16 @@ impl Bf16Cpu {
                         for (ip, a_panel) in block.chunks(kc * MR).enumerate() {
                             let r = ic + ip * MR;
                             let tile_rows = (rows_here - r).min(MR);
-                            let off = r * c.rs + jp * NR;
-                            let c_need = (tile_rows - 1) * c.rs + cols;
-                            let c_tile = &mut c.data[off..off + c_need];
-                            // SAFETY: a_panel holds kc * MR lanes, b_panel kc * NR; c_tile covers
-                            // tile_rows rows of cols columns at stride c.rs; the token proves the
-                            // CPU features.
+                            // SAFETY: a_panel holds kc * MR lanes, b_panel kc * NR; C's rows
+                            // r..r + tile_rows, columns jp * NR..+cols are the caller's; the
+                            // first k block (pc == 0) writes all of them, later ones read them
+                            // back; the token proves the CPU features.
                             unsafe {
                                 kernel::tile(
                                     kc,
                                     a_panel.as_ptr(),
                                     b_panel.as_ptr(),
-                                    c_tile.as_mut_ptr(),
+                                    c.ptr.add(r * c.rs + jp * NR),
                                     c.rs,
                                     tile_rows,
                                     cols,
@@ -485,114 +588,114 @@ impl Bf16Cpu {
         });
     }
 
-    /// AMX kernel, blocked for the caches: column blocks of [`AMX_NB`] columns, in them k blocks
-    /// of [`AMX_KC`] pairs (the B block, at most 512 KiB, stays in L2), in them blocks of 32 rows
-    /// of A (converted to bf16 pairs, 16 KiB, in L1) times every 32-column panel of the B block:
-    /// four 16 x 16 f32 tiles of C, loaded from C (k blocks after the first) and stored back.
-    /// Whole 32 x 32 blocks of C are loaded and stored in place; edge blocks go through a scratch
-    /// block.
-    fn matmul_rows_amx(
+    /// AMX kernel, blocked for the caches: column blocks of B of at most [`AMX_NB`] columns and
+    /// [`AMX_B_BYTES`] (all of k: the block stays in L2), in them blocks of 32 rows of A, in them
+    /// k blocks of [`AMX_KC`] pairs (the rows converted to bf16 pairs, 16 KiB, in L1) times every
+    /// 32-column panel of the B block. Each 32 x 32 block of C is four 16 x 16 f32 tiles kept in
+    /// a 64-byte aligned per-thread scratch (a tile row is one cache line there, which C's rows
+    /// need not be) across the k blocks; after the last one the whole 32-row strip of the
+    /// column block is copied to C row by row (one contiguous run per row, better for the
+    /// hardware prefetcher than 32 rows of 128 bytes per block), the epilogue applied on the way
+    /// (so C is only written, once, and never read).
+    ///
+    /// # Safety
+    /// As for `matmul_rows`.
+    unsafe fn matmul_rows_amx(
         self,
         rows: std::ops::Range<usize>,
         a: Lhs<'_>,
         b: &PackedB,
-        c: Out<'_>,
+        c: RawOut,
         ep: Option<Epilogue<'_>>,
     ) {
         let (k, n, kpp) = (b.k, b.n, b.kpp);
         let rows_here = rows.len();
         const MB: usize = 2 * KT;
         let panels = n.div_ceil(NR);
-        let panels_per_block = AMX_NB / NR;
-        A_BLOCK.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            // 15 lanes of slack to start the block on a 64-byte boundary (one cache line per
-            // tile row).
-            let need = MB * kpp.min(AMX_KC) + 15;
-            if buf.len() < need {
-                buf.resize(need, 0);
-            }
-            let off = buf.as_ptr().align_offset(64).min(15);
-            let mut scratch = [0f32; MB * NR];
-            // SAFETY: the token says AMX is present and the tile state permitted (`amx::enable`).
-            unsafe { amx::configure() };
-            for jc in (0..panels).step_by(panels_per_block) {
-                let jend = (jc + panels_per_block).min(panels);
-                for pc in (0..kpp).step_by(AMX_KC) {
-                    // kpp and AMX_KC are multiples of KT, so is kc.
-                    let kc = (kpp - pc).min(AMX_KC);
-                    let accumulate = pc > 0;
-                    let last = pc + kc == kpp;
-                    let block = &mut buf[off..off + MB * kc];
+        let panel_bytes = kpp * NR * 4;
+        let panels_per_block = (AMX_B_BYTES / panel_bytes)
+            .clamp(1, AMX_NB / NR)
+            .min(panels);
+        A_BLOCK.with(|abuf| {
+            C_BLOCK.with(|cbuf| {
+                let mut abuf = abuf.borrow_mut();
+                let mut cbuf = cbuf.borrow_mut();
+                // 15 lanes of slack to start each block on a 64-byte boundary (one cache line
+                // per tile row).
+                let need = MB * kpp.min(AMX_KC) + 15;
+                if abuf.len() < need {
+                    abuf.resize(need, 0);
+                }
+                let need = panels_per_block * MB * NR + 15;
+                if cbuf.len() < need {
+                    cbuf.resize(need, 0.0);
+                }
+                let a_off = abuf.as_ptr().align_offset(64).min(15);
+                let c_off = cbuf.as_ptr().align_offset(64).min(15);
+                let cblock = cbuf[c_off..c_off + panels_per_block * MB * NR].as_mut_ptr();
+                let relu = ep.is_some_and(|e| e.relu);
+                // SAFETY: the token says AMX is present and the tile state permitted
+                // (`amx::enable`).
+                unsafe { amx::configure() };
+                for jc in (0..panels).step_by(panels_per_block) {
+                    let jend = (jc + panels_per_block).min(panels);
                     for ib in (0..rows_here).step_by(MB) {
                         let mrows = (rows_here - ib).min(MB);
-                        for (i, dst) in block.chunks_mut(kc).enumerate() {
-                            if i < mrows {
-                                convert_row_into(self, a, k, rows.start + ib + i, pc, dst);
-                            } else {
-                                dst.fill(0);
+                        for pc in (0..kpp).step_by(AMX_KC) {
+                            // kpp and AMX_KC are multiples of KT, so is kc.
+                            let kc = (kpp - pc).min(AMX_KC);
+                            let last = pc + kc == kpp;
+                            let block = &mut abuf[a_off..a_off + MB * kc];
+                            for (i, dst) in block.chunks_mut(kc).enumerate() {
+                                if i < mrows {
+                                    convert_row_into(self, a, k, rows.start + ib + i, pc, dst);
+                                } else {
+                                    dst.fill(0);
+                                }
                             }
-                        }
-                        for jp in jc..jend {
-                            let cols = (n - jp * NR).min(NR);
-                            let b_block =
-                                &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
-                            let off = ib * c.rs + jp * NR;
-                            if mrows == MB && cols == NR {
-                                let c_block = &mut c.data[off..off + (MB - 1) * c.rs + NR];
+                            for jp in jc..jend {
+                                let b_block =
+                                    &b.lanes()[(jp * kpp + pc) * NR..(jp * kpp + pc + kc) * NR];
+                                let slot = jp - jc;
                                 // SAFETY: block is MB rows of kc pairs, b_block kc rows of NR
-                                // lanes, kc a multiple of KT; c_block covers MB rows of NR floats
-                                // at stride c.rs; tiles configured above.
+                                // lanes, kc a multiple of KT; the slot is MB rows of NR floats,
+                                // written by the first k block before later ones read it; tiles
+                                // configured above.
                                 unsafe {
                                     amx::block(
                                         kc,
                                         block.as_ptr(),
                                         b_block.as_ptr(),
-                                        c_block.as_mut_ptr(),
-                                        c.rs,
-                                        accumulate,
-                                    )
-                                };
-                                if let (Some(ep), true) = (ep, last) {
-                                    for i in 0..MB {
-                                        let row = off + i * c.rs;
-                                        ep.apply(&mut c.data[row..row + NR], jp * NR);
-                                    }
-                                }
-                            } else {
-                                if accumulate {
-                                    for i in 0..mrows {
-                                        let row = off + i * c.rs;
-                                        scratch[i * NR..i * NR + cols]
-                                            .copy_from_slice(&c.data[row..row + cols]);
-                                    }
-                                }
-                                // SAFETY: as above, with scratch (MB rows of NR floats) for C.
-                                unsafe {
-                                    amx::block(
-                                        kc,
-                                        block.as_ptr(),
-                                        b_block.as_ptr(),
-                                        scratch.as_mut_ptr(),
+                                        cblock.add(slot * MB * NR),
                                         NR,
-                                        accumulate,
+                                        pc > 0,
                                     )
                                 };
-                                for i in 0..mrows {
-                                    let row = off + i * c.rs;
-                                    c.data[row..row + cols]
-                                        .copy_from_slice(&scratch[i * NR..i * NR + cols]);
-                                    if let (Some(ep), true) = (ep, last) {
-                                        ep.apply(&mut c.data[row..row + cols], jp * NR);
-                                    }
-                                }
+                            }
+                            if last {
+                                let cols = n.min(jend * NR) - jc * NR;
+                                let bias = ep.map(|e| &e.bias[jc * NR..jc * NR + cols]);
+                                // SAFETY: the strip's blocks were written by the last k block
+                                // above; C's rows ib..ib + mrows, columns jc * NR..+cols are the
+                                // caller's; the token proves avx512f.
+                                unsafe {
+                                    kernel::store_strip(
+                                        cblock,
+                                        c.ptr.add(ib * c.rs + jc * NR),
+                                        c.rs,
+                                        0..mrows,
+                                        cols,
+                                        bias,
+                                        relu,
+                                    )
+                                };
                             }
                         }
                     }
                 }
-            }
-            // SAFETY: as for `configure`.
-            unsafe { amx::release() };
+                // SAFETY: as for `configure`.
+                unsafe { amx::release() };
+            })
         });
     }
 }
@@ -709,6 +812,64 @@ mod kernel {
         }
     }
 
+    /// Copies rows `rows` of a strip of C blocks (`panels` blocks of 32 rows x [`NR`] columns,
+    /// each `MB * NR` floats after the previous, 64-byte aligned) to `dst` (rows `ldc` apart),
+    /// `cols` columns in all, row by row, as `act(c + bias)` when `bias` is given (ReLU
+    /// when `relu`), else unchanged. Each row is written with aligned masked stores (rotated by
+    /// the row's offset in its cache line), so no store splits a line.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f; `src` must be readable for the blocks holding `cols` columns
+    /// and `dst` writable at `i * ldc + j` for i in rows, j < cols; `bias`, when given, must hold
+    /// `cols` values (checked).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_strip(
+        src: *const f32,
+        dst: *mut f32,
+        ldc: usize,
+        rows: std::ops::Range<usize>,
+        cols: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        assert!(bias.is_none_or(|b| b.len() >= cols));
+        let zero = _mm512_setzero_ps();
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for i in rows {
+            let row = dst.wrapping_add(i * ldc);
+            let sh = (row as usize / 4) % 16;
+            let line = row.wrapping_sub(sh);
+            let idx = _mm512_and_si512(
+                _mm512_sub_epi32(iota, _mm512_set1_epi32(sh as i32)),
+                _mm512_set1_epi32(15),
+            );
+            let low: __mmask16 = ((1u32 << sh) - 1) as u16;
+            for c0 in (0..cols).step_by(16) {
+                let w = (cols - c0).min(16);
+                let m: __mmask16 = if w == 16 { 0xffff } else { (1u16 << w) - 1 };
+                let (p, j) = (c0 / NR, c0 % NR);
+                // SAFETY: block p, row i, columns j..j + w of `src`; the bias masked to `cols`;
+                // the stores write only row i's columns c0..c0 + w (masked), all the caller's.
+                unsafe {
+                    let mut v = _mm512_loadu_ps(src.add(p * 2 * super::KT * NR + i * NR + j));
+                    if let Some(b) = bias {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b.as_ptr().add(c0)));
+                        if relu {
+                            v = _mm512_max_ps(v, zero);
+                        }
+                    }
+                    let r = _mm512_permutexvar_ps(idx, v);
+                    let mm = (m as u32) << sh;
+                    _mm512_mask_storeu_ps(line.wrapping_add(c0), mm as u16 & !low, r);
+                    if (mm >> 16) as u16 != 0 {
+                        _mm512_mask_storeu_ps(line.wrapping_add(c0 + 16), (mm >> 16) as u16, r);
+                    }
+                }
+            }
+        }
+    }
+
     /// One MR x NR tile: `C (+)= A_panel B_panel` over `kc` pairs; stores `rows` x `cols`.
     ///
     /// # Safety
@@ -781,6 +942,19 @@ mod kernel {
     }
 
     pub(super) fn convert_into(_cpu: Bf16Cpu, _src: &[f32], _dst: &mut [u32]) {
+        unreachable!("iuf-bf16: no kernel on this architecture")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn store_strip(
+        _src: *const f32,
+        _dst: *mut f32,
+        _ldc: usize,
+        _rows: std::ops::Range<usize>,
+        _cols: usize,
+        _bias: Option<&[f32]>,
+        _relu: bool,
+    ) {
         unreachable!("iuf-bf16: no kernel on this architecture")
     }
 

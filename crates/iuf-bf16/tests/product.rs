@@ -409,3 +409,99 @@ fn the_epilogue_adds_the_bias_and_applies_relu_exactly() {
         }
     }
 }
+
+#[test]
+fn the_vec_output_matches_the_slice_output_bit_for_bit() {
+    use iuf_bf16::Epilogue;
+    let pools: Vec<rayon::ThreadPool> = [1, 3]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut cases = shapes();
+    cases.push(Case { m: 5, n: 9, k: 0 });
+    cases.push(Case {
+        m: 4 * 2 * KT + 3,
+        n: 3 * NR + 5,
+        k: AMX_KC * 2 + 7,
+    });
+    for cpu in kernels() {
+        for (t, case) in cases.iter().enumerate() {
+            let (m, n, k) = (case.m, case.n, case.k);
+            let b = values(k * n, 90 + t as u64);
+            let bias = values(n, 95 + t as u64);
+            let packed = PackedB::pack(k, n, &b, (n, 1));
+            // A row-major and A transposed (strided rows).
+            let a = values(m * k, 80 + t as u64);
+            let at: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
+            let lhss = [
+                Lhs {
+                    data: &a,
+                    rs: k,
+                    cs: 1,
+                },
+                Lhs {
+                    data: &at,
+                    rs: 1,
+                    cs: m,
+                },
+            ];
+            for lhs in lhss {
+                let mut single = vec![f32::NAN; m * n];
+                cpu.matmul(
+                    m,
+                    lhs,
+                    &packed,
+                    Out {
+                        data: &mut single,
+                        rs: n,
+                    },
+                );
+                for ep in [
+                    None,
+                    Some(Epilogue {
+                        bias: &bias,
+                        relu: false,
+                    }),
+                    Some(Epilogue {
+                        bias: &bias,
+                        relu: true,
+                    }),
+                ] {
+                    for pool in &pools {
+                        let mut want = vec![f32::NAN; m * n];
+                        pool.install(|| {
+                            cpu.matmul_par_then(
+                                m,
+                                lhs,
+                                &packed,
+                                Out {
+                                    data: &mut want,
+                                    rs: n,
+                                },
+                                ep,
+                            )
+                        });
+                        let got = pool.install(|| cpu.matmul_par_vec(m, lhs, &packed, ep));
+                        let what = format!(
+                            "{cpu:?} [{m}, {k}] x [{k}, {n}], A rs {}, {} threads, epilogue {:?}",
+                            lhs.rs,
+                            pool.current_num_threads(),
+                            ep.map(|e| e.relu)
+                        );
+                        assert_eq!(got.len(), m * n, "{what}");
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{what}");
+                        if ep.is_none() {
+                            assert_eq!(bits(&got), bits(&single), "{what}, single-threaded");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
