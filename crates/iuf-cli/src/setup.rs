@@ -385,8 +385,11 @@ pub fn train_config(a: &ConfigArgs, in_channels: usize, num_classes: usize) -> R
     Ok(cfg)
 }
 
-/// Resets the process's peak-memory mark (Linux), so that the next method's peak is its own.
+/// Resets the process's peak-memory mark (Linux), so that the next method's peak is its own. The
+/// memory malloc keeps for reuse (`retain_freed_buffers`) is handed back first, so it does not
+/// count towards the next method.
 pub fn reset_peak_rss() {
+    iuf_model::alloc::release_freed_buffers();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -11,6 +11,7 @@ use iuf_model::config::TransformerConfig;
 use iuf_model::{Mode, Transformer};
 
 fn main() -> candle_core::Result<()> {
+    iuf_model::alloc::retain_freed_buffers();
     let args: Vec<String> = std::env::args().collect();
     let bf16 = args.get(1).map(|s| s != "f32").unwrap_or(true);
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);

@@ -5,6 +5,7 @@
 //! The model takes a candle `VarBuilder`, runs on any candle device, and reads no files except
 //! through [`save_model`] / [`load_model`].
 
+pub mod alloc;
 pub mod config;
 pub mod discriminator;
 pub mod error;

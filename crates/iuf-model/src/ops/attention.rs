@@ -203,13 +203,12 @@ impl Attention {
             let (o, ldo) = cpu.head_apply(head(v, b, dm.nk, d, col), scratch);
             for (i, &inv) in inv.iter().enumerate() {
                 let src = &o[i * ldo..i * ldo + dm.dh];
-                // SAFETY: pair (b, h) writes only its own columns h*dh..(h+1)*dh of image b's
-                // rows of `out` ([B, Nq, D]), dh floats from there.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.at((b * dm.nq + i) * d + col), dm.dh)
-                };
-                for (y, x) in dst.iter_mut().zip(src) {
-                    *y = x * inv;
+                let dst = out.at((b * dm.nq + i) * d + col);
+                for (c, x) in src.iter().enumerate() {
+                    // SAFETY: pair (b, h) writes only its own columns h*dh..(h+1)*dh of image
+                    // b's rows of `out` ([B, Nq, D]); the memory may not be initialised yet, so
+                    // it is written through the pointer, never read or borrowed.
+                    unsafe { dst.add(c).write(x * inv) };
                 }
             }
         });
@@ -244,21 +243,28 @@ impl CustomOp3 for Attention {
         let d = dm.d();
         let pairs = dm.b * dm.h;
         let pn = dm.nq * dm.nk;
-        let mut out = vec![0f32; dm.b * dm.nq * d];
-        let out_ptr = SharedMut(out.as_mut_ptr());
-        let keep = self.keep_probs == KeepProbs::Yes;
-        if let (KeepProbs::No, None, Some(cpu)) = (
+        if let (KeepProbs::No, None, Some(cpu), true) = (
             self.keep_probs,
             self.dropout,
             iuf_bf16::active().filter(|c| c.amx()),
+            pn > 0 && pairs > 0,
         ) {
-            if pn > 0 && pairs > 0 {
-                (0..pairs)
-                    .into_par_iter()
-                    .for_each(|bh| self.head_bf16(cpu, dm, bh, q, k, v, out_ptr));
-            }
+            // Every element is written by its (image, head) pair, so the output is not zeroed
+            // first: written through the spare capacity, its length set once all pairs are done.
+            let len = dm.b * dm.nq * d;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            let out_ptr = SharedMut(out.as_mut_ptr());
+            (0..pairs)
+                .into_par_iter()
+                .for_each(|bh| self.head_bf16(cpu, dm, bh, q, k, v, out_ptr));
+            // SAFETY: the pairs (b, h) cover every row of every image and every column block
+            // h*dh..(h+1)*dh of D = H * dh, so all `len` elements have been written.
+            unsafe { out.set_len(len) };
             return Ok((CpuStorage::F32(out), lq.shape().clone()));
         }
+        let mut out = vec![0f32; dm.b * dm.nq * d];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        let keep = self.keep_probs == KeepProbs::Yes;
         let mut probs = if keep {
             vec![0f32; pairs * pn]
         } else {

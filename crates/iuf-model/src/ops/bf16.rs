@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Device, Result, Tensor};
-use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, Out, PackedB};
+use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, PackedB};
 
 use super::fused::with_f32;
 use super::linear::Activation;
@@ -63,33 +63,20 @@ pub fn linear_bf16(
         );
     }
     let rows = x.elem_count() / din.max(1);
-    let mut y = vec![0f32; rows * dout];
-    with_f32(x, "linear_bf16 x", |xs| {
+    let y = with_f32(x, "linear_bf16 x", |xs| {
         with_f32(bias, "linear_bf16 bias", |b| {
-            if rows > 0 && dout > 0 {
-                let lhs = Lhs {
-                    data: xs,
-                    rs: din,
-                    cs: 1,
-                };
-                // Bias and activation on each block of rows while it is in cache (the same
-                // arithmetic as `kernels::bias_act_rows`).
-                let ep = Epilogue {
-                    bias: b,
-                    relu: act == Activation::Relu,
-                };
-                cpu.matmul_par_then(
-                    rows,
-                    lhs,
-                    packed,
-                    Out {
-                        data: &mut y,
-                        rs: dout,
-                    },
-                    Some(ep),
-                );
-            }
-            Ok(())
+            let lhs = Lhs {
+                data: xs,
+                rs: din,
+                cs: 1,
+            };
+            // Bias and activation on each block of rows while it is in cache (the same
+            // arithmetic as `kernels::bias_act_rows`), into an output that is not zeroed first.
+            let ep = Epilogue {
+                bias: b,
+                relu: act == Activation::Relu,
+            };
+            Ok(cpu.matmul_par_vec(rows, lhs, packed, Some(ep)))
         })
     })?;
     let mut out_dims = dims.to_vec();
