@@ -2,7 +2,10 @@
 //! paper transformer's linear layers at batch 8 and 1), on the rayon pool (`RAYON_NUM_THREADS`),
 //! B packed once, A converted in every product as in inference:
 //! `cargo run --release -p iuf-bf16 --example shapes [runs] [avx512]` (median of `runs`, default 15;
-//! `avx512` forces the AVX-512 kernel on an AMX CPU).
+//! `avx512` forces the AVX-512 kernel on an AMX CPU). With AMX it also times one attention head
+//! of the paper transformer (196 queries and keys, width 32: `head_scores`, the scores converted
+//! to pairs where a caller's softmax would write them, `head_apply`; the softmax itself is not
+//! timed), 64 heads split over the pool as in inference.
 use iuf_bf16::*;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -80,4 +83,51 @@ fn main() {
             g(t[0])
         );
     }
+    if cpu.amx() {
+        attention_heads(cpu, runs);
+    }
+}
+
+/// 64 heads (8 images x 8 heads) of 196 x 196 x 32 per run, one `HeadScratch` per thread.
+fn attention_heads(cpu: Bf16Cpu, runs: usize) {
+    use rayon::prelude::*;
+    let (n, dh, heads) = (196usize, 32usize, 64usize);
+    let d = 8 * dh;
+    let x: Vec<f32> = (0..8 * n * d)
+        .map(|x| ((x * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let dims = HeadDims { nq: n, nk: n, dh };
+    // q k^T and P v: 2 * n * n * dh multiply-adds, 2 FLOP each.
+    let flops = (heads * 4 * n * n * dh) as f64;
+    let mut t = Vec::new();
+    for r in 0..runs + 2 {
+        let t0 = std::time::Instant::now();
+        (0..heads)
+            .into_par_iter()
+            .for_each_init(HeadScratch::default, |scratch, bh| {
+                let (b, h) = (bh / 8, bh % 8);
+                let rows = Rows {
+                    data: &x[b * n * d + h * dh..(b + 1) * n * d],
+                    rs: d,
+                };
+                let hs = cpu.head_scores(dims, rows, rows, 0.2, scratch);
+                // The caller's softmax is not timed: the scores go to the product as they are.
+                for i in 0..n {
+                    let row = &hs.s[i * hs.ld..i * hs.ld + n];
+                    cpu.convert_pairs(row, &mut hs.p[i * hs.ldp..(i + 1) * hs.ldp]);
+                }
+                std::hint::black_box(cpu.head_apply(rows, scratch).0[0]);
+            });
+        if r >= 2 {
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    t.sort_by(|x, y| x.total_cmp(y));
+    let g = |s: f64| flops / s / 1e9;
+    println!(
+        "attention heads {n} x {n} x {dh} (products and conversions, no softmax): {:.0} GFLOP/s (range {:.0}-{:.0})",
+        g(t[t.len() / 2]),
+        g(t[t.len() - 1]),
+        g(t[0])
+    );
 }

@@ -2,8 +2,10 @@
 //! FFN 1024, 196 tokens), the configuration of `cargo xtask perf`, in a loop: a target for a
 //! sampling profiler.
 //!
-//! `cargo run --release -p iuf-model --example infer_loop -- [f32|bf16] [batch] [seconds]`
-//! (defaults bf16, 8, 20), e.g. under `perf record -e cpu-clock -g`. Prints images/s.
+//! `cargo run --release -p iuf-model --example infer_loop -- [f32|bf16|train] [batch] [seconds]`
+//! (defaults bf16, 8, 20), e.g. under `perf record -e cpu-clock -g`. Prints images/s. `train`
+//! times the f32 training step of `cargo xtask perf` instead (forward in train mode, MSE,
+//! backward).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -13,7 +15,8 @@ use iuf_model::{Mode, Transformer};
 fn main() -> candle_core::Result<()> {
     iuf_model::alloc::retain_freed_buffers();
     let args: Vec<String> = std::env::args().collect();
-    let bf16 = args.get(1).map(|s| s != "f32").unwrap_or(true);
+    let what = args.get(1).map(String::as_str).unwrap_or("bf16");
+    let bf16 = what == "bf16";
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
     let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(20.0);
     let dev = Device::Cpu;
@@ -22,6 +25,31 @@ fn main() -> candle_core::Result<()> {
     let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
         .map_err(candle_core::Error::wrap)?;
     let x = Tensor::rand(0f32, 1f32, (batch, cfg.in_channels, 14, 14), &dev)?;
+    if what == "train" {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let mut step = || -> candle_core::Result<()> {
+            let out = model
+                .forward(&x, &mut Mode::Train(&mut rng))
+                .map_err(candle_core::Error::wrap)?;
+            let loss = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
+            loss.backward()?;
+            Ok(())
+        };
+        step()?;
+        let t = std::time::Instant::now();
+        let mut n = 0usize;
+        while t.elapsed().as_secs_f64() < seconds {
+            step()?;
+            n += 1;
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "train batch {batch}: {n} steps, {:.2} images/s, {:.1} ms per step",
+            (n * batch) as f64 / s,
+            1e3 * s / n as f64
+        );
+        return Ok(());
+    }
     let cpu = if bf16 {
         Some(iuf_bf16::Bf16Cpu::detect().expect("this CPU has no AVX-512 BF16"))
     } else {
@@ -45,7 +73,7 @@ fn main() -> candle_core::Result<()> {
         let s = t.elapsed().as_secs_f64();
         println!(
             "{} batch {batch}: {n} runs, {:.2} images/s, {:.1} ms per run",
-            if bf16 { "bf16" } else { "f32" },
+            what,
             (n * batch) as f64 / s,
             1e3 * s / n as f64
         );

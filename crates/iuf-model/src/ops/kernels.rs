@@ -1,15 +1,17 @@
 //! Row kernels on f32 slices for the fused CPU ops: layer norm and softmax, forward and backward.
 //!
-//! Every public kernel processes a block of contiguous rows of length `d` and is compiled twice:
-//! once for the baseline target and once with AVX2+FMA, picked at run time. The build has no
-//! `target-cpu` flag, so without the second copy the loops below would only use SSE2. The loops are
+//! Every public kernel processes a block of contiguous rows of length `d` and is compiled three
+//! times: for the baseline target, with AVX2+FMA and with AVX-512, picked at run time. The build
+//! has no `target-cpu` flag, so without the other copies the loops below would only use SSE2. The loops are
 //! written with fixed-width lane accumulators so that LLVM vectorises the reductions (a plain
 //! `iter().sum()` on floats stays sequential, since float addition is not associative).
 
-/// Lanes of the manual reduction accumulators (two AVX registers).
+/// Lanes of the manual reduction accumulators (two AVX registers, one AVX-512 register).
 const LANES: usize = 16;
 
-/// Defines `pub fn $name` that runs its body compiled for AVX2+FMA when the CPU has them.
+/// Defines `pub fn $name` that runs its body compiled for AVX-512 (F, BW, DQ, VL) or else
+/// AVX2+FMA when the CPU has them. Both copies do the same arithmetic in the same order (Rust
+/// does not contract `a * b + c` into an FMA), so they give the same bits.
 macro_rules! multiversion {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -18,9 +20,23 @@ macro_rules! multiversion {
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     inner($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has just been checked to support these features.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has just been checked to support AVX2 and FMA.
