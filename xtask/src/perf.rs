@@ -252,8 +252,9 @@ pub fn run(args: Args) -> Result<()> {
     );
     // candle's matmul and the fused ops both size their parallelism from RAYON_NUM_THREADS.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-    // As the `iuf` program does: freed op outputs are reused instead of faulted in again.
-    iuf_model::alloc::retain_freed_buffers();
+    // As the `iuf` program does: freed op outputs are reused instead of faulted in again, and
+    // candle's elementwise pool parks sooner instead of spinning against rayon's workers.
+    iuf_model::runtime::configure_process();
     let dev = Device::Cpu;
     let cfg = TransformerConfig::paper(args.channels);
     let flops_fwd = forward_flops_per_image(&cfg);

@@ -154,7 +154,7 @@ fn default_sigpipe() {
 
 fn main() -> ExitCode {
     default_sigpipe();
-    iuf_model::alloc::retain_freed_buffers();
+    iuf_model::runtime::configure_process();
     let cli = Cli::parse();
     if let Err(e) = set_threads(cli.global.threads) {
         eprintln!("error: {e:#}");

@@ -389,7 +389,7 @@ pub fn train_config(a: &ConfigArgs, in_channels: usize, num_classes: usize) -> R
 /// memory malloc keeps for reuse (`retain_freed_buffers`) is handed back first, so it does not
 /// count towards the next method.
 pub fn reset_peak_rss() {
-    iuf_model::alloc::release_freed_buffers();
+    iuf_model::runtime::release_freed_buffers();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -13,7 +13,7 @@ use iuf_model::config::TransformerConfig;
 use iuf_model::{Mode, Transformer};
 
 fn main() -> candle_core::Result<()> {
-    iuf_model::alloc::retain_freed_buffers();
+    iuf_model::runtime::configure_process();
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("bf16");
     let bf16 = what == "bf16";

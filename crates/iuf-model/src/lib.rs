@@ -5,7 +5,6 @@
 //! The model takes a candle `VarBuilder`, runs on any candle device, and reads no files except
 //! through [`save_model`] / [`load_model`].
 
-pub mod alloc;
 pub mod config;
 pub mod discriminator;
 pub mod error;
@@ -18,6 +17,7 @@ pub mod ops;
 pub mod precision;
 pub mod random;
 pub mod reference;
+pub mod runtime;
 pub mod transformer;
 
 pub use config::{
