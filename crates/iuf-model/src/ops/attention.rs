@@ -7,6 +7,11 @@
 //! one rayon task that runs single-threaded gemms on strided views of the [B, N, D] inputs (no
 //! head split or merge copies), keeps its Nq x Nk scores in cache, and stores only the softmax
 //! probabilities for the backward; the dropout mask is regenerated from its seed.
+//!
+//! Inference inside a bf16 scope on an AMX CPU (no gradient, no dropout) takes `head_bf16`
+//! instead: both products of each head in bf16 on AMX tiles (`iuf_bf16::Bf16Cpu::head_scores`
+//! and `head_apply`), the softmax in f32 between them writing its exponentials as the second
+//! product's bf16 operand.
 
 use std::sync::Mutex;
 
