@@ -316,7 +316,10 @@ pub struct ConfigArgs {
 pub struct PrecisionArg {
     /// Arithmetic of inference: `f32`, `bf16` (bf16 products with f32 accumulation; needs a CPU
     /// with AVX-512 BF16) or `auto` (bf16 where the CPU has AMX, where it is faster than f32; f32
-    /// elsewhere). Learning is always f32. Default: the model's configuration (f32 unless set).
+    /// elsewhere). Learning is f32, except that `bf16` on a CPU with AMX also trains the network in
+    /// mixed precision (bf16 products of the linear layers, f32 weights, gradients and
+    /// optimizer); calibration is always f32. Default: the model's configuration (f32 unless
+    /// set).
     #[arg(long, value_name = "f32|bf16|auto")]
     pub precision: Option<iuf_model::Precision>,
 }

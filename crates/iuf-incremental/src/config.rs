@@ -305,8 +305,10 @@ pub struct TrainConfig {
     /// How the maps of several scorers are combined (methods with a memory).
     #[serde(default)]
     pub fusion: FusionConfig,
-    /// How inference multiplies (evaluation and prediction; learning, calibration included, is
-    /// always f32): `f32` (default), `bf16` (an error on a CPU without AVX-512 BF16) or `auto`.
+    /// How inference multiplies (evaluation and prediction): `f32` (default), `bf16` (an error
+    /// on a CPU without AVX-512 BF16) or `auto`. `bf16` on a CPU with AMX also trains the
+    /// reconstruction network in mixed precision (bf16 products of the linear layers, f32 master
+    /// weights, gradients and optimizer); `auto` trains in f32, and calibration is always f32.
     #[serde(default)]
     pub precision: Precision,
 }

@@ -162,111 +162,118 @@ impl Learner {
             &format!("step {step}: training {}", new_classes.join(",")),
             (epochs * batches_per_epoch) as u64,
         );
-        let mut last = LossLog::default();
-        for epoch in 0..epochs {
-            let order = iuf_data::batch::shuffled_batches(
-                n,
-                bs,
-                self.cfg
-                    .seed
-                    .wrapping_add((step as u64) << 32)
-                    .wrapping_add(epoch as u64),
-            );
-            let mut sum = LossLog::default();
-            for (bi, idx) in order.iter().enumerate() {
-                if let StepOptimizer::AdamW(a) = &mut opt {
-                    let b = &self.cfg.base;
-                    let base_lr = b.lr;
-                    a.set_learning_rate(step_lr(
-                        base_lr,
-                        epoch,
-                        bi as f64 / batches_per_epoch as f64,
-                        b.warmup_epochs,
-                        b.lr_step_epochs,
-                        b.lr_gamma,
-                    ));
-                }
-                let idx_t = Tensor::from_vec(
-                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    idx.len(),
-                    &self.device,
-                )?;
-                let x = self.standardized(&train.features.index_select(&idx_t, 0)?)?;
-                let labels: Vec<u32> = idx.iter().map(|&i| train.class_ids[i]).collect();
-                let labels = Tensor::from_vec(labels, idx.len(), &self.device)?;
-                let out = self.network()?.forward(&x, &mut Mode::Train(&mut rng))?;
-                let rec = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
-                let ce = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
-                let mut loss = (&rec + (&ce * self.cfg.loss.ce)?)?;
-                let mut log = LossLog {
-                    rec: rec.to_scalar::<f32>()? as f64,
-                    ce: ce.to_scalar::<f32>()? as f64,
-                    ..Default::default()
-                };
-                if self.cfg.loss.sc > 0.0 {
-                    let sc = scl.loss(&out.intermediate, &self.cfg.scl)?;
-                    log.sc = sc.to_scalar::<f32>()? as f64;
-                    loss = (loss + (sc * self.cfg.loss.sc)?)?;
-                }
-                if penalty.is_some() {
-                    if let Some(p) = self.importance.penalty(&params, penalty_lambda)? {
-                        log.penalty = p.to_scalar::<f32>()? as f64;
-                        loss = (loss + p)?;
+        // Mixed precision (bf16 products of the linear layers, f32 everything else) when the
+        // configuration asks for bf16 and the CPU has AMX; the end-of-step statistics below
+        // (Gram matrices, importance) stay f32.
+        let mixed = self.cfg.precision.resolve_training()?;
+        let last = iuf_model::ops::mixed_precision_training(mixed, || -> Result<LossLog> {
+            let mut last = LossLog::default();
+            for epoch in 0..epochs {
+                let order = iuf_data::batch::shuffled_batches(
+                    n,
+                    bs,
+                    self.cfg
+                        .seed
+                        .wrapping_add((step as u64) << 32)
+                        .wrapping_add(epoch as u64),
+                );
+                let mut sum = LossLog::default();
+                for (bi, idx) in order.iter().enumerate() {
+                    if let StepOptimizer::AdamW(a) = &mut opt {
+                        let b = &self.cfg.base;
+                        let base_lr = b.lr;
+                        a.set_learning_rate(step_lr(
+                            base_lr,
+                            epoch,
+                            bi as f64 / batches_per_epoch as f64,
+                            b.warmup_epochs,
+                            b.lr_step_epochs,
+                            b.lr_gamma,
+                        ));
                     }
-                }
-                log.total = loss.to_scalar::<f32>()? as f64;
-                if !log.total.is_finite() {
-                    return Err(Error::Msg(format!(
+                    let idx_t = Tensor::from_vec(
+                        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                        idx.len(),
+                        &self.device,
+                    )?;
+                    let x = self.standardized(&train.features.index_select(&idx_t, 0)?)?;
+                    let labels: Vec<u32> = idx.iter().map(|&i| train.class_ids[i]).collect();
+                    let labels = Tensor::from_vec(labels, idx.len(), &self.device)?;
+                    let out = self.network()?.forward(&x, &mut Mode::Train(&mut rng))?;
+                    let rec = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
+                    let ce = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
+                    let mut loss = (&rec + (&ce * self.cfg.loss.ce)?)?;
+                    let mut log = LossLog {
+                        rec: rec.to_scalar::<f32>()? as f64,
+                        ce: ce.to_scalar::<f32>()? as f64,
+                        ..Default::default()
+                    };
+                    if self.cfg.loss.sc > 0.0 {
+                        let sc = scl.loss(&out.intermediate, &self.cfg.scl)?;
+                        log.sc = sc.to_scalar::<f32>()? as f64;
+                        loss = (loss + (sc * self.cfg.loss.sc)?)?;
+                    }
+                    if penalty.is_some() {
+                        if let Some(p) = self.importance.penalty(&params, penalty_lambda)? {
+                            log.penalty = p.to_scalar::<f32>()? as f64;
+                            loss = (loss + p)?;
+                        }
+                    }
+                    log.total = loss.to_scalar::<f32>()? as f64;
+                    if !log.total.is_finite() {
+                        return Err(Error::Msg(format!(
                         "step {step}, epoch {epoch}: the loss diverged ({:?}); lower the learning rate",
                         log
                     )));
+                    }
+                    let mut grads = loss.backward()?;
+                    clip_grad_norm(&mut grads, &vars, self.cfg.clip_grad_norm)?;
+                    if let Some(pi) = &mut path_integral {
+                        pi.before_update(&params)?;
+                    }
+                    match &mut opt {
+                        StepOptimizer::AdamW(a) => a.step(&grads)?,
+                        StepOptimizer::Sgd(s) => s.step(&grads)?,
+                    }
+                    if let Some(pi) = &mut path_integral {
+                        pi.after_update(&grads, &params)?;
+                    }
+                    sum.total += log.total;
+                    sum.rec += log.rec;
+                    sum.ce += log.ce;
+                    sum.sc += log.sc;
+                    sum.penalty += log.penalty;
+                    progress.inc(1);
                 }
-                let mut grads = loss.backward()?;
-                clip_grad_norm(&mut grads, &vars, self.cfg.clip_grad_norm)?;
-                if let Some(pi) = &mut path_integral {
-                    pi.before_update(&params)?;
-                }
-                match &mut opt {
-                    StepOptimizer::AdamW(a) => a.step(&grads)?,
-                    StepOptimizer::Sgd(s) => s.step(&grads)?,
-                }
-                if let Some(pi) = &mut path_integral {
-                    pi.after_update(&grads, &params)?;
-                }
-                sum.total += log.total;
-                sum.rec += log.rec;
-                sum.ce += log.ce;
-                sum.sc += log.sc;
-                sum.penalty += log.penalty;
-                progress.inc(1);
+                let k = order.len().max(1) as f64;
+                last = LossLog {
+                    total: sum.total / k,
+                    rec: sum.rec / k,
+                    ce: sum.ce / k,
+                    sc: sum.sc / k,
+                    penalty: sum.penalty / k,
+                };
+                progress.message(&format!(
+                    "epoch {}/{epochs} loss {:.4} (rec {:.4} ce {:.3} sc {:.4})",
+                    epoch + 1,
+                    last.total,
+                    last.rec,
+                    last.ce,
+                    last.sc
+                ));
+                tracing::info!(
+                    step,
+                    epoch,
+                    total = last.total,
+                    rec = last.rec,
+                    ce = last.ce,
+                    sc = last.sc,
+                    penalty = last.penalty,
+                    "epoch done"
+                );
             }
-            let k = order.len().max(1) as f64;
-            last = LossLog {
-                total: sum.total / k,
-                rec: sum.rec / k,
-                ce: sum.ce / k,
-                sc: sum.sc / k,
-                penalty: sum.penalty / k,
-            };
-            progress.message(&format!(
-                "epoch {}/{epochs} loss {:.4} (rec {:.4} ce {:.3} sc {:.4})",
-                epoch + 1,
-                last.total,
-                last.rec,
-                last.ce,
-                last.sc
-            ));
-            tracing::info!(
-                step,
-                epoch,
-                total = last.total,
-                rec = last.rec,
-                ce = last.ce,
-                sc = last.sc,
-                penalty = last.penalty,
-                "epoch done"
-            );
-        }
+            Ok(last)
+        })?;
         progress.finish();
 
         // End of step: statistics the next step needs (computed on this step's images only).

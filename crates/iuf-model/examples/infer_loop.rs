@@ -5,7 +5,8 @@
 //! `cargo run --release -p iuf-model --example infer_loop -- [f32|bf16|train] [batch] [seconds]`
 //! (defaults bf16, 8, 20), e.g. under `perf record -e cpu-clock -g`. Prints images/s. `train`
 //! times the f32 training step of `cargo xtask perf` instead (forward in train mode, MSE,
-//! backward).
+//! backward); `train-bf16` the same step with mixed-precision training on (bf16 products of the
+//! linear layers, `ops::mixed_precision_training`; needs AMX).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -25,7 +26,13 @@ fn main() -> candle_core::Result<()> {
     let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
         .map_err(candle_core::Error::wrap)?;
     let x = Tensor::rand(0f32, 1f32, (batch, cfg.in_channels, 14, 14), &dev)?;
-    if what == "train" {
+    if what == "train" || what == "train-bf16" {
+        let mixed = if what == "train-bf16" {
+            let cpu = iuf_bf16::Bf16Cpu::detect().filter(|c| c.amx());
+            Some(cpu.expect("train-bf16 needs a CPU with AMX-BF16"))
+        } else {
+            None
+        };
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
         let mut step = || -> candle_core::Result<()> {
             let out = model
@@ -35,6 +42,7 @@ fn main() -> candle_core::Result<()> {
             loss.backward()?;
             Ok(())
         };
+        let mut step = || iuf_model::ops::mixed_precision_training(mixed, &mut step);
         step()?;
         let t = std::time::Instant::now();
         let mut n = 0usize;
@@ -44,7 +52,7 @@ fn main() -> candle_core::Result<()> {
         }
         let s = t.elapsed().as_secs_f64();
         println!(
-            "train batch {batch}: {n} steps, {:.2} images/s, {:.1} ms per step",
+            "{what} batch {batch}: {n} steps, {:.2} images/s, {:.1} ms per step",
             (n * batch) as f64 / s,
             1e3 * s / n as f64
         );

@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::AttentionDropout;
 pub use bf16::{linear_bf16, PackedWeight};
-pub use linear::Activation;
+pub use linear::{mixed_precision_active, mixed_precision_training, Activation};
 
 /// Layer norm over the last dimension with affine weight and bias, differentiable in all inputs.
 ///
@@ -155,7 +155,8 @@ pub fn attention_composed(
 }
 
 /// `act(x W^T + b)` over the last dimension: `x` [..., in], `weight` [out, in], `bias` [out].
-/// f32 on the CPU runs the fused op of `ops/linear.rs`; everything else [`linear_composed`].
+/// f32 on the CPU runs the fused op of `ops/linear.rs` (with bf16 products inside a
+/// [`mixed_precision_training`] scope); everything else [`linear_composed`].
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     let dims = x.dims();
     let din = dims.last().copied().unwrap_or(0);
@@ -167,7 +168,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, act: Activation) -> Re
     let y = x.reshape((rows, din))?.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        linear::Linear { act },
+        linear::Linear {
+            act,
+            mixed: linear::mixed_precision_active(),
+        },
     )?;
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {

@@ -1,8 +1,13 @@
 //! The arithmetic of inference: f32, or bf16 products with f32 accumulation (`iuf_bf16`).
 //!
-//! Training is always f32. A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers
-//! (`nn::Linear`) and the patch memory's distance products then multiply in bf16; everything else
-//! (the backbone, layer norm, softmax, the attention products, maps) stays f32.
+//! A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers (`nn::Linear`) and the
+//! patch memory's distance products then multiply in bf16; everything else (the backbone, layer
+//! norm, softmax, the attention products, maps) stays f32.
+//!
+//! Training with `Bf16` on a CPU with AMX is mixed precision ([`Precision::resolve_training`],
+//! [`crate::ops::mixed_precision_training`]): the linear layers' forward and backward products in
+//! bf16 with f32 accumulation, master weights, gradients and optimizer in f32. `Auto` and `F32`
+//! train in f32, as does `Bf16` without AMX; calibration is always f32.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +45,17 @@ impl Precision {
                         .into(),
                 )
             }),
+        }
+    }
+
+    /// The bf16 kernel for mixed-precision training, `None` for f32: `Bf16` on a CPU with AMX
+    /// (an error without AVX-512 BF16, as in [`Precision::resolve`]; f32 with AVX-512 BF16 but no
+    /// AMX, where the bf16 products are slower than f32 ones). `Auto` trains in f32: it has not
+    /// been shown to lose nothing against f32 training.
+    pub fn resolve_training(self) -> Result<Option<iuf_bf16::Bf16Cpu>> {
+        match self {
+            Precision::F32 | Precision::Auto => Ok(None),
+            Precision::Bf16 => Ok(self.resolve()?.filter(|c| c.amx())),
         }
     }
 

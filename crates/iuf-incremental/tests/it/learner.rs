@@ -563,3 +563,53 @@ fn a_memory_needs_at_least_one_image_and_works_from_two() {
     let p = l.predict_images(&f, Some(&m), &NoProgress).unwrap();
     assert!(p.scores.iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn bf16_trains_in_mixed_precision_on_amx_and_auto_trains_in_f32() {
+    use iuf_model::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let f = features(8, 0, 1);
+    let ids = vec![0u32; 8];
+    let train = |precision: Precision| {
+        let mut cfg = tiny();
+        cfg.seed = 7;
+        cfg.precision = precision;
+        let mut l =
+            Learner::new(&cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
+        let r = l
+            .learn_step(
+                0,
+                &["a".into()],
+                &StepData {
+                    features: &f,
+                    memory: None,
+                    class_ids: &ids,
+                },
+                None,
+                &NoProgress,
+            )
+            .unwrap();
+        (l, r.final_loss.total)
+    };
+    let (f32_model, f32_loss) = train(Precision::F32);
+    let f32_weights = weights(&f32_model, dir.path(), "f32.safetensors");
+    let (auto_model, _) = train(Precision::Auto);
+    assert_eq!(
+        weights(&auto_model, dir.path(), "auto.safetensors"),
+        f32_weights,
+        "auto trains in f32"
+    );
+    if Precision::Bf16.resolve_training().ok().flatten().is_none() {
+        eprintln!("skipped the bf16 half: this CPU has no AMX");
+        return;
+    }
+    let (bf16_model, bf16_loss) = train(Precision::Bf16);
+    assert_ne!(
+        weights(&bf16_model, dir.path(), "bf16.safetensors"),
+        f32_weights,
+        "bf16 training must run the bf16 products"
+    );
+    let rel = (bf16_loss - f32_loss).abs() / f32_loss;
+    eprintln!("final loss f32 {f32_loss} bf16 {bf16_loss} (relative difference {rel:.2e})");
+    assert!(rel < 0.05, "final loss f32 {f32_loss}, bf16 {bf16_loss}");
+}

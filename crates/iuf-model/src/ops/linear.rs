@@ -6,8 +6,16 @@
 //! (slower than the gemm for the 1024-wide FFN layer) plus a zero-filled buffer and an add for
 //! every intermediate. Here the bias (and ReLU) are applied in place on the gemm's output, and
 //! the backward is two gemms and one vectorised column sum.
+//!
+//! Inside a [`mixed_precision_training`] scope the three products (y = x W^T, dx = dy W,
+//! dW = dy^T x) multiply in bf16 with f32 accumulation (`iuf_bf16`), the operands packed per call
+//! (the weights change every step); the bias, the ReLU, the column sums, the weights and the
+//! gradients stay f32.
+
+use std::cell::Cell;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, PackedB};
 use rayon::prelude::*;
 
 use super::fused::{f32_slice, matmul_single_threaded, with_f32};
@@ -80,9 +88,123 @@ unsafe fn matmul(
     }
 }
 
+thread_local! {
+    /// The bf16 kernel of this thread's mixed-precision training scope, if any.
+    static MIXED: Cell<Option<Bf16Cpu>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with mixed-precision training on (`Some`) or off (`None`) for the linear layers
+/// ([`super::linear`]) called on this thread, and restores the previous setting afterwards (also
+/// on panic).
+///
+/// With `Some(cpu)` every f32 CPU linear layer created in the scope multiplies in bf16 with f32
+/// accumulation, in its forward and in its backward (the op remembers the setting it was
+/// created with, so a backward run outside the scope multiplies as its forward did). Unlike
+/// [`iuf_bf16::scoped`] (inference: weights packed once per scope) the weights may change inside
+/// the scope: every call packs them again. Training asks for it only on CPUs with AMX.
+pub fn mixed_precision_training<R>(cpu: Option<Bf16Cpu>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Bf16Cpu>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MIXED.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(MIXED.with(|m| m.replace(cpu)));
+    f()
+}
+
+/// The kernel when this thread is inside a [`mixed_precision_training`] scope that is on.
+pub fn mixed_precision_active() -> Option<Bf16Cpu> {
+    MIXED.with(|m| m.get())
+}
+
 /// `CustomOp3(x [rows, in], weight [out, in], bias [out])` -> [rows, out].
 pub(crate) struct Linear {
     pub(crate) act: Activation,
+    /// bf16 products with f32 accumulation (forward and backward), else f32.
+    pub(crate) mixed: Option<Bf16Cpu>,
+}
+
+/// `src [rows, cols]` transposed into a new `[cols, rows]`, in tiles (rows of the output split
+/// over the rayon pool).
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const T: usize = 32;
+    let mut dst = vec![0f32; rows * cols];
+    if rows == 0 || cols == 0 {
+        return dst;
+    }
+    // Each task fills T rows of the output (T columns of the input).
+    dst.par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(cb, out)| {
+            let c0 = cb * T;
+            let cn = out.len() / rows;
+            for r0 in (0..rows).step_by(T) {
+                let rn = (rows - r0).min(T);
+                for c in 0..cn {
+                    let o = &mut out[c * rows + r0..][..rn];
+                    for (r, v) in o.iter_mut().enumerate() {
+                        *v = src[(r0 + r) * cols + c0 + c];
+                    }
+                }
+            }
+        });
+    dst
+}
+
+/// The backward's two products in bf16: `dx [rows, in] = gz [rows, out] w [out, in]` and
+/// `dw [out, in] = gz^T x`. For dw the smaller of gz and x is transposed once into a contiguous
+/// buffer (the kernel's strided left operand is slow), the other packed as B.
+fn backward_products_bf16(
+    cpu: Bf16Cpu,
+    (rows, din, dout): (usize, usize, usize),
+    gz: &[f32],
+    ws: &[f32],
+    xs: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let w_b = PackedB::pack(dout, din, ws, (din, 1));
+    let dx = cpu.matmul_par_vec(
+        rows,
+        Lhs {
+            data: gz,
+            rs: dout,
+            cs: 1,
+        },
+        &w_b,
+        None,
+    );
+    drop(w_b);
+    let dw = if dout <= din {
+        // dw = (gz^T) x: A = gz^T [out, rows], B = x [rows, in].
+        let gzt = transpose(gz, rows, dout);
+        let x_b = PackedB::pack(rows, din, xs, (din, 1));
+        cpu.matmul_par_vec(
+            dout,
+            Lhs {
+                data: &gzt,
+                rs: rows,
+                cs: 1,
+            },
+            &x_b,
+            None,
+        )
+    } else {
+        // dw^T = (x^T) gz: A = x^T [in, rows], B = gz [rows, out]; then dw^T transposed (small).
+        let xt = transpose(xs, rows, din);
+        let g_b = PackedB::pack(rows, dout, gz, (dout, 1));
+        let dwt = cpu.matmul_par_vec(
+            din,
+            Lhs {
+                data: &xt,
+                rs: rows,
+                cs: 1,
+            },
+            &g_b,
+            None,
+        );
+        transpose(&dwt, din, dout)
+    };
+    (dx, dw)
 }
 
 impl CustomOp3 for Linear {
@@ -119,6 +241,21 @@ impl CustomOp3 for Linear {
                 lb.dims()
             );
         }
+        if let (Some(cpu), true) = (self.mixed, rows > 0 && dout > 0) {
+            // bf16 products, W^T packed for this call; bias and activation as the f32 path's.
+            let packed = PackedB::pack(din, dout, w, (1, din));
+            let ep = Epilogue {
+                bias: b,
+                relu: self.act == Activation::Relu,
+            };
+            let lhs = Lhs {
+                data: x,
+                rs: din,
+                cs: 1,
+            };
+            let y = cpu.matmul_par_vec(rows, lhs, &packed, Some(ep));
+            return Ok((CpuStorage::F32(y), Shape::from((rows, dout))));
+        }
         let mut y = vec![0f32; rows * dout];
         if rows > 0 && dout > 0 {
             // SAFETY: y [rows, out], x [rows, in], weight [out, in] read as its transpose.
@@ -150,8 +287,8 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, din) = x.dims2()?;
         let dout = weight.dim(0)?;
-        let mut dx = vec![0f32; rows * din];
-        let mut dw = vec![0f32; dout * din];
+        // Allocated by the product that fills them (zeros when there is none).
+        let (mut dx, mut dw) = (Vec::new(), Vec::new());
         let mut db = vec![0f32; dout];
         with_f32(grad, "linear backward grad", |g| {
             with_f32(res, "linear backward output", |y| {
@@ -188,6 +325,12 @@ impl CustomOp3 for Linear {
                             db.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
                         }
                         let gz: &[f32] = if gz.is_empty() { g } else { &gz };
+                        if let Some(cpu) = self.mixed {
+                            (dx, dw) = backward_products_bf16(cpu, (rows, din, dout), gz, ws, xs);
+                            return Ok(());
+                        }
+                        dx = vec![0f32; rows * din];
+                        dw = vec![0f32; dout * din];
                         // SAFETY: dx [rows, in] = gz [rows, out] w [out, in];
                         // dw [out, in] = gz^T [out, rows] x [rows, in].
                         unsafe {
@@ -215,6 +358,10 @@ impl CustomOp3 for Linear {
                 })
             })
         })?;
+        if dx.is_empty() {
+            dx = vec![0f32; rows * din];
+            dw = vec![0f32; dout * din];
+        }
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (rows, din), dev)?),

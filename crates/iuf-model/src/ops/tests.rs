@@ -573,3 +573,125 @@ fn dropout_ops_match_the_mask_composition() {
     let dropped = dropped.to_scalar::<f32>().unwrap();
     assert!((dropped - 0.1).abs() < 0.01, "dropped {dropped}");
 }
+
+/// `||a - b|| / ||b||` (Frobenius).
+fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+#[test]
+fn mixed_precision_linear_is_close_to_f32() {
+    use candle_core::CustomOp3;
+    let Some(cpu) = iuf_bf16::Bf16Cpu::detect() else {
+        eprintln!("skipped: this CPU has no AVX-512 BF16");
+        return;
+    };
+    let mut kernels = vec![cpu.without_amx()];
+    if cpu.amx() {
+        kernels.push(cpu);
+    }
+    // Odd row counts (an odd k for dw), rows over several row blocks, and both ways of dw:
+    // out <= in (dy transposed) and out > in (x transposed, dw^T transposed back).
+    let shapes = [
+        (Activation::Identity, (37, 20, 13)),
+        (Activation::Relu, (37, 20, 13)),
+        (Activation::Relu, (151, 64, 96)),
+        (Activation::Identity, (151, 96, 40)),
+        (Activation::Relu, (392, 256, 256)),
+        (Activation::Identity, (392, 256, 1024)),
+    ];
+    // bf16 operands carry 8 significant bits (relative rounding error <= 2^-9 each), products
+    // accumulated in f32: about 2-3e-3 relative (Frobenius) error on these inputs.
+    let tol = 1e-2;
+    for cpu in kernels {
+        for (act, (rows, din, dout)) in shapes {
+            let [x, w, b] = [
+                randn(&[rows, din], 141),
+                randn(&[dout, din], 142),
+                randn(&[dout], 143),
+            ];
+            let r = randn(&[rows, dout], 144);
+            let what = format!("amx {} {act:?} rows {rows} in {din} out {dout}", cpu.amx());
+            // Forward.
+            let want_y = linear(&x, &w, &b, act).unwrap();
+            let got_y = mixed_precision_training(Some(cpu), || linear(&x, &w, &b, act).unwrap());
+            // Backward, both ops given the same output (so the same ReLU mask: a pre-activation
+            // near zero may change sign in bf16, which is the forward's error, not the
+            // backward's).
+            let f32_op = super::linear::Linear { act, mixed: None };
+            let bf16_op = super::linear::Linear {
+                act,
+                mixed: Some(cpu),
+            };
+            let (wx, ww, wb) = f32_op.bwd(&x, &w, &b, &want_y, &r).unwrap();
+            let (gx, gw, gb) = bf16_op.bwd(&x, &w, &b, &want_y, &r).unwrap();
+            for (name, a, e) in [
+                ("y", &got_y, &want_y),
+                ("dx", &gx.unwrap(), &wx.unwrap()),
+                ("dweight", &gw.unwrap(), &ww.unwrap()),
+            ] {
+                assert_eq!(a.dims(), e.dims(), "{what}: {name}");
+                let err = rel_error(a, e);
+                eprintln!("{what}: {name} relative error {err:.2e}");
+                assert!(err < tol, "{what}: {name} relative error {err}");
+                // Not bit-equal: the products really ran in bf16.
+                assert!(
+                    err > 1e-5,
+                    "{what}: {name} identical to f32, bf16 did not run"
+                );
+            }
+            // The bias gradient is a column sum of dy in f32 both ways.
+            assert_eq!(
+                max_abs_diff(&gb.unwrap(), &wb.unwrap()),
+                0.0,
+                "{what}: dbias"
+            );
+            // Through autograd, the op remembers the scope it was created in (here the backward
+            // runs outside it). Without a ReLU the gradients are the direct backward's.
+            if act == Activation::Identity {
+                let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+                let y = mixed_precision_training(Some(cpu), || {
+                    linear(
+                        vars[0].as_tensor(),
+                        vars[1].as_tensor(),
+                        vars[2].as_tensor(),
+                        act,
+                    )
+                })
+                .unwrap();
+                let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let (gx, gw, _) = bf16_op.bwd(&x, &w, &b, &got_y, &r).unwrap();
+                for (v, e) in [(&vars[0], gx.unwrap()), (&vars[1], gw.unwrap())] {
+                    let g = grads.get(v.as_tensor()).expect("gradient");
+                    assert_eq!(max_abs_diff(g, &e), 0.0, "{what}: autograd");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mixed_precision_off_is_bitwise_f32() {
+    let xwb = [
+        randn(&[75, 20], 151),
+        randn(&[70, 20], 152),
+        randn(&[70], 153),
+    ];
+    let r = randn(&[75, 70], 154);
+    let act = Activation::Relu;
+    let want = linear_grads(linear, &xwb, act, &r);
+    let got = mixed_precision_training(None, || linear_grads(linear, &xwb, act, &r));
+    for (a, b) in got.iter().zip(&want) {
+        assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+    assert!(mixed_precision_active().is_none());
+}
