@@ -2,7 +2,10 @@
 //! (section 3: C_f 272, D 256, 8 heads, 4 + 4 layers, FFN 1024, 196 tokens) at batch 8 on the CPU,
 //! with its analytic FLOP count, the fraction of the machine's matmul peak measured in the same
 //! run, and the same numbers for the PyTorch implementation in `xtask/scripts/perf_torch.py` when
-//! PyTorch is installed. Every figure is a median over `--runs` timed runs after `--warmup` ones.
+//! PyTorch is installed (its f32 figures and, for inference, its own bf16 path under autocast).
+//! Where the CPU has AVX-512 BF16 the same network is also timed with bf16 products: inference in
+//! a bf16 scope, and on AMX CPUs the training step in mixed precision (`bf16_*` keys of `--json`).
+//! Every figure is a median over `--runs` timed runs after `--warmup` ones.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -163,12 +166,28 @@ fn measure_bf16(
     cfg: &TransformerConfig,
     args: &Args,
     dev: &Device,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Option<f64>)> {
     let varmap = VarMap::new();
     let model = Transformer::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let x = Tensor::rand(0f32, 1f32, (args.batch, cfg.in_channels, 14, 14), dev)?;
     let x1 = x.narrow(0, 0, 1)?.contiguous()?;
-    iuf_bf16::scoped(Some(cpu), || {
+    // Mixed-precision training (bf16 products of the linear layers, f32 weights and sums), as
+    // `--precision bf16` trains on AMX CPUs: the same step as the f32 one.
+    let train_s = if cpu.amx() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let step = median_secs(args.warmup, args.runs, || {
+            iuf_model::ops::mixed_precision_training(Some(cpu), || {
+                let out = model.forward(&x, &mut Mode::Train(&mut rng))?;
+                let loss = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
+                loss.backward()?;
+                Ok(())
+            })
+        })?;
+        Some(step)
+    } else {
+        None
+    };
+    let (batch_s, b1_s) = iuf_bf16::scoped(Some(cpu), || {
         let infer = |input: &Tensor| {
             let out = model.forward(input, &mut Mode::Eval)?;
             out.pred.to_device(&Device::Cpu)?;
@@ -176,8 +195,9 @@ fn measure_bf16(
         };
         let batch_s = median_secs(args.warmup, args.runs, || infer(&x))?;
         let b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&x1))?;
-        Ok((batch_s, b1_s))
-    })
+        anyhow::Ok((batch_s, b1_s))
+    })?;
+    Ok((batch_s, b1_s, train_s))
 }
 
 struct CandleNumbers {
@@ -266,7 +286,7 @@ pub fn run(args: Args) -> Result<()> {
     let peak = matmul_peak_gflops(&dev, args.runs)?;
     eprintln!("measuring candle (batch {}) ...", args.batch);
     let c = measure_candle(&cfg, &args, &dev)?;
-    // bf16 inference (training is always f32), where the CPU has AVX-512 BF16.
+    // bf16 inference where the CPU has AVX-512 BF16, and mixed-precision training where it has AMX.
     let bf16 = match iuf_bf16::Bf16Cpu::detect() {
         Some(cpu) => {
             eprintln!(
@@ -275,8 +295,8 @@ pub fn run(args: Args) -> Result<()> {
             );
             let peak = bf16_matmul_gflops(cpu, args.runs)?;
             let tile_peak = bf16_tile_peak_gflops(cpu, args.threads);
-            let (batch_s, b1_s) = measure_bf16(cpu, &cfg, &args, &dev)?;
-            Some((cpu, peak, tile_peak, batch_s, b1_s))
+            let (batch_s, b1_s, train_s) = measure_bf16(cpu, &cfg, &args, &dev)?;
+            Some((cpu, peak, tile_peak, batch_s, b1_s, train_s))
         }
         None => {
             eprintln!("no avx512bf16 on this CPU: bf16 skipped");
@@ -354,7 +374,15 @@ pub fn run(args: Args) -> Result<()> {
         tv("infer_b1_ms"),
         false,
     );
-    if let Some((_, _, _, batch_s, b1_s)) = bf16 {
+    if let Some((_, _, _, batch_s, b1_s, train_s)) = bf16 {
+        if let Some(t) = train_s {
+            row(
+                "bf16 mixed train images/s",
+                batch / t,
+                tv("train_images_per_s"),
+                true,
+            );
+        }
         row(
             "bf16 inference images/s",
             batch / batch_s,
@@ -381,7 +409,7 @@ pub fn run(args: Args) -> Result<()> {
             false,
         );
     }
-    if let Some((cpu, bf16_peak, tile_peak, batch_s, _)) = bf16 {
+    if let Some((cpu, bf16_peak, tile_peak, batch_s, _, _)) = bf16 {
         println!(
             "bf16 2048^3 product ({}): {:.1} GFLOP/s ({:.2}x the f32 matmul); bf16 inference at {:.0}% of it",
             if cpu.amx() { "AMX" } else { "AVX-512" },
@@ -409,7 +437,7 @@ pub fn run(args: Args) -> Result<()> {
 
     if let Some(path) = &args.json {
         let ratio = |ours: f64, k: &str| tv(k).map(|t| ours / t);
-        let bf16_json = bf16.map(|(cpu, bf16_peak, tile_peak, batch_s, b1_s)| {
+        let bf16_json = bf16.map(|(cpu, bf16_peak, tile_peak, batch_s, b1_s, train_s)| {
             json!({
                 "bf16_kernel": if cpu.amx() { "amx" } else { "avx512" },
                 "bf16_matmul_gflops": bf16_peak,
@@ -423,6 +451,11 @@ pub fn run(args: Args) -> Result<()> {
                 "bf16_infer_speedup_vs_torch": ratio(batch / batch_s, "infer_images_per_s"),
                 "bf16_infer_b1_speedup_vs_torch": tv("infer_b1_ms").map(|t| t / (b1_s * 1e3)),
                 "bf16_infer_speedup_vs_f32": c.infer_batch_s / batch_s,
+                "bf16_train_step_s": train_s,
+                "bf16_train_images_per_s": train_s.map(|t| batch / t),
+                "bf16_train_speedup_vs_torch":
+                    train_s.and_then(|t| ratio(batch / t, "train_images_per_s")),
+                "bf16_train_speedup_vs_f32": train_s.map(|t| c.train_step_s / t),
                 "bf16_infer_speedup_vs_torch_bf16":
                     ratio(batch / batch_s, "bf16_infer_images_per_s"),
                 "bf16_infer_b1_speedup_vs_torch_bf16":
