@@ -10,7 +10,7 @@
 //! - **candle's thread pool parks sooner.** candle 0.11 runs elementwise ops on a pool of its own
 //!   beside rayon's, whose workers spin 25,000 rounds after each op before they sleep. On two
 //!   cores that spinning took the core from the rayon worker of the next op (a matrix product):
-//!   with 200 rounds bf16 inference ran 1.07-1.2x and training 1.04-1.12x faster (2 threads).
+//!   with 200 rounds bf16 inference ran 1.05-1.38x and training 1.04-1.12x faster (2 threads).
 //!   `CANDLE_BARRIER_POOL_SPIN_LIMIT` set by the user is left alone.
 
 /// Spin rounds of candle's pool workers before they park (candle's default is 25,000).
