@@ -160,7 +160,7 @@ fn bf16_tile_peak_gflops(cpu: iuf_bf16::Bf16Cpu, threads: usize) -> Option<f64> 
 }
 
 /// Inference (batch and batch 1) with bf16 products, in one inference scope (the weights are
-/// packed once, in the first warmup run).
+/// packed once, in the first warmup run), and on AMX CPUs the mixed-precision training step.
 fn measure_bf16(
     cpu: iuf_bf16::Bf16Cpu,
     cfg: &TransformerConfig,
@@ -176,28 +176,33 @@ fn measure_bf16(
     let train_s = if cpu.amx() {
         let mut rng = StdRng::seed_from_u64(0);
         let step = median_secs(args.warmup, args.runs, || {
-            iuf_model::ops::mixed_precision_training(Some(cpu), || {
-                let out = model.forward(&x, &mut Mode::Train(&mut rng))?;
-                let loss = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
-                loss.backward()?;
-                Ok(())
-            })
+            iuf_model::ops::mixed_precision_training(Some(cpu), || train_step(&model, &x, &mut rng))
         })?;
         Some(step)
     } else {
         None
     };
     let (batch_s, b1_s) = iuf_bf16::scoped(Some(cpu), || {
-        let infer = |input: &Tensor| {
-            let out = model.forward(input, &mut Mode::Eval)?;
-            out.pred.to_device(&Device::Cpu)?;
-            Ok(())
-        };
-        let batch_s = median_secs(args.warmup, args.runs, || infer(&x))?;
-        let b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&x1))?;
+        let batch_s = median_secs(args.warmup, args.runs, || infer(&model, &x))?;
+        let b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&model, &x1))?;
         anyhow::Ok((batch_s, b1_s))
     })?;
     Ok((batch_s, b1_s, train_s))
+}
+
+/// A training step: forward (jitter and dropout on) + MSE (section 3.6) + backward.
+fn train_step(model: &Transformer, x: &Tensor, rng: &mut StdRng) -> Result<()> {
+    let out = model.forward(x, &mut Mode::Train(rng))?;
+    let loss = (&out.feature_rec - x)?.sqr()?.mean_all()?;
+    loss.backward()?;
+    Ok(())
+}
+
+/// Inference: the forward in eval mode, its prediction on the CPU.
+fn infer(model: &Transformer, input: &Tensor) -> Result<()> {
+    let out = model.forward(input, &mut Mode::Eval)?;
+    out.pred.to_device(&Device::Cpu)?;
+    Ok(())
 }
 
 struct CandleNumbers {
@@ -212,20 +217,9 @@ fn measure_candle(cfg: &TransformerConfig, args: &Args, dev: &Device) -> Result<
     let x = Tensor::rand(0f32, 1f32, (args.batch, cfg.in_channels, 14, 14), dev)?;
     let x1 = x.narrow(0, 0, 1)?.contiguous()?;
     let mut rng = StdRng::seed_from_u64(0);
-    // A training step is forward (jitter and dropout on) + MSE (section 3.6) + backward.
-    let train_step_s = median_secs(args.warmup, args.runs, || {
-        let out = model.forward(&x, &mut Mode::Train(&mut rng))?;
-        let loss = (&out.feature_rec - &x)?.sqr()?.mean_all()?;
-        loss.backward()?;
-        Ok(())
-    })?;
-    let infer = |input: &Tensor| {
-        let out = model.forward(input, &mut Mode::Eval)?;
-        out.pred.to_device(&Device::Cpu)?;
-        Ok(())
-    };
-    let infer_batch_s = median_secs(args.warmup, args.runs, || infer(&x))?;
-    let infer_b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&x1))?;
+    let train_step_s = median_secs(args.warmup, args.runs, || train_step(&model, &x, &mut rng))?;
+    let infer_batch_s = median_secs(args.warmup, args.runs, || infer(&model, &x))?;
+    let infer_b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&model, &x1))?;
     Ok(CandleNumbers {
         train_step_s,
         infer_batch_s,

@@ -41,47 +41,28 @@ fn main() {
         (196, 256, 256),
         (196, 256, 1024),
     ] {
-        let a: Vec<f32> = (0..m * k)
-            .map(|x| ((x * 7919) % 2001) as f32 / 1000.0 - 1.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|x| ((x * 104729) % 2001) as f32 / 1000.0 - 1.0)
-            .collect();
+        let a = values(m * k, 7919);
+        let b = values(k * n, 104729);
         let pb = PackedB::pack(k, n, &b, (n, 1));
         let mut c = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         let reps = (2e8 / flops) as usize + 1;
-        let mut t = Vec::new();
-        for r in 0..runs + 2 {
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                let lhs = Lhs {
-                    data: &a,
-                    rs: k,
-                    cs: 1,
-                };
-                cpu.matmul_par(
-                    m,
-                    lhs,
-                    &pb,
-                    Out {
-                        data: &mut c,
-                        rs: n,
-                    },
-                );
-            }
-            if r >= 2 {
-                t.push(t0.elapsed().as_secs_f64() / reps as f64);
-            }
-        }
-        t.sort_by(|x, y| x.total_cmp(y));
-        let g = |s: f64| flops / s / 1e9;
-        println!(
-            "{m} x {k} x {n}: {:.0} GFLOP/s (range {:.0}-{:.0})",
-            g(t[t.len() / 2]),
-            g(t[t.len() - 1]),
-            g(t[0])
-        );
+        report(&format!("{m} x {k} x {n}"), flops, reps, runs, || {
+            let lhs = Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            cpu.matmul_par(
+                m,
+                lhs,
+                &pb,
+                Out {
+                    data: &mut c,
+                    rs: n,
+                },
+            );
+        });
     }
     if cpu.amx() {
         attention_heads(cpu, runs);
@@ -93,15 +74,12 @@ fn attention_heads(cpu: Bf16Cpu, runs: usize) {
     use rayon::prelude::*;
     let (n, dh, heads) = (196usize, 32usize, 64usize);
     let d = 8 * dh;
-    let x: Vec<f32> = (0..8 * n * d)
-        .map(|x| ((x * 7919) % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
+    let x = values(8 * n * d, 7919);
     let dims = HeadDims { nq: n, nk: n, dh };
     // q k^T and P v: 2 * n * n * dh multiply-adds, 2 FLOP each.
     let flops = (heads * 4 * n * n * dh) as f64;
-    let mut t = Vec::new();
-    for r in 0..runs + 2 {
-        let t0 = std::time::Instant::now();
+    let label = format!("attention heads {n} x {n} x {dh} (products and conversions, no softmax)");
+    report(&label, flops, 1, runs, || {
         (0..heads)
             .into_par_iter()
             .for_each_init(HeadScratch::default, |scratch, bh| {
@@ -118,14 +96,33 @@ fn attention_heads(cpu: Bf16Cpu, runs: usize) {
                 }
                 std::hint::black_box(cpu.head_apply(rows, scratch).0[0]);
             });
+    });
+}
+
+/// `len` values in [-1, 1], a different sequence for each multiplier.
+fn values(len: usize, mul: usize) -> Vec<f32> {
+    (0..len)
+        .map(|x| ((x * mul) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// Times `reps` calls of `f` (`flops` each) `runs` times after 2 untimed rounds and prints the
+/// median GFLOP/s and the range.
+fn report(label: &str, flops: f64, reps: usize, runs: usize, mut f: impl FnMut()) {
+    let mut t = Vec::new();
+    for r in 0..runs + 2 {
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
         if r >= 2 {
-            t.push(t0.elapsed().as_secs_f64());
+            t.push(t0.elapsed().as_secs_f64() / reps as f64);
         }
     }
     t.sort_by(|x, y| x.total_cmp(y));
     let g = |s: f64| flops / s / 1e9;
     println!(
-        "attention heads {n} x {n} x {dh} (products and conversions, no softmax): {:.0} GFLOP/s (range {:.0}-{:.0})",
+        "{label}: {:.0} GFLOP/s (range {:.0}-{:.0})",
         g(t[t.len() / 2]),
         g(t[t.len() - 1]),
         g(t[0])

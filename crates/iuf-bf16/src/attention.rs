@@ -171,30 +171,7 @@ impl Bf16Cpu {
         }
         let ld = nk32;
         let s = aligned(sbuf, nq32 * ld);
-        if nq > 0 && nk > 0 {
-            // SAFETY: the token says AMX is present and the tile state permitted. Each block
-            // reads 32 query rows of dp pairs (inside qp: nq32 rows) and one key panel of dp
-            // pair rows of NR lanes (inside kp: nk32 / NR panels), and writes 32 rows of NR
-            // floats at stride ld inside s (nq32 rows of ld = nk32); dp is a multiple of KT.
-            unsafe {
-                amx::configure();
-                for ib in (0..nq32).step_by(2 * KT) {
-                    for panel in 0..nk32 / NR {
-                        amx::block(
-                            dp,
-                            qp.as_ptr().add(ib * dp),
-                            kp.as_ptr().add(panel * dp * NR),
-                            s.as_mut_ptr().add(ib * ld + panel * NR),
-                            ld,
-                            false,
-                        );
-                    }
-                }
-                amx::release();
-            }
-        } else {
-            s.fill(0.0);
-        }
+        self.tile_product(qp, kp, s, dp, nq32, nk32 / NR);
         let ldp = nk32 / 2;
         let p = aligned(pbuf, nq32 * ldp);
         p[nq * ldp..].fill(0);
@@ -211,7 +188,7 @@ impl Bf16Cpu {
         let dims = scratch
             .dims
             .expect("iuf-bf16: head_apply without head_scores");
-        let HeadDims { nq, nk, dh } = dims;
+        let HeadDims { nk, dh, .. } = dims;
         if nk > 0 {
             crate::check_cover("v", v.data.len(), (nk, dh), (v.rs, 1));
         }
@@ -240,31 +217,48 @@ impl Bf16Cpu {
             }
         }
         let o = aligned(obuf, nq32 * dh32);
-        if nq > 0 && nk > 0 {
-            // SAFETY: AMX as in head_scores. Each block reads 32 probability rows of kp2 pairs
-            // (inside pp: nq32 rows) and one value panel of kp2 pair rows of NR lanes (inside vp:
-            // dh32 / NR panels), and writes 32 rows of NR floats at stride dh32 inside o; kp2 =
-            // nk32 / 2 is a multiple of KT.
-            unsafe {
-                amx::configure();
-                for ib in (0..nq32).step_by(2 * KT) {
-                    for panel in 0..dh32 / NR {
-                        amx::block(
-                            kp2,
-                            pp.as_ptr().add(ib * kp2),
-                            vp.as_ptr().add(panel * kp2 * NR),
-                            o.as_mut_ptr().add(ib * dh32 + panel * NR),
-                            dh32,
-                            false,
-                        );
-                    }
-                }
-                amx::release();
-            }
-        } else {
-            o.fill(0.0);
-        }
+        self.tile_product(pp, vp, o, kp2, nq32, dh32 / NR);
         (o, dh32)
+    }
+}
+
+impl Bf16Cpu {
+    /// `c [rows, panels * NR] = a b` on AMX tiles: `a` rows of `kc` pairs, `b` `panels` panels
+    /// of `kc` pair rows of NR lanes (the layout of a [`crate::PackedB`]); `rows` a multiple of 32
+    /// and `kc` of KT (zero gives zeros). The callers have checked that the token has AMX.
+    fn tile_product(
+        self,
+        a: &[u32],
+        b: &[u32],
+        c: &mut [f32],
+        kc: usize,
+        rows: usize,
+        panels: usize,
+    ) {
+        debug_assert!(self.amx);
+        let ldc = panels * NR;
+        assert!(rows.is_multiple_of(2 * KT) && kc.is_multiple_of(KT));
+        assert!(a.len() >= rows * kc && b.len() >= panels * kc * NR && c.len() >= rows * ldc);
+        // SAFETY: AMX is present and the tile state permitted (the token, checked by the
+        // callers). Each block reads 32 rows of kc pairs inside a, one panel of kc pair rows of
+        // NR lanes inside b, and writes 32 rows of NR floats at stride ldc inside c (sizes
+        // asserted above); kc is a multiple of KT.
+        unsafe {
+            amx::configure();
+            for ib in (0..rows).step_by(2 * KT) {
+                for panel in 0..panels {
+                    amx::block(
+                        kc,
+                        a.as_ptr().add(ib * kc),
+                        b.as_ptr().add(panel * kc * NR),
+                        c.as_mut_ptr().add(ib * ldc + panel * NR),
+                        ldc,
+                        false,
+                    );
+                }
+            }
+            amx::release();
+        }
     }
 }
 
@@ -378,6 +372,9 @@ mod tests {
             (50, 64, 64, 64),
             (9, 300, 40, 41),
             (3, 5, 2, 2),
+            // No keys (the product is zero) and no queries.
+            (4, 0, 8, 8),
+            (0, 5, 8, 8),
         ] {
             let dims = HeadDims { nq, nk, dh };
             let (qd, kd, vd) = (data(nq * rs, 1), data(nk * rs, 2), data(nk * rs, 3));

@@ -42,21 +42,8 @@ fn main() -> candle_core::Result<()> {
             loss.backward()?;
             Ok(())
         };
-        let mut step = || iuf_model::ops::mixed_precision_training(mixed, &mut step);
-        step()?;
-        let t = std::time::Instant::now();
-        let mut n = 0usize;
-        while t.elapsed().as_secs_f64() < seconds {
-            step()?;
-            n += 1;
-        }
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "{what} batch {batch}: {n} steps, {:.2} images/s, {:.1} ms per step",
-            (n * batch) as f64 / s,
-            1e3 * s / n as f64
-        );
-        return Ok(());
+        let step = || iuf_model::ops::mixed_precision_training(mixed, &mut step);
+        return run_for(seconds, batch, what, "step", step);
     }
     let cpu = if bf16 {
         Some(iuf_bf16::Bf16Cpu::detect().expect("this CPU has no AVX-512 BF16"))
@@ -71,20 +58,30 @@ fn main() -> candle_core::Result<()> {
             out.pred.to_device(&Device::Cpu)?;
             Ok(())
         };
-        infer()?;
-        let t = std::time::Instant::now();
-        let mut n = 0usize;
-        while t.elapsed().as_secs_f64() < seconds {
-            infer()?;
-            n += 1;
-        }
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "{} batch {batch}: {n} runs, {:.2} images/s, {:.1} ms per run",
-            what,
-            (n * batch) as f64 / s,
-            1e3 * s / n as f64
-        );
-        Ok(())
+        run_for(seconds, batch, what, "run", infer)
     })
+}
+
+/// Runs `f` once untimed, then for `seconds`, and prints images/s and ms per call.
+fn run_for(
+    seconds: f64,
+    batch: usize,
+    what: &str,
+    unit: &str,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    f()?;
+    let t = std::time::Instant::now();
+    let mut n = 0usize;
+    while t.elapsed().as_secs_f64() < seconds {
+        f()?;
+        n += 1;
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{what} batch {batch}: {n} {unit}s, {:.2} images/s, {:.1} ms per {unit}",
+        (n * batch) as f64 / s,
+        1e3 * s / n as f64
+    );
+    Ok(())
 }

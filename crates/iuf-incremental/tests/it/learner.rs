@@ -59,6 +59,27 @@ fn weights(l: &Learner, dir: &std::path::Path, name: &str) -> Vec<(String, Vec<f
     v
 }
 
+/// A new IUF learner's base step on `features` (all of class 0, named "a"): the learner and the
+/// step's final total loss.
+fn base_step(cfg: &TrainConfig, features: &Tensor) -> (Learner, f64) {
+    let ids = vec![0u32; features.dim(0).unwrap()];
+    let mut l = Learner::new(cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
+    let r = l
+        .learn_step(
+            0,
+            &["a".into()],
+            &StepData {
+                features,
+                memory: None,
+                class_ids: &ids,
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap();
+    (l, r.final_loss.total)
+}
+
 fn classes() -> Vec<String> {
     vec!["a".into(), "b".into()]
 }
@@ -67,25 +88,10 @@ fn classes() -> Vec<String> {
 fn same_seed_gives_the_same_model_and_another_seed_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let f = features(8, 0, 1);
-    let ids = vec![0u32; 8];
     let train = |seed: u64| {
         let mut cfg = tiny();
         cfg.seed = seed;
-        let mut l =
-            Learner::new(&cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
-        l.learn_step(
-            0,
-            &["a".into()],
-            &StepData {
-                features: &f,
-                memory: None,
-                class_ids: &ids,
-            },
-            None,
-            &NoProgress,
-        )
-        .unwrap();
-        l
+        base_step(&cfg, &f).0
     };
     let a = weights(&train(7), dir.path(), "a.safetensors");
     let b = weights(&train(7), dir.path(), "b.safetensors");
@@ -569,27 +575,11 @@ fn bf16_trains_in_mixed_precision_on_amx_and_auto_trains_in_f32() {
     use iuf_model::Precision;
     let dir = tempfile::tempdir().unwrap();
     let f = features(8, 0, 1);
-    let ids = vec![0u32; 8];
     let train = |precision: Precision| {
         let mut cfg = tiny();
         cfg.seed = 7;
         cfg.precision = precision;
-        let mut l =
-            Learner::new(&cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
-        let r = l
-            .learn_step(
-                0,
-                &["a".into()],
-                &StepData {
-                    features: &f,
-                    memory: None,
-                    class_ids: &ids,
-                },
-                None,
-                &NoProgress,
-            )
-            .unwrap();
-        (l, r.final_loss.total)
+        base_step(&cfg, &f)
     };
     let (f32_model, f32_loss) = train(Precision::F32);
     let f32_weights = weights(&f32_model, dir.path(), "f32.safetensors");
