@@ -137,7 +137,19 @@ fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refuse
     let mut tensors = iuf_backbone::fetch::read_weights_file(&cached)
         .unwrap()
         .tensors;
-    tensors[0].1 = (&tensors[0].1 * 1.5).unwrap();
+    // The safetensors file's tensors come back in hash order, and many are zero counters
+    // (`num_batches_tracked`), unchanged by scaling: change a named weight.
+    let stem = tensors
+        .iter_mut()
+        .find(|(name, _)| name == "_conv_stem.weight")
+        .expect("the Lite0 weights have a stem convolution");
+    stem.1 = (&stem.1 * 1.5).unwrap();
+    assert_ne!(
+        iuf_backbone::fetch::tensors_digest(&tensors).unwrap(),
+        iuf_backbone::fetch::read_weights_file(&cached)
+            .unwrap()
+            .digest
+    );
     let other = s.path("other.safetensors");
     iuf_backbone::fetch::write_safetensors(&tensors, &other).unwrap();
     let err = fails(&bare(
