@@ -5,7 +5,9 @@
 //! PyTorch is installed (its f32 figures and, for inference, its own bf16 path under autocast).
 //! Where the CPU has AVX-512 BF16 the same network is also timed with bf16 products: inference in
 //! a bf16 scope, and on AMX CPUs the training step in mixed precision (`bf16_*` keys of `--json`).
-//! Every figure is a median over `--runs` timed runs after `--warmup` ones.
+//! Every figure is a median over `--runs` timed runs after `--warmup` ones. With `--rounds R` the
+//! three phases (candle f32, candle bf16, PyTorch) run in turn R times; figures are then medians
+//! over the rounds and each ratio the median of the rounds' own ratios, with its range.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,6 +53,11 @@ pub struct Args {
     threads: usize,
     #[arg(long, value_enum, default_value_t = Torch::Auto)]
     torch: Torch,
+    /// Measure candle (f32, bf16) and PyTorch in turn this many times. Each ratio is then the
+    /// median of the rounds' own ratios, so a host whose speed drifts between the candle and the
+    /// PyTorch phases does not skew it; the table adds each ratio's range over the rounds.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// Matmul FLOPs (2 per multiply-add) of one image's forward pass, counted from the config: every
@@ -166,7 +173,7 @@ fn measure_bf16(
     cfg: &TransformerConfig,
     args: &Args,
     dev: &Device,
-) -> Result<(f64, f64, Option<f64>)> {
+) -> Result<Bf16Numbers> {
     let varmap = VarMap::new();
     let model = Transformer::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let x = Tensor::rand(0f32, 1f32, (args.batch, cfg.in_channels, 14, 14), dev)?;
@@ -187,7 +194,11 @@ fn measure_bf16(
         let b1_s = median_secs(args.warmup, args.runs.max(15), || infer(&model, &x1))?;
         anyhow::Ok((batch_s, b1_s))
     })?;
-    Ok((batch_s, b1_s, train_s))
+    Ok(Bf16Numbers {
+        batch_s,
+        b1_s,
+        train_s,
+    })
 }
 
 /// A training step: forward (jitter and dropout on) + MSE (section 3.6) + backward.
@@ -205,10 +216,18 @@ fn infer(model: &Transformer, input: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// candle's f32 figures of one round (seconds).
 struct CandleNumbers {
     train_step_s: f64,
     infer_batch_s: f64,
     infer_b1_s: f64,
+}
+
+/// candle's figures with bf16 products in one round (seconds); `train_s` on AMX CPUs only.
+struct Bf16Numbers {
+    batch_s: f64,
+    b1_s: f64,
+    train_s: Option<f64>,
 }
 
 fn measure_candle(cfg: &TransformerConfig, args: &Args, dev: &Device) -> Result<CandleNumbers> {
@@ -259,10 +278,139 @@ fn measure_torch(args: &Args) -> Result<Value> {
         .with_context(|| format!("{} printed no JSON line: {stdout}", script.display()))
 }
 
+/// Everything one round measured: candle in f32, candle with bf16 products, then PyTorch, back to
+/// back, so that the round's ratios compare figures taken within a minute or two of each other.
+struct Round {
+    images: f64,
+    candle: CandleNumbers,
+    bf16: Option<Bf16Numbers>,
+    torch: Option<Value>,
+}
+
+impl Round {
+    fn torch(&self, key: &str) -> Option<f64> {
+        self.torch.as_ref()?.get(key)?.as_f64()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "train_step_s": self.candle.train_step_s,
+            "infer_batch_s": self.candle.infer_batch_s,
+            "infer_b1_ms": self.candle.infer_b1_s * 1e3,
+            "bf16_infer_batch_s": self.bf16.as_ref().map(|b| b.batch_s),
+            "bf16_infer_b1_ms": self.bf16.as_ref().map(|b| b.b1_s * 1e3),
+            "bf16_train_step_s": self.bf16.as_ref().and_then(|b| b.train_s),
+            "torch": self.torch,
+        })
+    }
+}
+
+/// A figure compared with PyTorch's: a table row and a `--json` ratio key.
+struct Compared {
+    label: &'static str,
+    /// `--json` key of the ratio (median over rounds of each round's ratio).
+    key: &'static str,
+    ours: fn(&Round) -> Option<f64>,
+    theirs: fn(&Round) -> Option<f64>,
+    /// Images per second (ratio ours / theirs), not milliseconds (ratio theirs / ours).
+    higher_is_better: bool,
+}
+
+const COMPARED: [Compared; 8] = [
+    Compared {
+        label: "train images/s",
+        key: "train_speedup_vs_torch",
+        ours: |r| Some(r.images / r.candle.train_step_s),
+        theirs: |r| r.torch("train_images_per_s"),
+        higher_is_better: true,
+    },
+    Compared {
+        label: "inference images/s",
+        key: "infer_speedup_vs_torch",
+        ours: |r| Some(r.images / r.candle.infer_batch_s),
+        theirs: |r| r.torch("infer_images_per_s"),
+        higher_is_better: true,
+    },
+    Compared {
+        label: "inference batch-1 ms",
+        key: "infer_b1_speedup_vs_torch",
+        ours: |r| Some(r.candle.infer_b1_s * 1e3),
+        theirs: |r| r.torch("infer_b1_ms"),
+        higher_is_better: false,
+    },
+    Compared {
+        label: "bf16 mixed train images/s",
+        key: "bf16_train_speedup_vs_torch",
+        ours: |r| Some(r.images / r.bf16.as_ref()?.train_s?),
+        theirs: |r| r.torch("train_images_per_s"),
+        higher_is_better: true,
+    },
+    Compared {
+        label: "bf16 inference images/s",
+        key: "bf16_infer_speedup_vs_torch",
+        ours: |r| Some(r.images / r.bf16.as_ref()?.batch_s),
+        theirs: |r| r.torch("infer_images_per_s"),
+        higher_is_better: true,
+    },
+    Compared {
+        label: "bf16 inference batch-1 ms",
+        key: "bf16_infer_b1_speedup_vs_torch",
+        ours: |r| Some(r.bf16.as_ref()?.b1_s * 1e3),
+        theirs: |r| r.torch("infer_b1_ms"),
+        higher_is_better: false,
+    },
+    // PyTorch's own bf16 CPU path (autocast, oneDNN): the same comparison in bf16.
+    Compared {
+        label: "  vs PyTorch bf16 images/s",
+        key: "bf16_infer_speedup_vs_torch_bf16",
+        ours: |r| Some(r.images / r.bf16.as_ref()?.batch_s),
+        theirs: |r| r.torch("bf16_infer_images_per_s"),
+        higher_is_better: true,
+    },
+    Compared {
+        label: "  vs PyTorch bf16 b1 ms",
+        key: "bf16_infer_b1_speedup_vs_torch_bf16",
+        ours: |r| Some(r.bf16.as_ref()?.b1_s * 1e3),
+        theirs: |r| r.torch("bf16_infer_b1_ms"),
+        higher_is_better: false,
+    },
+];
+
+/// Median, smallest and largest of a figure over the rounds that have it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(rounds: &[Round], f: impl Fn(&Round) -> Option<f64>) -> Option<Spread> {
+    let v: Vec<f64> = rounds.iter().filter_map(f).collect();
+    if v.is_empty() {
+        return None;
+    }
+    Some(Spread {
+        min: v.iter().copied().fold(f64::INFINITY, f64::min),
+        max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        median: median(v),
+    })
+}
+
+impl Compared {
+    fn ratio(&self, r: &Round) -> Option<f64> {
+        let (ours, theirs) = ((self.ours)(r)?, (self.theirs)(r)?);
+        Some(if self.higher_is_better {
+            ours / theirs
+        } else {
+            theirs / ours
+        })
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(
-        args.batch > 0 && args.runs > 0,
-        "--batch and --runs must be positive"
+        args.batch > 0 && args.runs > 0 && args.rounds > 0,
+        "--batch, --runs and --rounds must be positive"
     );
     // candle's matmul and the fused ops both size their parallelism from RAYON_NUM_THREADS.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
@@ -278,43 +426,74 @@ pub fn run(args: Args) -> Result<()> {
 
     eprintln!("measuring the matmul peak ...");
     let peak = matmul_peak_gflops(&dev, args.runs)?;
-    eprintln!("measuring candle (batch {}) ...", args.batch);
-    let c = measure_candle(&cfg, &args, &dev)?;
     // bf16 inference where the CPU has AVX-512 BF16, and mixed-precision training where it has AMX.
-    let bf16 = match iuf_bf16::Bf16Cpu::detect() {
+    let bf16_cpu = iuf_bf16::Bf16Cpu::detect();
+    let bf16_peaks = match bf16_cpu {
         Some(cpu) => {
             eprintln!(
-                "measuring bf16 ({} kernel) ...",
+                "measuring the bf16 product ({} kernel) ...",
                 if cpu.amx() { "AMX" } else { "AVX-512" }
             );
-            let peak = bf16_matmul_gflops(cpu, args.runs)?;
-            let tile_peak = bf16_tile_peak_gflops(cpu, args.threads);
-            let (batch_s, b1_s, train_s) = measure_bf16(cpu, &cfg, &args, &dev)?;
-            Some((cpu, peak, tile_peak, batch_s, b1_s, train_s))
+            Some((
+                bf16_matmul_gflops(cpu, args.runs)?,
+                bf16_tile_peak_gflops(cpu, args.threads),
+            ))
         }
         None => {
             eprintln!("no avx512bf16 on this CPU: bf16 skipped");
             None
         }
     };
-    let batch = args.batch as f64;
-    let train_ips = batch / c.train_step_s;
-    let infer_ips = batch / c.infer_batch_s;
-    let train_frac = train_ips * flops_train / 1e9 / peak;
-    let infer_frac = infer_ips * flops_fwd / 1e9 / peak;
-
-    let torch = match args.torch {
-        Torch::Auto if torch_available() => {
-            eprintln!("measuring PyTorch (batch {}) ...", args.batch);
-            Some(measure_torch(&args)?)
-        }
+    let with_torch = match args.torch {
+        Torch::Auto if torch_available() => true,
         Torch::Auto => {
             eprintln!("PyTorch is not installed (python3 -c \"import torch\" failed): skipped");
-            None
+            false
         }
-        Torch::Skip => None,
+        Torch::Skip => false,
     };
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        let of = format!("round {round}/{}: ", args.rounds);
+        eprintln!("{of}measuring candle (batch {}) ...", args.batch);
+        let candle = measure_candle(&cfg, &args, &dev)?;
+        let bf16 = match bf16_cpu {
+            Some(cpu) => {
+                eprintln!("{of}measuring candle with bf16 products ...");
+                Some(measure_bf16(cpu, &cfg, &args, &dev)?)
+            }
+            None => None,
+        };
+        let torch = if with_torch {
+            eprintln!("{of}measuring PyTorch (batch {}) ...", args.batch);
+            Some(measure_torch(&args)?)
+        } else {
+            None
+        };
+        rounds.push(Round {
+            images: args.batch as f64,
+            candle,
+            bf16,
+            torch,
+        });
+    }
     let load_after = load_average();
+
+    let med = |f: fn(&Round) -> Option<f64>| spread(&rounds, f).map(|s| s.median);
+    let batch = args.batch as f64;
+    let train_step_s = med(|r| Some(r.candle.train_step_s)).unwrap_or(f64::NAN);
+    let infer_batch_s = med(|r| Some(r.candle.infer_batch_s)).unwrap_or(f64::NAN);
+    let infer_b1_s = med(|r| Some(r.candle.infer_b1_s)).unwrap_or(f64::NAN);
+    let bf16_batch_s = med(|r| Some(r.bf16.as_ref()?.batch_s));
+    let bf16_b1_s = med(|r| Some(r.bf16.as_ref()?.b1_s));
+    let bf16_train_s = med(|r| r.bf16.as_ref()?.train_s);
+    let train_ips = batch / train_step_s;
+    let infer_ips = batch / infer_batch_s;
+    let train_frac = train_ips * flops_train / 1e9 / peak;
+    let infer_frac = infer_ips * flops_fwd / 1e9 / peak;
+    let torch_version = rounds
+        .iter()
+        .find_map(|r| r.torch.as_ref()?.get("torch_version").cloned());
 
     println!(
         "paper transformer (C_f {}, D {}, {} heads, {}+{} layers, FFN {}, {} tokens), batch {}, {} threads",
@@ -334,79 +513,56 @@ pub fn run(args: Args) -> Result<()> {
         flops_train / 1e9,
         peak
     );
-    println!("medians of {} runs after {} warmup", args.runs, args.warmup);
-    println!(
-        "{:<28} {:>12} {:>12} {:>10}",
-        "", "candle", "pytorch", "ratio"
-    );
-    let tv = |k: &str| {
-        torch
-            .as_ref()
-            .and_then(|t| t.get(k))
-            .and_then(Value::as_f64)
-    };
-    let row = |name: &str, ours: f64, theirs: Option<f64>, higher_is_better: bool| {
-        let ratio = theirs.map(|t| if higher_is_better { ours / t } else { t / ours });
+    if args.rounds == 1 {
+        println!("medians of {} runs after {} warmup", args.runs, args.warmup);
+    } else {
         println!(
-            "{:<28} {:>12.2} {:>12} {:>10}",
-            name,
-            ours,
-            theirs.map_or("-".into(), |t| format!("{t:.2}")),
-            ratio.map_or("-".into(), |r| format!("{r:.2}x"))
-        );
-    };
-    row("train images/s", train_ips, tv("train_images_per_s"), true);
-    row(
-        "inference images/s",
-        infer_ips,
-        tv("infer_images_per_s"),
-        true,
-    );
-    row(
-        "inference batch-1 ms",
-        c.infer_b1_s * 1e3,
-        tv("infer_b1_ms"),
-        false,
-    );
-    if let Some((_, _, _, batch_s, b1_s, train_s)) = bf16 {
-        if let Some(t) = train_s {
-            row(
-                "bf16 mixed train images/s",
-                batch / t,
-                tv("train_images_per_s"),
-                true,
-            );
-        }
-        row(
-            "bf16 inference images/s",
-            batch / batch_s,
-            tv("infer_images_per_s"),
-            true,
-        );
-        row(
-            "bf16 inference batch-1 ms",
-            b1_s * 1e3,
-            tv("infer_b1_ms"),
-            false,
-        );
-        // PyTorch's own bf16 CPU path (autocast, oneDNN): the same comparison in bf16.
-        row(
-            "  vs PyTorch bf16 images/s",
-            batch / batch_s,
-            tv("bf16_infer_images_per_s"),
-            true,
-        );
-        row(
-            "  vs PyTorch bf16 b1 ms",
-            b1_s * 1e3,
-            tv("bf16_infer_b1_ms"),
-            false,
+            "{} rounds (candle f32, candle bf16, PyTorch in turn), each a median of {} runs after \
+             {} warmup; figures are medians over the rounds, each ratio the median of the rounds' \
+             own ratios, with their range",
+            args.rounds, args.runs, args.warmup
         );
     }
-    if let Some((cpu, bf16_peak, tile_peak, batch_s, _, _)) = bf16 {
+    println!(
+        "{:<28} {:>12} {:>12} {:>10} {:>14}",
+        "",
+        "candle",
+        "pytorch",
+        "ratio",
+        if args.rounds > 1 { "ratio range" } else { "" }
+    );
+    let mut ratios = serde_json::Map::new();
+    let mut ranges = serde_json::Map::new();
+    for c in &COMPARED {
+        let Some(ours) = spread(&rounds, c.ours) else {
+            continue;
+        };
+        let theirs = spread(&rounds, c.theirs);
+        let ratio = spread(&rounds, |r| c.ratio(r));
+        println!(
+            "{:<28} {:>12.2} {:>12} {:>10} {:>14}",
+            c.label,
+            ours.median,
+            theirs.map_or("-".into(), |t| format!("{:.2}", t.median)),
+            ratio.map_or("-".into(), |r| format!("{:.2}x", r.median)),
+            match ratio {
+                Some(r) if args.rounds > 1 => format!("{:.2}-{:.2}x", r.min, r.max),
+                _ => String::new(),
+            }
+        );
+        ratios.insert(c.key.into(), json!(ratio.map(|r| r.median)));
+        if let Some(r) = ratio {
+            ranges.insert(c.key.into(), json!([r.min, r.max]));
+        }
+    }
+    if let (Some((bf16_peak, tile_peak)), Some(batch_s)) = (bf16_peaks, bf16_batch_s) {
         println!(
             "bf16 2048^3 product ({}): {:.1} GFLOP/s ({:.2}x the f32 matmul); bf16 inference at {:.0}% of it",
-            if cpu.amx() { "AMX" } else { "AVX-512" },
+            if bf16_cpu.is_some_and(|c| c.amx()) {
+                "AMX"
+            } else {
+                "AVX-512"
+            },
             bf16_peak,
             bf16_peak / peak,
             100.0 * batch / batch_s * flops_fwd / 1e9 / bf16_peak
@@ -430,9 +586,9 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     if let Some(path) = &args.json {
-        let ratio = |ours: f64, k: &str| tv(k).map(|t| ours / t);
-        let bf16_json = bf16.map(|(cpu, bf16_peak, tile_peak, batch_s, b1_s, train_s)| {
-            json!({
+        let tv = |k: &'static str| spread(&rounds, |r| r.torch(k)).map(|s| s.median);
+        let bf16_json = match (bf16_cpu, bf16_peaks, bf16_batch_s, bf16_b1_s) {
+            (Some(cpu), Some((bf16_peak, tile_peak)), Some(batch_s), Some(b1_s)) => json!({
                 "bf16_kernel": if cpu.amx() { "amx" } else { "avx512" },
                 "bf16_matmul_gflops": bf16_peak,
                 "bf16_tile_peak_gflops": tile_peak,
@@ -442,34 +598,27 @@ pub fn run(args: Args) -> Result<()> {
                 "bf16_infer_images_per_s": batch / batch_s,
                 "bf16_infer_batch_s": batch_s,
                 "bf16_infer_b1_ms": b1_s * 1e3,
-                "bf16_infer_speedup_vs_torch": ratio(batch / batch_s, "infer_images_per_s"),
-                "bf16_infer_b1_speedup_vs_torch": tv("infer_b1_ms").map(|t| t / (b1_s * 1e3)),
-                "bf16_infer_speedup_vs_f32": c.infer_batch_s / batch_s,
-                "bf16_train_step_s": train_s,
-                "bf16_train_images_per_s": train_s.map(|t| batch / t),
-                "bf16_train_speedup_vs_torch":
-                    train_s.and_then(|t| ratio(batch / t, "train_images_per_s")),
-                "bf16_train_speedup_vs_f32": train_s.map(|t| c.train_step_s / t),
-                "bf16_infer_speedup_vs_torch_bf16":
-                    ratio(batch / batch_s, "bf16_infer_images_per_s"),
-                "bf16_infer_b1_speedup_vs_torch_bf16":
-                    tv("bf16_infer_b1_ms").map(|t| t / (b1_s * 1e3)),
-            })
-        });
+                "bf16_infer_speedup_vs_f32":
+                    med(|r| Some(r.candle.infer_batch_s / r.bf16.as_ref()?.batch_s)),
+                "bf16_train_step_s": bf16_train_s,
+                "bf16_train_images_per_s": bf16_train_s.map(|t| batch / t),
+                "bf16_train_speedup_vs_f32":
+                    med(|r| Some(r.candle.train_step_s / r.bf16.as_ref()?.train_s?)),
+            }),
+            _ => json!({}),
+        };
         let mut report = json!({
             "train_images_per_s": train_ips,
             "infer_images_per_s": infer_ips,
-            "infer_b1_ms": c.infer_b1_s * 1e3,
-            "train_step_s": c.train_step_s,
-            "infer_batch_s": c.infer_batch_s,
+            "infer_b1_ms": infer_b1_s * 1e3,
+            "train_step_s": train_step_s,
+            "infer_batch_s": infer_batch_s,
             "torch_train_images_per_s": tv("train_images_per_s"),
             "torch_infer_images_per_s": tv("infer_images_per_s"),
             "torch_infer_b1_ms": tv("infer_b1_ms"),
             "torch_bf16_infer_images_per_s": tv("bf16_infer_images_per_s"),
             "torch_bf16_infer_b1_ms": tv("bf16_infer_b1_ms"),
-            "torch_version": torch.as_ref().and_then(|t| t.get("torch_version")).cloned(),
-            "train_speedup_vs_torch": ratio(train_ips, "train_images_per_s"),
-            "infer_speedup_vs_torch": ratio(infer_ips, "infer_images_per_s"),
+            "torch_version": torch_version,
             "flops_per_image_forward": flops_fwd,
             "flops_per_image_train": flops_train,
             "matmul_peak_gflops": peak,
@@ -479,12 +628,17 @@ pub fn run(args: Args) -> Result<()> {
             "threads": args.threads,
             "runs": args.runs,
             "warmup": args.warmup,
+            "rounds": args.rounds,
+            "ratio_ranges": ranges,
+            "per_round": rounds.iter().map(Round::to_json).collect::<Vec<_>>(),
             "load_average_before": load_before,
             "load_average_after": load_after,
         });
-        // bf16 figures under their own keys (absent on CPUs without AVX-512 BF16).
-        if let (Some(Value::Object(extra)), Some(obj)) = (bf16_json, report.as_object_mut()) {
+        // The ratios to PyTorch, and bf16 figures under their own keys (absent on CPUs without
+        // AVX-512 BF16).
+        if let (Value::Object(extra), Some(obj)) = (bf16_json, report.as_object_mut()) {
             obj.extend(extra);
+            obj.extend(ratios);
         }
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -503,6 +657,48 @@ mod tests {
         // 489.6 M, projections 54.6 M -> 3.404 GFLOP per image.
         let f = forward_flops_per_image(&TransformerConfig::paper(272));
         assert!((f / 1e9 - 3.4039).abs() < 1e-3, "{f}");
+    }
+
+    fn round(candle_b1_ms: f64, torch: Option<Value>) -> Round {
+        Round {
+            images: 8.0,
+            candle: CandleNumbers {
+                train_step_s: 2.0,
+                infer_batch_s: 0.5,
+                infer_b1_s: candle_b1_ms / 1e3,
+            },
+            bf16: None,
+            torch,
+        }
+    }
+
+    #[test]
+    fn ratios_are_per_round_and_point_the_right_way() {
+        let rounds = [
+            // Round 1: PyTorch 4 images/s in training (we do 4: 1x), 8 in inference (we do 16:
+            // 2x), batch 1 in 30 ms (we take 10: 3x faster).
+            round(
+                10.0,
+                Some(
+                    json!({"train_images_per_s": 4.0, "infer_images_per_s": 8.0, "infer_b1_ms": 30.0}),
+                ),
+            ),
+            // Round 2: a slower host for both: batch 1 20 ms against 40 (2x).
+            round(20.0, Some(json!({"infer_b1_ms": 40.0}))),
+            round(15.0, None),
+        ];
+        let by_key = |k: &str| COMPARED.iter().find(|c| c.key == k).unwrap();
+        let train = spread(&rounds, |r| by_key("train_speedup_vs_torch").ratio(r)).unwrap();
+        assert_eq!((train.median, train.min, train.max), (1.0, 1.0, 1.0));
+        let infer = spread(&rounds, |r| by_key("infer_speedup_vs_torch").ratio(r)).unwrap();
+        assert_eq!(infer.median, 2.0);
+        // Batch-1 milliseconds: lower is better, so the ratio is theirs / ours; the round
+        // without PyTorch gives no ratio; the median of 3x and 2x is 2.5x, not the ratio of
+        // the medians (35 / 15).
+        let b1 = spread(&rounds, |r| by_key("infer_b1_speedup_vs_torch").ratio(r)).unwrap();
+        assert_eq!((b1.median, b1.min, b1.max), (2.5, 2.0, 3.0));
+        // No bf16 figures: no bf16 ratio.
+        assert!(spread(&rounds, |r| by_key("bf16_infer_speedup_vs_torch").ratio(r)).is_none());
     }
 
     #[test]
