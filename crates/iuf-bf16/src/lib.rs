@@ -32,6 +32,9 @@ pub const MR: usize = 14;
 pub const NR: usize = 32;
 /// Pairs of `k` per block.
 pub const KC: usize = 128;
+/// Rows per block of [`Bf16Cpu::ffn_par_vec`], whole 32-row AMX blocks: the hidden rows of a
+/// block (64 x 1024 f32 = 256 KiB for the paper's FFN) stay in L2 beside both weights.
+pub const FFN_ROWS: usize = 64;
 /// Rows per block of the left operand (whole micro-panels).
 pub const MC: usize = 14 * MR;
 
@@ -438,6 +441,87 @@ impl Bf16Cpu {
             self.matmul_par_raw(m, a, b, out, ep);
             v.set_len(len);
         }
+        v
+    }
+
+    /// A feed-forward block, `act(relu(A B1 + bias1) B2 + bias2)` (`ep2` for the second bias and
+    /// activation, `None` for neither), in a new `Vec` of `m * b2.n()` values, without the hidden
+    /// layer ever being written out whole: the rows go in blocks of [`FFN_ROWS`] over the rayon
+    /// pool, and each block's hidden rows (f32, in a per-thread buffer that stays in cache) feed
+    /// the second product at once. The values are those of the two products done one after the
+    /// other ([`Bf16Cpu::matmul_par_vec`] twice). Panics unless `b1.n() == b2.k()`, or as those
+    /// products do.
+    pub fn ffn_par_vec(
+        self,
+        m: usize,
+        a: Lhs<'_>,
+        b1: &PackedB,
+        bias1: &[f32],
+        b2: &PackedB,
+        ep2: Option<Epilogue<'_>>,
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        assert_eq!(b1.n, b2.k, "iuf-bf16: ffn inner widths");
+        assert_eq!(bias1.len(), b1.n, "iuf-bf16: bias length against columns");
+        if let Some(ep) = ep2 {
+            assert_eq!(ep.bias.len(), b2.n, "iuf-bf16: bias length against columns");
+        }
+        check_cover("A", a.data.len(), (m, b1.k), (a.rs, a.cs));
+        let (hidden_n, n) = (b1.n, b2.n);
+        let len = m.checked_mul(n).expect("iuf-bf16: output size overflows");
+        let mut v: Vec<f32> = Vec::with_capacity(len);
+        let out = RawOut {
+            ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            rs: n,
+        };
+        let ep1 = Epilogue {
+            bias: bias1,
+            relu: true,
+        };
+        thread_local! {
+            /// The hidden rows of one block.
+            static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        let block = |rows: std::ops::Range<usize>| {
+            HIDDEN.with(|h| {
+                let mut h = h.borrow_mut();
+                let need = rows.len() * hidden_n + 15;
+                if h.len() < need {
+                    h.resize(need, 0.0);
+                }
+                let off = h.as_ptr().align_offset(64).min(15);
+                let hidden = &mut h[off..off + rows.len() * hidden_n];
+                let start = rows.start;
+                let count = rows.len();
+                // SAFETY: `hidden` holds count rows of hidden_n floats, owned by this thread; the
+                // first product writes every one of them. Then rows start.. of the output, which
+                // no other block touches (blocks are disjoint row ranges), get every element.
+                unsafe {
+                    let h_out = RawOut {
+                        ptr: hidden.as_mut_ptr(),
+                        rs: hidden_n,
+                    };
+                    self.matmul_rows(rows, a, b1, h_out, Some(ep1));
+                    let h_in = Lhs {
+                        data: hidden,
+                        rs: hidden_n,
+                        cs: 1,
+                    };
+                    self.matmul_rows(0..count, h_in, b2, out.at_row(start), ep2);
+                }
+            })
+        };
+        let parts: Vec<std::ops::Range<usize>> = (0..m)
+            .step_by(FFN_ROWS)
+            .map(|start| start..(start + FFN_ROWS).min(m))
+            .collect();
+        if rayon::current_num_threads() <= 1 || parts.len() <= 1 {
+            parts.into_iter().for_each(block);
+        } else {
+            parts.into_par_iter().for_each(block);
+        }
+        // SAFETY: the blocks cover rows 0..m, each writing all n columns of its rows.
+        unsafe { v.set_len(len) };
         v
     }
 

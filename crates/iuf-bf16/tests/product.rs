@@ -505,3 +505,79 @@ fn the_vec_output_matches_the_slice_output_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn the_fused_feed_forward_equals_its_two_products_bit_for_bit() {
+    use iuf_bf16::{Epilogue, FFN_ROWS};
+    let pools: Vec<rayon::ThreadPool> = [1, 3]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    // Rows below, at and past one block and several blocks; widths off the tiles; k over two
+    // AMX k blocks in the second product.
+    for cpu in kernels() {
+        for (t, &(m, k, hidden, n)) in [
+            (1usize, 5usize, 7usize, 3usize),
+            (FFN_ROWS - 1, 40, 70, 33),
+            (FFN_ROWS, 64, 96, 32),
+            (3 * FFN_ROWS + 17, 70, 2 * AMX_KC + 9, 45),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let a = values(m * k, 200 + t as u64);
+            let w1 = values(k * hidden, 210 + t as u64);
+            let w2 = values(hidden * n, 220 + t as u64);
+            let (b1, b2) = (values(hidden, 230 + t as u64), values(n, 240 + t as u64));
+            let p1 = PackedB::pack(k, hidden, &w1, (hidden, 1));
+            let p2 = PackedB::pack(hidden, n, &w2, (n, 1));
+            let lhs = Lhs {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let ep1 = Epilogue {
+                bias: &b1,
+                relu: true,
+            };
+            let h = cpu.matmul_par_vec(m, lhs, &p1, Some(ep1));
+            for ep2 in [
+                None,
+                Some(Epilogue {
+                    bias: &b2,
+                    relu: false,
+                }),
+            ] {
+                let hl = Lhs {
+                    data: &h,
+                    rs: hidden,
+                    cs: 1,
+                };
+                let want: Vec<u32> = cpu
+                    .matmul_par_vec(m, hl, &p2, ep2)
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                for pool in &pools {
+                    let got: Vec<u32> = pool
+                        .install(|| cpu.ffn_par_vec(m, lhs, &p1, &b1, &p2, ep2))
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect();
+                    assert_eq!(
+                        got,
+                        want,
+                        "amx {}, m {m} k {k} hidden {hidden} n {n}, {} threads",
+                        cpu.amx(),
+                        pool.current_num_threads()
+                    );
+                }
+            }
+        }
+    }
+}

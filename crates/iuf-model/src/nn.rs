@@ -73,6 +73,31 @@ impl Linear {
     }
 }
 
+/// The transformer's feed-forward block, `l2(dropout(relu(l1(x))))`. Inside a bf16 inference
+/// scope on the CPU, when no dropout is drawn, both products run fused per block of rows
+/// (`ops::ffn_bf16`): the 4x-wide hidden layer never goes to memory. Same values either way.
+pub(crate) fn feed_forward(
+    l1: &Linear,
+    l2: &Linear,
+    x: &Tensor,
+    p: f64,
+    mode: &mut Mode<'_>,
+) -> Result<Tensor> {
+    let draws_dropout = matches!(mode, Mode::Train(_)) && p > 0.0;
+    if let (Some(cpu), Some(generation), false) =
+        (iuf_bf16::active(), iuf_bf16::generation(), draws_dropout)
+    {
+        if x.device().is_cpu() && l1.weight.device().is_cpu() && l2.weight.device().is_cpu() {
+            let p1 = l1.packed.get(generation, &l1.weight)?;
+            let p2 = l2.packed.get(generation, &l2.weight)?;
+            let x = x.to_dtype(candle_core::DType::F32)?;
+            return Ok(ops::ffn_bf16(cpu, &x, (&p1, &l1.bias), (&p2, &l2.bias))?);
+        }
+    }
+    let hidden = crate::random::dropout(&l1.forward_relu(x)?, p, mode)?;
+    l2.forward(&hidden)
+}
+
 /// Layer norm over the last dimension through `ops::layer_norm` (which has a backward pass).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

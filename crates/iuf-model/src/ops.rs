@@ -19,7 +19,7 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::AttentionDropout;
-pub use bf16::{linear_bf16, PackedWeight};
+pub use bf16::{ffn_bf16, linear_bf16, PackedWeight};
 pub use linear::{mixed_precision_active, mixed_precision_training, Activation};
 
 /// Layer norm over the last dimension with affine weight and bias, differentiable in all inputs.

@@ -25,8 +25,8 @@ use rand::Rng;
 
 use crate::config::TransformerConfig;
 use crate::error::{ModelError, Result};
-use crate::nn::{LayerNorm, Linear, MultiHeadAttention};
-use crate::random::{add_dropout, dropout, randn, Mode};
+use crate::nn::{feed_forward, LayerNorm, Linear, MultiHeadAttention};
+use crate::random::{add_dropout, randn, Mode};
 
 /// Everything one pass of the reconstruction transformer produces.
 #[derive(Debug, Clone)]
@@ -88,8 +88,7 @@ impl EncoderLayer {
         let x = self
             .norm1
             .forward(&add_dropout(x, &attn, self.dropout, mode)?)?;
-        let hidden = dropout(&self.linear1.forward_relu(&x)?, self.dropout, mode)?;
-        let ffn = self.linear2.forward(&hidden)?;
+        let ffn = feed_forward(&self.linear1, &self.linear2, &x, self.dropout, mode)?;
         let x = self
             .norm2
             .forward(&add_dropout(&x, &ffn, self.dropout, mode)?)?;
@@ -170,8 +169,7 @@ impl DecoderLayer {
             self.multihead_attn
                 .forward(&t.broadcast_add(pos)?, &prev_pos, prev, mask, mode)?;
         let t = self.norm2.forward(&add_dropout(&t, &attn, p, mode)?)?;
-        let hidden = dropout(&self.linear1.forward_relu(&t)?, p, mode)?;
-        let ffn = self.linear2.forward(&hidden)?;
+        let ffn = feed_forward(&self.linear1, &self.linear2, &t, p, mode)?;
         let t = self.norm3.forward(&add_dropout(&t, &ffn, p, mode)?)?;
         ffn_outputs.push(ffn);
         Ok(t)

@@ -85,3 +85,51 @@ pub fn linear_bf16(
     }
     Tensor::from_vec(y, out_dims, &Device::Cpu)
 }
+
+/// The feed-forward block `relu(x W1^T + b1) W2^T + b2` with bf16 products, both fused per block
+/// of rows (`iuf_bf16::Bf16Cpu::ffn_par_vec`) so the hidden layer never leaves the cache: `x`
+/// [..., in] f32 on the CPU, `p1` = W1^T, `p2` = W2^T. The same values as two [`linear_bf16`]
+/// calls. No backward (inference scopes only).
+pub fn ffn_bf16(
+    cpu: Bf16Cpu,
+    x: &Tensor,
+    (p1, b1): (&PackedB, &Tensor),
+    (p2, b2): (&PackedB, &Tensor),
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let din = dims.last().copied().unwrap_or(0);
+    let dout = p2.n();
+    if din != p1.k() || p1.n() != p2.k() || b1.elem_count() != p1.n() || b2.elem_count() != dout {
+        bail!(
+            "ffn_bf16: x {:?}, weights [{}, {}] and [{dout}, {}], biases {:?} and {:?} do not fit",
+            dims,
+            p1.n(),
+            p1.k(),
+            p2.k(),
+            b1.dims(),
+            b2.dims()
+        );
+    }
+    let rows = x.elem_count() / din.max(1);
+    let y = with_f32(x, "ffn_bf16 x", |xs| {
+        with_f32(b1, "ffn_bf16 bias 1", |b1| {
+            with_f32(b2, "ffn_bf16 bias 2", |b2| {
+                let lhs = Lhs {
+                    data: xs,
+                    rs: din,
+                    cs: 1,
+                };
+                let ep2 = Epilogue {
+                    bias: b2,
+                    relu: false,
+                };
+                Ok(cpu.ffn_par_vec(rows, lhs, p1, b1, p2, Some(ep2)))
+            })
+        })
+    })?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = dout;
+    }
+    Tensor::from_vec(y, out_dims, &Device::Cpu)
+}

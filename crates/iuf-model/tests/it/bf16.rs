@@ -165,3 +165,29 @@ fn attention_in_bf16_is_close_to_f32_with_and_without_a_mask() {
         assert!(diff > 0.0, "the bf16 attention path did not run");
     }
 }
+
+/// The fused feed-forward block of bf16 inference gives the values of its two linear layers run
+/// one after the other, over a [batch, tokens, D] input, and refuses weights that do not chain.
+#[test]
+fn fused_feed_forward_in_bf16_equals_its_two_linear_layers() {
+    use iuf_model::ops::{ffn_bf16, linear_bf16, Activation, PackedWeight};
+    let Some(cpu) = cpu() else { return };
+    let dev = Device::Cpu;
+    let (d, hidden) = (48, 200);
+    let x = Tensor::randn(0f32, 1f32, (3, 70, d), &dev).unwrap();
+    let w1 = Tensor::randn(0f32, 0.2f32, (hidden, d), &dev).unwrap();
+    let b1 = Tensor::randn(0f32, 0.2f32, hidden, &dev).unwrap();
+    let w2 = Tensor::randn(0f32, 0.2f32, (d, hidden), &dev).unwrap();
+    let b2 = Tensor::randn(0f32, 0.2f32, d, &dev).unwrap();
+    let p1 = PackedWeight::default().get(1, &w1).unwrap();
+    let p2 = PackedWeight::default().get(1, &w2).unwrap();
+    let h = linear_bf16(cpu, &x, &p1, &b1, Activation::Relu).unwrap();
+    let want = linear_bf16(cpu, &h, &p2, &b2, Activation::Identity).unwrap();
+    let got = ffn_bf16(cpu, &x, (&p1, &b1), (&p2, &b2)).unwrap();
+    assert_eq!(got.dims(), &[3, 70, d]);
+    let bits = |t: &Tensor| -> Vec<u32> { values(t).iter().map(|v| v.to_bits()).collect() };
+    assert_eq!(bits(&got), bits(&want));
+    // The second layer's input width must be the first one's output width.
+    let err = ffn_bf16(cpu, &x, (&p1, &b1), (&p1, &b1)).unwrap_err();
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}
