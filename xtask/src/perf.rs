@@ -636,8 +636,10 @@ pub fn run(args: Args) -> Result<()> {
         });
         // The ratios to PyTorch, and bf16 figures under their own keys (absent on CPUs without
         // AVX-512 BF16).
-        if let (Value::Object(extra), Some(obj)) = (bf16_json, report.as_object_mut()) {
-            obj.extend(extra);
+        if let Some(obj) = report.as_object_mut() {
+            if let Value::Object(bf16) = bf16_json {
+                obj.extend(bf16);
+            }
             obj.extend(ratios);
         }
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")

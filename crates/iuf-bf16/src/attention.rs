@@ -24,7 +24,7 @@
 //! with zeros: a head width of 32 is one `tdpbf16ps` per 16 x 16 block of scores, 196 keys are 7
 //! steps of the `P v` product.
 
-use crate::{amx, kernel, Bf16Cpu, KT, NR};
+use crate::{aligned, amx, kernel, Bf16Cpu, KT, NR};
 
 /// The shape of one head: `nq` queries, `nk` keys, head width `dh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +74,6 @@ pub struct HeadScratch {
     s: Vec<f32>,
     o: Vec<f32>,
     row: Vec<f32>,
-}
-
-/// The first `len` elements of `buf` from a 64-byte boundary (one cache line per tile row),
-/// growing it when needed. Elements are 4 bytes, so at most 15 are skipped.
-fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buf.len() < len + 15 {
-        buf.resize(len + 15, T::default());
-    }
-    let off = buf.as_ptr().align_offset(64).min(15);
-    &mut buf[off..off + len]
 }
 
 /// The scores of one head, and the rows the caller fills with its probabilities.

@@ -370,6 +370,37 @@ impl RawOut {
     }
 }
 
+/// The first `len` elements of `buf` from a 64-byte boundary (one cache line per tile row),
+/// growing it when needed. Elements are 4 bytes, so at most 15 are skipped.
+pub(crate) fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len + 15 {
+        buf.resize(len + 15, T::default());
+    }
+    let off = buf.as_ptr().align_offset(64).min(15);
+    &mut buf[off..off + len]
+}
+
+/// A new `Vec` of `rows * rs` floats, row `i` at `i * rs`, written by `fill` through a [`RawOut`]
+/// over its spare capacity instead of being zeroed first.
+///
+/// # Safety
+/// `fill` must write every one of the `rows * rs` elements (and read only what it wrote), or
+/// panic, which leaves the `Vec` empty.
+unsafe fn new_filled(rows: usize, rs: usize, fill: impl FnOnce(RawOut)) -> Vec<f32> {
+    let len = rows
+        .checked_mul(rs)
+        .expect("iuf-bf16: output size overflows");
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    fill(RawOut {
+        ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+        rs,
+    });
+    // SAFETY: the spare capacity holds `len` floats owned by `v` and used by nothing else, and
+    // the caller's contract says `fill` wrote every one of them.
+    unsafe { v.set_len(len) };
+    v
+}
+
 thread_local! {
     /// Scratch for the packed A block (reused, so no page faults per call).
     static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -428,20 +459,9 @@ impl Bf16Cpu {
         b: &PackedB,
         ep: Option<Epilogue<'_>>,
     ) -> Vec<f32> {
-        let len = m.checked_mul(b.n).expect("iuf-bf16: output size overflows");
-        let mut v: Vec<f32> = Vec::with_capacity(len);
-        let out = RawOut {
-            ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-            rs: b.n,
-        };
-        // SAFETY: the spare capacity holds `len` = m * n floats, owned by `v` and used by nothing
-        // else; the product writes every one of them (and reads only what it wrote) or panics,
-        // leaving `v` empty.
-        unsafe {
-            self.matmul_par_raw(m, a, b, out, ep);
-            v.set_len(len);
-        }
-        v
+        // SAFETY: the product writes every element of its m rows of n (and reads only what it
+        // wrote) or panics.
+        unsafe { new_filled(m, b.n, |out| self.matmul_par_raw(m, a, b, out, ep)) }
     }
 
     /// A feed-forward block, `act(relu(A B1 + bias1) B2 + bias2)` (`ep2` for the second bias and
@@ -467,13 +487,7 @@ impl Bf16Cpu {
             assert_eq!(ep.bias.len(), b2.n, "iuf-bf16: bias length against columns");
         }
         check_cover("A", a.data.len(), (m, b1.k), (a.rs, a.cs));
-        let (hidden_n, n) = (b1.n, b2.n);
-        let len = m.checked_mul(n).expect("iuf-bf16: output size overflows");
-        let mut v: Vec<f32> = Vec::with_capacity(len);
-        let out = RawOut {
-            ptr: v.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-            rs: n,
-        };
+        let hidden_n = b1.n;
         let ep1 = Epilogue {
             bias: bias1,
             relu: true,
@@ -482,15 +496,10 @@ impl Bf16Cpu {
             /// The hidden rows of one block.
             static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         }
-        let block = |rows: std::ops::Range<usize>| {
+        let block = |out: RawOut, rows: std::ops::Range<usize>| {
             HIDDEN.with(|h| {
                 let mut h = h.borrow_mut();
-                let need = rows.len() * hidden_n + 15;
-                if h.len() < need {
-                    h.resize(need, 0.0);
-                }
-                let off = h.as_ptr().align_offset(64).min(15);
-                let hidden = &mut h[off..off + rows.len() * hidden_n];
+                let hidden = aligned(&mut h, rows.len() * hidden_n);
                 let start = rows.start;
                 let count = rows.len();
                 // SAFETY: `hidden` holds count rows of hidden_n floats, owned by this thread; the
@@ -515,14 +524,16 @@ impl Bf16Cpu {
             .step_by(FFN_ROWS)
             .map(|start| start..(start + FFN_ROWS).min(m))
             .collect();
-        if rayon::current_num_threads() <= 1 || parts.len() <= 1 {
-            parts.into_iter().for_each(block);
-        } else {
-            parts.into_par_iter().for_each(block);
-        }
         // SAFETY: the blocks cover rows 0..m, each writing all n columns of its rows.
-        unsafe { v.set_len(len) };
-        v
+        unsafe {
+            new_filled(m, b2.n, |out| {
+                if rayon::current_num_threads() <= 1 || parts.len() <= 1 {
+                    parts.into_iter().for_each(|rows| block(out, rows));
+                } else {
+                    parts.into_par_iter().for_each(|rows| block(out, rows));
+                }
+            })
+        }
     }
 
     /// The body of [`Bf16Cpu::matmul_par_then`].
@@ -704,19 +715,9 @@ impl Bf16Cpu {
             C_BLOCK.with(|cbuf| {
                 let mut abuf = abuf.borrow_mut();
                 let mut cbuf = cbuf.borrow_mut();
-                // 15 lanes of slack to start each block on a 64-byte boundary (one cache line
-                // per tile row).
-                let need = MB * kpp.min(AMX_KC) + 15;
-                if abuf.len() < need {
-                    abuf.resize(need, 0);
-                }
-                let need = panels_per_block * MB * NR + 15;
-                if cbuf.len() < need {
-                    cbuf.resize(need, 0.0);
-                }
-                let a_off = abuf.as_ptr().align_offset(64).min(15);
-                let c_off = cbuf.as_ptr().align_offset(64).min(15);
-                let cblock = cbuf[c_off..c_off + panels_per_block * MB * NR].as_mut_ptr();
+                // Each block starts on a 64-byte boundary (one cache line per tile row).
+                let ablock = aligned(&mut abuf, MB * kpp.min(AMX_KC));
+                let cblock = aligned(&mut cbuf, panels_per_block * MB * NR).as_mut_ptr();
                 let relu = ep.is_some_and(|e| e.relu);
                 // SAFETY: the token says AMX is present and the tile state permitted
                 // (`amx::enable`).
@@ -729,7 +730,7 @@ impl Bf16Cpu {
                             // kpp and AMX_KC are multiples of KT, so is kc.
                             let kc = (kpp - pc).min(AMX_KC);
                             let last = pc + kc == kpp;
-                            let block = &mut abuf[a_off..a_off + MB * kc];
+                            let block = &mut ablock[..MB * kc];
                             for (i, dst) in block.chunks_mut(kc).enumerate() {
                                 if i < mrows {
                                     convert_row_into(self, a, k, rows.start + ib + i, pc, dst);

@@ -27,6 +27,19 @@ fn kernels() -> Vec<Bf16Cpu> {
 }
 
 /// Deterministic values in [-1, 1) with varied exponents.
+/// Rayon pools of one and of three threads, to run a product on each.
+fn pools_of_1_and_3_threads() -> Vec<rayon::ThreadPool> {
+    [1, 3]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
@@ -413,15 +426,7 @@ fn the_epilogue_adds_the_bias_and_applies_relu_exactly() {
 #[test]
 fn the_vec_output_matches_the_slice_output_bit_for_bit() {
     use iuf_bf16::Epilogue;
-    let pools: Vec<rayon::ThreadPool> = [1, 3]
-        .iter()
-        .map(|&t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let pools = pools_of_1_and_3_threads();
     let mut cases = shapes();
     cases.push(Case { m: 5, n: 9, k: 0 });
     cases.push(Case {
@@ -509,15 +514,7 @@ fn the_vec_output_matches_the_slice_output_bit_for_bit() {
 #[test]
 fn the_fused_feed_forward_equals_its_two_products_bit_for_bit() {
     use iuf_bf16::{Epilogue, FFN_ROWS};
-    let pools: Vec<rayon::ThreadPool> = [1, 3]
-        .iter()
-        .map(|&t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let pools = pools_of_1_and_3_threads();
     // Rows below, at and past one block and several blocks; widths off the tiles; k over two
     // AMX k blocks in the second product.
     for cpu in kernels() {

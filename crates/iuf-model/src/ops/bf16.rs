@@ -79,11 +79,7 @@ pub fn linear_bf16(
             Ok(cpu.matmul_par_vec(rows, lhs, packed, Some(ep)))
         })
     })?;
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = dout;
-    }
-    Tensor::from_vec(y, out_dims, &Device::Cpu)
+    with_last_dim(y, dims, dout)
 }
 
 /// The feed-forward block `relu(x W1^T + b1) W2^T + b2` with bf16 products, both fused per block
@@ -127,6 +123,11 @@ pub fn ffn_bf16(
             })
         })
     })?;
+    with_last_dim(y, dims, dout)
+}
+
+/// `y` as a CPU tensor of shape `dims` with the last dimension replaced by `dout`.
+fn with_last_dim(y: Vec<f32>, dims: &[usize], dout: usize) -> Result<Tensor> {
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = dout;
