@@ -952,11 +952,6 @@ mod tests {
         assemble(&spec, &spec.config, &steps, &classes, done).unwrap()
     }
 
-    /// Guarantee (issue 14): an object without pixel metrics (all-empty masks) keeps its image
-    /// metrics in the image ACC / FM, is `null` in the pixel matrices from the step the protocol
-    /// learns it, and leaves the pixel ACC / FM and the learned steps of the other objects exactly
-    /// as without it; the reports mark it "n/a" (learned) apart from "-" (not learned yet) and say
-    /// why; the warning is kept once, and results.json reads back.
     #[test]
     fn results_files_give_back_every_metric_bit_for_bit() {
         // A resumed run reads earlier steps' metrics back from JSON and must get the same bits:
@@ -978,6 +973,11 @@ mod tests {
         }
     }
 
+    /// Guarantee (issue 14): an object without pixel metrics (all-empty masks) keeps its image
+    /// metrics in the image ACC / FM, is `null` in the pixel matrices from the step the protocol
+    /// learns it, and leaves the pixel ACC / FM and the learned steps of the other objects exactly
+    /// as without it; the reports mark it "n/a" (learned) apart from "-" (not learned yet) and say
+    /// why; the warning is kept once, and results.json reads back.
     #[test]
     fn an_object_without_pixel_metrics_leaves_the_others_pixel_acc_and_fm_alone() {
         let done = [

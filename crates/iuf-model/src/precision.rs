@@ -1,8 +1,9 @@
 //! The arithmetic of inference: f32, or bf16 products with f32 accumulation (`iuf_bf16`).
 //!
-//! A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers (`nn::Linear`) and the
-//! patch memory's distance products then multiply in bf16; everything else (the backbone, layer
-//! norm, softmax, the attention products, maps) stays f32.
+//! A bf16 inference runs inside [`iuf_bf16::scoped`]: the linear layers (`nn::Linear`, the
+//! feed-forward pair fused) and the patch memory's distance products then multiply in bf16, and
+//! on AMX CPUs the attention heads too (`ops::attention`); everything else (the backbone, layer
+//! norm, softmax, maps) stays f32.
 //!
 //! Training with `Bf16` on a CPU with AMX is mixed precision ([`Precision::resolve_training`],
 //! [`crate::ops::mixed_precision_training`]): the linear layers' forward and backward products in
