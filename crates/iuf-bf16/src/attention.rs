@@ -24,7 +24,9 @@
 //! with zeros: a head width of 32 is one `tdpbf16ps` per 16 x 16 block of scores, 196 keys are 7
 //! steps of the `P v` product.
 
-use crate::{aligned, amx, kernel, Bf16Cpu, KT, NR};
+use crate::kernel::{amx, avx512};
+use crate::pack::{aligned, check_cover};
+use crate::{Bf16Cpu, KT, NR};
 
 /// The shape of one head: `nq` queries, `nk` keys, head width `dh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +96,7 @@ impl Bf16Cpu {
     /// with zero), zeros past them. Panics when `dst` has fewer than `ceil(src.len() / 2)` lanes.
     pub fn convert_pairs(self, src: &[f32], dst: &mut [u32]) {
         let half = src.len().div_ceil(2);
-        kernel::convert_into(self, src, &mut dst[..half]);
+        avx512::convert_into(self, src, &mut dst[..half]);
         dst[half..].fill(0);
     }
 
@@ -112,13 +114,13 @@ impl Bf16Cpu {
         scale: f32,
         scratch: &'s mut HeadScratch,
     ) -> HeadScores<'s> {
-        assert!(self.amx, "iuf-bf16: head_scores needs AMX");
+        assert!(self.amx(), "iuf-bf16: head_scores needs AMX");
         let HeadDims { nq, nk, dh } = dims;
         if nq > 0 {
-            crate::check_cover("q", q.data.len(), (nq, dh), (q.rs, 1));
+            check_cover("q", q.data.len(), (nq, dh), (q.rs, 1));
         }
         if nk > 0 {
-            crate::check_cover("k", k.data.len(), (nk, dh), (k.rs, 1));
+            check_cover("k", k.data.len(), (nk, dh), (k.rs, 1));
         }
         scratch.dims = Some(dims);
         let (nq32, nk32, dp) = (dims.nq32(), dims.nk32(), dims.dh32() / 2);
@@ -139,7 +141,7 @@ impl Bf16Cpu {
                 *t = x * scale;
             }
             let dst = &mut qp[i * dp..(i + 1) * dp];
-            kernel::convert_into(self, tmp, &mut dst[..half]);
+            avx512::convert_into(self, tmp, &mut dst[..half]);
             dst[half..].fill(0);
         }
         qp[nq * dp..].fill(0);
@@ -153,7 +155,7 @@ impl Bf16Cpu {
                 let c0 = chunk * 512;
                 let c1 = (c0 + 512).min(half);
                 let src = &k.row(n, dh)[2 * c0..(2 * c1).min(dh)];
-                kernel::convert_into(self, src, &mut pairs[..c1 - c0]);
+                avx512::convert_into(self, src, &mut pairs[..c1 - c0]);
                 for (p, &v) in pairs[..c1 - c0].iter().enumerate() {
                     kp[(panel * dp + c0 + p) * NR + j] = v;
                 }
@@ -174,13 +176,13 @@ impl Bf16Cpu {
     ///
     /// Panics without AMX, without a previous `head_scores`, or when `v` is too short.
     pub fn head_apply<'s>(self, v: Rows<'_>, scratch: &'s mut HeadScratch) -> (&'s [f32], usize) {
-        assert!(self.amx, "iuf-bf16: head_apply needs AMX");
+        assert!(self.amx(), "iuf-bf16: head_apply needs AMX");
         let dims = scratch
             .dims
             .expect("iuf-bf16: head_apply without head_scores");
         let HeadDims { nk, dh, .. } = dims;
         if nk > 0 {
-            crate::check_cover("v", v.data.len(), (nk, dh), (v.rs, 1));
+            check_cover("v", v.data.len(), (nk, dh), (v.rs, 1));
         }
         let (nq32, nk32, dh32) = (dims.nq32(), dims.nk32(), dims.dh32());
         let kp2 = nk32 / 2;
@@ -203,7 +205,7 @@ impl Bf16Cpu {
                 let dst: &mut [u32; NR] = (&mut vp[(panel * kp2 + r) * NR..][..NR])
                     .try_into()
                     .expect("one panel row");
-                interleave(self, &lo[c0..c0 + cols], hi.map(|h| &h[c0..c0 + cols]), dst);
+                avx512::interleave(self, &lo[c0..c0 + cols], hi.map(|h| &h[c0..c0 + cols]), dst);
             }
         }
         let o = aligned(obuf, nq32 * dh32);
@@ -225,7 +227,7 @@ impl Bf16Cpu {
         rows: usize,
         panels: usize,
     ) {
-        debug_assert!(self.amx);
+        debug_assert!(self.amx());
         let ldc = panels * NR;
         assert!(rows.is_multiple_of(2 * KT) && kc.is_multiple_of(KT));
         assert!(a.len() >= rows * kc && b.len() >= panels * kc * NR && c.len() >= rows * ldc);
@@ -248,50 +250,6 @@ impl Bf16Cpu {
                 }
             }
             amx::release();
-        }
-    }
-}
-
-/// `dst[c] = pair(lo[c], hi[c])` for the columns given (`hi` zero when `None`), zeros past them.
-fn interleave(cpu: Bf16Cpu, lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32; NR]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let _ = cpu;
-        // SAFETY: a Bf16Cpu exists only where avx512f and avx512bf16 do.
-        unsafe { interleave_avx512(lo, hi, dst) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (cpu, lo, hi, dst);
-        unreachable!("iuf-bf16: no kernel on this architecture")
-    }
-}
-
-/// [`interleave`] with AVX-512: both rows rounded by `vcvtneps2bf16`, widened and merged.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn interleave_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32; NR]) {
-    use std::arch::x86_64::*;
-    debug_assert!(lo.len() <= NR && hi.is_none_or(|h| h.len() == lo.len()));
-    for half in 0..NR / 16 {
-        let c0 = 16 * half;
-        let n = lo.len().saturating_sub(c0).min(16);
-        let mask: __mmask16 = ((1u32 << n) - 1) as __mmask16;
-        // SAFETY: the masked loads read only the n columns from c0 of each row; the store
-        // writes 16 lanes of dst from c0 (c0 + 16 <= NR).
-        unsafe {
-            let bits = |row: &[f32]| {
-                let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(c0));
-                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                    _mm512_cvtneps_pbh(x),
-                ))
-            };
-            let l = bits(lo);
-            let v = match hi {
-                Some(h) => _mm512_or_si512(l, _mm512_slli_epi32::<16>(bits(h))),
-                None => l,
-            };
-            _mm512_storeu_si512(dst.as_mut_ptr().add(c0).cast(), v);
         }
     }
 }
