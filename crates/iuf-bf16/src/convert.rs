@@ -1,6 +1,8 @@
 //! f32 -> bf16: one value (round to nearest even), a pair of them in one 32-bit lane, and rows of
 //! the left operand by the AVX-512 kernel.
 
+use std::borrow::Cow;
+
 use crate::kernel::avx512;
 use crate::{Bf16Cpu, Lhs};
 
@@ -31,6 +33,16 @@ pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     f32_to_bf16_bits(lo) as u32 | (f32_to_bf16_bits(hi) as u32) << 16
 }
 
+/// Elements `k0..k1` of row `row` of A: borrowed when the row is contiguous, else gathered.
+fn row_part(a: Lhs<'_>, row: usize, k0: usize, k1: usize) -> Cow<'_, [f32]> {
+    let base = row * a.rs;
+    if a.cs == 1 {
+        Cow::Borrowed(&a.data[base + k0..base + k1])
+    } else {
+        Cow::Owned((k0..k1).map(|kk| a.data[base + kk * a.cs]).collect())
+    }
+}
+
 /// Converts row `row` of A, pairs `pc..pc + dst.len()`, into `dst` (zero pairs past k).
 pub(crate) fn convert_row_into(
     cpu: Bf16Cpu,
@@ -45,13 +57,7 @@ pub(crate) fn convert_row_into(
     let mut filled = 0;
     if k0 < k1 {
         filled = (k1 - k0).div_ceil(2);
-        let base = row * a.rs;
-        if a.cs == 1 {
-            avx512::convert_into(cpu, &a.data[base + k0..base + k1], &mut dst[..filled]);
-        } else {
-            let tmp: Vec<f32> = (k0..k1).map(|kk| a.data[base + kk * a.cs]).collect();
-            avx512::convert_into(cpu, &tmp, &mut dst[..filled]);
-        }
+        avx512::convert_into(cpu, &row_part(a, row, k0, k1), &mut dst[..filled]);
     }
     dst[filled..].fill(0);
 }
@@ -69,17 +75,7 @@ pub(crate) fn convert_row(
 ) {
     let k0 = 2 * pc;
     let k1 = (2 * (pc + kc)).min(k);
-    if k0 >= k1 {
-        return;
-    }
-    let base = row * a.rs;
-    if a.cs == 1 {
-        avx512::convert(cpu, &a.data[base + k0..base + k1], put);
-    } else {
-        let mut tmp = vec![0f32; k1 - k0];
-        for (kk, t) in (k0..k1).zip(tmp.iter_mut()) {
-            *t = a.data[base + kk * a.cs];
-        }
-        avx512::convert(cpu, &tmp, put);
+    if k0 < k1 {
+        avx512::convert(cpu, &row_part(a, row, k0, k1), put);
     }
 }

@@ -9,6 +9,9 @@
 //! - against the f64 product of the f32 inputs: bound (2^-7 + k 2^-23) sum|a b|, the accuracy a
 //!   caller can rely on.
 
+mod common;
+
+use common::values;
 use iuf_bf16::{round_bf16, Bf16Cpu, Lhs, Out, PackedB, AMX_KC, AMX_NB, KC, KT, MC, MR, NR};
 
 /// Both kernels this CPU runs: AMX (when present) and AVX-512.
@@ -26,7 +29,31 @@ fn kernels() -> Vec<Bf16Cpu> {
     }
 }
 
-/// Deterministic values in [-1, 1) with varied exponents.
+/// `A [m, k]` stored row after row: `A[i][kk] = a[i * k + kk]`.
+fn row_major(a: &[f32], k: usize) -> Lhs<'_> {
+    Lhs {
+        data: a,
+        rs: k,
+        cs: 1,
+    }
+}
+
+/// `cpu.matmul` into a new output of `m` rows `b.n()` apart (NaN before the product, which
+/// overwrites all of it).
+fn matmul(cpu: Bf16Cpu, m: usize, a: Lhs<'_>, b: &PackedB) -> Vec<f32> {
+    let mut c = vec![f32::NAN; m * b.n()];
+    cpu.matmul(
+        m,
+        a,
+        b,
+        Out {
+            data: &mut c,
+            rs: b.n(),
+        },
+    );
+    c
+}
+
 /// Rayon pools of one and of three threads, to run a product on each.
 fn pools_of_1_and_3_threads() -> Vec<rayon::ThreadPool> {
     [1, 3]
@@ -36,19 +63,6 @@ fn pools_of_1_and_3_threads() -> Vec<rayon::ThreadPool> {
                 .num_threads(t)
                 .build()
                 .unwrap()
-        })
-        .collect()
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * u - 1.0) * if s & 3 == 0 { 0.01 } else { 1.0 }
         })
         .collect()
 }
@@ -174,12 +188,7 @@ fn row_major_lhs_against_f64() {
             // Output rows padded by 3: the padding must stay untouched.
             let rs = n + 3;
             let mut c = vec![f32::NAN; m * rs];
-            let lhs = Lhs {
-                data: &a,
-                rs: k,
-                cs: 1,
-            };
-            cpu.matmul(m, lhs, &packed, Out { data: &mut c, rs });
+            cpu.matmul(m, row_major(&a, k), &packed, Out { data: &mut c, rs });
             worst = worst.max(check(case, &|i, kk| a[i * k + kk], &b, &c, rs));
             for i in 0..m {
                 assert!(c[i * rs + n..i * rs + rs].iter().all(|x| x.is_nan()));
@@ -212,16 +221,7 @@ fn strided_lhs_transposed_weights_and_threads_agree() {
                 rs: 1,
                 cs: m,
             };
-            let mut c1 = vec![0f32; m * n];
-            cpu.matmul(
-                m,
-                strided,
-                &packed,
-                Out {
-                    data: &mut c1,
-                    rs: n,
-                },
-            );
+            let c1 = matmul(cpu, m, strided, &packed);
             check(case, &|i, kk| at[kk * m + i], &b, &c1, n);
 
             let mut c2 = vec![0f32; m * n];
@@ -253,34 +253,8 @@ fn the_two_kernels_agree() {
     let a = values(m * k, 11);
     let b = values(k * n, 12);
     let packed = PackedB::pack(k, n, &b, (n, 1));
-    let mut c1 = vec![0f32; m * n];
-    let mut c2 = vec![0f32; m * n];
-    cpu.matmul(
-        m,
-        Lhs {
-            data: &a,
-            rs: k,
-            cs: 1,
-        },
-        &packed,
-        Out {
-            data: &mut c1,
-            rs: n,
-        },
-    );
-    cpu.without_amx().matmul(
-        m,
-        Lhs {
-            data: &a,
-            rs: k,
-            cs: 1,
-        },
-        &packed,
-        Out {
-            data: &mut c2,
-            rs: n,
-        },
-    );
+    let c1 = matmul(cpu, m, row_major(&a, k), &packed);
+    let c2 = matmul(cpu.without_amx(), m, row_major(&a, k), &packed);
     for (x, y) in c1.iter().zip(&c2) {
         assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
     }
@@ -294,20 +268,7 @@ fn exactly_representable_inputs_give_exact_products() {
         let a: Vec<f32> = (0..m * k).map(|x| ((x * 7) % 11) as f32 - 5.0).collect();
         let b: Vec<f32> = (0..k * n).map(|x| ((x * 5) % 13) as f32 - 6.0).collect();
         let packed = PackedB::pack(k, n, &b, (n, 1));
-        let mut c = vec![0f32; m * n];
-        cpu.matmul(
-            m,
-            Lhs {
-                data: &a,
-                rs: k,
-                cs: 1,
-            },
-            &packed,
-            Out {
-                data: &mut c,
-                rs: n,
-            },
-        );
+        let c = matmul(cpu, m, row_major(&a, k), &packed);
         for i in 0..m {
             for j in 0..n {
                 let want: f32 = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
@@ -327,11 +288,7 @@ fn a_short_output_is_refused() {
     let mut c = vec![0f32; 15];
     cpu.matmul(
         4,
-        Lhs {
-            data: &[0.0; 16],
-            rs: 4,
-            cs: 1,
-        },
+        row_major(&[0.0; 16], 4),
         &b,
         Out {
             data: &mut c,
@@ -377,11 +334,7 @@ fn the_epilogue_adds_the_bias_and_applies_relu_exactly() {
             let b = values(k * n, 50 + t as u64);
             let bias = values(n, 60 + t as u64);
             let packed = PackedB::pack(k, n, &b, (n, 1));
-            let lhs = Lhs {
-                data: &a,
-                rs: k,
-                cs: 1,
-            };
+            let lhs = row_major(&a, k);
             let mut plain = vec![f32::NAN; m * n];
             cpu.matmul_par(
                 m,
@@ -444,11 +397,7 @@ fn the_vec_output_matches_the_slice_output_bit_for_bit() {
             let a = values(m * k, 80 + t as u64);
             let at: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
             let lhss = [
-                Lhs {
-                    data: &a,
-                    rs: k,
-                    cs: 1,
-                },
+                row_major(&a, k),
                 Lhs {
                     data: &at,
                     rs: 1,
@@ -456,16 +405,7 @@ fn the_vec_output_matches_the_slice_output_bit_for_bit() {
                 },
             ];
             for lhs in lhss {
-                let mut single = vec![f32::NAN; m * n];
-                cpu.matmul(
-                    m,
-                    lhs,
-                    &packed,
-                    Out {
-                        data: &mut single,
-                        rs: n,
-                    },
-                );
+                let single = matmul(cpu, m, lhs, &packed);
                 for ep in [
                     None,
                     Some(Epilogue {
@@ -533,11 +473,7 @@ fn the_fused_feed_forward_equals_its_two_products_bit_for_bit() {
             let (b1, b2) = (values(hidden, 230 + t as u64), values(n, 240 + t as u64));
             let p1 = PackedB::pack(k, hidden, &w1, (hidden, 1));
             let p2 = PackedB::pack(hidden, n, &w2, (n, 1));
-            let lhs = Lhs {
-                data: &a,
-                rs: k,
-                cs: 1,
-            };
+            let lhs = row_major(&a, k);
             let ep1 = Epilogue {
                 bias: &b1,
                 relu: true,
@@ -550,11 +486,7 @@ fn the_fused_feed_forward_equals_its_two_products_bit_for_bit() {
                     relu: false,
                 }),
             ] {
-                let hl = Lhs {
-                    data: &h,
-                    rs: hidden,
-                    cs: 1,
-                };
+                let hl = row_major(&h, hidden);
                 let want: Vec<u32> = cpu
                     .matmul_par_vec(m, hl, &p2, ep2)
                     .iter()
