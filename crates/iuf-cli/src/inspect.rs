@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use iuf_backbone::Backbone;
-use iuf_incremental::Learner;
+use iuf_incremental::{Learner, Verdict};
 use serde::Serialize;
 
-use crate::setup;
 
 /// The result for one image: a line of `iuf predict --json`, an element of `iuf serve`'s answer.
 #[derive(Debug, Clone, Serialize)]
@@ -71,12 +70,12 @@ impl Outcome {
         Self {
             path: path.to_path_buf(),
             error: None,
-            score: Some(s.score),
-            object: Some(s.object.clone()),
-            object_probability: Some(s.probability),
-            threshold: s.threshold,
-            quantile: s.threshold.map(|_| quantile),
-            decision: s.decision,
+            score: Some(s.verdict.score),
+            object: Some(s.verdict.object.clone()),
+            object_probability: Some(s.verdict.probability),
+            threshold: s.verdict.threshold,
+            quantile: s.verdict.threshold.map(|_| quantile),
+            decision: s.verdict.decision.map(|d| d.as_str()),
             heatmap: None,
             mask: None,
             model_sha256: None,
@@ -113,14 +112,10 @@ pub struct Timings {
     pub heatmaps: Duration,
 }
 
-/// One scored image.
+/// One scored image: the calibrator's verdict and the fused map.
 #[derive(Debug, Clone)]
 pub struct Inspection {
-    pub score: f32,
-    pub object: String,
-    pub probability: f32,
-    pub threshold: Option<f32>,
-    pub decision: Option<&'static str>,
+    pub verdict: Verdict,
     /// The anomaly map, `map_h x map_w`, row-major.
     pub map: Vec<f32>,
     pub map_w: usize,
@@ -180,7 +175,7 @@ impl<'a> Inspector<'a> {
             return Ok(Vec::new());
         }
         let t = Instant::now();
-        let size = setup::image_size(self.learner);
+        let size = self.learner.image_size();
         let tensors: Vec<_> = images
             .iter()
             .map(|img| iuf_data::image::preprocess(img, size))
@@ -188,16 +183,9 @@ impl<'a> Inspector<'a> {
         let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
         timings.decode += t.elapsed();
         let t = Instant::now();
-        let (features, memory) = if self.learner.uses_memory() {
-            let (f, m) = self.backbone.extract(&batch).context("backbone features")?;
-            (f, Some(m))
-        } else {
-            let f = self
-                .backbone
-                .feature_align(&batch)
+        let (features, memory) =
+            iuf_incremental::feature_store::compute(self.backbone, &batch, self.learner.features())
                 .context("backbone features")?;
-            (f, None)
-        };
         if !features.device().is_cpu() {
             // Wait for an asynchronous device, so its work is timed in this stage.
             features.device().synchronize()?;
@@ -214,38 +202,19 @@ impl<'a> Inspector<'a> {
             )
             .context("running the model")?;
         let (n, mh, mw) = pred.maps.dims3()?;
-        let probs: Vec<Vec<f32>> = pred.object_probs.to_vec2()?;
         let maps: Vec<f32> = pred.maps.flatten_all()?.to_vec1()?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let (object, probability) = match object {
-                Some(o) => {
-                    let id = self
-                        .learner
-                        .class_id(o)
-                        .with_context(|| format!("`{o}` is not an object the model knows"))?;
-                    (o.to_string(), probs[i][id as usize])
-                }
-                None => self
-                    .learned
-                    .iter()
-                    .map(|(c, id)| (c.clone(), probs[i][*id as usize]))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .expect("at least one learned object"),
-            };
-            let score = pred.scores[i];
-            let threshold = self.learner.threshold(&object, quantile);
-            out.push(Inspection {
-                score,
-                decision: threshold.map(|t| if score > t { "defect" } else { "ok" }),
-                object,
-                probability,
-                threshold,
+        let out: Vec<Inspection> = self
+            .learner
+            .verdicts(&pred, quantile)
+            .into_iter()
+            .enumerate()
+            .map(|(i, verdict)| Inspection {
+                verdict,
                 map: maps[i * mh * mw..(i + 1) * mh * mw].to_vec(),
                 map_w: mw,
                 map_h: mh,
-            });
-        }
+            })
+            .collect();
         timings.model += t.elapsed();
         timings.images += n;
         Ok(out)

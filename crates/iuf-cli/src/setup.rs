@@ -184,11 +184,6 @@ pub fn check_backbone_weights(
     )
 }
 
-/// Input image side for a model (its token grid times the backbone stride 16).
-pub fn image_size(learner: &Learner) -> usize {
-    learner.meta().config.transformer.feature_size[0] * iuf_model::MAP_STRIDE
-}
-
 /// A feature store over `backbone`, caching under `<cache>/features` unless `--no-feature-cache`.
 pub fn feature_store(
     g: &Global,

@@ -1,12 +1,20 @@
 //! The calibrator: what a learned object's held-out good images (never trained on) tell about its
-//! scores. Per scorer, the normalisation of its map (section 10: median and 99th percentile of the
-//! good pixels), and per object, the sketch of its good image scores that thresholds are read from.
-//! Both are computed once, when the object is learned, from that object's images only.
+//! scores, and the verdict on a test image. Per object and scorer, the normalisation of the
+//! scorer's map (section 10: median and 99th percentile of the good pixels); per object, the
+//! sketch of its good image scores that thresholds are read from. Both are fitted once, when the
+//! object is learned, from that object's images only, and never touched again.
+//!
+//! Methods that fuse several scorers (those with a memory) normalise each scorer's map with the
+//! object's statistics and sum them with the `fusion` weights; the others use their one map as it
+//! is (the reference's map). The image score is the section 6 score of the fused map, and the
+//! decision compares it with the object's threshold.
 
-use candle_core::Tensor;
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `(map - median) / scale`: a scorer's map on an object's good pixels mapped to median 0 and
 /// 99th percentile 1.
@@ -39,18 +47,209 @@ impl MapNorm {
     }
 }
 
-/// Per object: the normalisation of each scorer's map.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct ObjectNorms {
-    /// The reconstruction network's map.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconstruction: Option<MapNorm>,
-    /// The memory's nearest-neighbour map.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<MapNorm>,
-    /// The per-position Gaussian's map.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gaussian: Option<MapNorm>,
+/// Per object: the normalisation of each scorer's map, by scorer name (`memory`, `gaussian`,
+/// `reconstruction`, ...). In the model file, a JSON object with one key per scorer.
+pub type ObjectNorms = BTreeMap<String, MapNorm>;
+
+/// A verdict on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The score is above the object's threshold.
+    Defect,
+    /// At or below it.
+    Ok,
+}
+
+impl Decision {
+    /// `defect` or `ok`, as `predict --json` and `serve` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Defect => "defect",
+            Decision::Ok => "ok",
+        }
+    }
+}
+
+/// What the calibrator answers for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The object the image was judged as (given, or recognised) and its probability.
+    pub object: String,
+    pub probability: f32,
+    /// The image score (section 6) of the fused map.
+    pub score: f32,
+    /// The object's threshold at the asked quantile; `None` when the object has no calibration.
+    pub threshold: Option<f32>,
+    /// `None` when there is no threshold.
+    pub decision: Option<Decision>,
+}
+
+/// Per-object map normalisation and score sketches, and the rules that fuse and judge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Calibrator {
+    /// Whether maps are normalised per object and fused (methods with a memory).
+    pub(crate) normalise: bool,
+    /// Per object, the normalisation of each scorer's map (methods that normalise).
+    pub(crate) norms: BTreeMap<String, ObjectNorms>,
+    /// Per object, the 101 quantiles (0, 0.01, .., 1) of its held-out good images' scores.
+    pub(crate) sketches: BTreeMap<String, Vec<f32>>,
+}
+
+impl Calibrator {
+    /// No object calibrated yet; `normalise` for methods that fuse normalised maps.
+    pub fn new(normalise: bool) -> Self {
+        Self {
+            normalise,
+            ..Self::default()
+        }
+    }
+
+    /// Whether maps are normalised per object and fused.
+    pub fn normalises(&self) -> bool {
+        self.normalise
+    }
+
+    /// The normalisation of `object`'s maps, by scorer name.
+    pub fn norms(&self, object: &str) -> Option<&ObjectNorms> {
+        self.norms.get(object)
+    }
+
+    /// Fits `object`'s normalisations from its held-out good images' maps, one `[n, H, W]` per
+    /// scorer name (methods that normalise; others keep none).
+    pub fn fit_norms(&mut self, object: &str, maps: &[(&str, &Tensor)]) -> Result<()> {
+        if !self.normalise {
+            return Ok(());
+        }
+        let mut norms = ObjectNorms::new();
+        for (name, m) in maps {
+            if let Some(n) = MapNorm::of_good_maps(m)? {
+                norms.insert(name.to_string(), n);
+            }
+        }
+        self.norms.insert(object.to_string(), norms);
+        Ok(())
+    }
+
+    /// The scores inspection gives `object`'s held-out good images, from every scorer's maps of
+    /// them (name, fusion weight, `[n, H, W]`, each image scored as `object`) and the object each
+    /// image is recognised as. Those recognised as `object` are fused from the maps given (the
+    /// search runs once); the others are scored by `rescore` (their row indices as a `u32`
+    /// tensor), as inspection would score them.
+    pub fn holdout_scores(
+        &self,
+        object: &str,
+        maps: &[(&str, f64, Tensor)],
+        recognised: &[String],
+        rescore: impl FnOnce(&Tensor) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let n = recognised.len();
+        let device = maps.first().map(|(_, _, m)| m.device().clone());
+        let device = device.ok_or_else(|| Error::Msg("no scorer gave a map".into()))?;
+        let rows = |same: bool| -> Vec<u32> {
+            (0..n as u32)
+                .filter(|&i| (recognised[i as usize] == object) == same)
+                .collect()
+        };
+        let mut scores = vec![0f32; n];
+        let same = rows(true);
+        if !same.is_empty() {
+            let idx = Tensor::from_vec(same.clone(), same.len(), &device)?;
+            let picked: Vec<(&str, f64, Tensor)> = maps
+                .iter()
+                .map(|(s, w, m)| Ok((*s, *w, m.index_select(&idx, 0)?)))
+                .collect::<Result<_>>()?;
+            let fused = self.fuse(&vec![object.to_string(); same.len()], &picked)?;
+            for (&i, s) in same.iter().zip(self.scores(&fused)?) {
+                scores[i as usize] = s;
+            }
+        }
+        let other = rows(false);
+        if !other.is_empty() {
+            let idx = Tensor::from_vec(other.clone(), other.len(), &device)?;
+            for (&i, s) in other.iter().zip(rescore(&idx)?) {
+                scores[i as usize] = s;
+            }
+        }
+        Ok(scores)
+    }
+
+    /// Keeps the sketch of `object`'s held-out good image scores; returns its threshold at `q`.
+    pub fn fit_scores(&mut self, object: &str, scores: Vec<f32>, q: f64) -> Option<f32> {
+        let sketch = score_sketch(scores);
+        let t = linear_quantile(&sketch, q);
+        self.sketches.insert(object.to_string(), sketch);
+        t
+    }
+
+    /// The fused map `[n, H, W]` of images whose objects are `objects`, from the scorers' maps
+    /// with their weights (in the order the method lists its scorers): each map normalised with
+    /// its object's statistics, weighted and summed; or, for methods that do not normalise, the
+    /// sum of the raw maps (one map: itself).
+    pub fn fuse(&self, objects: &[String], maps: &[(&str, f64, Tensor)]) -> Result<Tensor> {
+        let mut fused: Option<Tensor> = None;
+        for (name, weight, map) in maps {
+            let term = if self.normalise {
+                (self.normalised(objects, name, map)? * *weight)?
+            } else {
+                map.clone()
+            };
+            fused = Some(match fused {
+                None => term,
+                Some(f) => (f + term)?,
+            });
+        }
+        fused.ok_or_else(|| Error::Msg("no scorer gave a map".into()))
+    }
+
+    /// `(map - median) / scale` with each image's object's normalisation of scorer `name` (none:
+    /// the map as it is).
+    fn normalised(&self, objects: &[String], name: &str, map: &Tensor) -> Result<Tensor> {
+        let (mut med, mut scale) = (Vec::new(), Vec::new());
+        for o in objects {
+            let n = self
+                .norms
+                .get(o)
+                .and_then(|n| n.get(name))
+                .copied()
+                .unwrap_or(MapNorm::IDENTITY);
+            med.push(n.median);
+            scale.push(n.scale);
+        }
+        let len = objects.len();
+        let med = Tensor::from_vec(med, (len, 1, 1), map.device())?;
+        let scale = Tensor::from_vec(scale, (len, 1, 1), map.device())?;
+        Ok(map.broadcast_sub(&med)?.broadcast_div(&scale)?)
+    }
+
+    /// The section 6 image scores of fused maps `[n, H, W]`.
+    pub fn scores(&self, fused: &Tensor) -> Result<Vec<f32>> {
+        Ok(iuf_model::image_scores(fused, iuf_model::SCORE_POOL)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Threshold of `object` at quantile `q` of its held-out good scores.
+    pub fn threshold(&self, object: &str, q: f64) -> Option<f32> {
+        linear_quantile(self.sketches.get(object)?, q)
+    }
+
+    /// The verdict on an image of `object` (probability `probability`) that scored `score`.
+    pub fn verdict(&self, object: &str, probability: f32, score: f32, q: f64) -> Verdict {
+        let threshold = self.threshold(object, q);
+        Verdict {
+            object: object.to_string(),
+            probability,
+            score,
+            threshold,
+            decision: threshold.map(|t| {
+                if score > t {
+                    Decision::Defect
+                } else {
+                    Decision::Ok
+                }
+            }),
+        }
+    }
 }
 
 /// The value at quantile `q` (nearest rank on the sorted order), reordering `v`.

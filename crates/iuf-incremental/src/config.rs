@@ -2,10 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use iuf_model::{MemoryConfig, ModelConfig, OasaMode, Precision};
+use iuf_model::{GaussianConfig, MemoryConfig, ModelConfig, OasaMode, Precision};
 
 use crate::error::{Error, Result};
-use crate::gaussian::GaussianConfig;
 use crate::scl::{SclConfig, SclTail};
 
 /// How the model learns across steps. `iuf` and its ablations follow the paper's Table 2;
@@ -40,7 +39,7 @@ pub enum Strategy {
     #[serde(rename = "si")]
     Si,
     /// Not a trained model: the distance to each object's mean feature per position (the floor
-    /// every trained model must beat; see `baseline`).
+    /// every trained model must beat; see `scorer::ClassMeans`).
     #[serde(rename = "class-mean")]
     ClassMean,
     /// No network: a per-object memory of normal patch features (section 10). An object is learned
@@ -122,10 +121,22 @@ impl Strategy {
         )
     }
 
-    /// Whether the method makes a model file that keeps learning (every method but the
-    /// `class-mean` reference).
+    /// Whether the method learns anything beyond per-object statistics of the frozen features
+    /// (every method but the `class-mean` reference).
     pub fn is_trained(self) -> bool {
         self != Strategy::ClassMean
+    }
+
+    /// Whether each scorer's map is normalised per object on held-out good images and the maps
+    /// fused (methods with a memory, section 10); the others use their one map as it is.
+    pub fn normalises_maps(self) -> bool {
+        self.uses_memory()
+    }
+
+    /// Whether evaluation gives every test image its true object instead of recognising it: the
+    /// `class-mean` reference is defined with the oracle (issue 6).
+    pub fn oracle_object(self) -> bool {
+        self == Strategy::ClassMean
     }
 
     /// Whether the method trains the reconstruction network.

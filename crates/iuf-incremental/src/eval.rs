@@ -80,8 +80,14 @@ pub fn evaluate(
     set: &EvalSet,
     progress: &dyn Progress,
 ) -> Result<(ClassMetrics, Predictions)> {
+    // A method defined with the oracle object (the class-mean reference) is told each image's
+    // object; every other method recognises it, as it must in inspection.
+    let given = learner
+        .strategy()
+        .oracle_object()
+        .then_some(set.class.as_str());
     evaluate_with(set, progress, |features, p| {
-        learner.predict_images(features, set.memory.as_ref(), p)
+        learner.predict_images_as(features, set.memory.as_ref(), given, p)
     })
 }
 
@@ -195,6 +201,7 @@ mod tests {
             scores: (0..n).map(|i| i as f32).collect(),
             class_probs: probs.clone(),
             object_probs: probs,
+            objects: Vec::new(),
         }
     }
 

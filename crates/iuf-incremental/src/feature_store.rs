@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Error, Result};
 use crate::progress::Progress;
+use crate::scorer::FeatureKind;
 
 /// Images per backbone batch.
 const EXTRACT_BATCH: usize = 8;
@@ -208,6 +209,21 @@ impl FeatureStore {
         Ok(())
     }
 
+    /// `feature_align` of `paths`, and their memory features when `kind` asks for them.
+    pub fn features_for(
+        &self,
+        paths: &[PathBuf],
+        kind: FeatureKind,
+        progress: &dyn Progress,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if kind.memory() {
+            let (f, m, _) = self.features_with_memory(paths, progress)?;
+            Ok((f, Some(m)))
+        } else {
+            Ok((self.features(paths, progress)?.0, None))
+        }
+    }
+
     /// `feature_align` of every image, `[N, C, g, g]` on the store's device, in the order given.
     pub fn features(
         &self,
@@ -325,4 +341,20 @@ fn checksum(bytes: &[u8]) -> String {
 pub fn file_digest(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// The features of a batch of preprocessed images `[B, 3, S, S]` that a method reads (`kind`),
+/// straight from the backbone: `feature_align`, and the memory features when asked for (one
+/// forward pass gives both).
+pub fn compute(
+    backbone: &Backbone,
+    batch: &Tensor,
+    kind: FeatureKind,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if kind.memory() {
+        let (f, m) = backbone.extract(batch)?;
+        Ok((f, Some(m)))
+    } else {
+        Ok((backbone.feature_align(batch)?, None))
+    }
 }

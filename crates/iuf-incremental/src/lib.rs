@@ -2,34 +2,34 @@
 //! runner. Section numbers refer to `../shared/docs/ALGORITHM.md`.
 //!
 //! - [`feature_store`]: the frozen backbone's features, computed once and cached on disk.
-//! - [`learner`]: a model (reconstruction network, per-object memories, or both) plus everything it
-//!   needs to keep learning; one step at a time. Its parts: the reconstruction trainer (`recon`),
-//!   the memory builder ([`memory`]) and the calibrator ([`calibrate`]).
+//! - [`learner`]: a method made of parts, learning one step at a time: the object
+//!   [`prototypes`], the [`scorer`]s (reconstruction network with its [`scorer::trainer`],
+//!   nearest-neighbour memory, per-position Gaussian, class mean) and the [`calibrate`]r, which
+//!   fuses the scorers' maps and owns the verdict.
 //! - [`scl`], [`projection`], [`optim`], [`penalty`]: the pieces of sections 4.4-4.6 and section 8.
-//! - [`baseline`]: the class-mean reference every trained model must beat.
 //! - [`eval`], [`runner`]: per-class metrics and the resumable protocol runner.
 
-pub mod baseline;
 pub mod calibrate;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod feature_store;
-pub mod gaussian;
 pub mod learner;
-pub mod memory;
 pub mod optim;
 pub mod penalty;
 pub mod progress;
 pub mod projection;
-mod recon;
+pub mod prototypes;
 pub mod runner;
 pub mod scl;
+pub mod scorer;
 pub mod seeded_init;
 
+pub use calibrate::{Calibrator, Decision, Verdict};
 pub use config::{Strategy, TrainConfig};
 pub use error::{Error, Result};
 pub use feature_store::{BackboneId, FeatureStore};
 pub use learner::{Learner, Predictions, StepData, StepRecord};
 pub use progress::{NoProgress, Progress};
 pub use runner::{learn_classes, run_protocol, RunResults, RunSpec};
+pub use scorer::{FeatureKind, Scorer};

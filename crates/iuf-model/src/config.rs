@@ -220,6 +220,12 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The side of the square input images: the token grid times the backbone's stride
+    /// ([`crate::MAP_STRIDE`]). The one place the image size is derived from a model.
+    pub fn image_size(&self) -> usize {
+        self.transformer.feature_size[0] * crate::MAP_STRIDE
+    }
+
     fn from_transformer(transformer: TransformerConfig, num_classes: usize) -> Self {
         let depth = transformer.num_encoder_layers;
         Self {

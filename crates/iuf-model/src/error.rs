@@ -53,6 +53,10 @@ pub enum ModelError {
         source: serde_json::Error,
     },
 
+    /// A per-object statistic (the per-position Gaussian) cannot be fitted or read back.
+    #[error("{0}")]
+    Fit(String),
+
     /// An error raised inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,6 +1,7 @@
 //! iuf-model: UniAD's reconstruction transformer with IUF's discriminator and object-aware
-//! attention (ALGORITHM.md sections 3, 4.1, 4.2), anomaly maps and scores (3.6, 6), the mapping
-//! from reference PyTorch checkpoints, and the model file format.
+//! attention (ALGORITHM.md sections 3, 4.1, 4.2), the per-object statistics of section 10 (the
+//! nearest-neighbour [`PatchMemory`] and the per-position [`PositionGaussian`]), anomaly maps and
+//! scores (3.6, 6), the mapping from reference PyTorch checkpoints, and the model file format.
 //!
 //! The model takes a candle `VarBuilder`, runs on any candle device, and reads no files except
 //! through [`save_model`] / [`load_model`].
@@ -9,6 +10,7 @@ pub mod config;
 pub mod discriminator;
 pub mod error;
 pub mod file;
+pub mod gaussian;
 pub mod map;
 pub mod memory;
 pub mod model;
@@ -29,6 +31,7 @@ pub use file::{
     assign_tensors, load_model, load_model_bytes, remove_stale_temps, save_model, temp_path,
     LearnedClass, LoadedModel, MissingTensors, ModelMeta, FORMAT_VERSION, STATE_PREFIX,
 };
+pub use gaussian::{GaussianConfig, PositionGaussian};
 pub use map::{anomaly_map, gaussian_blur, image_scores, MAP_STRIDE, SCORE_POOL};
 pub use memory::{MemoryConfig, PatchMemory};
 pub use model::{IufModel, ModelOutput};

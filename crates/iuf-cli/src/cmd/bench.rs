@@ -296,8 +296,7 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
             config.model.num_classes
         );
     }
-    let size = config.model.transformer.feature_size[0] * iuf_model::MAP_STRIDE;
-    let store = setup::feature_store(g, loaded, size, &device)?;
+    let store = setup::feature_store(g, loaded, config.model.image_size(), &device)?;
     let plan = BenchPlan {
         data: &data,
         protocol,

@@ -152,7 +152,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
         demo_config(loaded.backbone.out_channels(), classes.len())
     };
     a.precision.apply_to_config(&mut config)?;
-    let store = setup::feature_store(g, loaded, 224, &device)?;
+    let store = setup::feature_store(g, loaded, config.model.image_size(), &device)?;
     progress::status(
         quiet,
         &format!(

@@ -116,11 +116,11 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
     setup::check_backbone_weights(&learner, &a.model, &loaded)?;
-    let store = setup::feature_store(g, loaded, setup::image_size(&learner), &device)?;
+    let store = setup::feature_store(g, loaded, learner.image_size(), &device)?;
     let bars = Bars::new(g.json);
     let mut metrics = Vec::new();
     for c in &classes {
-        let set = eval_set(&data, &store, c, learner.uses_memory(), &bars).with_context(|| {
+        let set = eval_set(&data, &store, c, learner.features(), &bars).with_context(|| {
             format!("loading the test images of `{c}` from {}", a.data.display())
         })?;
         let (m, _) =

@@ -119,7 +119,7 @@ pub fn run(g: &Global, a: LearnArgs) -> Result<ExitCode> {
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
     setup::check_backbone_weights(&learner, &a.model, &loaded)?;
-    let store = setup::feature_store(g, loaded, setup::image_size(&learner), &device)?;
+    let store = setup::feature_store(g, loaded, learner.image_size(), &device)?;
     progress::status(
         g.json,
         &format!(

@@ -76,8 +76,7 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
             cfg.model.num_classes
         );
     }
-    let size = cfg.model.transformer.feature_size[0] * iuf_model::MAP_STRIDE;
-    let store = setup::feature_store(g, loaded, size, &device)?;
+    let store = setup::feature_store(g, loaded, cfg.model.image_size(), &device)?;
     let mut learner = Learner::new(
         &cfg,
         a.method,

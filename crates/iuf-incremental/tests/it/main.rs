@@ -1,5 +1,7 @@
-//! Integration tests of iuf-incremental: the learner on synthetic features, and the protocol runner
-//! end to end on real images from ../shared/datasets/mvtec-mini with the real Lite0 backbone.
+//! Integration tests of iuf-incremental: the learner on synthetic features, model files of earlier
+//! versions, and the protocol runner end to end on real images from ../shared/datasets/mvtec-mini
+//! with the real Lite0 backbone.
 
+mod compat;
 mod learner;
 mod real_data;

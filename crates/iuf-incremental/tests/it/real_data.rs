@@ -196,17 +196,21 @@ fn real_data_protocol_runs_writes_results_and_resumes() {
         "its memory grows with every object: {:?}",
         r.model_bytes
     );
-    let err = iuf_incremental::Learner::new(
-        &cm.config,
-        Strategy::ClassMean,
-        store.backbone_id(),
-        vec!["bottle".into()],
+    // Its step files are models like any other: the last one knows every object and scores an
+    // object's test images exactly as the run evaluated them (the oracle object given).
+    let l = iuf_incremental::Learner::load(
+        &iuf_incremental::runner::step_model_path(&cm.dir, 1),
         &Device::Cpu,
     )
-    .err()
-    .expect("class-mean is not trainable")
-    .to_string();
-    assert!(err.contains("not a trainable model"), "{err}");
+    .unwrap();
+    assert_eq!(l.strategy(), Strategy::ClassMean);
+    assert_eq!(l.features(), iuf_incremental::FeatureKind::Align);
+    assert_eq!(l.learned_classes(), vec!["bottle", "tire"]);
+    let set = iuf_incremental::runner::eval_set(&dataset, &store, "bottle", l.features(), &NoProgress)
+        .unwrap();
+    let (m, _) = iuf_incremental::eval::evaluate(&l, &set, &NoProgress).unwrap();
+    assert_eq!(Some(m.image_auroc), r.metrics["image_auroc"][1][0]);
+    assert_eq!(m.pixel_auroc, r.metrics["pixel_auroc"][1][0]);
 }
 
 #[test]

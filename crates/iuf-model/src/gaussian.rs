@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 use faer::linalg::solvers::DenseSolveCore;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{ModelError as Error, Result};
 
 /// How the per-position Gaussian is fitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ impl PositionGaussian {
     pub fn fit(features: &Tensor, cfg: &GaussianConfig) -> Result<Self> {
         let (n, c, h, w) = features.dims4()?;
         if n == 0 {
-            return Err(Error::Msg("gaussian: no training images".into()));
+            return Err(Error::Fit("gaussian: no training images".into()));
         }
         let s = cfg.share.max(1);
         if !h.is_multiple_of(s) || !w.is_multiple_of(s) {
@@ -103,7 +103,7 @@ impl PositionGaussian {
                 block[i * k + j] + if i == j { cfg.shrinkage } else { 0.0 }
             });
             let llt = m.llt(faer::Side::Lower).map_err(|e| {
-                Error::Linalg(format!(
+                Error::Fit(format!(
                     "gaussian: covariance at position {pos} is not positive definite ({e:?}); raise the shrinkage"
                 ))
             })?;
@@ -128,7 +128,7 @@ impl PositionGaussian {
         let s = self.share;
         let (q, ss, k) = self.mean.dims3()?;
         if q * ss != h * w || !h.is_multiple_of(s) || !w.is_multiple_of(s) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Fit(format!(
                 "gaussian: fitted on {} positions, given a {h}x{w} grid",
                 q * ss
             )));
@@ -187,7 +187,7 @@ impl PositionGaussian {
         let (Some(mean), Some(packed)) = (find("mean")?, find("precision")?) else {
             return Ok(None);
         };
-        let bad = |what: String| Error::Msg(format!("gaussian `{prefix}`: {what}"));
+        let bad = |what: String| Error::Fit(format!("gaussian `{prefix}`: {what}"));
         let (q, ss, k) = mean.dims3()?;
         let (pq, len) = packed.dims2()?;
         let share = (ss as f64).sqrt().round() as usize;
@@ -241,7 +241,7 @@ fn principal_directions(x: &Tensor, k: usize) -> Result<Tensor> {
     let m = faer::Mat::<f64>::from_fn(c, c, |i, j| cov[i * c + j]);
     let evd = m
         .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| Error::Linalg(format!("gaussian: eigendecomposition failed: {e:?}")))?;
+        .map_err(|e| Error::Fit(format!("gaussian: eigendecomposition failed: {e:?}")))?;
     // Eigenvalues come in increasing order: the last k columns are the top directions.
     let u = evd.U();
     let mut data = Vec::with_capacity(c * k);

@@ -1,0 +1,635 @@
+//! The learner: a method made of parts, learning objects one step at a time. A `Learner` is the
+//! object prototypes (which object an image shows), a list of scorers (the method's maps; see
+//! [`crate::scorer`]) and the calibrator (per-object normalisation, fusion, thresholds, verdict).
+//!
+//! Base step (section 5) and incremental steps are the same call: every scorer learns the step's
+//! new objects, the prototypes add them, and the calibrator fits them on held-out good images.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use iuf_model::{LearnedClass, ModelMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::{Calibrator, ObjectNorms, Verdict};
+use crate::config::{Strategy, TrainConfig};
+use crate::error::{Error, Result};
+use crate::feature_store::BackboneId;
+use crate::progress::{NoProgress, Progress};
+use crate::prototypes::{self, Prototypes};
+use crate::scorer::{self, FeatureKind, Scorer, Step, Trained};
+
+mod step;
+
+pub(crate) use step::{images, EVAL_BATCH};
+pub use step::{LossLog, Predictions, StepData, StepRecord};
+
+/// Everything the learner keeps in the model file besides tensors (`ModelMeta::extra`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LearnerState {
+    strategy: Strategy,
+    train_config: TrainConfig,
+    steps: Vec<StepRecord>,
+    /// Per object, the 101 quantiles (0, 0.01, .., 1) of its held-out good images' scores.
+    calibration: BTreeMap<String, Vec<f32>>,
+    /// Images accumulated in each Gram matrix.
+    gram_counts: Vec<u64>,
+    /// sha256 of the backbone weights the features came from (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backbone_weights: Option<String>,
+    /// Per object, the normalisation of each scorer's map (methods with a memory).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    norms: BTreeMap<String, ObjectNorms>,
+
+}
+
+/// A model that learns objects step by step: prototypes, scorers and a calibrator.
+pub struct Learner {
+    cfg: TrainConfig,
+    strategy: Strategy,
+    device: Device,
+    meta: ModelMeta,
+    state: LearnerState,
+    /// The method's scorers, in the order their maps are fused.
+    scorers: Vec<Box<dyn Scorer>>,
+    calibrator: Calibrator,
+    /// None before the first step (and in files that predate them).
+    prototypes: Option<Prototypes>,
+}
+
+impl Learner {
+    /// A fresh model for `class_names` (the protocol's fixed class list, index = class id).
+    pub fn new(
+        cfg: &TrainConfig,
+        strategy: Strategy,
+        backbone: &BackboneId,
+        class_names: Vec<String>,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = cfg.for_strategy(strategy);
+        cfg.check()?;
+        if class_names.len() > cfg.model.num_classes {
+            return Err(Error::Config(format!(
+                "{} classes but the model has room for K = {}",
+                class_names.len(),
+                cfg.model.num_classes
+            )));
+        }
+        let scorers = scorer::scorers(strategy, &cfg, device, None)?;
+        let mut meta = ModelMeta::new(cfg.model.clone(), backbone.name.clone(), class_names);
+        meta.network = scorers.iter().any(|s| s.network().is_some());
+        meta.extra = serde_json::json!({});
+        let state = LearnerState {
+            strategy,
+            train_config: cfg.clone(),
+            steps: vec![],
+            calibration: BTreeMap::new(),
+            gram_counts: vec![],
+            backbone_weights: Some(backbone.weights_digest.clone()),
+            norms: BTreeMap::new(),
+        };
+        Ok(Self {
+            calibrator: Calibrator::new(strategy.normalises_maps()),
+            cfg,
+            strategy,
+            device: device.clone(),
+            meta,
+            state,
+            scorers,
+            prototypes: None,
+        })
+    }
+
+    /// Loads a model file written by [`Learner::save`].
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_loaded(path, iuf_model::load_model(path, device)?, device)
+    }
+
+    /// [`Learner::load`] on the file's bytes already read (`path` names it in messages).
+    pub fn load_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Self> {
+        Self::from_loaded(
+            path,
+            iuf_model::load_model_bytes(path, bytes, device)?,
+            device,
+        )
+    }
+
+    fn from_loaded(path: &Path, loaded: iuf_model::LoadedModel, device: &Device) -> Result<Self> {
+        let state: LearnerState =
+            serde_json::from_value(loaded.meta.extra.clone()).map_err(|e| Error::RunDir {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "not a model written by the iuf learner (metadata `extra` does not parse: {e})"
+                ),
+            })?;
+        let mut calibrator = Calibrator::new(state.strategy.normalises_maps());
+        calibrator.sketches = state.calibration.clone();
+        calibrator.norms = state.norms.clone();
+        Ok(Self {
+            scorers: scorer::scorers(state.strategy, &state.train_config, device, Some(&loaded))?,
+            prototypes: Prototypes::from_state(&loaded.state),
+            calibrator,
+            cfg: state.train_config.clone(),
+            strategy: state.strategy,
+            device: device.clone(),
+            meta: loaded.meta,
+            state,
+        })
+    }
+
+    /// Writes the model file (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for s in &self.scorers {
+            tensors.extend(s.state(&self.cfg)?);
+        }
+        if let Some(p) = &self.prototypes {
+            tensors.extend(p.to_state());
+        }
+        let network = self.scorers.iter().find_map(|s| s.network());
+        let mut st = self.state.clone();
+        st.gram_counts = network.map_or_else(Vec::new, |n| n.gram_counts());
+        st.calibration = self.calibrator.sketches.clone();
+        st.norms = self.calibrator.norms.clone();
+        let mut meta = self.meta.clone();
+        meta.extra = serde_json::to_value(&st)
+            .map_err(|e| Error::Msg(format!("serialising learner state: {e}")))?;
+        let empty = VarMap::new();
+        let varmap = network.map_or(&empty, |n| n.varmap());
+        iuf_model::save_model(path, varmap, &meta, &tensors)?;
+        Ok(())
+    }
+
+    /// The strategy this model is trained with.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The training configuration (after the strategy's adjustments).
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Replaces the schedule of the steps still to come (epochs, learning rates, loss weights,
+    /// calibration, seed), e.g. more epochs for a hard new object. The network and the feature
+    /// standardisation are fixed once the model exists; changing them is an error.
+    pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<()> {
+        let cfg = cfg.for_strategy(self.strategy);
+        cfg.check()?;
+        if cfg.model != self.cfg.model {
+            return Err(Error::Config(
+                "the network configuration (model) cannot change after the model is created".into(),
+            ));
+        }
+        if cfg.standardize_features != self.cfg.standardize_features {
+            return Err(Error::Config(
+                "standardize_features is fixed when the model is created".into(),
+            ));
+        }
+        self.state.train_config = cfg.clone();
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// How inference multiplies from now on (evaluation and prediction; learning stays f32).
+    /// `Bf16` on a CPU without AVX-512 BF16 is an error and changes nothing.
+    pub fn set_precision(&mut self, precision: iuf_model::Precision) -> Result<()> {
+        precision.resolve()?;
+        self.cfg.precision = precision;
+        self.state.train_config.precision = precision;
+        Ok(())
+    }
+
+    /// Model metadata: config, backbone, classes, learned classes and their steps, thresholds.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// sha256 of the backbone weights the model was trained on (None for files that predate it).
+    pub fn backbone_weights(&self) -> Option<&str> {
+        self.state.backbone_weights.as_deref()
+    }
+
+    /// Every finished step.
+    pub fn steps(&self) -> &[StepRecord] {
+        &self.state.steps
+    }
+
+    /// Objects learned so far, in learning order.
+    pub fn learned_classes(&self) -> Vec<String> {
+        self.meta.learned.iter().map(|l| l.class.clone()).collect()
+    }
+
+    /// The class id of `name` in the model's fixed class list.
+    pub fn class_id(&self, name: &str) -> Option<u32> {
+        self.meta
+            .class_names
+            .iter()
+            .position(|c| c == name)
+            .map(|i| i as u32)
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The backbone features the method's scorers read.
+    pub fn features(&self) -> FeatureKind {
+        if self.scorers.iter().any(|s| s.features().memory()) {
+            FeatureKind::AlignAndMemory
+        } else {
+            FeatureKind::Align
+        }
+    }
+
+    /// The side of the square input images (the token grid times the backbone's stride 16).
+    pub fn image_size(&self) -> usize {
+        self.meta.config.image_size()
+    }
+
+    /// The method's scorers, in the order their maps are fused.
+    pub fn scorers(&self) -> &[Box<dyn Scorer>] {
+        &self.scorers
+    }
+
+    /// The calibrator: normalisations, thresholds, verdicts.
+    pub fn calibrator(&self) -> &Calibrator {
+        &self.calibrator
+    }
+
+    /// Whether the model has a reconstruction network.
+    pub fn has_network(&self) -> bool {
+        self.scorers.iter().any(|s| s.network().is_some())
+    }
+
+    /// The network's parameter count (0 for methods without one).
+    pub fn parameters(&self) -> usize {
+        self.scorers.iter().map(|s| s.parameters()).sum()
+    }
+
+    /// Patches in the memory of each object (empty for models without one).
+    pub fn memory_sizes(&self) -> BTreeMap<String, usize> {
+        self.learned_classes()
+            .into_iter()
+            .filter_map(|c| {
+                let n = self.scorers.iter().find_map(|s| s.patches(&c))?;
+                Some((c, n))
+            })
+            .collect()
+    }
+
+    /// The map normalisation of `class`, by scorer name (methods with a memory).
+    pub fn norms(&self, class: &str) -> Option<&ObjectNorms> {
+        self.calibrator.norms(class)
+    }
+
+    /// Threshold of `class` at quantile `q` of its held-out good scores.
+    pub fn threshold(&self, class: &str, q: f64) -> Option<f32> {
+        self.calibrator.threshold(class, q)
+    }
+
+    /// The verdict on every image of `pred` at threshold quantile `q`: object, probability,
+    /// score, threshold, decision.
+    pub fn verdicts(&self, pred: &Predictions, q: f64) -> Vec<Verdict> {
+        pred.objects
+            .iter()
+            .zip(&pred.scores)
+            .map(|((o, p), &s)| self.calibrator.verdict(o, *p, s, q))
+            .collect()
+    }
+
+    /// Learns `new_classes` from `train` (step `step` of a protocol), then calibrates them on
+    /// `holdout` (good images never trained on).
+    pub fn learn_step(
+        &mut self,
+        step: usize,
+        new_classes: &[String],
+        train: &StepData<'_>,
+        holdout: Option<&StepData<'_>>,
+        progress: &dyn Progress,
+    ) -> Result<StepRecord> {
+        let n = train.features.dim(0)?;
+        if n == 0 {
+            return Err(Error::Msg(format!(
+                "step {step}: no training images for {}",
+                new_classes.join(", ")
+            )));
+        }
+        if train.class_ids.len() != n {
+            return Err(Error::Msg(format!(
+                "step {step}: {n} feature maps but {} class ids",
+                train.class_ids.len()
+            )));
+        }
+        let new = self.register(new_classes)?;
+        let start = Instant::now();
+        let info = Step {
+            index: step,
+            new: &new,
+            is_base: self.meta.learned.is_empty(),
+            cfg: &self.cfg,
+            strategy: self.strategy,
+            progress,
+        };
+        let mut trained: Option<Trained> = None;
+        for s in &mut self.scorers {
+            if let Some(t) = s.learn(&info, train)? {
+                trained = Some(t);
+            }
+        }
+        let train_seconds = start.elapsed().as_secs_f64();
+        self.prototypes = Some(Prototypes::add(
+            self.prototypes.as_ref(),
+            self.cfg.model.num_classes,
+            &new,
+            train.features,
+            train.class_ids,
+        )?);
+        for c in new_classes {
+            self.meta.learned.push(LearnedClass {
+                class: c.clone(),
+                step,
+            });
+        }
+        if let Some(h) = holdout {
+            // Calibration is part of learning: f32 whatever the inference precision.
+            iuf_bf16::scoped(None, || self.calibrate(&new, h))?;
+        }
+        let record = StepRecord {
+            step,
+            classes: new_classes.to_vec(),
+            images: n,
+            epochs: trained.as_ref().map_or(0, |t| t.epochs),
+            optimizer: trained.as_ref().map_or("none", |t| t.optimizer).to_string(),
+            final_loss: trained.map(|t| t.last).unwrap_or_default(),
+            train_seconds,
+        };
+        self.state.steps.push(record.clone());
+        Ok(record)
+    }
+
+    /// Checks that `new_classes` are new and gives each a class id (a new object takes the next
+    /// free slot of the K the model was created with).
+    fn register(&mut self, new_classes: &[String]) -> Result<Vec<(String, u32)>> {
+        let mut new = Vec::new();
+        for c in new_classes {
+            if self.meta.learned.iter().any(|l| &l.class == c) {
+                return Err(Error::Config(format!(
+                    "the model has already learned `{c}`; an object is learned once"
+                )));
+            }
+            if self.class_id(c).is_none() {
+                if self.meta.class_names.len() >= self.cfg.model.num_classes {
+                    return Err(Error::Config(format!(
+                        "cannot learn `{c}`: the model was created for at most K = {} objects and knows {:?}",
+                        self.cfg.model.num_classes, self.meta.class_names
+                    )));
+                }
+                self.meta.class_names.push(c.clone());
+            }
+            new.push((c.clone(), self.class_id(c).expect("registered")));
+        }
+        Ok(new)
+    }
+
+    /// Per new object, from its held-out good images: the normalisation of each scorer's map
+    /// (methods that fuse) and the threshold. Every scorer maps each hold-out image once, as the
+    /// object it belongs to; an image that inspection would take for another object (the
+    /// prototypes disagree) is scored again as that object, so the threshold sees what
+    /// inspection will see.
+    fn calibrate(&mut self, new: &[(String, u32)], holdout: &StepData<'_>) -> Result<()> {
+        if holdout.features.dim(0)? == 0 {
+            if self.calibrator.normalises() {
+                tracing::warn!(
+                    "no held-out good images for {}: maps are not normalised and no threshold is set",
+                    new.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            return Ok(());
+        }
+        // Every scorer maps each object's held-out images once, as that object; the maps give
+        // the normalisations of all new objects first, then (fused) the thresholds.
+        let mut held = Vec::new();
+        for (c, id) in new {
+            let rows = Step::rows(*id, holdout.class_ids, holdout.features.device())?;
+            if rows.dim(0)? == 0 {
+                continue;
+            }
+            let mine = holdout.select(&rows)?;
+            let as_c = vec![c.clone(); rows.dim(0)?];
+            let maps = self.scorer_maps(&images(&mine), Some(&as_c))?;
+            let named: Vec<(&str, &Tensor)> = maps.iter().map(|(s, _, m)| (*s, m)).collect();
+            self.calibrator.fit_norms(c, &named)?;
+            held.push((c, mine, maps));
+        }
+        for (c, mine, maps) in held {
+            let recognised = match self.object_probs(&mine.0)? {
+                Some(p) => prototypes::recognised(&p, &self.meta.class_names)?,
+                None => vec![c.clone(); mine.0.dim(0)?],
+            };
+            let rescore = |rows: &Tensor| -> Result<Vec<f32>> {
+                let theirs = images(&mine).select(rows)?;
+                Ok(self
+                    .predict_in_scope(&images(&theirs), None, &NoProgress)?
+                    .scores)
+            };
+            let scores = self
+                .calibrator
+                .holdout_scores(c, &maps, &recognised, rescore)?;
+            let q = self.cfg.calibration.quantile;
+            if let Some(t) = self.calibrator.fit_scores(c, scores, q) {
+                self.meta.thresholds.insert(c.clone(), t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every scorer's maps of `x` (those that know every image's object), with its name and
+    /// fusion weight, in the method's order; each image scored as `objects[i]`.
+    fn scorer_maps(
+        &self,
+        x: &StepData<'_>,
+        objects: Option<&[String]>,
+    ) -> Result<Vec<(&'static str, f64, Tensor)>> {
+        Ok(self
+            .scorer_outputs(x, objects)?
+            .into_iter()
+            .map(|(s, w, m)| (s, w, m.maps))
+            .collect())
+    }
+
+    fn scorer_outputs(
+        &self,
+        x: &StepData<'_>,
+        objects: Option<&[String]>,
+    ) -> Result<Vec<(&'static str, f64, scorer::Maps)>> {
+        let (_, _, gh, gw) = x.features.dims4()?;
+        let size = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let mut out = Vec::new();
+        for s in &self.scorers {
+            // A scorer joins only when it knows every image's object (a model file may hold
+            // objects learned before it had this scorer).
+            if let Some(objects) = objects {
+                if !objects.iter().all(|o| s.knows(o)) {
+                    continue;
+                }
+            }
+            let maps = s.maps(&self.cfg, x, objects, size)?;
+            out.push((s.name(), s.weight(&self.cfg), maps));
+        }
+        Ok(out)
+    }
+
+    /// `[n, K]` object probabilities from the prototypes over the learned objects (None when
+    /// the model has none).
+    fn object_probs(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        let Some(p) = &self.prototypes else {
+            return Ok(None);
+        };
+        let ids: Vec<usize> = self.learned_ids().into_iter().map(|(_, i)| i).collect();
+        p.probs(features, &ids)
+    }
+
+    /// The learned objects with their class ids, in learning order.
+    fn learned_ids(&self) -> Vec<(String, usize)> {
+        self.meta
+            .learned
+            .iter()
+            .filter_map(|l| Some((l.class.clone(), self.class_id(&l.class)? as usize)))
+            .collect()
+    }
+
+    /// Anomaly maps at the input image size, image scores and class probabilities of `features`
+    /// (`[N, C, g, g]`, unstandardised). Evaluation mode, batched. For models with a memory use
+    /// [`Learner::predict_images`].
+    pub fn predict(&self, features: &Tensor) -> Result<Predictions> {
+        self.predict_images(features, None, &NoProgress)
+    }
+
+    /// Maps, scores and object probabilities of images given by their `feature_align`
+    /// `[N, C, g, g]` and, for methods that read them, their memory features `[N, C_m, 2g, 2g]`.
+    ///
+    /// Each image's object is recognised by the prototypes; per-object scorers score it against
+    /// that object, and the calibrator fuses the scorers' maps with that object's statistics.
+    /// Reports finished images to `progress`.
+    pub fn predict_images(
+        &self,
+        features: &Tensor,
+        memory: Option<&Tensor>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        self.predict_images_as(features, memory, None, progress)
+    }
+
+    /// [`Learner::predict_images`] with every image's object given (`Some`) instead of
+    /// recognised: its scorers' statistics and normalisation are used whatever the image shows.
+    pub fn predict_images_as(
+        &self,
+        features: &Tensor,
+        memory: Option<&Tensor>,
+        object: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        if let Some(o) = object {
+            if !self.meta.learned.iter().any(|l| l.class == o) {
+                return Err(Error::Msg(format!(
+                    "the model has not learned `{o}` (it knows {:?})",
+                    self.learned_classes()
+                )));
+            }
+        }
+        let n = features.dim(0)?;
+        let memory = match (self.features(), memory) {
+            (FeatureKind::AlignAndMemory, Some(m)) if m.dim(0)? == n => Some(m),
+            (FeatureKind::AlignAndMemory, Some(m)) => {
+                return Err(Error::Msg(format!(
+                    "{n} images but {} memory feature maps",
+                    m.dim(0)?
+                )))
+            }
+            (FeatureKind::AlignAndMemory, None) => {
+                return Err(Error::Msg(format!(
+                    "a `{}` model needs the images' memory features",
+                    self.strategy
+                )))
+            }
+            (FeatureKind::Align, _) => None,
+        };
+        let x = StepData {
+            features,
+            memory,
+            class_ids: &[],
+        };
+        let cpu = self.cfg.precision.resolve()?;
+        iuf_bf16::scoped(cpu, || self.predict_in_scope(&x, object, progress))
+    }
+
+    /// [`Learner::predict_images_as`] in the precision of the caller's `iuf_bf16` scope.
+    fn predict_in_scope(
+        &self,
+        x: &StepData<'_>,
+        object: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
+        let n = x.features.dim(0)?;
+        let (_, _, gh, gw) = x.features.dims4()?;
+        let (h, w) = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let k = self.cfg.model.num_classes;
+        let (mut maps, mut scores, mut objects) = (Vec::new(), Vec::with_capacity(n), Vec::new());
+        let (mut class_probs, mut object_probs) = (Vec::new(), Vec::new());
+        for start in (0..n).step_by(EVAL_BATCH) {
+            let len = EVAL_BATCH.min(n - start);
+            let batch = x.narrow(start, len)?;
+            let probs = self.object_probs(&batch.0)?;
+            let names = match (object, &probs) {
+                (Some(o), _) => Some(vec![o.to_string(); len]),
+                (None, Some(p)) => Some(prototypes::recognised(p, &self.meta.class_names)?),
+                (None, None) => None,
+            };
+            if names.is_none() && self.calibrator.normalises() {
+                return Err(Error::Msg("the model has not learned any object yet".into()));
+            }
+            let outputs = self.scorer_outputs(&images(&batch), names.as_deref())?;
+            let discriminator = outputs.iter().find_map(|(_, _, m)| m.class_probs.clone());
+            let parts: Vec<(&str, f64, Tensor)> = outputs
+                .into_iter()
+                .map(|(s, wgt, m)| (s, wgt, m.maps))
+                .collect();
+            let fused = self
+                .calibrator
+                .fuse(names.as_deref().unwrap_or(&[]), &parts)?;
+            scores.extend(self.calibrator.scores(&fused)?);
+            maps.push(fused.detach().to_device(&Device::Cpu)?);
+            let probs = match (probs, &discriminator) {
+                (Some(p), _) => p,
+                (None, Some(d)) => d.clone(),
+                (None, None) => Tensor::zeros((len, k), DType::F32, &Device::Cpu)?,
+            };
+            objects.extend(prototypes::judged_as(&probs, &self.learned_ids(), object)?);
+            class_probs.push(discriminator.unwrap_or_else(|| probs.clone()));
+            object_probs.push(probs);
+            progress.inc(len as u64);
+        }
+        if n == 0 {
+            let none = Tensor::zeros((0, k), DType::F32, &Device::Cpu)?;
+            return Ok(Predictions {
+                maps: Tensor::zeros((0, h, w), DType::F32, &Device::Cpu)?,
+                scores,
+                class_probs: none.clone(),
+                object_probs: none,
+                objects,
+            });
+        }
+        Ok(Predictions {
+            maps: Tensor::cat(&maps, 0)?,
+            scores,
+            class_probs: Tensor::cat(&class_probs, 0)?,
+            object_probs: Tensor::cat(&object_probs, 0)?,
+            objects,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! The images of a step: the hold-out split, features (with the memory features when the
+//! method reads them) and class ids of the training and held-out images, and an object's test set.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use iuf_data::{DatasetRoot, Sample};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::config::TrainConfig;
+use crate::error::Result;
+use crate::eval::EvalSet;
+use crate::feature_store::FeatureStore;
+use crate::learner::{Learner, StepData};
+use crate::progress::Progress;
+use crate::scorer::FeatureKind;
+
+/// Splits a class's training images into (train, held-out) deterministically.
+pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec<Sample>) {
+    let n = samples.len();
+    let c = &cfg.calibration;
+    let want = ((n as f64 * c.holdout_fraction).round() as usize).max(c.holdout_min);
+    // Never hold out more than a fifth of a small class, nor leave fewer than 2 to train on.
+    let k = if c.holdout_fraction == 0.0 {
+        0
+    } else {
+        want.min(n / 5).min(n.saturating_sub(2))
+    };
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+        cfg.seed ^ 0x5EED_CA11,
+    ));
+    let hold: std::collections::HashSet<usize> = idx[..k].iter().copied().collect();
+    let (mut tr, mut ho) = (Vec::new(), Vec::new());
+    for (i, s) in samples.iter().enumerate() {
+        if hold.contains(&i) {
+            ho.push(s.clone());
+        } else {
+            tr.push(s.clone());
+        }
+    }
+    (tr, ho)
+}
+
+/// Loads the features a method reads (`kind`), labels and masks of an object's test set.
+pub fn eval_set(
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    class: &str,
+    kind: FeatureKind,
+    progress: &dyn Progress,
+) -> Result<EvalSet> {
+    let index = dataset.index_class(class)?;
+    let paths: Vec<PathBuf> = index.test.iter().map(|s| s.path.clone()).collect();
+    let (features, memory) = store.features_for(&paths, kind, progress)?;
+    let masks: Vec<Option<PathBuf>> = index.test.iter().map(|s| s.mask.clone()).collect();
+    let masks = iuf_data::batch::load_masks(&masks, store.image_size())?;
+    Ok(EvalSet {
+        class: class.to_string(),
+        features,
+        memory,
+        labels: index.test.iter().map(|s| s.is_anomalous).collect(),
+        masks,
+    })
+}
+
+/// Feature maps `[N, C, g, g]`, memory features (methods with a memory), and the class id of
+/// every image.
+pub struct Labelled {
+    /// `feature_align`.
+    pub features: Tensor,
+    /// Memory features, when the method keeps a memory.
+    pub memory: Option<Tensor>,
+    /// Class id of every image.
+    pub class_ids: Vec<u32>,
+}
+
+impl Labelled {
+    /// As the learner takes it.
+    pub fn step_data(&self) -> StepData<'_> {
+        StepData {
+            features: &self.features,
+            memory: self.memory.as_ref(),
+            class_ids: &self.class_ids,
+        }
+    }
+}
+
+/// Features and class ids of the training (and held-out) images of `classes`.
+pub fn train_data(
+    learner: &Learner,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    classes: &[String],
+    progress: &dyn Progress,
+) -> Result<(Labelled, Labelled)> {
+    let (mut tp, mut tid, mut hp, mut hid) = (vec![], vec![], vec![], vec![]);
+    for c in classes {
+        // Objects new to the model get the next free class ids, in order.
+        let id = learner.class_id(c).unwrap_or_else(|| {
+            let known = learner.meta().class_names.len();
+            let earlier_new = classes
+                .iter()
+                .take_while(|x| *x != c)
+                .filter(|x| learner.class_id(x).is_none())
+                .count();
+            (known + earlier_new) as u32
+        });
+        let index = dataset.index_class(c)?;
+        let (tr, ho) = split_holdout(&index.train, learner.config());
+        tid.extend(std::iter::repeat_n(id, tr.len()));
+        hid.extend(std::iter::repeat_n(id, ho.len()));
+        tp.extend(tr.into_iter().map(|s| s.path));
+        hp.extend(ho.into_iter().map(|s| s.path));
+    }
+    let (tf, tm) = store.features_for(&tp, learner.features(), progress)?;
+    let (hf, hm) = store.features_for(&hp, learner.features(), progress)?;
+    Ok((
+        Labelled {
+            features: tf,
+            memory: tm,
+            class_ids: tid,
+        },
+        Labelled {
+            features: hf,
+            memory: hm,
+            class_ids: hid,
+        },
+    ))
+}

@@ -1,0 +1,164 @@
+//! The nearest-neighbour memory of the `memory` and `iuf+memory` methods: one [`PatchMemory`] per
+//! object, built from that object's own good training images only and never touched again
+//! (section 10), so learning a new object cannot change an old object's maps.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use iuf_model::{LoadedModel, MemoryConfig, PatchMemory};
+
+use super::{fnv1a, per_object_maps, FeatureKind, Maps, Scorer, Step, Trained};
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::learner::StepData;
+
+/// Prefix of the memory tensors in the model file (`state.memory.<object>`).
+pub const MEMORY_PREFIX: &str = "state.memory.";
+
+/// Every object's memory of normal patch features.
+pub struct NearestNeighbour {
+    banks: BTreeMap<String, PatchMemory>,
+}
+
+impl NearestNeighbour {
+    /// No object yet, or the memories of a model file.
+    pub fn new(device: &Device, from: Option<&LoadedModel>) -> Result<Self> {
+        let mut banks = BTreeMap::new();
+        for (name, t) in from.map_or(&[][..], |l| &l.state[..]) {
+            if let Some(class) = name.strip_prefix(MEMORY_PREFIX) {
+                let bank = t.to_dtype(DType::F32)?.to_device(device)?;
+                banks.insert(class.to_string(), PatchMemory::from_bank(bank)?);
+            }
+        }
+        Ok(Self { banks })
+    }
+
+    /// Builds the memory of a new object from its training images' memory features
+    /// `[N, C_m, h, w]`. An object's memory is built once: rebuilding one is an error.
+    fn build(&mut self, class: &str, features: &Tensor, cfg: &MemoryConfig) -> Result<()> {
+        if self.banks.contains_key(class) {
+            return Err(Error::Config(format!(
+                "the memory of `{class}` exists already; an object is learned once"
+            )));
+        }
+        let n = features.dim(0)?;
+        if n == 0 {
+            return Err(Error::Msg(format!(
+                "memory of `{class}`: no training images (put defect-free images in {class}/train/good)"
+            )));
+        }
+        if n < 6 {
+            tracing::warn!(
+                "`{class}` has only {n} training image(s): its memory covers little of the normal \
+                 variation, expect false alarms; more defect-free images make it better"
+            );
+        }
+        // The seed depends on the object, so two objects never share a draw by accident.
+        let seed = cfg.seed ^ fnv1a(class.as_bytes());
+        let memory = PatchMemory::build(
+            features,
+            &MemoryConfig {
+                seed,
+                ..cfg.clone()
+            },
+        )?;
+        // Stored as f16: round now, so the model in memory scores exactly as the file will.
+        let memory = if cfg.f16 {
+            PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+        } else {
+            memory
+        };
+        self.banks.insert(class.to_string(), memory);
+        Ok(())
+    }
+}
+
+impl Scorer for NearestNeighbour {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn features(&self) -> FeatureKind {
+        FeatureKind::AlignAndMemory
+    }
+
+    fn weight(&self, cfg: &TrainConfig) -> f64 {
+        cfg.fusion.memory
+    }
+
+    fn learn(&mut self, step: &Step<'_>, train: &StepData<'_>) -> Result<Option<Trained>> {
+        let memory = train.memory.ok_or_else(|| {
+            Error::Msg(format!(
+                "`{}` needs the memory features of the training images",
+                step.strategy
+            ))
+        })?;
+        for (c, id) in step.new {
+            let rows = Step::rows(*id, train.class_ids, memory.device())?;
+            let mine = memory.index_select(&rows, 0)?;
+            let t = std::time::Instant::now();
+            self.build(c, &mine, &step.cfg.memory)?;
+            tracing::info!(
+                class = %c,
+                images = mine.dim(0)?,
+                patches = self.banks.get(c).map_or(0, |m| m.len()),
+                seconds = t.elapsed().as_secs_f64(),
+                "memory built"
+            );
+        }
+        Ok(None)
+    }
+
+    fn knows(&self, object: &str) -> bool {
+        self.banks.contains_key(object)
+    }
+
+    fn maps(
+        &self,
+        cfg: &TrainConfig,
+        images: &StepData<'_>,
+        objects: Option<&[String]>,
+        size: (usize, usize),
+    ) -> Result<Maps> {
+        let memory = images.memory.ok_or_else(|| {
+            Error::Msg("the memory scores images by their memory features, which are missing".into())
+        })?;
+        let maps = per_object_maps(
+            objects,
+            "memory",
+            size,
+            cfg.memory.blur_sigma,
+            |object, rows| {
+                let bank = self.banks.get(object).ok_or_else(|| {
+                    Error::Msg(format!(
+                        "no memory for `{object}` (objects with one: {:?})",
+                        self.banks.keys().collect::<Vec<_>>()
+                    ))
+                })?;
+                Ok(bank.score(&memory.index_select(rows, 0)?)?)
+            },
+            memory.device(),
+        )?;
+        Ok(Maps {
+            maps,
+            class_probs: None,
+        })
+    }
+
+    fn state(&self, cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
+        let dtype = if cfg.memory.f16 { DType::F16 } else { DType::F32 };
+        self.banks
+            .iter()
+            .map(|(c, m)| {
+                Ok((
+                    format!("{MEMORY_PREFIX}{c}"),
+                    m.bank().to_dtype(dtype)?.to_device(&Device::Cpu)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn patches(&self, object: &str) -> Option<usize> {
+        self.banks.get(object).map(|m| m.len())
+    }
+}
