@@ -1,8 +1,10 @@
-//! Helpers: running the built `iuf` binary with the shared weights and a private cache, and a tiny
-//! demo dataset in a temporary folder.
+//! Helpers: an `iuf` command line built the way the README writes it
+//! (`s.iuf("train").data(&data).classes("fabric").out(&model).ok()`), run with the shared weights
+//! and a private cache; a tiny demo dataset in a temporary folder.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus};
 
 use tempfile::TempDir;
 
@@ -14,6 +16,167 @@ pub fn shared() -> PathBuf {
 /// The real EfficientNet-Lite0 checkpoint (legacy .pth, converted by `--weights` on the fly).
 pub fn lite0_pth() -> PathBuf {
     shared().join("weights/efficientnet-lite0/efficientnet-lite0-57934424.pth")
+}
+
+/// ../shared/datasets/mvtec-mini: real images in the MVTec AD layout.
+pub fn mvtec_mini() -> PathBuf {
+    shared().join("datasets/mvtec-mini")
+}
+
+/// One `iuf` command line, argument by argument in the order given; `run`, `ok` or `fails` runs it.
+pub struct Iuf {
+    cmd: Command,
+}
+
+impl From<Command> for Iuf {
+    fn from(cmd: Command) -> Self {
+        Self { cmd }
+    }
+}
+
+impl Iuf {
+    /// The built binary with no argument yet.
+    pub fn bare() -> Self {
+        Command::new(env!("CARGO_BIN_EXE_iuf")).into()
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// `name value`, e.g. `.flag("--panel", &panel)`.
+    pub fn flag(self, name: &str, value: impl AsRef<OsStr>) -> Self {
+        self.arg(name).arg(value)
+    }
+
+    pub fn data(self, dir: impl AsRef<OsStr>) -> Self {
+        self.flag("--data", dir)
+    }
+
+    pub fn model(self, file: impl AsRef<OsStr>) -> Self {
+        self.flag("--model", file)
+    }
+
+    pub fn out(self, path: impl AsRef<OsStr>) -> Self {
+        self.flag("--out", path)
+    }
+
+    pub fn classes(self, list: &str) -> Self {
+        self.flag("--classes", list)
+    }
+
+    pub fn method(self, list: &str) -> Self {
+        self.flag("--method", list)
+    }
+
+    pub fn protocol(self, protocol: &str) -> Self {
+        self.flag("--protocol", protocol)
+    }
+
+    pub fn preset(self, name: &str) -> Self {
+        self.flag("--preset", name)
+    }
+
+    pub fn epochs(self, n: u32) -> Self {
+        self.flag("--epochs", n.to_string())
+    }
+
+    /// The command itself, for what the builder does not say (spawning, standard streams).
+    pub fn command(self) -> Command {
+        self.cmd
+    }
+
+    /// Runs the command to its end.
+    pub fn run(mut self) -> Outcome {
+        let line = format!("{:?}", self.cmd);
+        let o = self.cmd.output().expect("run the iuf binary");
+        Outcome {
+            line,
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the command and asserts success, showing its output otherwise.
+    #[track_caller]
+    pub fn ok(self) -> Outcome {
+        let o = self.run();
+        assert!(
+            o.status.success(),
+            "{} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            o.line,
+            o.status,
+            o.stdout,
+            o.stderr
+        );
+        o
+    }
+
+    /// Runs the command, asserts failure and returns stderr.
+    #[track_caller]
+    pub fn fails(self) -> String {
+        let o = self.run();
+        assert!(
+            !o.status.success(),
+            "{} succeeded but should have failed:\nstdout:\n{}\nstderr:\n{}",
+            o.line,
+            o.stdout,
+            o.stderr
+        );
+        o.stderr
+    }
+
+    /// Runs the command, asserts failure with every one of `wanted` in stderr, returns stderr.
+    #[track_caller]
+    pub fn fails_with(self, wanted: &[&str]) -> String {
+        let line = format!("{:?}", self.cmd);
+        let err = self.fails();
+        for w in wanted {
+            assert!(err.contains(w), "{line}: no {w:?} in stderr:\n{err}");
+        }
+        err
+    }
+}
+
+/// What a finished `iuf` left: its exit status, stdout and stderr.
+pub struct Outcome {
+    line: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The JSON document on stdout.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{}: stdout is not JSON ({e}):\n{}", self.line, self.stdout))
+    }
+
+    /// The JSON values of stdout, one per line.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
 }
 
 /// A scratch folder with its own cache.
@@ -32,21 +195,53 @@ impl Scratch {
         self.dir.path().join(rel)
     }
 
-    /// Runs `iuf` with the shared weights, this folder's cache and 2 threads, then `args`.
-    pub fn iuf<I, S>(&self, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        Command::new(env!("CARGO_BIN_EXE_iuf"))
-            .arg("--weights")
-            .arg(lite0_pth())
-            .arg("--cache-dir")
-            .arg(self.path("cache"))
+    /// `iuf SUBCOMMAND` with the shared weights, this folder's cache and 2 threads.
+    pub fn iuf(&self, subcommand: &str) -> Iuf {
+        self.global().arg(subcommand)
+    }
+
+    /// `iuf --json SUBCOMMAND`, otherwise as [`Scratch::iuf`].
+    pub fn iuf_json(&self, subcommand: &str) -> Iuf {
+        self.global().arg("--json").arg(subcommand)
+    }
+
+    fn global(&self) -> Iuf {
+        Iuf::bare()
+            .flag("--weights", lite0_pth())
+            .flag("--cache-dir", self.path("cache"))
             .args(["--threads", "2"])
-            .args(args)
-            .output()
-            .expect("run the iuf binary")
+    }
+
+    /// A scratch folder with the tiny demo dataset in it: where most tests start.
+    pub fn with_demo_data() -> (Self, PathBuf) {
+        let s = Self::new();
+        let data = s.demo_data();
+        (s, data)
+    }
+
+    /// `iuf train --data DATA --classes CLASSES`, to be told where the model goes (`.out`).
+    pub fn train(&self, data: &Path, classes: &str) -> Iuf {
+        self.iuf("train").data(data).classes(classes)
+    }
+
+    /// `iuf train --data DATA --classes CLASSES --preset tiny`: a model in seconds.
+    pub fn train_tiny(&self, data: &Path, classes: &str) -> Iuf {
+        self.train(data, classes).preset("tiny")
+    }
+
+    /// Writes `bytes` to the file `rel` in this folder (its folder created if need be).
+    pub fn file(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Creates the folder `rel` in this folder.
+    pub fn folder(&self, rel: &str) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(&path).unwrap();
+        path
     }
 
     /// Writes the tiny demo dataset (3 objects, 8 train + 8 test images of 64 px) to `demo/`.
@@ -55,52 +250,4 @@ impl Scratch {
         iuf_data::demo::generate(&dir, &iuf_data::demo::DemoConfig::tiny()).expect("demo dataset");
         dir
     }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success, showing stderr otherwise.
-#[track_caller]
-pub fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "iuf failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-/// Asserts failure and returns stderr.
-#[track_caller]
-pub fn fails(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "iuf succeeded but should have failed:\nstdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-    stderr(o)
-}
-
-/// The JSON values of stdout, one per line.
-pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
-    stdout(o)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// The JSON document on stdout.
-pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_str(&stdout(o))
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", stdout(o)))
 }

@@ -3,9 +3,9 @@
 //! clear error that names the file and what was expected, and no user file lost or changed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Stdio;
 
-use crate::common::{fails, json, json_lines, lite0_pth, ok, shared, stderr, Scratch};
+use crate::common::{lite0_pth, mvtec_mini, Iuf, Scratch};
 
 /// The ways a file gets damaged: cut short, one flipped bit, emptied.
 const DAMAGES: [&str; 3] = ["truncated", "bit-flipped", "zero-byte"];
@@ -34,32 +34,20 @@ fn assert_tidy(msg: &str) {
 }
 
 /// `iuf` without `--weights` (the weights come from the cache) and with a pip that cannot fetch.
-fn bare(s: &Scratch, cache: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_iuf"))
+fn bare(s: &Scratch, cache: &Path) -> Iuf {
+    Iuf::bare()
         .env("IUF_PYTHON", s.path("no-python-here"))
-        .arg("--cache-dir")
-        .arg(cache)
+        .flag("--cache-dir", cache)
         .args(["--threads", "2"])
-        .args(args)
-        .output()
-        .expect("run the iuf binary")
 }
 
-/// A one-object memory model of the demo data (seconds).
-fn trained(s: &Scratch, data: &Path) -> PathBuf {
+/// A scratch folder with the demo data and a one-object memory model of it, `m.safetensors`
+/// (seconds): (folder, data, model).
+fn demo_model() -> (Scratch, PathBuf, PathBuf) {
+    let (s, data) = Scratch::with_demo_data();
     let m = s.path("m.safetensors");
-    ok(&s.iuf([
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "fabric".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--out".as_ref(),
-        m.as_os_str(),
-    ]));
-    m
+    s.train_tiny(&data, "fabric").out(&m).ok();
+    (s, data, m)
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -85,34 +73,19 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// to delete; a model that records the weights' file sha256 (older iuf) still loads.
 #[test]
 fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refused() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data); // trained with --weights <the .pth>
-    let cache = s.path("cache2");
-    std::fs::create_dir_all(&cache).unwrap();
+    let (s, data, m) = demo_model(); // trained with --weights <the .pth>
+    let cache = s.folder("cache2");
     let cached = cache.join("efficientnet-lite0-57934424.safetensors");
     iuf_backbone::fetch::convert_pth_file(&lite0_pth(), &cached).unwrap();
     let image = data.join("fabric/test/good/000.png");
-    let predict = |out: &str| {
-        bare(
-            &s,
-            &cache,
-            &[
-                "predict".as_ref(),
-                "--model".as_ref(),
-                m.as_os_str(),
-                image.as_os_str(),
-                "--out".as_ref(),
-                s.path(out).as_os_str(),
-            ],
-        )
-    };
-    ok(&predict("p0"));
+    // `iuf [--weights W] predict`, the weights from the cache unless given.
+    let predict = |iuf: Iuf, out: &str| iuf.arg("predict").model(&m).arg(&image).out(s.path(out));
+    predict(bare(&s, &cache), "p0").ok();
     let good = std::fs::read(&cached).unwrap();
     for how in DAMAGES {
         std::fs::write(&cached, &good).unwrap();
         damage(&cached, how);
-        let err = fails(&predict(&format!("p-{how}")));
+        let err = predict(bare(&s, &cache), &format!("p-{how}")).fails();
         assert!(
             err.contains(&format!("delete {}", cached.display())) && err.contains("damaged"),
             "{how}: {err}"
@@ -130,9 +103,8 @@ fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refuse
     old.meta.extra["backbone_weights"] = serde_json::Value::String(pth_sha);
     let state = old.state.clone();
     iuf_model::save_model(&m, &old.varmap, &old.meta, &state).unwrap();
-    let o = predict("p-old");
-    ok(&o);
-    assert!(stderr(&o).contains("by a file's sha256"), "{}", stderr(&o));
+    let o = predict(bare(&s, &cache), "p-old").ok();
+    assert!(o.stderr.contains("by a file's sha256"), "{}", o.stderr);
     // Other weights are refused with a tidy message.
     let mut tensors = iuf_backbone::fetch::read_weights_file(&cached)
         .unwrap()
@@ -152,24 +124,8 @@ fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refuse
     );
     let other = s.path("other.safetensors");
     iuf_backbone::fetch::write_safetensors(&tensors, &other).unwrap();
-    let err = fails(&bare(
-        &s,
-        &cache,
-        &[
-            "--weights".as_ref(),
-            other.as_os_str(),
-            "predict".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-            image.as_os_str(),
-            "--out".as_ref(),
-            s.path("p-other").as_os_str(),
-        ],
-    ));
-    assert!(
-        err.contains("pass --weights with the file the model was trained with"),
-        "{err}"
-    );
+    let err = predict(bare(&s, &cache).flag("--weights", &other), "p-other")
+        .fails_with(&["pass --weights with the file the model was trained with"]);
     assert_tidy(&err);
 }
 
@@ -177,47 +133,30 @@ fn weights_are_identified_by_their_tensors_and_damaged_cached_weights_are_refuse
 /// named before any work, with what is wrong; nothing is written there.
 #[test]
 fn a_cache_folder_that_is_a_file_or_read_only_is_named_before_any_work() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let file = s.path("cache-file");
-    std::fs::write(&file, b"user data").unwrap();
+    let (s, data) = Scratch::with_demo_data();
+    let file = s.file("cache-file", b"user data");
     let out = s.path("m.safetensors");
-    let args: [&std::ffi::OsStr; 7] = [
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "fabric".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
-    let err = fails(&bare(&s, &file, &args));
-    assert!(
-        err.contains("--cache-dir") && err.contains("is a file, not a folder"),
-        "{err}"
-    );
+    let train = |cache: &Path| {
+        bare(&s, cache)
+            .arg("train")
+            .data(&data)
+            .classes("fabric")
+            .out(&out)
+    };
+    let err = train(&file).fails_with(&["--cache-dir", "is a file, not a folder"]);
     assert!(!err.contains("PyPI"), "{err}");
     assert_tidy(&err);
     assert_eq!(std::fs::read(&file).unwrap(), b"user data");
     assert!(!out.exists());
     // A folder below a file cannot be created either.
-    let err = fails(&bare(&s, &file.join("sub"), &args));
-    assert!(
-        err.contains("--cache-dir") && err.contains("not a folder"),
-        "{err}"
-    );
+    train(&file.join("sub")).fails_with(&["--cache-dir", "not a folder"]);
     // Read-only: root ignores permission bits, so this part only runs for other users;
     // `readonly::read_only_output_folders_are_named_before_any_work` checks it as root too.
     use std::os::unix::fs::PermissionsExt;
-    let ro = s.path("ro");
-    std::fs::create_dir_all(&ro).unwrap();
+    let ro = s.folder("ro");
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     if std::fs::write(ro.join("probe"), b"").is_err() {
-        let err = fails(&bare(&s, &ro, &args));
-        assert!(
-            err.contains("--cache-dir") && err.contains("cannot write"),
-            "{err}"
-        );
+        train(&ro).fails_with(&["--cache-dir", "cannot write"]);
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -227,42 +166,26 @@ fn a_cache_folder_that_is_a_file_or_read_only_is_named_before_any_work() {
 /// --overwrite; the check runs before any work; the panel may not be one of the run's own files.
 #[test]
 fn predict_replaces_no_file_it_did_not_write_in_this_run() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data);
+    let (s, data, m) = demo_model();
     let image = data.join("fabric/test/good/000.png");
-    let out = s.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let mine = out.join("000.png");
-    std::fs::write(&mine, b"the user's own picture").unwrap();
+    let out = s.folder("out");
+    let mine = s.file("out/000.png", b"the user's own picture");
     let predict = |extra: &[&str]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "--json".as_ref(),
-            "predict".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-            image.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
-        s.iuf(args)
+        s.iuf_json("predict")
+            .model(&m)
+            .arg(&image)
+            .out(&out)
+            .args(extra)
     };
-    let err = fails(&predict(&[]));
-    assert!(
-        err.contains(&mine.display().to_string())
-            && err.contains("already exists")
-            && err.contains("--overwrite"),
-        "{err}"
-    );
+    let err =
+        predict(&[]).fails_with(&[&mine.display().to_string(), "already exists", "--overwrite"]);
     assert_tidy(&err);
     assert_eq!(std::fs::read(&mine).unwrap(), b"the user's own picture");
     assert!(!out.join("predictions.jsonl").exists(), "work was done");
     // A predictions.jsonl of the user, too.
     std::fs::remove_file(&mine).unwrap();
     std::fs::write(out.join("predictions.jsonl"), b"mine").unwrap();
-    let err = fails(&predict(&[]));
-    assert!(err.contains("predictions.jsonl"), "{err}");
+    predict(&[]).fails_with(&["predictions.jsonl"]);
     assert_eq!(
         std::fs::read(out.join("predictions.jsonl")).unwrap(),
         b"mine"
@@ -270,16 +193,12 @@ fn predict_replaces_no_file_it_did_not_write_in_this_run() {
     std::fs::remove_file(out.join("predictions.jsonl")).unwrap();
     // A panel where this run's heatmap goes.
     let panel = out.join("000.png");
-    let err = fails(&predict(&["--panel", panel.to_str().unwrap()]));
-    assert!(err.contains("--panel") && err.contains("heatmap"), "{err}");
+    predict(&["--panel", panel.to_str().unwrap()]).fails_with(&["--panel", "heatmap"]);
     // A clean run, then a second run into the same folder: refused, then allowed with --overwrite.
-    let o = predict(&[]);
-    ok(&o);
-    let first = json_lines(&o);
+    let first = predict(&[]).ok().json_lines();
     assert_eq!(first.len(), 1);
-    let err = fails(&predict(&[]));
-    assert!(err.contains("already exists"), "{err}");
-    ok(&predict(&["--overwrite"]));
+    predict(&[]).fails_with(&["already exists"]);
+    predict(&["--overwrite"]).ok();
     // Every file there is one this run wrote, no temporaries left.
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
@@ -293,54 +212,23 @@ fn predict_replaces_no_file_it_did_not_write_in_this_run() {
 /// whichever command it is; refused before any work, the weights unchanged.
 #[test]
 fn no_command_writes_over_its_weights_file() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data);
+    let (s, data, m) = demo_model();
     let weights = s.path("weights.pth");
     std::fs::copy(lite0_pth(), &weights).unwrap();
     let before = std::fs::read(&weights).unwrap();
     let cache = s.path("cache");
-    let w = weights.as_os_str();
-    let runs: [Vec<&std::ffi::OsStr>; 3] = [
-        vec![
-            "--weights".as_ref(),
-            w,
-            "train".as_ref(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--classes".as_ref(),
-            "fabric".as_ref(),
-            "--out".as_ref(),
-            w,
-        ],
-        vec![
-            "--weights".as_ref(),
-            w,
-            "learn".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--classes".as_ref(),
-            "mesh".as_ref(),
-            "--out".as_ref(),
-            w,
-        ],
-        vec![
-            "--weights".as_ref(),
-            w,
-            "eval".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--out".as_ref(),
-            w,
-        ],
+    let w = || bare(&s, &cache).flag("--weights", &weights);
+    let runs = [
+        w().arg("train").data(&data).classes("fabric").out(&weights),
+        w().arg("learn")
+            .model(&m)
+            .data(&data)
+            .classes("mesh")
+            .out(&weights),
+        w().arg("eval").model(&m).data(&data).out(&weights),
     ];
-    for args in runs {
-        let err = fails(&bare(&s, &cache, &args));
-        assert!(err.contains("is the input --weights"), "{args:?}: {err}");
+    for cmd in runs {
+        let err = cmd.fails_with(&["is the input --weights"]);
         assert_tidy(&err);
     }
     assert_eq!(std::fs::read(&weights).unwrap(), before);
@@ -351,13 +239,9 @@ fn no_command_writes_over_its_weights_file() {
 /// with its name before a model is written; no input is changed.
 #[test]
 fn damaged_images_and_masks_are_named_and_change_nothing() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data);
-    let images = s.path("images");
-    let masks = s.path("masks");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&masks).unwrap();
+    let (s, data, m) = demo_model();
+    let images = s.folder("images");
+    let masks = s.folder("masks");
     let crack = std::fs::read_dir(data.join("fabric/test"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -387,18 +271,14 @@ fn damaged_images_and_masks_are_named_and_change_nothing() {
         damage(&img, how);
     }
     let before = (snapshot(&images), snapshot(&masks));
-    let o = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        m.as_os_str(),
-        images.as_os_str(),
-        "--masks".as_ref(),
-        masks.as_os_str(),
-        "--out".as_ref(),
-        s.path("pred").as_os_str(),
-    ]);
-    let lines = json_lines(&o);
+    let lines = s
+        .iuf_json("predict")
+        .model(&m)
+        .arg(&images)
+        .flag("--masks", &masks)
+        .out(s.path("pred"))
+        .run()
+        .json_lines();
     assert_eq!(lines.len(), 7, "{lines:?}");
     for l in &lines {
         let path = l["path"].as_str().unwrap();
@@ -431,18 +311,7 @@ fn damaged_images_and_masks_are_named_and_change_nothing() {
         let good = std::fs::read(&victim).unwrap();
         damage(&victim, how);
         let out = s.path(&format!("bad-{how}.safetensors"));
-        let o = s.iuf([
-            "train".as_ref(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--classes".as_ref(),
-            "mesh".as_ref(),
-            "--preset".as_ref(),
-            "tiny".as_ref(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ]);
-        let err = fails(&o);
+        let err = s.train_tiny(&data, "mesh").out(&out).fails();
         assert!(err.contains("000.png"), "{how}: {err}");
         assert_tidy(&err);
         assert!(!out.exists(), "{how}");
@@ -454,28 +323,20 @@ fn damaged_images_and_masks_are_named_and_change_nothing() {
 /// with its name and the fix, and is left as it is.
 #[test]
 fn damaged_model_files_are_named_and_left_alone() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data);
+    let (s, data, m) = demo_model();
     let good = std::fs::read(&m).unwrap();
     for how in DAMAGES {
         std::fs::write(&m, &good).unwrap();
         damage(&m, how);
         let damaged = std::fs::read(&m).unwrap();
-        for args in [
-            vec!["info", "--model", m.to_str().unwrap()],
-            vec![
-                "eval",
-                "--model",
-                m.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-            ],
+        for (name, cmd) in [
+            ("info", s.iuf("info").model(&m)),
+            ("eval", s.iuf("eval").model(&m).data(&data)),
         ] {
-            let err = fails(&s.iuf(&args));
+            let err = cmd.fails();
             assert!(
                 err.contains("m.safetensors") && err.contains("re-created"),
-                "{how} {args:?}: {err}"
+                "{how} {name}: {err}"
             );
             assert_tidy(&err);
         }
@@ -491,20 +352,10 @@ fn damaged_model_files_are_named_and_left_alone() {
 /// are detected, recomputed and rewritten: eval gives the same numbers as with an intact cache.
 #[test]
 fn damaged_feature_cache_entries_are_recomputed() {
-    let s = Scratch::new();
-    let data = s.demo_data();
-    let m = trained(&s, &data);
+    let (s, data, m) = demo_model();
     let eval = || {
-        let o = s.iuf([
-            "--json".as_ref(),
-            "eval".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-        ]);
-        ok(&o);
-        (json(&o), stderr(&o))
+        let o = s.iuf_json("eval").model(&m).data(&data).ok();
+        (o.json(), o.stderr)
     };
     let (reference, _) = eval();
     let entries: Vec<PathBuf> = snapshot(&s.path("cache/features"))
@@ -537,30 +388,17 @@ fn damaged_feature_cache_entries_are_recomputed() {
 /// uninterrupted run's, and leaves no temporary file behind.
 #[test]
 fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
-    let s = Scratch::new();
-    let data = s.demo_data();
+    let (s, data) = Scratch::with_demo_data();
     let bench = |out: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_iuf"));
-        c.arg("--weights")
-            .arg(lite0_pth())
-            .arg("--cache-dir")
-            .arg(s.path("cache"))
-            .args(["--threads", "2", "bench", "--data"])
-            .arg(&data)
-            .args([
-                "--protocol",
-                "fabric | mesh",
-                "--method",
-                "memory",
-                "--preset",
-                "tiny",
-            ])
-            .arg("--out")
-            .arg(out);
-        c
+        s.iuf("bench")
+            .data(&data)
+            .protocol("fabric | mesh")
+            .method("memory")
+            .preset("tiny")
+            .out(out)
     };
     let whole = s.path("whole");
-    ok(&bench(&whole).output().unwrap());
+    bench(&whole).ok();
     let digests = |out: &Path| -> Vec<(String, String)> {
         let dir = out.join("memory");
         (0..2)
@@ -592,8 +430,9 @@ fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
     for (name, file, delay_ms) in points {
         let out = s.path(name);
         let mut child = bench(&out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let marker = out.join("memory").join(file);
@@ -617,7 +456,7 @@ fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
             !out.join("memory/step-1.json").exists(),
             "{name}: killed too late"
         );
-        ok(&bench(&out).output().unwrap());
+        bench(&out).ok();
         assert_eq!(digests(&out), reference, "{name}");
         let temps: Vec<_> = snapshot(&out)
             .into_iter()
@@ -632,7 +471,7 @@ fn bench_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
 /// with every mask blackened (a dataset shipped with empty masks): the first 16 training images,
 /// 4 good and 3 + 3 defective test images of each.
 fn real_data_with_black_tire_masks(s: &Scratch) -> PathBuf {
-    let src = shared().join("datasets/mvtec-mini");
+    let src = mvtec_mini();
     let dst = s.path("black-masks");
     let first = |dir: &Path, n: usize| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -687,30 +526,12 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     let s = Scratch::new();
     let data = real_data_with_black_tire_masks(&s);
     let m = s.path("m.safetensors");
-    ok(&s.iuf([
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "bottle,tire".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--epochs".as_ref(),
-        "1".as_ref(),
-        "--out".as_ref(),
-        m.as_os_str(),
-    ]));
-    let eval = [
-        "eval".as_ref(),
-        "--model".as_ref(),
-        m.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ];
+    s.train_tiny(&data, "bottle,tire").epochs(1).out(&m).ok();
+    // `iuf [--json] eval`
+    let eval = |iuf: Iuf| iuf.model(&m).data(&data);
 
-    let o = s.iuf(eval);
-    let table = ok(&o);
-    let err = stderr(&o);
+    let o = eval(s.iuf("eval")).ok();
+    let (table, err) = (&o.stdout, &o.stderr);
     assert!(
         err.contains("warning: class `tire`")
             && err.contains("masks of its 6 defective test images are all empty")
@@ -719,7 +540,7 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
         "{err}"
     );
     assert!(!err.contains("`bottle`"), "{err}");
-    assert_tidy(&err);
+    assert_tidy(err);
     let row = |name: &str| -> Vec<String> {
         let line = table
             .lines()
@@ -740,9 +561,7 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     assert!(row("bottle")[3].parse::<f64>().is_ok(), "{table}");
     assert!(table.contains("n/a: no pixel metrics for tire"), "{table}");
 
-    let o = s.iuf(std::iter::once("--json".as_ref()).chain(eval));
-    ok(&o);
-    let v = json(&o);
+    let v = eval(s.iuf_json("eval")).ok().json();
     let classes = v["classes"].as_array().unwrap();
     let tire = classes.iter().find(|c| c["class"] == "tire").unwrap();
     let bottle = classes.iter().find(|c| c["class"] == "bottle").unwrap();
@@ -764,21 +583,15 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     // The protocol runner: tire is learned at step 1 with no pixel value, bottle's pixel ACC/FM
     // are the run's.
     let out = s.path("bench");
-    let bench: [&std::ffi::OsStr; 11] = [
-        "bench".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--protocol".as_ref(),
-        "bottle | tire".as_ref(),
-        "--method".as_ref(),
-        "class-mean".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
-    let o = s.iuf(bench);
-    let printed = ok(&o);
+    // `iuf [--json] bench`
+    let bench = |iuf: Iuf| {
+        iuf.data(&data)
+            .protocol("bottle | tire")
+            .method("class-mean")
+            .preset("tiny")
+            .out(&out)
+    };
+    let printed = bench(s.iuf("bench")).ok().stdout;
     assert!(
         printed.contains("class-mean: no pixel metrics for tire"),
         "{printed}"
@@ -797,8 +610,7 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
     );
     assert!(r["warnings"][0].as_str().unwrap().contains("`tire`"), "{r}");
     // The --json summary carries them too (the finished run is resumed, not recomputed).
-    let o = s.iuf(std::iter::once("--json".as_ref()).chain(bench));
-    let summary = json(&o);
+    let summary = bench(s.iuf_json("bench")).run().json();
     assert_eq!(
         summary["methods"][0]["warnings"], r["warnings"],
         "{summary}"

@@ -1,36 +1,15 @@
 //! Real images: the CLI on ../shared/datasets/mvtec-mini (MVTec AD layout; `magnetic_tile` is
 //! grayscale), kept cheap: one object, the `tiny` preset, one epoch.
 
-use crate::common::{json, json_lines, ok, shared, Scratch};
+use crate::common::{mvtec_mini, Scratch};
 
 #[test]
 fn real_mvtec_mini_train_eval_predict_on_bottle() {
     let s = Scratch::new();
-    let data = shared().join("datasets/mvtec-mini");
+    let data = mvtec_mini();
     let model = s.path("bottle.safetensors");
-    ok(&s.iuf([
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "bottle".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--epochs".as_ref(),
-        "1".as_ref(),
-        "--out".as_ref(),
-        model.as_os_str(),
-    ]));
-    let o = s.iuf([
-        "--json".as_ref(),
-        "eval".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ]);
-    ok(&o);
-    let ev = json(&o);
+    s.train_tiny(&data, "bottle").epochs(1).out(&model).ok();
+    let ev = s.iuf_json("eval").model(&model).data(&data).ok().json();
     let bottle = &ev["classes"][0];
     assert_eq!(bottle["class"], "bottle");
     // mvtec-mini/README.md: bottle has 20 good and 63 defective test images.
@@ -50,19 +29,20 @@ fn real_mvtec_mini_train_eval_predict_on_bottle() {
     }
 
     // A grayscale object's images are scored too (3 equal channels).
-    let o = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        data.join("bottle/test/broken_large/000.png").as_os_str(),
-        data.join("magnetic_tile/test/good/000.png").as_os_str(),
-        data.join("magnetic_tile/test/crack/000.png").as_os_str(),
-        "--out".as_ref(),
-        s.path("pred").as_os_str(),
-    ]);
-    ok(&o);
-    let lines = json_lines(&o);
+    let lines = s
+        .iuf_json("predict")
+        .model(&model)
+        .args(
+            [
+                "bottle/test/broken_large/000.png",
+                "magnetic_tile/test/good/000.png",
+                "magnetic_tile/test/crack/000.png",
+            ]
+            .map(|f| data.join(f)),
+        )
+        .out(s.path("pred"))
+        .ok()
+        .json_lines();
     assert_eq!(lines.len(), 3);
     assert!(lines[0]["mask"]
         .as_str()

@@ -1,18 +1,17 @@
 //! Read-only output folders, checked for real. Root ignores permission bits, so where the tests
 //! run as root (CI does) the commands run as the unprivileged user and group 65534 (`nobody`).
 
-use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use crate::common::{fails, Scratch};
+use crate::common::{Iuf, Scratch};
 
 const NOBODY: u32 = 65534;
 
-/// A command's name and its arguments with outputs in a given folder.
-type Case<'a> = (&'static str, Box<dyn Fn(&Path) -> Vec<PathBuf> + 'a>);
+/// A command's name and the command with its outputs in a given folder.
+type Case<'a> = (&'static str, Box<dyn Fn(&Path) -> Iuf + 'a>);
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -69,15 +68,12 @@ impl<'a> Unprivileged<'a> {
             .is_ok_and(|o| o.status.success())
     }
 
-    fn iuf(&self, args: &[&OsStr]) -> Output {
-        self.iuf_with_cache(&self.s.path("cache"), args)
+    fn iuf(&self, subcommand: &str) -> Iuf {
+        self.iuf_with_cache(&self.s.path("cache"), subcommand)
     }
 
-    fn iuf_with_cache(&self, cache: &Path, args: &[&OsStr]) -> Output {
-        self.command(cache)
-            .args(args)
-            .output()
-            .expect("run the iuf binary")
+    fn iuf_with_cache(&self, cache: &Path, subcommand: &str) -> Iuf {
+        Iuf::from(self.command(cache)).arg(subcommand)
     }
 }
 
@@ -90,107 +86,56 @@ fn read_only_output_folders_are_named_before_any_work() {
     let s = Scratch::new();
     let run = Unprivileged::new(&s);
     let data = s.demo_data();
-    let model = s.path("given.safetensors");
-    std::fs::write(&model, b"not read: outputs are checked first").unwrap();
+    let model = s.file("given.safetensors", b"not read: outputs are checked first");
     chmod(&model, 0o644);
-    let ro = s.path("ro");
-    std::fs::create_dir_all(&ro).unwrap();
+    let ro = s.folder("ro");
     chmod(&ro, 0o555);
-    let rw = s.path("rw");
-    std::fs::create_dir_all(&rw).unwrap();
+    let rw = s.folder("rw");
     chmod(&rw, 0o777);
 
+    let with_model = |subcommand| run.iuf(subcommand).model(&model);
+    let predict = || with_model("predict").arg(data.join("fabric/test/good"));
     let cases: Vec<Case<'_>> = vec![
         (
             "train --out",
-            Box::new(|dir| {
-                vec![
-                    "train".into(),
-                    "--data".into(),
-                    data.clone(),
-                    "--out".into(),
-                    dir.join("m.safetensors"),
-                ]
-            }),
+            Box::new(|dir| run.iuf("train").data(&data).out(dir.join("m.safetensors"))),
         ),
         (
             "learn --out",
             Box::new(|dir| {
-                vec![
-                    "learn".into(),
-                    "--model".into(),
-                    model.clone(),
-                    "--data".into(),
-                    data.clone(),
-                    "--out".into(),
-                    dir.join("m2.safetensors"),
-                ]
+                with_model("learn")
+                    .data(&data)
+                    .out(dir.join("m2.safetensors"))
             }),
         ),
         (
             "eval --out",
-            Box::new(|dir| {
-                vec![
-                    "eval".into(),
-                    "--model".into(),
-                    model.clone(),
-                    "--data".into(),
-                    data.clone(),
-                    "--out".into(),
-                    dir.join("eval.json"),
-                ]
-            }),
+            Box::new(|dir| with_model("eval").data(&data).out(dir.join("eval.json"))),
         ),
         (
             "predict --out",
-            Box::new(|dir| {
-                vec![
-                    "predict".into(),
-                    "--model".into(),
-                    model.clone(),
-                    data.join("fabric/test/good"),
-                    "--out".into(),
-                    dir.join("pred"),
-                ]
-            }),
+            Box::new(|dir| predict().out(dir.join("pred"))),
         ),
         (
             "predict --panel",
             Box::new(|dir| {
-                vec![
-                    "predict".into(),
-                    "--model".into(),
-                    model.clone(),
-                    data.join("fabric/test/good"),
-                    "--out".into(),
-                    s.path("rw/pred-for-panel"),
-                    "--panel".into(),
-                    dir.join("panel.png"),
-                ]
+                predict()
+                    .out(s.path("rw/pred-for-panel"))
+                    .flag("--panel", dir.join("panel.png"))
             }),
         ),
         (
             "bench --out",
             Box::new(|dir| {
-                vec![
-                    "bench".into(),
-                    "--data".into(),
-                    data.clone(),
-                    "--protocol".into(),
-                    "fabric | mesh".into(),
-                    "--out".into(),
-                    dir.join("bench"),
-                ]
+                run.iuf("bench")
+                    .data(&data)
+                    .protocol("fabric | mesh")
+                    .out(dir.join("bench"))
             }),
         ),
     ];
-    let as_args = |v: &[PathBuf]| -> Vec<std::ffi::OsString> {
-        v.iter().map(|p| p.as_os_str().to_owned()).collect()
-    };
-    for (name, args) in &cases {
-        let refused = as_args(&args(&ro));
-        let refused: Vec<&OsStr> = refused.iter().map(|a| a.as_os_str()).collect();
-        let err = fails(&run.iuf(&refused));
+    for (name, cmd) in &cases {
+        let err = cmd(&ro).fails();
         assert!(
             err.contains("cannot write in") && err.contains(&ro.display().to_string()),
             "{name} into a read-only folder: {err}"
@@ -204,25 +149,15 @@ fn read_only_output_folders_are_named_before_any_work() {
         let dir = rw.join(name.replace([' ', '-'], ""));
         std::fs::create_dir_all(&dir).unwrap();
         chmod(&dir, 0o777);
-        let control = as_args(&args(&dir));
-        let control: Vec<&OsStr> = control.iter().map(|a| a.as_os_str()).collect();
-        let err = fails(&run.iuf(&control));
+        let err = cmd(&dir).fails();
         assert!(!err.contains("cannot write in"), "{name} control: {err}");
     }
     // The cache folder.
     let out = s.path("rw/m-cache.safetensors");
-    let args: [&OsStr; 5] = [
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
-    let err = fails(&run.iuf_with_cache(&ro.join("cache"), &args));
-    assert!(
-        err.contains("--cache-dir") && err.contains("cannot write"),
-        "{err}"
-    );
+    run.iuf_with_cache(&ro.join("cache"), "train")
+        .data(&data)
+        .out(&out)
+        .fails_with(&["--cache-dir", "cannot write"]);
     assert_eq!(
         std::fs::read_dir(&ro).unwrap().count(),
         0,

@@ -10,59 +10,36 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{json_lines, lite0_pth, ok, shared, Scratch};
+use crate::common::{mvtec_mini, Scratch};
 
 /// Two real models, trained once for every test here: `a` knows bottle; `b` is `a` after
 /// `iuf learn` of pill.
 struct Models {
-    _scratch: Scratch,
+    /// Where they are, with the feature cache every service here shares.
+    scratch: Scratch,
     a: PathBuf,
     b: PathBuf,
-    cache: PathBuf,
 }
 
 fn models() -> &'static Models {
     static MODELS: OnceLock<Models> = OnceLock::new();
     MODELS.get_or_init(|| {
         let s = Scratch::new();
-        let data = mvtec();
+        let data = mvtec_mini();
         let (a, b) = (s.path("a.safetensors"), s.path("b.safetensors"));
-        ok(&s.iuf([
-            "train".as_ref(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--classes".as_ref(),
-            "bottle".as_ref(),
-            "--out".as_ref(),
-            a.as_os_str(),
-        ]));
-        ok(&s.iuf([
-            "learn".as_ref(),
-            "--model".as_ref(),
-            a.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--classes".as_ref(),
-            "pill".as_ref(),
-            "--out".as_ref(),
-            b.as_os_str(),
-        ]));
-        let cache = s.path("cache");
-        Models {
-            _scratch: s,
-            a,
-            b,
-            cache,
-        }
+        s.train(&data, "bottle").out(&a).ok();
+        s.iuf("learn")
+            .model(&a)
+            .data(&data)
+            .classes("pill")
+            .out(&b)
+            .ok();
+        Models { scratch: s, a, b }
     })
 }
 
-fn mvtec() -> PathBuf {
-    shared().join("datasets/mvtec-mini")
-}
-
 fn image(rel: &str) -> Vec<u8> {
-    std::fs::read(mvtec().join(rel)).unwrap()
+    std::fs::read(mvtec_mini().join(rel)).unwrap()
 }
 
 fn sha256(path: &Path) -> String {
@@ -77,21 +54,13 @@ struct Service {
 
 impl Service {
     fn start(model: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iuf"))
-            .arg("--weights")
-            .arg(lite0_pth())
-            .arg("--cache-dir")
-            .arg(&models().cache)
-            .args([
-                "--threads",
-                "2",
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--model",
-            ])
-            .arg(model)
+        let mut child = models()
+            .scratch
+            .iuf("serve")
+            .flag("--bind", "127.0.0.1:0")
+            .model(model)
             .args(extra)
+            .command()
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -114,14 +83,14 @@ impl Service {
         Self { child, url }
     }
 
-    /// (status, body) of a request; `body` None means GET.
+    /// The answer to a request; `body` None means GET.
     fn call(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
-    ) -> (u16, String) {
+    ) -> Answer {
         let mut req = ureq::request(method, &format!("{}{path}", self.url));
         for (k, v) in headers {
             req = req.set(k, v);
@@ -130,39 +99,36 @@ impl Service {
             Some(b) => req.send_bytes(b),
             None => req.call(),
         };
-        match r {
+        let (status, text) = match r {
             Ok(resp) => (resp.status(), resp.into_string().unwrap()),
             Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
             Err(e) => panic!("{method} {path}: {e}"),
+        };
+        Answer {
+            request: format!("{method} {path}"),
+            status,
+            text,
         }
     }
 
-    fn json(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> (u16, Value) {
-        let (status, text) = self.call(method, path, headers, body);
-        let v = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("{method} {path} answered {status} with no JSON ({e}): {text}")
-        });
-        (status, v)
+    /// A connection that has sent the head of a POST announcing `length` bytes of body.
+    fn post_head(&self, path: &str, length: usize) -> TcpStream {
+        let host = self.url.strip_prefix("http://").unwrap();
+        let mut c = TcpStream::connect(host).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        c
     }
 
     /// The status answered to a POST that announces `length` bytes of body and sends none: a
     /// body the service would not read could make the kernel reset the connection and drop the
     /// answer before it is read.
     fn raw_status(&self, path: &str, length: usize) -> u16 {
-        let host = self.url.strip_prefix("http://").unwrap();
-        let mut c = TcpStream::connect(host).unwrap();
+        let mut c = self.post_head(path, length);
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            c,
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
         read_status(&mut c)
     }
 
@@ -170,14 +136,7 @@ impl Service {
     /// the service answers before the second half is sent.
     fn raw_status_after_slow_body(&self, path: &str, body: &[u8]) -> u16 {
         use std::io::Read;
-        let host = self.url.strip_prefix("http://").unwrap();
-        let mut c = TcpStream::connect(host).unwrap();
-        write!(
-            c,
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
+        let mut c = self.post_head(path, body.len());
         let half = body.len() / 2;
         c.write_all(&body[..half]).unwrap();
         c.set_read_timeout(Some(Duration::from_millis(300)))
@@ -201,8 +160,36 @@ impl Service {
         read_status(&mut c)
     }
 
+    /// (status, JSON answer) of a POST of `bytes`.
+    fn post(&self, path: &str, bytes: &[u8]) -> (u16, Value) {
+        self.call("POST", path, &[], Some(bytes)).json()
+    }
+
     fn inspect(&self, bytes: &[u8]) -> (u16, Value) {
-        self.json("POST", "/v1/inspect", &[], Some(bytes))
+        self.post("/v1/inspect", bytes)
+    }
+}
+
+/// A request's answer: its status and body.
+struct Answer {
+    request: String,
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    fn text(self) -> (u16, String) {
+        (self.status, self.text)
+    }
+
+    fn json(self) -> (u16, Value) {
+        let v = serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!(
+                "{} answered {} with no JSON ({e}): {}",
+                self.request, self.status, self.text
+            )
+        });
+        (self.status, v)
     }
 }
 
@@ -258,13 +245,16 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     std::fs::copy(&m.a, &served).unwrap();
     let svc = Service::start(&served, &["--token", "s3cret", "--max-body-mib", "1"]);
 
-    assert_eq!(svc.call("GET", "/healthz", &[], None), (200, "ok\n".into()));
-    let (status, ready) = svc.json("GET", "/readyz", &[], None);
+    assert_eq!(
+        svc.call("GET", "/healthz", &[], None).text(),
+        (200, "ok\n".into())
+    );
+    let (status, ready) = svc.call("GET", "/readyz", &[], None).json();
     assert_eq!(
         (status, ready["model_sha256"].as_str()),
         (200, Some(sha256(&m.a).as_str()))
     );
-    let (_, info) = svc.json("GET", "/v1/model", &[], None);
+    let (_, info) = svc.call("GET", "/v1/model", &[], None).json();
     assert_eq!(info["learned"][0]["class"], "bottle");
     assert_eq!(info["sha256"], sha256(&m.a));
 
@@ -273,17 +263,14 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     let (status, o) = svc.inspect(&image(defect));
     assert_eq!(status, 200, "{o}");
     let s = Scratch::new();
-    let p = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        m.a.as_os_str(),
-        mvtec().join(defect).as_os_str(),
-        "--out".as_ref(),
-        s.path("pred").as_os_str(),
-    ]);
-    ok(&p);
-    let want = &json_lines(&p)[0];
+    let p = s
+        .iuf_json("predict")
+        .model(&m.a)
+        .arg(mvtec_mini().join(defect))
+        .out(s.path("pred"))
+        .ok()
+        .json_lines();
+    let want = &p[0];
     for k in ["object", "decision", "quantile"] {
         assert_eq!(o[k], want[k], "{k}: serve {o} predict {want}");
     }
@@ -299,7 +286,7 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
         assert!(o["time_ms"][k].as_f64().unwrap() >= 0.0, "{o}");
     }
     assert!(o.get("heatmap").is_none(), "no heatmap unless asked for");
-    let (_, h) = svc.json("POST", "/v1/inspect?heatmap=png", &[], Some(&image(defect)));
+    let (_, h) = svc.post("/v1/inspect?heatmap=png", &image(defect));
     let url = h["heatmap"].as_str().unwrap();
     use base64::Engine;
     let png = base64::engine::general_purpose::STANDARD
@@ -314,7 +301,9 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
         ("notes.txt", b"not an image"),
         ("defect.png", &image(defect)),
     ]);
-    let (status, list) = svc.json("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body));
+    let (status, list) = svc
+        .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
+        .json();
     assert_eq!(status, 200, "{list}");
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 3);
@@ -333,35 +322,20 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     ));
 
     // Bad requests: each refused with a status and a reason.
-    let (status, e) = svc.inspect(b"hello, not an image");
-    assert_eq!(status, 422);
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("expected PNG, JPEG, BMP or TIFF"),
-        "{e}"
-    );
-    let (status, e) = svc.inspect(b"GIF89a not really");
-    assert_eq!(status, 422);
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("Gif images are not read here"),
-        "{e}"
-    );
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 2);
-    let (status, e) = svc.inspect(&truncated);
-    assert_eq!(status, 422);
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("damaged or truncated Png image"),
-        "{e}"
-    );
+    for (bytes, reason) in [
+        (
+            &b"hello, not an image"[..],
+            "expected PNG, JPEG, BMP or TIFF",
+        ),
+        (b"GIF89a not really", "Gif images are not read here"),
+        (&truncated, "damaged or truncated Png image"),
+    ] {
+        let (status, e) = svc.inspect(bytes);
+        assert_eq!(status, 422);
+        assert!(e["error"].as_str().unwrap().contains(reason), "{e}");
+    }
     let (status, e) = svc.inspect(b"");
     assert_eq!(status, 400, "{e}");
     // Too large: refused from its Content-Length, before the body is read.
@@ -370,7 +344,7 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
         413,
         "a 3 MiB body over --max-body-mib 1"
     );
-    let (status, e) = svc.json("POST", "/v1/inspect?heatmap=gif", &[], Some(&good));
+    let (status, e) = svc.post("/v1/inspect?heatmap=gif", &good);
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("heatmap=gif"), "{e}");
     // A bad query is answered only once the body is in: answering earlier and closing the
@@ -379,7 +353,7 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
         svc.raw_status_after_slow_body("/v1/inspect?heatmap=gif", &good),
         400
     );
-    let (status, e) = svc.json("POST", "/v1/inspect?object=tire", &[], Some(&good));
+    let (status, e) = svc.post("/v1/inspect?object=tire", &good);
     assert_eq!(status, 400);
     assert!(e["error"].as_str().unwrap().contains("tire"), "{e}");
     // A client that promises a body and disconnects halfway.
@@ -417,12 +391,12 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     });
 
     // Reload: the token is required; a corrupt file is refused and the old model keeps serving.
-    let (status, _) = svc.json("POST", "/v1/reload", &[], None);
+    let (status, _) = svc.call("POST", "/v1/reload", &[], None).json();
     assert_eq!(status, 401);
     let bytes_b = std::fs::read(&m.b).unwrap();
     std::fs::write(&served, &bytes_b[..bytes_b.len() / 3]).unwrap();
     let auth = [("Authorization", "Bearer s3cret")];
-    let (status, e) = svc.json("POST", "/v1/reload", &auth, None);
+    let (status, e) = svc.call("POST", "/v1/reload", &auth, None).json();
     assert_eq!(status, 422, "{e}");
     assert!(
         e["error"].as_str().unwrap().contains("keeps serving"),
@@ -436,7 +410,7 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     // The new model, written as `iuf learn` writes (temp file, rename).
     std::fs::write(t.path().join(".tmp"), &bytes_b).unwrap();
     std::fs::rename(t.path().join(".tmp"), &served).unwrap();
-    let (status, r) = svc.json("POST", "/v1/reload", &auth, None);
+    let (status, r) = svc.call("POST", "/v1/reload", &auth, None).json();
     assert_eq!(status, 200, "{r}");
     assert_eq!(
         (r["reloaded"].as_bool(), r["sha256"].as_str()),
@@ -445,10 +419,10 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     let (_, pill) = svc.inspect(&image("pill/test/good/000.png"));
     assert_eq!(pill["object"], "pill", "{pill}");
     assert_eq!(pill["model_sha256"], sha256(&m.b));
-    let (_, info) = svc.json("GET", "/v1/model", &[], None);
+    let (_, info) = svc.call("GET", "/v1/model", &[], None).json();
     assert_eq!(info["learned"].as_array().unwrap().len(), 2);
 
-    let metrics = svc.call("GET", "/metrics", &[], None).1;
+    let metrics = svc.call("GET", "/metrics", &[], None).text().1;
     for want in [
         "iuf_http_requests_total{route=\"/v1/inspect\",status=\"200\"}",
         "iuf_http_requests_total{route=\"/v1/inspect\",status=\"422\"}",
@@ -474,7 +448,9 @@ fn real_data_serve_sheds_load_with_503_when_its_queue_is_full() {
     let svc = Service::start(&m.a, &["--max-batch", "1", "--queue", "1"]);
     let good = image("bottle/test/good/000.png");
     let (ct, body) = multipart(&[("a.png", &good), ("b.png", &good)]);
-    let (status, e) = svc.json("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body));
+    let (status, e) = svc
+        .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
+        .json();
     assert_eq!(status, 413, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--queue"), "{e}");
     let url = format!("{}/v1/inspect", svc.url);
@@ -722,7 +698,8 @@ fn real_data_serve_page_works_in_headless_chromium() {
     )["nodeId"]
         .clone();
     // The browser reads the file by its plain absolute path (no `..`).
-    let file = std::fs::canonicalize(mvtec().join("bottle/test/broken_large/000.png")).unwrap();
+    let file =
+        std::fs::canonicalize(mvtec_mini().join("bottle/test/broken_large/000.png")).unwrap();
     b.send(
         Some(s),
         "DOM.setFileInputFiles",

@@ -1,49 +1,35 @@
 //! The whole workflow on the tiny demo dataset with the shared Lite0 weights and the `tiny` preset:
 //! train, learn a new object, info, eval, predict, bench, and the demo's code path.
 
-use crate::common::{json, json_lines, ok, Scratch};
+use crate::common::Scratch;
 
 #[test]
 fn train_learn_info_eval_predict_with_shared_lite0_weights() {
-    let s = Scratch::new();
-    let data = s.demo_data();
+    let (s, data) = Scratch::with_demo_data();
     let m0 = s.path("models/m0.safetensors");
     let m1 = s.path("models/m1.safetensors");
 
-    let out = ok(&s.iuf([
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "fabric".as_ref(),
-        "--method".as_ref(),
-        "iuf".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--out".as_ref(),
-        m0.as_os_str(),
-    ]));
+    let out = s
+        .train(&data, "fabric")
+        .method("iuf")
+        .preset("tiny")
+        .out(&m0)
+        .ok()
+        .stdout;
     assert!(out.contains("learned fabric"), "{out}");
     assert!(m0.is_file());
     let before = std::fs::read(&m0).unwrap();
 
     // learn: the input model is never modified; the output knows both objects.
-    let o = s.iuf([
-        "--json".as_ref(),
-        "learn".as_ref(),
-        "--model".as_ref(),
-        m0.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "mesh".as_ref(),
-        "--out".as_ref(),
-        m1.as_os_str(),
-        "--epochs".as_ref(),
-        "3".as_ref(),
-    ]);
-    ok(&o);
-    let learned = json(&o);
+    let learned = s
+        .iuf_json("learn")
+        .model(&m0)
+        .data(&data)
+        .classes("mesh")
+        .out(&m1)
+        .epochs(3)
+        .ok()
+        .json();
     assert_eq!(learned["learned"], serde_json::json!(["fabric", "mesh"]));
     assert_eq!(learned["step"]["step"], 1);
     assert_eq!(
@@ -58,14 +44,7 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     );
 
     // info: objects, their steps, thresholds, the config.
-    let o = s.iuf([
-        "--json".as_ref(),
-        "info".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-    ]);
-    ok(&o);
-    let info = json(&o);
+    let info = s.iuf_json("info").model(&m1).ok().json();
     assert_eq!(info["method"], "iuf");
     assert_eq!(info["backbone"], "efficientnet-lite0");
     let digest = info["backbone_weights_sha256"].as_str().unwrap();
@@ -85,20 +64,11 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     );
     assert!(info["thresholds"]["mesh"].as_f64().unwrap() > 0.0, "{info}");
     assert_eq!(info["config"]["preset"], "tiny");
-    let text = ok(&s.iuf(["info".as_ref(), "--model".as_ref(), m1.as_os_str()]));
+    let text = s.iuf("info").model(&m1).ok().stdout;
     assert!(text.contains("2 of 15 slots used: fabric, mesh"), "{text}");
 
     // eval: defaults to the learned objects the dataset holds.
-    let o = s.iuf([
-        "--json".as_ref(),
-        "eval".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-    ]);
-    ok(&o);
-    let ev = json(&o);
+    let ev = s.iuf_json("eval").model(&m1).data(&data).ok().json();
     let classes = ev["classes"].as_array().unwrap();
     assert_eq!(classes.len(), 2);
     for c in classes {
@@ -108,15 +78,13 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
             assert!((0.0..=1.0).contains(&v), "{k} = {v}");
         }
     }
-    let table = ok(&s.iuf([
-        "eval".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "mesh".as_ref(),
-    ]));
+    let table = s
+        .iuf("eval")
+        .model(&m1)
+        .data(&data)
+        .classes("mesh")
+        .ok()
+        .stdout;
     assert!(
         table.contains("image AUROC") && table.contains("mesh"),
         "{table}"
@@ -124,19 +92,14 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
 
     // predict a folder: one JSON line per image, heatmaps with the mask found in the MVTec tree.
     let pred = s.path("pred");
-    let o = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-        data.join("mesh/test").as_os_str(),
-        "--out".as_ref(),
-        pred.as_os_str(),
-        "--panel".as_ref(),
-        s.path("panel.jpg").as_os_str(),
-    ]);
-    ok(&o);
-    let lines = json_lines(&o);
+    let o = s
+        .iuf_json("predict")
+        .model(&m1)
+        .arg(data.join("mesh/test"))
+        .out(&pred)
+        .flag("--panel", s.path("panel.jpg"))
+        .ok();
+    let lines = o.json_lines();
     assert_eq!(lines.len(), 8);
     for l in &lines {
         let score = l["score"].as_f64().unwrap();
@@ -160,7 +123,7 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     let written = std::fs::read_to_string(pred.join("predictions.jsonl")).unwrap();
     assert_eq!(written.lines().count(), 8);
     // The per-image latency, by stage, goes to stderr (stdout stays JSON lines).
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = &o.stderr;
     let timing = err
         .lines()
         .find(|l| l.starts_with("per image: "))
@@ -174,21 +137,15 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
     assert!(panel.width() > panel.height());
 
     // A lower quantile never raises the threshold (info reports the calibration quantile's).
-    let o = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-        data.join("mesh/test/good/000.png").as_os_str(),
-        "--out".as_ref(),
-        s.path("pred-q").as_os_str(),
-        "--quantile".as_ref(),
-        "0.0".as_ref(),
-        "--object".as_ref(),
-        "mesh".as_ref(),
-    ]);
-    ok(&o);
-    let low = json_lines(&o)[0]["threshold"].as_f64().unwrap();
+    let o = s
+        .iuf_json("predict")
+        .model(&m1)
+        .arg(data.join("mesh/test/good/000.png"))
+        .out(s.path("pred-q"))
+        .flag("--quantile", "0.0")
+        .flag("--object", "mesh")
+        .ok();
+    let low = o.json_lines()[0]["threshold"].as_f64().unwrap();
     let high = info["thresholds"]["mesh"].as_f64().unwrap();
     // (Relative slack: one side went through f32 JSON, the other through f64.)
     assert!(
@@ -199,29 +156,19 @@ fn train_learn_info_eval_predict_with_shared_lite0_weights() {
 
 #[test]
 fn bench_two_methods_writes_reports_and_plot_with_shared_lite0_weights() {
-    let s = Scratch::new();
-    let data = s.demo_data();
+    let (s, data) = Scratch::with_demo_data();
     let out = s.path("bench");
-    let o = s.iuf([
-        "--json".as_ref(),
-        "bench".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--protocol".as_ref(),
-        "fabric | mesh".as_ref(),
-        "--method".as_ref(),
-        "iuf,finetune".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--epochs".as_ref(),
-        "1".as_ref(),
-        "--incremental-epochs".as_ref(),
-        "1".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    ok(&o);
-    let summary = json(&o);
+    let bench = || {
+        s.iuf_json("bench")
+            .data(&data)
+            .protocol("fabric | mesh")
+            .method("iuf,finetune")
+            .preset("tiny")
+            .epochs(1)
+            .flag("--incremental-epochs", "1")
+            .out(&out)
+    };
+    let summary = bench().ok().json();
     let methods = summary["methods"].as_array().unwrap();
     assert_eq!(methods.len(), 2);
     assert_eq!(methods[0]["method"], "iuf");
@@ -256,44 +203,15 @@ fn bench_two_methods_writes_reports_and_plot_with_shared_lite0_weights() {
     assert_eq!(svg.matches("<polyline").count(), 12);
 
     // A second run resumes: nothing is trained again, results are identical.
-    let again = s.iuf([
-        "--json".as_ref(),
-        "bench".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--protocol".as_ref(),
-        "fabric | mesh".as_ref(),
-        "--method".as_ref(),
-        "iuf,finetune".as_ref(),
-        "--preset".as_ref(),
-        "tiny".as_ref(),
-        "--epochs".as_ref(),
-        "1".as_ref(),
-        "--incremental-epochs".as_ref(),
-        "1".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    ok(&again);
-    assert_eq!(
-        json(&again)["methods"][0]["acc"],
-        summary["methods"][0]["acc"]
-    );
+    let again = bench().ok().json();
+    assert_eq!(again["methods"][0]["acc"], summary["methods"][0]["acc"]);
 }
 
 #[test]
 fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
     let s = Scratch::new();
     let out = s.path("demo-out");
-    let o = s.iuf([
-        "--json".as_ref(),
-        "demo".as_ref(),
-        "--quick".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    ok(&o);
-    let v = json(&o);
+    let v = s.iuf_json("demo").arg("--quick").out(&out).ok().json();
     let methods: Vec<&str> = v["methods"]
         .as_array()
         .unwrap()
@@ -314,48 +232,24 @@ fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
 /// object learned without touching the old one's, predictions with heatmaps.
 #[test]
 fn default_memory_model_trains_learns_and_predicts_with_shared_lite0_weights() {
-    let s = Scratch::new();
-    let data = s.demo_data();
+    let (s, data) = Scratch::with_demo_data();
     let m0 = s.path("m0.safetensors");
     let m1 = s.path("m1.safetensors");
-    let out = ok(&s.iuf([
-        "train".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "fabric".as_ref(),
-        "--out".as_ref(),
-        m0.as_os_str(),
-    ]));
+    let out = s.train(&data, "fabric").out(&m0).ok().stdout;
     assert!(
         out.contains("learned fabric") && out.contains("patches"),
         "{out}"
     );
-    let o = s.iuf([
-        "--json".as_ref(),
-        "learn".as_ref(),
-        "--model".as_ref(),
-        m0.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--classes".as_ref(),
-        "mesh".as_ref(),
-        "--out".as_ref(),
-        m1.as_os_str(),
-    ]);
-    ok(&o);
-    let learned = json(&o);
+    let learned = s
+        .iuf_json("learn")
+        .model(&m0)
+        .data(&data)
+        .classes("mesh")
+        .out(&m1)
+        .ok()
+        .json();
     assert_eq!(learned["step"]["optimizer"], "none");
-    let info_of = |m: &std::path::Path| {
-        let o = s.iuf([
-            "--json".as_ref(),
-            "info".as_ref(),
-            "--model".as_ref(),
-            m.as_os_str(),
-        ]);
-        ok(&o);
-        json(&o)
-    };
+    let info_of = |m: &std::path::Path| s.iuf_json("info").model(m).ok().json();
     let (i0, i1) = (info_of(&m0), info_of(&m1));
     assert_eq!(i1["method"], "memory");
     assert_eq!(i1["network"], false);
@@ -365,19 +259,15 @@ fn default_memory_model_trains_learns_and_predicts_with_shared_lite0_weights() {
         i0["thresholds"]["fabric"], i1["thresholds"]["fabric"],
         "learning mesh changed fabric's threshold"
     );
-    let text = ok(&s.iuf(["info".as_ref(), "--model".as_ref(), m1.as_os_str()]));
+    let text = s.iuf("info").model(&m1).ok().stdout;
     assert!(text.contains("network    none"), "{text}");
-    let o = s.iuf([
-        "--json".as_ref(),
-        "predict".as_ref(),
-        "--model".as_ref(),
-        m1.as_os_str(),
-        data.join("mesh/test").as_os_str(),
-        "--out".as_ref(),
-        s.path("pred").as_os_str(),
-    ]);
-    ok(&o);
-    let lines = json_lines(&o);
+    let lines = s
+        .iuf_json("predict")
+        .model(&m1)
+        .arg(data.join("mesh/test"))
+        .out(s.path("pred"))
+        .ok()
+        .json_lines();
     assert_eq!(lines.len(), 8);
     let mut mesh = 0;
     for l in &lines {
