@@ -224,21 +224,11 @@ impl PatchMemory {
         let q = patches_of(features)?;
         let d2 = if q.device().is_cpu() && self.bank.device().is_cpu() {
             let rows = b * h * w;
-            let v = match iuf_bf16::active() {
-                Some(cpu) => {
-                    let packed = match self.packed.get() {
-                        Some(p) => p,
-                        None => {
-                            let p = with_f32(&self.bank, "memory bank", |bd| {
-                                Ok(iuf_bf16::PackedB::pack(c, self.len(), bd, (1, c)))
-                            })?;
-                            self.packed.get_or_init(|| p)
-                        }
-                    };
-                    nearest_sq_bf16(cpu, &q, &self.bank, packed, &self.norms, rows, c)?
-                }
-                None => nearest_sq_cpu(&q, &self.bank, &self.norms, rows, c)?,
+            let products = match iuf_bf16::active() {
+                Some(cpu) => BlockProducts::Bf16(cpu, self.packed_bank()?),
+                None => BlockProducts::F32,
             };
+            let v = nearest_sq(products, &q, &self.bank, &self.norms, rows, c)?;
             Tensor::from_vec(v, rows, &Device::Cpu)?
         } else {
             // Any other device: the same products as candle ops, in query blocks.
@@ -261,70 +251,104 @@ impl PatchMemory {
             .sqrt()?
             .reshape((b, 1, h, w))?)
     }
+
+    /// `bank^T` packed for the bf16 products, packed on first use.
+    fn packed_bank(&self) -> Result<&iuf_bf16::PackedB> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let p = with_f32(&self.bank, "memory bank", |bd| {
+            Ok(iuf_bf16::PackedB::pack(
+                self.channels(),
+                self.len(),
+                bd,
+                (1, self.channels()),
+            ))
+        })?;
+        Ok(self.packed.get_or_init(|| p))
+    }
 }
 
 /// Query rows per block of the scoring products.
 const QUERY_BLOCK: usize = 128;
 
-/// Per query row, `min_j |q_i - m_j|^2` (unclamped), as blocked products on the rayon pool.
-fn nearest_sq_cpu(
-    q: &Tensor,
-    bank: &Tensor,
-    norms: &Tensor,
-    rows: usize,
-    c: usize,
-) -> Result<Vec<f32>> {
-    let m = bank.dim(0)?;
-    let mut out = vec![0f32; rows];
-    with_f32(q, "memory query", |qd| {
-        with_f32(bank, "memory bank", |bd| {
-            with_f32(norms, "memory norms", |nd| {
-                out.par_chunks_mut(QUERY_BLOCK).enumerate().for_each_init(
-                    || vec![0f32; QUERY_BLOCK * m],
-                    |buf, (bi, dst)| {
-                        let r0 = bi * QUERY_BLOCK;
-                        let len = dst.len();
-                        let qb = &qd[r0 * c..(r0 + len) * c];
-                        // buf[i, j] = q_i . m_j (len x m, inner c).
-                        // SAFETY: qb is len x c row-major, bd is m x c row-major (read as
-                        // its transpose c x m through strides), buf holds len x m floats
-                        // owned by this task.
-                        unsafe {
-                            matmul_single_threaded(
-                                (len, m, c),
-                                buf.as_mut_ptr(),
-                                (m, 1),
-                                qb.as_ptr(),
-                                (c, 1),
-                                bd.as_ptr(),
-                                (1, c),
-                                1.0,
-                            );
-                        }
-                        for (i, o) in dst.iter_mut().enumerate() {
-                            let row = &buf[i * m..(i + 1) * m];
-                            let best = min_norm_minus_twice(row, nd);
-                            let qi = &qb[i * c..(i + 1) * c];
-                            *o = best + qi.iter().map(|x| x * x).sum::<f32>();
-                        }
-                    },
-                );
-                Ok(())
-            })
-        })
-    })?;
-    Ok(out)
+/// How the scoring multiplies a block of query rows with the whole memory, and what its products
+/// are trusted for.
+#[derive(Clone, Copy)]
+enum BlockProducts<'a> {
+    /// f32 products (single-threaded gemm); a row's squared distance is
+    /// `min_j (|m_j|^2 - 2 q.m_j) + |q|^2`.
+    F32,
+    /// bf16 products (f32 accumulation) with the packed `bank^T`, used only to find each query's
+    /// nearest memory patch, whose squared distance is then computed exactly in f32 from the f32
+    /// features: a bf16 rounding can at worst pick a patch almost as near as the nearest, never
+    /// report a distance to no patch.
+    Bf16(iuf_bf16::Bf16Cpu, &'a iuf_bf16::PackedB),
 }
 
-/// [`nearest_sq_cpu`] with the products `q . m` in bf16 (f32 accumulation) to find each query's
-/// nearest memory patch, whose squared distance is then computed exactly in f32 from the f32
-/// features: a bf16 rounding can at worst pick a patch almost as near as the nearest, never
-/// report a distance to no patch.
-fn nearest_sq_bf16(
-    cpu: iuf_bf16::Bf16Cpu,
+impl BlockProducts<'_> {
+    /// `dots[i * m + j] = q_i . m_j` for the `len` rows of `qb` (`len x c`) and the `m` rows of
+    /// `bank` (`m x c`); `dots` holds at least `len x m` floats.
+    fn multiply(
+        self,
+        qb: &[f32],
+        bank: &[f32],
+        (len, m, c): (usize, usize, usize),
+        dots: &mut [f32],
+    ) {
+        match self {
+            BlockProducts::F32 => {
+                assert!(qb.len() >= len * c && bank.len() >= m * c && dots.len() >= len * m);
+                // SAFETY: qb is len x c row-major, bank is m x c row-major (read as its transpose
+                // c x m through strides), dots holds len x m floats owned by the caller (checked
+                // above).
+                unsafe {
+                    matmul_single_threaded(
+                        (len, m, c),
+                        dots.as_mut_ptr(),
+                        (m, 1),
+                        qb.as_ptr(),
+                        (c, 1),
+                        bank.as_ptr(),
+                        (1, c),
+                        1.0,
+                    );
+                }
+            }
+            BlockProducts::Bf16(cpu, packed) => {
+                let lhs = iuf_bf16::Lhs {
+                    data: qb,
+                    rs: c,
+                    cs: 1,
+                };
+                cpu.matmul(len, lhs, packed, iuf_bf16::Out { data: dots, rs: m });
+            }
+        }
+    }
+
+    /// `min_j |q - m_j|^2` (unclamped) of one query row `q` from its products `dots` with every
+    /// memory row (`bank` `[m, c]`, `norms` its `|m_j|^2`).
+    fn nearest_sq(self, q: &[f32], dots: &[f32], bank: &[f32], norms: &[f32]) -> f32 {
+        match self {
+            BlockProducts::F32 => {
+                min_norm_minus_twice(dots, norms) + q.iter().map(|x| x * x).sum::<f32>()
+            }
+            BlockProducts::Bf16(..) => {
+                let c = q.len();
+                let j = argmin_norm_minus_twice(dots, norms);
+                let mj = &bank[j * c..(j + 1) * c];
+                q.iter().zip(mj).map(|(x, y)| (x - y) * (x - y)).sum()
+            }
+        }
+    }
+}
+
+/// Per query row, `min_j |q_i - m_j|^2` (unclamped): each rayon task multiplies a block of query
+/// rows with the whole memory into its own buffer and keeps each row's nearest.
+fn nearest_sq(
+    products: BlockProducts<'_>,
     q: &Tensor,
     bank: &Tensor,
-    packed: &iuf_bf16::PackedB,
     norms: &Tensor,
     rows: usize,
     c: usize,
@@ -340,17 +364,10 @@ fn nearest_sq_bf16(
                         let r0 = bi * QUERY_BLOCK;
                         let len = dst.len();
                         let qb = &qd[r0 * c..(r0 + len) * c];
-                        let lhs = iuf_bf16::Lhs {
-                            data: qb,
-                            rs: c,
-                            cs: 1,
-                        };
-                        cpu.matmul(len, lhs, packed, iuf_bf16::Out { data: buf, rs: m });
+                        products.multiply(qb, bd, (len, m, c), buf);
                         for (i, o) in dst.iter_mut().enumerate() {
-                            let j = argmin_norm_minus_twice(&buf[i * m..(i + 1) * m], nd);
                             let qi = &qb[i * c..(i + 1) * c];
-                            let mj = &bd[j * c..(j + 1) * c];
-                            *o = qi.iter().zip(mj).map(|(x, y)| (x - y) * (x - y)).sum();
+                            *o = products.nearest_sq(qi, &buf[i * m..(i + 1) * m], bd, nd);
                         }
                     },
                 );
