@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::ops::fused::{matmul_single_threaded, with_f32};
+use crate::ops::fused::{matmul, rows_lhs, with_f32, Split};
 
 /// How a memory is selected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,7 +303,7 @@ impl BlockProducts<'_> {
                 // c x m through strides), dots holds len x m floats owned by the caller (checked
                 // above).
                 unsafe {
-                    matmul_single_threaded(
+                    matmul(
                         (len, m, c),
                         dots.as_mut_ptr(),
                         (m, 1),
@@ -312,16 +312,13 @@ impl BlockProducts<'_> {
                         bank.as_ptr(),
                         (1, c),
                         1.0,
+                        Split::No,
                     );
                 }
             }
             BlockProducts::Bf16(cpu, packed) => {
-                let lhs = iuf_bf16::Lhs {
-                    data: qb,
-                    rs: c,
-                    cs: 1,
-                };
-                cpu.matmul(len, lhs, packed, iuf_bf16::Out { data: dots, rs: m });
+                let out = iuf_bf16::Out { data: dots, rs: m };
+                cpu.matmul(len, rows_lhs(qb, c), packed, out);
             }
         }
     }

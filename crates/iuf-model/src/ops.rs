@@ -140,12 +140,7 @@ pub fn attention_composed(
     }
     let mut weights = softmax_last_dim_composed(&scores)?;
     if let Some(drop) = dropout.filter(|dr| dr.p > 0.0) {
-        let mut m = vec![0f32; weights.elem_count()];
-        kernels::dropout_mask(drop.seed, 0, drop.p, &mut m);
-        let m = Tensor::from_vec(m, weights.shape(), &Device::Cpu)?
-            .to_device(weights.device())?
-            .to_dtype(weights.dtype())?;
-        weights = weights.mul(&m)?;
+        weights = weights.mul(&dropout_mask_tensor(&weights, drop.p, drop.seed)?)?;
     }
     weights
         .matmul(&split(v, nk)?)?
@@ -158,13 +153,11 @@ pub fn attention_composed(
 /// f32 on the CPU runs the fused op of `ops/linear.rs` (with bf16 products inside a
 /// [`mixed_precision_training`] scope); everything else [`linear_composed`].
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
-    let dims = x.dims();
-    let din = dims.last().copied().unwrap_or(0);
     let dout = weight.dim(0)?;
     if !(fused::is_cpu_f32(x) && fused::is_cpu_f32(weight) && fused::is_cpu_f32(bias)) {
         return linear_composed(x, weight, bias, act);
     }
-    let rows = x.elem_count() / din.max(1);
+    let (dims, rows, din) = as_rows(x);
     let y = x.reshape((rows, din))?.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
@@ -173,11 +166,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, act: Activation) -> Re
             mixed: linear::mixed_precision_active(),
         },
     )?;
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = dout;
-    }
-    y.reshape(out_dims)
+    y.reshape(with_last(dims, dout))
 }
 
 /// [`linear`] as a composition of differentiable candle ops (any device).
@@ -187,9 +176,7 @@ pub fn linear_composed(
     bias: &Tensor,
     act: Activation,
 ) -> Result<Tensor> {
-    let dims = x.dims();
-    let din = dims.last().copied().unwrap_or(0);
-    let rows = x.elem_count() / din.max(1);
+    let (dims, rows, din) = as_rows(x);
     let y = x
         .reshape((rows, din))?
         .matmul(&weight.t()?)?
@@ -198,11 +185,24 @@ pub fn linear_composed(
         Activation::Identity => y,
         Activation::Relu => y.relu()?,
     };
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = weight.dim(0)?;
+    y.reshape(with_last(dims, weight.dim(0)?))
+}
+
+/// `x` [..., in] as the rows a layer over the last dimension multiplies: `(dims, rows, in)`.
+fn as_rows(x: &Tensor) -> (&[usize], usize, usize) {
+    let dims = x.dims();
+    let din = dims.last().copied().unwrap_or(0);
+    (dims, x.elem_count() / din.max(1), din)
+}
+
+/// `dims` with the last dimension replaced by `last`: the output shape of a layer over the last
+/// dimension.
+fn with_last(dims: &[usize], last: usize) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    if let Some(l) = out.last_mut() {
+        *l = last;
     }
-    y.reshape(out_dims)
+    out
 }
 
 /// Inverted dropout: `x` times multipliers that are 0 with probability `p` and `1 / (1 - p)`
@@ -231,6 +231,7 @@ pub fn add_dropout(x: &Tensor, r: &Tensor, p: f64, seed: u64) -> Result<Tensor> 
     x + r.mul(&dropout_mask_tensor(r, p, seed)?)?
 }
 
+/// The multipliers of [`dropout`] for `x`, as a tensor of its shape, device and dtype.
 fn dropout_mask_tensor(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     let mut m = vec![0f32; x.elem_count()];
     kernels::dropout_mask(seed, 0, p, &mut m);

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, matmul_single_threaded as matmul, with_f32};
+use super::fused::{f32_slice, matmul, with_f32, Split};
 use super::kernels;
 
 /// Dropout on the attention probabilities (section 3: attention dropout 0.1 in training).
@@ -44,6 +44,66 @@ struct Dims {
 impl Dims {
     fn d(&self) -> usize {
         self.h * self.dh
+    }
+
+    /// `s [Nq, Nk] = beta a b^T` for one head: `a` and `b` point at the head's `dh` columns of
+    /// `[B, N, D]` rows (`Nq` rows of `a`, `Nk` of `b`).
+    ///
+    /// # Safety
+    /// `a` and `b` must address those rows and columns; `s` holds `Nq * Nk` elements.
+    unsafe fn head_scores(self, a: *const f32, b: *const f32, s: &mut [f32], beta: f32) {
+        let d = self.d();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            matmul(
+                (self.nq, self.nk, self.dh),
+                s.as_mut_ptr(),
+                (self.nk, 1),
+                a,
+                (d, 1),
+                b,
+                (1, d),
+                beta,
+                Split::No,
+            );
+        }
+    }
+
+    /// One head's rows weighted by a pair's `[Nq, Nk]` matrix `w`: `out = beta w x` (`Nq` rows of
+    /// `out` from `Nk` rows of `x`) or, with `transposed`, `out = beta w^T x` (`Nk` rows from
+    /// `Nq`). `out` and `x` point at the head's `dh` columns of `[B, N, D]` rows.
+    ///
+    /// # Safety
+    /// `out` and `x` must address those rows and columns, `w` hold `Nq * Nk` elements, and
+    /// nobody else write `out`'s elements meanwhile.
+    unsafe fn head_weighted(
+        self,
+        w: &[f32],
+        transposed: bool,
+        x: *const f32,
+        out: *mut f32,
+        beta: f32,
+    ) {
+        let d = self.d();
+        let ((m, k), w_strides) = if transposed {
+            ((self.nk, self.nq), (1, self.nk))
+        } else {
+            ((self.nq, self.nk), (self.nk, 1))
+        };
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            matmul(
+                (m, self.dh, k),
+                out,
+                (d, 1),
+                w.as_ptr(),
+                w_strides,
+                x,
+                (d, 1),
+                beta,
+                Split::No,
+            );
+        }
     }
 }
 
@@ -132,16 +192,9 @@ impl Attention {
         // SAFETY: q and k are [B, N, D] slices; the head's columns h*dh..(h+1)*dh of image b lie
         // inside them; p has Nq * Nk elements.
         unsafe {
-            matmul(
-                (dm.nq, dm.nk, dm.dh),
-                p.as_mut_ptr(),
-                (dm.nk, 1),
-                q.as_ptr().add(b * dm.nq * d + h * dm.dh),
-                (d, 1),
-                k.as_ptr().add(b * dm.nk * d + h * dm.dh),
-                (1, d),
-                self.scale,
-            );
+            let qh = q.as_ptr().add(b * dm.nq * d + h * dm.dh);
+            let kh = k.as_ptr().add(b * dm.nk * d + h * dm.dh);
+            dm.head_scores(qh, kh, p, self.scale);
         }
         kernels::softmax_inplace(p, &self.mask, dm.nk);
     }
@@ -289,14 +342,12 @@ impl CustomOp3 for Attention {
             let (b, h) = (bh / dm.h, bh % dm.h);
             // SAFETY: pair (b, h) writes only its own columns h*dh..(h+1)*dh of image b's rows.
             unsafe {
-                matmul(
-                    (dm.nq, dm.dh, dm.nk),
+                let vh = v.as_ptr().add(b * dm.nk * d + h * dm.dh);
+                dm.head_weighted(
+                    weights,
+                    false,
+                    vh,
                     out_ptr.at(b * dm.nq * d + h * dm.dh),
-                    (d, 1),
-                    weights.as_ptr(),
-                    (dm.nk, 1),
-                    v.as_ptr().add(b * dm.nk * d + h * dm.dh),
-                    (d, 1),
                     1.0,
                 );
             }
@@ -366,27 +417,10 @@ impl CustomOp3 for Attention {
                             // buffers; each pair writes only its own columns of dq, dk, dv.
                             unsafe {
                                 // dV = W^T dO, W the (dropped-out) weights.
-                                matmul(
-                                    (dm.nk, dm.dh, dm.nq),
-                                    dv_ptr.at(ko),
-                                    (d, 1),
-                                    weights.as_ptr(),
-                                    (1, dm.nk),
-                                    go.as_ptr().add(qo),
-                                    (d, 1),
-                                    1.0,
-                                );
+                                let goh = go.as_ptr().add(qo);
+                                dm.head_weighted(weights, true, goh, dv_ptr.at(ko), 1.0);
                                 // dW = dO V^T.
-                                matmul(
-                                    (dm.nq, dm.nk, dm.dh),
-                                    dp.as_mut_ptr(),
-                                    (dm.nk, 1),
-                                    go.as_ptr().add(qo),
-                                    (d, 1),
-                                    vs.as_ptr().add(ko),
-                                    (1, d),
-                                    1.0,
-                                );
+                                dm.head_scores(goh, vs.as_ptr().add(ko), dp, 1.0);
                             }
                             if let Some(drop) = self.dropout {
                                 // dP = dW * M: reuse the mask stream (pd holds P * M; rebuild M).
@@ -396,29 +430,13 @@ impl CustomOp3 for Attention {
                             }
                             // dS = P * (dP - rowsum(dP * P)).
                             kernels::softmax_bwd_inplace(p, dp, dm.nk);
+                            // SAFETY: as above.
                             unsafe {
                                 // dQ = scale dS K.
-                                matmul(
-                                    (dm.nq, dm.dh, dm.nk),
-                                    dq_ptr.at(qo),
-                                    (d, 1),
-                                    dp.as_ptr(),
-                                    (dm.nk, 1),
-                                    ks.as_ptr().add(ko),
-                                    (d, 1),
-                                    self.scale,
-                                );
+                                let (kh, qh) = (ks.as_ptr().add(ko), qs.as_ptr().add(qo));
+                                dm.head_weighted(dp, false, kh, dq_ptr.at(qo), self.scale);
                                 // dK = scale dS^T Q.
-                                matmul(
-                                    (dm.nk, dm.dh, dm.nq),
-                                    dk_ptr.at(ko),
-                                    (d, 1),
-                                    dp.as_ptr(),
-                                    (1, dm.nk),
-                                    qs.as_ptr().add(qo),
-                                    (d, 1),
-                                    self.scale,
-                                );
+                                dm.head_weighted(dp, true, qh, dk_ptr.at(ko), self.scale);
                             }
                         };
                         let pairs = dm.b * dm.h;

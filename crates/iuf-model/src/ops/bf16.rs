@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Device, Result, Tensor};
-use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, PackedB};
+use iuf_bf16::{Bf16Cpu, Epilogue, PackedB};
 
-use super::fused::with_f32;
+use super::fused::{rows_lhs, with_f32};
 use super::linear::Activation;
 
 /// A bf16 copy of a weight, packed for [`iuf_bf16`] and tagged with the generation of the
@@ -51,8 +51,7 @@ pub fn linear_bf16(
     bias: &Tensor,
     act: Activation,
 ) -> Result<Tensor> {
-    let dims = x.dims();
-    let din = dims.last().copied().unwrap_or(0);
+    let (dims, rows, din) = super::as_rows(x);
     let dout = packed.n();
     if din != packed.k() || bias.elem_count() != dout {
         bail!(
@@ -62,14 +61,9 @@ pub fn linear_bf16(
             bias.dims()
         );
     }
-    let rows = x.elem_count() / din.max(1);
     let y = with_f32(x, "linear_bf16 x", |xs| {
         with_f32(bias, "linear_bf16 bias", |b| {
-            let lhs = Lhs {
-                data: xs,
-                rs: din,
-                cs: 1,
-            };
+            let lhs = rows_lhs(xs, din);
             // Bias and activation on each block of rows while it is in cache (the same
             // arithmetic as `kernels::bias_act_rows`), into an output that is not zeroed first.
             let ep = Epilogue {
@@ -79,7 +73,7 @@ pub fn linear_bf16(
             Ok(cpu.matmul_par_vec(rows, lhs, packed, Some(ep)))
         })
     })?;
-    with_last_dim(y, dims, dout)
+    Tensor::from_vec(y, super::with_last(dims, dout), &Device::Cpu)
 }
 
 /// The feed-forward block `relu(x W1^T + b1) W2^T + b2` with bf16 products, both fused per block
@@ -92,8 +86,7 @@ pub fn ffn_bf16(
     (p1, b1): (&PackedB, &Tensor),
     (p2, b2): (&PackedB, &Tensor),
 ) -> Result<Tensor> {
-    let dims = x.dims();
-    let din = dims.last().copied().unwrap_or(0);
+    let (dims, rows, din) = super::as_rows(x);
     let dout = p2.n();
     if din != p1.k() || p1.n() != p2.k() || b1.elem_count() != p1.n() || b2.elem_count() != dout {
         bail!(
@@ -106,15 +99,10 @@ pub fn ffn_bf16(
             b2.dims()
         );
     }
-    let rows = x.elem_count() / din.max(1);
     let y = with_f32(x, "ffn_bf16 x", |xs| {
         with_f32(b1, "ffn_bf16 bias 1", |b1| {
             with_f32(b2, "ffn_bf16 bias 2", |b2| {
-                let lhs = Lhs {
-                    data: xs,
-                    rs: din,
-                    cs: 1,
-                };
+                let lhs = rows_lhs(xs, din);
                 let ep2 = Epilogue {
                     bias: b2,
                     relu: false,
@@ -123,14 +111,5 @@ pub fn ffn_bf16(
             })
         })
     })?;
-    with_last_dim(y, dims, dout)
-}
-
-/// `y` as a CPU tensor of shape `dims` with the last dimension replaced by `dout`.
-fn with_last_dim(y: Vec<f32>, dims: &[usize], dout: usize) -> Result<Tensor> {
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = dout;
-    }
-    Tensor::from_vec(y, out_dims, &Device::Cpu)
+    Tensor::from_vec(y, super::with_last(dims, dout), &Device::Cpu)
 }

@@ -53,14 +53,34 @@ pub(crate) fn with_f32<R>(
     }
 }
 
-/// True when the fused CPU kernels can run on `t` (f32 on CPU); the caller makes it contiguous.
-/// `dst = beta * lhs rhs` (m x n, inner k), single-threaded, with explicit row/column strides.
+/// The row-major `[rows, cols]` matrix `data` as the left operand of a bf16 product.
+pub(crate) fn rows_lhs(data: &[f32], cols: usize) -> iuf_bf16::Lhs<'_> {
+    iuf_bf16::Lhs {
+        data,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// How [`matmul`] uses the rayon pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// One single-threaded gemm on the calling thread (for callers already split over the pool).
+    No,
+    /// The rows of `dst` in one block per thread, each a single-threaded gemm. gemm's own
+    /// threading splits a product into many small tasks with a synchronisation each: at one
+    /// image (196 rows) that cost more than it saved.
+    RowBlocks,
+}
+
+/// `dst [m, n] = beta * lhs [m, k] rhs [k, n]` with explicit (row, column) strides, as
+/// single-threaded gemms (one, or one per block of rows with [`Split::RowBlocks`]).
 ///
 /// # Safety
 /// Every pointer must be valid for the elements its strides and sizes address; `dst` must not be
 /// written concurrently by anyone else.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matmul_single_threaded(
+pub(crate) unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     (dst_rs, dst_cs): (usize, usize),
@@ -69,33 +89,54 @@ pub(crate) unsafe fn matmul_single_threaded(
     rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
     beta: f32,
+    split: Split,
 ) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
+    // Raw pointers are not Send: the blocks' closure carries them as addresses.
+    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    let block_product = |rows: std::ops::Range<usize>| {
+        let (dst, lhs, rhs) = (dst as *mut f32, lhs as *const f32, rhs as *const f32);
+        // SAFETY: forwarded from the caller's contract; `rows` lies inside 0..m, and blocks of
+        // distinct rows write distinct elements of dst.
+        unsafe {
+            gemm::gemm(
+                rows.len(),
+                n,
+                k,
+                dst.add(rows.start * dst_rs),
+                dst_cs as isize,
+                dst_rs as isize,
+                false,
+                lhs.add(rows.start * lhs_rs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs,
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0.0,
+                beta,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    };
+    if split == Split::No {
+        return block_product(0..m);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    // Blocks of whole micro-kernel tiles (16 rows), at least 32 rows each.
+    let block = m.div_ceil(threads).next_multiple_of(16).max(32);
+    if threads <= 1 || m <= block {
+        block_product(0..m);
+    } else {
+        (0..m.div_ceil(block))
+            .into_par_iter()
+            .for_each(|i| block_product(i * block..((i + 1) * block).min(m)));
     }
 }
 
+/// True when the fused CPU kernels can run on `t` (f32 on CPU); the caller makes it contiguous.
 pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }

@@ -15,10 +15,10 @@
 use std::cell::Cell;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use iuf_bf16::{Bf16Cpu, Epilogue, Lhs, PackedB};
+use iuf_bf16::{Bf16Cpu, Epilogue, PackedB};
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, matmul_single_threaded, with_f32};
+use super::fused::{f32_slice, matmul, rows_lhs, with_f32, Split};
 use super::kernels;
 
 /// The activation applied after the bias.
@@ -28,64 +28,10 @@ pub enum Activation {
     Relu,
 }
 
-/// Threads of the rayon pool the blocks run on.
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
-}
-
 /// Rows per rayon task for the row-wise passes.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads().max(1))
         .max(16)
-}
-
-/// `dst [m, n] = lhs [m, k] * rhs [k, n]`, multi-threaded, explicit (row, column) strides.
-///
-/// The rows of `dst` are split into one block per thread, each a single-threaded gemm. gemm's own
-/// threading splits a product into many small tasks with a synchronisation each: at one image
-/// (196 rows) that cost more than it saved.
-///
-/// # Safety
-/// The pointers must address valid memory for the given sizes and strides.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    // Raw pointers are not Send: the blocks' closure carries them as addresses.
-    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
-    let block_product = |rows: std::ops::Range<usize>| {
-        let (dst, lhs, rhs) = (dst as *mut f32, lhs as *const f32, rhs as *const f32);
-        // SAFETY: forwarded from the caller's contract; `rows` lies inside 0..m, and blocks of
-        // distinct rows write distinct elements of dst.
-        unsafe {
-            matmul_single_threaded(
-                (rows.len(), n, k),
-                dst.add(rows.start * dst_rs),
-                (dst_rs, dst_cs),
-                lhs.add(rows.start * lhs_rs),
-                (lhs_rs, lhs_cs),
-                rhs,
-                (rhs_rs, rhs_cs),
-                1.0,
-            )
-        }
-    };
-    let threads = threads();
-    // Blocks of whole micro-kernel tiles (16 rows), at least 32 rows each.
-    let block = m.div_ceil(threads).next_multiple_of(16).max(32);
-    if threads <= 1 || m <= block {
-        block_product(0..m);
-    } else {
-        (0..m.div_ceil(block))
-            .into_par_iter()
-            .for_each(|i| block_product(i * block..((i + 1) * block).min(m)));
-    }
 }
 
 thread_local! {
@@ -163,45 +109,18 @@ fn backward_products_bf16(
     xs: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let w_b = PackedB::pack(dout, din, ws, (din, 1));
-    let dx = cpu.matmul_par_vec(
-        rows,
-        Lhs {
-            data: gz,
-            rs: dout,
-            cs: 1,
-        },
-        &w_b,
-        None,
-    );
+    let dx = cpu.matmul_par_vec(rows, rows_lhs(gz, dout), &w_b, None);
     drop(w_b);
     let dw = if dout <= din {
         // dw = (gz^T) x: A = gz^T [out, rows], B = x [rows, in].
         let gzt = transpose(gz, rows, dout);
         let x_b = PackedB::pack(rows, din, xs, (din, 1));
-        cpu.matmul_par_vec(
-            dout,
-            Lhs {
-                data: &gzt,
-                rs: rows,
-                cs: 1,
-            },
-            &x_b,
-            None,
-        )
+        cpu.matmul_par_vec(dout, rows_lhs(&gzt, rows), &x_b, None)
     } else {
         // dw^T = (x^T) gz: A = x^T [in, rows], B = gz [rows, out]; then dw^T transposed (small).
         let xt = transpose(xs, rows, din);
         let g_b = PackedB::pack(rows, dout, gz, (dout, 1));
-        let dwt = cpu.matmul_par_vec(
-            din,
-            Lhs {
-                data: &xt,
-                rs: rows,
-                cs: 1,
-            },
-            &g_b,
-            None,
-        );
+        let dwt = cpu.matmul_par_vec(din, rows_lhs(&xt, rows), &g_b, None);
         transpose(&dwt, din, dout)
     };
     (dx, dw)
@@ -248,11 +167,7 @@ impl CustomOp3 for Linear {
                 bias: b,
                 relu: self.act == Activation::Relu,
             };
-            let lhs = Lhs {
-                data: x,
-                rs: din,
-                cs: 1,
-            };
+            let lhs = rows_lhs(x, din);
             let y = cpu.matmul_par_vec(rows, lhs, &packed, Some(ep));
             return Ok((CpuStorage::F32(y), Shape::from((rows, dout))));
         }
@@ -268,6 +183,8 @@ impl CustomOp3 for Linear {
                     (din, 1),
                     w.as_ptr(),
                     (1, din),
+                    1.0,
+                    Split::RowBlocks,
                 );
             }
             let block = rows_per_task(rows) * dout;
@@ -342,6 +259,8 @@ impl CustomOp3 for Linear {
                                 (dout, 1),
                                 ws.as_ptr(),
                                 (din, 1),
+                                1.0,
+                                Split::RowBlocks,
                             );
                             matmul(
                                 (dout, din, rows),
@@ -351,6 +270,8 @@ impl CustomOp3 for Linear {
                                 (1, dout),
                                 xs.as_ptr(),
                                 (din, 1),
+                                1.0,
+                                Split::RowBlocks,
                             );
                         }
                         Ok(())
