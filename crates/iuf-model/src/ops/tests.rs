@@ -69,35 +69,35 @@ fn layer_norm_forward_accepts_non_contiguous_input() {
     assert!(max_abs_diff(&got, &want) < 1e-5);
 }
 
-/// Gradients of `sum(layer_norm(x, w, b) * r)` w.r.t. x, w, b through `f`.
-fn layer_norm_grads(
-    f: fn(&Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>,
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
+/// `sum(y * r)`: the scalar every gradient check here differentiates.
+fn weighted_sum(y: &Tensor, r: &Tensor) -> Tensor {
+    (y * r).unwrap().sum_all().unwrap()
+}
+
+/// Gradients of `sum(f(inputs) * r)` w.r.t. each input.
+fn grads<const N: usize>(
+    f: impl Fn([&Tensor; N]) -> Result<Tensor>,
+    inputs: &[Tensor; N],
     r: &Tensor,
-) -> [Tensor; 3] {
-    let (xv, wv, bv) = (
-        Var::from_tensor(x).unwrap(),
-        Var::from_tensor(w).unwrap(),
-        Var::from_tensor(b).unwrap(),
-    );
-    let y = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
-    let loss = (y * r).unwrap().sum_all().unwrap();
-    let grads = loss.backward().unwrap();
-    [&xv, &wv, &bv].map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+) -> [Tensor; N] {
+    let vars = inputs.clone().map(|t| Var::from_tensor(&t).unwrap());
+    let y = f(vars.each_ref().map(|v| v.as_tensor())).unwrap();
+    let grads = weighted_sum(&y, r).backward().unwrap();
+    vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
 }
 
 #[test]
 fn layer_norm_backward_matches_composition() {
     for (shape, seed) in [(vec![3, 9, 256], 11), (vec![5, 37], 12)] {
         let d = *shape.last().unwrap();
-        let x = randn(&shape, seed).affine(2.0, -0.3).unwrap();
-        let w = randn(&[d], seed + 1);
-        let b = randn(&[d], seed + 2);
+        let xwb = [
+            randn(&shape, seed).affine(2.0, -0.3).unwrap(),
+            randn(&[d], seed + 1),
+            randn(&[d], seed + 2),
+        ];
         let r = randn(&shape, seed + 3);
-        let got = layer_norm_grads(layer_norm, &x, &w, &b, &r);
-        let want = layer_norm_grads(layer_norm_composed, &x, &w, &b, &r);
+        let got = grads(|[x, w, b]| layer_norm(x, w, b, 1e-5), &xwb, &r);
+        let want = grads(|[x, w, b]| layer_norm_composed(x, w, b, 1e-5), &xwb, &r);
         for (name, g, e) in [
             ("x", &got[0], &want[0]),
             ("weight", &got[1], &want[1]),
@@ -146,41 +146,60 @@ fn assert_close(what: &str, analytic: &Tensor, numeric: &[f32], tol: f32) {
     }
 }
 
+/// Checks the autograd gradients of `sum(f(inputs) * r)` against central finite differences
+/// (step `h`) with [`assert_close`]'s tolerance `tol`, input by input; `names` name the gradients
+/// in failures.
+fn assert_grads_match_finite_differences<const N: usize>(
+    f: impl Fn([&Tensor; N]) -> Result<Tensor>,
+    inputs: &[Tensor; N],
+    r: &Tensor,
+    (h, tol): (f32, f32),
+    names: [&str; N],
+) {
+    let analytic = grads(&f, inputs, r);
+    let loss = |args: [&Tensor; N]| -> f32 {
+        let y = f(args).unwrap();
+        weighted_sum(&y, r).to_scalar::<f32>().unwrap()
+    };
+    for (i, name) in names.into_iter().enumerate() {
+        let numeric = finite_difference(
+            &|t| {
+                let mut args = inputs.each_ref();
+                args[i] = t;
+                loss(args)
+            },
+            &inputs[i],
+            h,
+        );
+        assert_close(name, &analytic[i], &numeric, tol);
+    }
+}
+
+/// Checks three gradients against the composition's (max absolute error below `tol`).
+fn assert_grads_equal(
+    what: &str,
+    names: [&str; 3],
+    got: &[Tensor; 3],
+    want: &[Tensor; 3],
+    tol: f32,
+) {
+    for ((name, g), e) in names.into_iter().zip(got).zip(want) {
+        let err = max_abs_diff(g, e);
+        assert!(err < tol, "{what}, grad of {name}: max error {err}");
+    }
+}
+
 #[test]
 fn layer_norm_gradients_match_finite_differences() {
     let (rows, d) = (3, 21);
-    let x = randn(&[rows, d], 31);
-    let w = randn(&[d], 32);
-    let b = randn(&[d], 33);
+    let xwb = [randn(&[rows, d], 31), randn(&[d], 32), randn(&[d], 33)];
     let r = randn(&[rows, d], 34);
-    let grads = layer_norm_grads(layer_norm, &x, &w, &b, &r);
-    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f32 {
-        let y = layer_norm(x, w, b, 1e-5).unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let h = 1e-2;
-    assert_close(
-        "dx",
-        &grads[0],
-        &finite_difference(&|t| loss(t, &w, &b), &x, h),
-        2e-2,
-    );
-    assert_close(
-        "dweight",
-        &grads[1],
-        &finite_difference(&|t| loss(&x, t, &b), &w, h),
-        2e-2,
-    );
-    assert_close(
-        "dbias",
-        &grads[2],
-        &finite_difference(&|t| loss(&x, &w, t), &b, h),
-        2e-2,
+    assert_grads_match_finite_differences(
+        |[x, w, b]| layer_norm(x, w, b, 1e-5),
+        &xwb,
+        &r,
+        (1e-2, 2e-2),
+        ["dx", "dweight", "dbias"],
     );
 }
 
@@ -223,46 +242,24 @@ fn softmax_backward_matches_composition_and_finite_differences() {
     let shape = [4, 3, 50];
     let x = randn(&shape, 51).affine(3.0, 0.0).unwrap();
     let r = randn(&shape, 52);
-    let grad = |f: fn(&Tensor) -> Result<Tensor>| {
-        let xv = Var::from_tensor(&x).unwrap();
-        let loss = (f(xv.as_tensor()).unwrap() * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        loss.backward()
-            .unwrap()
-            .get(xv.as_tensor())
-            .unwrap()
-            .clone()
-    };
-    let got = grad(softmax_last_dim);
-    let want = grad(softmax_last_dim_composed);
+    let [got] = grads(|[x]| softmax_last_dim(x), std::array::from_ref(&x), &r);
+    let [want] = grads(
+        |[x]| softmax_last_dim_composed(x),
+        std::array::from_ref(&x),
+        &r,
+    );
     let err = max_abs_diff(&got, &want);
     assert!(err < 1e-6, "max error {err}");
 
     let small = x.narrow(2, 0, 13).unwrap().contiguous().unwrap();
     let rs = r.narrow(2, 0, 13).unwrap().contiguous().unwrap();
-    let xv = Var::from_tensor(&small).unwrap();
-    let loss = (softmax_last_dim(xv.as_tensor()).unwrap() * &rs)
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    let analytic = loss
-        .backward()
-        .unwrap()
-        .get(xv.as_tensor())
-        .unwrap()
-        .clone();
-    let f = |t: &Tensor| {
-        let y = softmax_last_dim(t).unwrap();
-        (y * &rs)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_close("dx", &analytic, &finite_difference(&f, &small, 1e-2), 1e-2);
+    assert_grads_match_finite_differences(
+        |[x]| softmax_last_dim(x),
+        &[small],
+        &rs,
+        (1e-2, 1e-2),
+        ["dx"],
+    );
 }
 
 #[test]
@@ -334,37 +331,6 @@ fn attention_shares_a_batch_one_query() {
     assert!(max_abs_diff(&got, &want) < 1e-5);
 }
 
-type AttentionFn = fn(
-    &Tensor,
-    &Tensor,
-    &Tensor,
-    usize,
-    Option<&Tensor>,
-    Option<AttentionDropout>,
-) -> Result<Tensor>;
-
-/// Gradients of `sum(attention(q, k, v) * r)` w.r.t. q, k, v through `f`.
-fn attention_grads(
-    f: AttentionFn,
-    qkv: &[Tensor; 3],
-    mask: Option<&Tensor>,
-    dropout: Option<AttentionDropout>,
-    r: &Tensor,
-) -> [Tensor; 3] {
-    let vars = qkv.clone().map(|t| Var::from_tensor(&t).unwrap());
-    let y = f(
-        vars[0].as_tensor(),
-        vars[1].as_tensor(),
-        vars[2].as_tensor(),
-        3,
-        mask,
-        dropout,
-    )
-    .unwrap();
-    let grads = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
-}
-
 #[test]
 fn attention_backward_matches_composition() {
     let drop = AttentionDropout { p: 0.2, seed: 5 };
@@ -372,16 +338,14 @@ fn attention_backward_matches_composition() {
         let qkv = attention_inputs(2, 6, 8, 12, 91);
         let r = randn(&[2, 6, 12], 95);
         let m = mask.then(|| test_mask(6, 8));
-        let got = attention_grads(attention, &qkv, m.as_ref(), dropout, &r);
-        let want = attention_grads(attention_composed, &qkv, m.as_ref(), dropout, &r);
-        for (name, g, e) in [
-            ("q", &got[0], &want[0]),
-            ("k", &got[1], &want[1]),
-            ("v", &got[2], &want[2]),
-        ] {
-            let err = max_abs_diff(g, e);
-            assert!(err < 1e-5, "mask {mask}, grad of {name}: max error {err}");
-        }
+        let m = m.as_ref();
+        let got = grads(|[q, k, v]| attention(q, k, v, 3, m, dropout), &qkv, &r);
+        let want = grads(
+            |[q, k, v]| attention_composed(q, k, v, 3, m, dropout),
+            &qkv,
+            &r,
+        );
+        assert_grads_equal(&format!("mask {mask}"), ["q", "k", "v"], &got, &want, 1e-5);
     }
 }
 
@@ -390,35 +354,12 @@ fn attention_gradients_match_finite_differences() {
     let qkv = attention_inputs(1, 4, 5, 6, 101);
     let r = randn(&[1, 4, 6], 105);
     let m = test_mask(4, 5);
-    let grads = attention_grads(attention, &qkv, Some(&m), None, &r);
-    let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f32 {
-        let y = attention(q, k, v, 3, Some(&m), None).unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let [q, k, v] = &qkv;
-    let h = 1e-2;
-    assert_close(
-        "dq",
-        &grads[0],
-        &finite_difference(&|t| loss(t, k, v), q, h),
-        2e-2,
-    );
-    assert_close(
-        "dk",
-        &grads[1],
-        &finite_difference(&|t| loss(q, t, v), k, h),
-        2e-2,
-    );
-    assert_close(
-        "dv",
-        &grads[2],
-        &finite_difference(&|t| loss(q, k, t), v, h),
-        2e-2,
+    assert_grads_match_finite_differences(
+        |[q, k, v]| attention(q, k, v, 3, Some(&m), None),
+        &qkv,
+        &r,
+        (1e-2, 2e-2),
+        ["dq", "dk", "dv"],
     );
 }
 
@@ -436,7 +377,7 @@ fn attention_second_backward_recomputes_probabilities() {
         None,
     )
     .unwrap();
-    let loss = (y * &r).unwrap().sum_all().unwrap();
+    let loss = weighted_sum(&y, &r);
     let first = loss.backward().unwrap();
     let second = loss.backward().unwrap();
     for v in &vars {
@@ -446,21 +387,6 @@ fn attention_second_backward_recomputes_probabilities() {
         );
         assert!(max_abs_diff(a, b) < 1e-6);
     }
-}
-
-type LinearFn = fn(&Tensor, &Tensor, &Tensor, Activation) -> Result<Tensor>;
-
-fn linear_grads(f: LinearFn, xwb: &[Tensor; 3], act: Activation, r: &Tensor) -> [Tensor; 3] {
-    let vars = xwb.clone().map(|t| Var::from_tensor(&t).unwrap());
-    let y = f(
-        vars[0].as_tensor(),
-        vars[1].as_tensor(),
-        vars[2].as_tensor(),
-        act,
-    )
-    .unwrap();
-    let grads = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
 }
 
 #[test]
@@ -482,16 +408,9 @@ fn linear_matches_composition_forward_and_backward() {
         assert_eq!(got.dims(), &[2, rows, out]);
         assert!(max_abs_diff(&got, &want) < 1e-5, "{act:?} forward");
         let r = randn(&[2, rows, out], 124);
-        let g = linear_grads(linear, &xwb, act, &r);
-        let e = linear_grads(linear_composed, &xwb, act, &r);
-        for (name, a, b) in [
-            ("x", &g[0], &e[0]),
-            ("weight", &g[1], &e[1]),
-            ("bias", &g[2], &e[2]),
-        ] {
-            let err = max_abs_diff(a, b);
-            assert!(err < 1e-4, "{act:?}, grad of {name}: max error {err}");
-        }
+        let g = grads(|[x, w, b]| linear(x, w, b, act), &xwb, &r);
+        let e = grads(|[x, w, b]| linear_composed(x, w, b, act), &xwb, &r);
+        assert_grads_equal(&format!("{act:?}"), ["x", "weight", "bias"], &g, &e, 1e-4);
     }
 }
 
@@ -500,36 +419,13 @@ fn linear_gradients_match_finite_differences() {
     let act = Activation::Relu;
     let xwb = [randn(&[5, 6], 131), randn(&[4, 6], 132), randn(&[4], 133)];
     let r = randn(&[5, 4], 134);
-    let grads = linear_grads(linear, &xwb, act, &r);
-    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f32 {
-        let y = linear(x, w, b, act).unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let [x, w, b] = &xwb;
     // ReLU kinks: a small step keeps every pre-activation on its side for these inputs.
-    let h = 1e-3;
-    assert_close(
-        "dx",
-        &grads[0],
-        &finite_difference(&|t| loss(t, w, b), x, h),
-        2e-2,
-    );
-    assert_close(
-        "dweight",
-        &grads[1],
-        &finite_difference(&|t| loss(x, t, b), w, h),
-        2e-2,
-    );
-    assert_close(
-        "dbias",
-        &grads[2],
-        &finite_difference(&|t| loss(x, w, t), b, h),
-        2e-2,
+    assert_grads_match_finite_differences(
+        |[x, w, b]| linear(x, w, b, act),
+        &xwb,
+        &r,
+        (1e-3, 2e-2),
+        ["dx", "dweight", "dbias"],
     );
 }
 
@@ -668,7 +564,7 @@ fn mixed_precision_linear_is_close_to_f32() {
                     )
                 })
                 .unwrap();
-                let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let grads = weighted_sum(&y, &r).backward().unwrap();
                 let (gx, gw, _) = bf16_op.bwd(&x, &w, &b, &got_y, &r).unwrap();
                 for (v, e) in [(&vars[0], gx.unwrap()), (&vars[1], gw.unwrap())] {
                     let g = grads.get(v.as_tensor()).expect("gradient");
@@ -688,8 +584,9 @@ fn mixed_precision_off_is_bitwise_f32() {
     ];
     let r = randn(&[75, 70], 154);
     let act = Activation::Relu;
-    let want = linear_grads(linear, &xwb, act, &r);
-    let got = mixed_precision_training(None, || linear_grads(linear, &xwb, act, &r));
+    let linear_grads = || grads(|[x, w, b]| linear(x, w, b, act), &xwb, &r);
+    let want = linear_grads();
+    let got = mixed_precision_training(None, linear_grads);
     for (a, b) in got.iter().zip(&want) {
         assert_eq!(max_abs_diff(a, b), 0.0);
     }
