@@ -19,54 +19,72 @@ type AttentionFn = fn(
 ) -> candle_core::Result<Tensor>;
 type LinearFn = fn(&Tensor, &Tensor, &Tensor, Activation) -> candle_core::Result<Tensor>;
 
-fn bench_layer_norm(c: &mut Criterion) {
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap()).unwrap();
-    let w = Var::from_tensor(&Tensor::randn(1f32, 0.1f32, 256, &dev).unwrap()).unwrap();
-    let b = Var::from_tensor(&Tensor::randn(0f32, 0.1f32, 256, &dev).unwrap()).unwrap();
-    let r = Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap();
-    let mut group = c.benchmark_group("layer_norm_8x196x256");
-    group.sample_size(30);
-    let variants: [(&str, LayerNormFn); 2] = [
-        ("fused", ops::layer_norm),
-        ("composed", ops::layer_norm_composed),
-    ];
+/// Times the fused op and the composition in turn in `group`: `{variant}_{names.0}` runs
+/// `run(f, false)` alone, `{variant}_{names.1}` runs `run(f, true)` and the backward of
+/// `sum(y * r)`.
+fn bench_fused_and_composed<F: Copy>(
+    c: &mut Criterion,
+    (group, samples): (&str, usize),
+    variants: [(&str, F); 2],
+    names: (&str, &str),
+    r: &Tensor,
+    run: impl Fn(F, bool) -> Tensor,
+) {
+    let mut group = c.benchmark_group(group);
+    group.sample_size(samples);
     for (name, f) in variants {
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| f(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap())
+        group.bench_function(format!("{name}_{}", names.0), |bench| {
+            bench.iter(|| run(f, false))
         });
-        group.bench_function(format!("{name}_forward_backward"), |bench| {
+        group.bench_function(format!("{name}_{}", names.1), |bench| {
             bench.iter(|| {
-                let y = f(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+                let y = run(f, true);
+                (y * r).unwrap().sum_all().unwrap().backward().unwrap()
             })
         });
     }
     group.finish();
 }
 
+/// Forward alone and forward + backward.
+const FORWARD: (&str, &str) = ("forward", "forward_backward");
+
+fn bench_layer_norm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(1f32, 0.1f32, 256, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f32, 0.1f32, 256, &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap();
+    let variants: [(&str, LayerNormFn); 2] = [
+        ("fused", ops::layer_norm),
+        ("composed", ops::layer_norm_composed),
+    ];
+    bench_fused_and_composed(
+        c,
+        ("layer_norm_8x196x256", 30),
+        variants,
+        FORWARD,
+        &r,
+        |f, _| f(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
+    );
+}
+
 fn bench_softmax(c: &mut Criterion) {
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 3f32, (64, 196, 196), &dev).unwrap()).unwrap();
     let r = Tensor::randn(0f32, 1f32, (64, 196, 196), &dev).unwrap();
-    let mut group = c.benchmark_group("softmax_64x196x196");
-    group.sample_size(20);
     let variants: [(&str, SoftmaxFn); 2] = [
         ("fused", ops::softmax_last_dim),
         ("composed", ops::softmax_last_dim_composed),
     ];
-    for (name, f) in variants {
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| f(x.as_tensor()).unwrap())
-        });
-        group.bench_function(format!("{name}_forward_backward"), |bench| {
-            bench.iter(|| {
-                let y = f(x.as_tensor()).unwrap();
-                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
-            })
-        });
-    }
-    group.finish();
+    bench_fused_and_composed(
+        c,
+        ("softmax_64x196x196", 20),
+        variants,
+        FORWARD,
+        &r,
+        |f, _| f(x.as_tensor()).unwrap(),
+    );
 }
 
 fn bench_attention(c: &mut Criterion) {
@@ -76,29 +94,30 @@ fn bench_attention(c: &mut Criterion) {
     let (q, k, v) = (var(0), var(1), var(2));
     let r = Tensor::randn(0f32, 1f32, (8, 196, 256), &dev).unwrap();
     let drop = Some(AttentionDropout { p: 0.1, seed: 1 });
-    let mut group = c.benchmark_group("attention_8x196x256_8heads");
-    group.sample_size(20);
+    let (qd, kd, vd) = (
+        q.as_tensor().detach(),
+        k.as_tensor().detach(),
+        v.as_tensor().detach(),
+    );
     let variants: [(&str, AttentionFn); 2] = [
         ("fused", ops::attention),
         ("composed", ops::attention_composed),
     ];
-    for (name, f) in variants {
-        let (qd, kd, vd) = (
-            q.as_tensor().detach(),
-            k.as_tensor().detach(),
-            v.as_tensor().detach(),
-        );
-        group.bench_function(format!("{name}_inference"), |bench| {
-            bench.iter(|| f(&qd, &kd, &vd, 8, None, None).unwrap())
-        });
-        group.bench_function(format!("{name}_train_forward_backward"), |bench| {
-            bench.iter(|| {
-                let y = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 8, None, drop).unwrap();
-                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
-            })
-        });
-    }
-    group.finish();
+    // Inference: detached inputs, no dropout; training: the variables, with dropout.
+    bench_fused_and_composed(
+        c,
+        ("attention_8x196x256_8heads", 20),
+        variants,
+        ("inference", "train_forward_backward"),
+        &r,
+        |f, train| {
+            if train {
+                f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 8, None, drop).unwrap()
+            } else {
+                f(&qd, &kd, &vd, 8, None, None).unwrap()
+            }
+        },
+    );
 }
 
 fn bench_linear(c: &mut Criterion) {
@@ -107,36 +126,24 @@ fn bench_linear(c: &mut Criterion) {
     let w = Var::from_tensor(&Tensor::randn(0f32, 0.05f32, (1024, 256), &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::zeros(1024, candle_core::DType::F32, &dev).unwrap()).unwrap();
     let r = Tensor::randn(0f32, 1f32, (8, 196, 1024), &dev).unwrap();
-    let mut group = c.benchmark_group("linear_relu_1568x256x1024");
-    group.sample_size(20);
     let variants: [(&str, LinearFn); 2] =
         [("fused", ops::linear), ("composed", ops::linear_composed)];
-    for (name, f) in variants {
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| {
-                f(
-                    x.as_tensor(),
-                    w.as_tensor(),
-                    b.as_tensor(),
-                    Activation::Relu,
-                )
-                .unwrap()
-            })
-        });
-        group.bench_function(format!("{name}_forward_backward"), |bench| {
-            bench.iter(|| {
-                let y = f(
-                    x.as_tensor(),
-                    w.as_tensor(),
-                    b.as_tensor(),
-                    Activation::Relu,
-                )
-                .unwrap();
-                (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
-            })
-        });
-    }
-    group.finish();
+    bench_fused_and_composed(
+        c,
+        ("linear_relu_1568x256x1024", 20),
+        variants,
+        FORWARD,
+        &r,
+        |f, _| {
+            f(
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                Activation::Relu,
+            )
+            .unwrap()
+        },
+    );
 }
 
 /// bf16 products (iuf-bf16: AVX-512 `vdpbf16ps` and, where present, AMX `tdpbf16ps`; B packed once outside the timing, A converted inside)
