@@ -45,14 +45,51 @@ pub struct TransformerOutput {
     pub ffn_outputs: Vec<Tensor>,
 }
 
+/// The feed-forward sub-block that ends every layer: `norm(x + dropout(ffn(x)))`, with
+/// `ffn(x) = linear2(dropout(relu(linear1(x))))` kept as the layer's FFN output (section 4.6).
+#[derive(Debug, Clone)]
+struct FeedForward {
+    linear1: Linear,
+    linear2: Linear,
+    norm: LayerNorm,
+    dropout: f64,
+}
+
+impl FeedForward {
+    /// `linear1`, `linear2` and the layer norm `norm` under the layer's builder `vb`.
+    fn new(vb: &VarBuilder<'_>, cfg: &TransformerConfig, norm: &str) -> Result<Self> {
+        let d = cfg.hidden_dim;
+        Ok(Self {
+            linear1: Linear::new(vb.pp("linear1"), d, cfg.dim_feedforward)?,
+            linear2: Linear::new(vb.pp("linear2"), cfg.dim_feedforward, d)?,
+            norm: LayerNorm::new(vb.pp(norm), d, cfg.layer_norm_eps)?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// The block's output; the FFN output is pushed onto `ffn_outputs`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mode: &mut Mode<'_>,
+        ffn_outputs: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let ffn = feed_forward(&self.linear1, &self.linear2, x, self.dropout, mode)?;
+        let x = self
+            .norm
+            .forward(&add_dropout(x, &ffn, self.dropout, mode)?)?;
+        ffn_outputs.push(ffn);
+        Ok(x)
+    }
+}
+
 /// Post-norm encoder layer (section 3.3).
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     self_attn: MultiHeadAttention,
-    linear1: Linear,
-    linear2: Linear,
     norm1: LayerNorm,
-    norm2: LayerNorm,
+    /// `linear1`, `linear2`, `norm2`.
+    ffn: FeedForward,
     dropout: f64,
 }
 
@@ -61,10 +98,8 @@ impl EncoderLayer {
         let d = cfg.hidden_dim;
         Ok(Self {
             self_attn: MultiHeadAttention::new(vb.pp("self_attn"), d, cfg.nheads, cfg.dropout)?,
-            linear1: Linear::new(vb.pp("linear1"), d, cfg.dim_feedforward)?,
-            linear2: Linear::new(vb.pp("linear2"), cfg.dim_feedforward, d)?,
+            ffn: FeedForward::new(&vb, cfg, "norm2")?,
             norm1: LayerNorm::new(vb.pp("norm1"), d, cfg.layer_norm_eps)?,
-            norm2: LayerNorm::new(vb.pp("norm2"), d, cfg.layer_norm_eps)?,
             dropout: cfg.dropout,
         })
     }
@@ -88,12 +123,7 @@ impl EncoderLayer {
         let x = self
             .norm1
             .forward(&add_dropout(x, &attn, self.dropout, mode)?)?;
-        let ffn = feed_forward(&self.linear1, &self.linear2, &x, self.dropout, mode)?;
-        let x = self
-            .norm2
-            .forward(&add_dropout(&x, &ffn, self.dropout, mode)?)?;
-        ffn_outputs.push(ffn);
-        Ok(x)
+        self.ffn.forward(&x, mode, ffn_outputs)
     }
 }
 
@@ -103,11 +133,10 @@ struct DecoderLayer {
     learned_embed: Tensor,
     self_attn: MultiHeadAttention,
     multihead_attn: MultiHeadAttention,
-    linear1: Linear,
-    linear2: Linear,
     norm1: LayerNorm,
     norm2: LayerNorm,
-    norm3: LayerNorm,
+    /// `linear1`, `linear2`, `norm3`.
+    ffn: FeedForward,
     dropout: f64,
 }
 
@@ -131,11 +160,9 @@ impl DecoderLayer {
                 cfg.nheads,
                 cfg.dropout,
             )?,
-            linear1: Linear::new(vb.pp("linear1"), d, cfg.dim_feedforward)?,
-            linear2: Linear::new(vb.pp("linear2"), cfg.dim_feedforward, d)?,
+            ffn: FeedForward::new(&vb, cfg, "norm3")?,
             norm1: LayerNorm::new(vb.pp("norm1"), d, eps)?,
             norm2: LayerNorm::new(vb.pp("norm2"), d, eps)?,
-            norm3: LayerNorm::new(vb.pp("norm3"), d, eps)?,
             dropout: cfg.dropout,
         })
     }
@@ -169,10 +196,7 @@ impl DecoderLayer {
             self.multihead_attn
                 .forward(&t.broadcast_add(pos)?, &prev_pos, prev, mask, mode)?;
         let t = self.norm2.forward(&add_dropout(&t, &attn, p, mode)?)?;
-        let ffn = feed_forward(&self.linear1, &self.linear2, &t, p, mode)?;
-        let t = self.norm3.forward(&add_dropout(&t, &ffn, p, mode)?)?;
-        ffn_outputs.push(ffn);
-        Ok(t)
+        self.ffn.forward(&t, mode, ffn_outputs)
     }
 }
 
