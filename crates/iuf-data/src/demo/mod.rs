@@ -117,24 +117,18 @@ fn jobs(dir: &Path, cfg: &DemoConfig) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (ci, &scene) in Scene::ALL.iter().enumerate() {
         let class_dir = dir.join(scene.name());
-        for i in 0..cfg.train_per_class {
-            jobs.push(Job {
-                scene,
-                defect: None,
-                image: class_dir.join(format!("train/good/{i:03}.png")),
-                mask: None,
-                seed: image_seed(cfg.seed, [ci as u64, 0, i as u64]),
-            });
-        }
         let normal = cfg.test_normal_per_class();
-        for i in 0..normal {
-            jobs.push(Job {
-                scene,
-                defect: None,
-                image: class_dir.join(format!("test/good/{i:03}.png")),
-                mask: None,
-                seed: image_seed(cfg.seed, [ci as u64, 1, i as u64]),
-            });
+        // Normal images: training (seed part 0), then test (seed part 1).
+        for (part, split, count) in [(0, "train", cfg.train_per_class), (1, "test", normal)] {
+            for i in 0..count {
+                jobs.push(Job {
+                    scene,
+                    defect: None,
+                    image: class_dir.join(format!("{split}/good/{i:03}.png")),
+                    mask: None,
+                    seed: image_seed(cfg.seed, [ci as u64, part, i as u64]),
+                });
+            }
         }
         // Defective images go round-robin over the kinds; only kinds that get an image get a folder.
         let mut per_kind = [0usize; 4];

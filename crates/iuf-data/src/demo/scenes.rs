@@ -222,6 +222,49 @@ fn surface_defect(
     cov
 }
 
+/// A crack across a part of a `size x size` image: a jagged stroke `(start, heading, len)` kept
+/// where the part is (`region`, 1 = part), darkened over `color` with a grey drawn from `dark..dark + 20` (blue 5 more).
+fn part_crack(
+    rng: &mut StdRng,
+    size: usize,
+    mut color: Vec<Rgb>,
+    region: &[f32],
+    (start, heading, len): ((f32, f32), f32, f32),
+    dark: f32,
+) -> (Vec<Rgb>, Vec<bool>) {
+    let mut cov = vec![0f32; size * size];
+    let half_width = rng.gen_range(0.7..1.2);
+    Stroke::jagged(rng, start, heading, len, half_width).paint(&mut cov, size);
+    for (c, r) in cov.iter_mut().zip(region) {
+        *c *= r;
+    }
+    let dark: Rgb = [
+        rng.gen_range(dark..dark + 20.0),
+        rng.gen_range(dark..dark + 20.0),
+        rng.gen_range(dark + 5.0..dark + 25.0),
+    ];
+    blend(&mut color, &cov, rng.gen_range(0.75..0.9), |_| dark);
+    (color, mask_of(&cov))
+}
+
+/// A scratch or a stain (`kind`) at `at` on a part (`region`, 1 = part) over `color`.
+fn scratch_or_stain(
+    rng: &mut StdRng,
+    size: usize,
+    kind: DefectKind,
+    mut color: Vec<Rgb>,
+    region: &[f32],
+    at: (f32, f32),
+) -> (Vec<Rgb>, Vec<bool>) {
+    let surface = if kind == DefectKind::Stain {
+        Surface::Stain
+    } else {
+        Surface::Scratch
+    };
+    let cov = surface_defect(rng, size, &mut color, Some(region), surface, at);
+    (color, mask_of(&cov))
+}
+
 struct Fabric {
     size: usize,
     color: Vec<Rgb>,
@@ -439,33 +482,21 @@ impl Washer {
                 };
                 let start = (self.cx + r * a.cos(), self.cy + r * a.sin());
                 let heading = if from_outer { a + PI } else { a } + rng.gen_range(-0.4..0.4);
-                let mut cov = vec![0f32; self.size * self.size];
                 let len = rng.gen_range(0.05..0.11) * s;
-                let half_width = rng.gen_range(0.7..1.2);
-                Stroke::jagged(rng, start, heading, len, half_width).paint(&mut cov, self.size);
-                for (c, r) in cov.iter_mut().zip(&self.cover) {
-                    *c *= r;
-                }
-                let mut color = self.compose(&self.cover);
-                let dark: Rgb = [
-                    rng.gen_range(30.0..50.0),
-                    rng.gen_range(30.0..50.0),
-                    rng.gen_range(35.0..55.0),
-                ];
-                blend(&mut color, &cov, rng.gen_range(0.75..0.9), |_| dark);
-                (color, mask_of(&cov))
+                let color = self.compose(&self.cover);
+                part_crack(
+                    rng,
+                    self.size,
+                    color,
+                    &self.cover,
+                    (start, heading, len),
+                    30.0,
+                )
             }
             DefectKind::Scratch | DefectKind::Stain => {
                 let at = self.point_on_ring(rng, 0.25);
-                let mut color = self.compose(&self.cover);
-                let surface = if kind == DefectKind::Stain {
-                    Surface::Stain
-                } else {
-                    Surface::Scratch
-                };
-                let cov =
-                    surface_defect(rng, self.size, &mut color, Some(&self.cover), surface, at);
-                (color, mask_of(&cov))
+                let color = self.compose(&self.cover);
+                scratch_or_stain(rng, self.size, kind, color, &self.cover, at)
             }
         }
     }
@@ -564,6 +595,11 @@ impl Mesh {
             .collect()
     }
 
+    /// Where the plate is (1 - the holes' coverage).
+    fn plate_cover(&self) -> Vec<f32> {
+        self.holes.iter().map(|h| 1.0 - h).collect()
+    }
+
     /// A hole centre and the centre of one of its four neighbours.
     fn hole_pair(&self, rng: &mut StdRng) -> ((f32, f32), (f32, f32)) {
         // Callers check that `centres` is not empty.
@@ -622,33 +658,21 @@ impl Mesh {
                     a.0 + self.radius * heading.cos(),
                     a.1 + self.radius * heading.sin(),
                 );
-                let mut cov = vec![0f32; self.size * self.size];
                 let len = self.pitch * rng.gen_range(0.35..0.8);
-                let half_width = rng.gen_range(0.7..1.2);
-                Stroke::jagged(rng, start, heading, len, half_width).paint(&mut cov, self.size);
-                for (c, h) in cov.iter_mut().zip(&self.holes) {
-                    *c *= 1.0 - h;
-                }
-                let mut color = self.compose(&self.holes);
-                let dark: Rgb = [
-                    rng.gen_range(25.0..45.0),
-                    rng.gen_range(25.0..45.0),
-                    rng.gen_range(30.0..50.0),
-                ];
-                blend(&mut color, &cov, rng.gen_range(0.75..0.9), |_| dark);
-                (color, mask_of(&cov))
+                let color = self.compose(&self.holes);
+                part_crack(
+                    rng,
+                    self.size,
+                    color,
+                    &self.plate_cover(),
+                    (start, heading, len),
+                    25.0,
+                )
             }
             DefectKind::Scratch | DefectKind::Stain => {
                 let at = (rng.gen_range(0.12..0.88) * s, rng.gen_range(0.12..0.88) * s);
-                let plate: Vec<f32> = self.holes.iter().map(|h| 1.0 - h).collect();
-                let mut color = self.compose(&self.holes);
-                let surface = if kind == DefectKind::Stain {
-                    Surface::Stain
-                } else {
-                    Surface::Scratch
-                };
-                let cov = surface_defect(rng, self.size, &mut color, Some(&plate), surface, at);
-                (color, mask_of(&cov))
+                let color = self.compose(&self.holes);
+                scratch_or_stain(rng, self.size, kind, color, &self.plate_cover(), at)
             }
         }
     }
