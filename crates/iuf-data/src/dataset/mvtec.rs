@@ -112,7 +112,17 @@ pub(super) fn index_class(root: &Path, name: &str) -> Result<ClassIndex, Vec<Pro
             mask: None,
         })
         .collect();
+    checked_index(name, train, test, problems)
+}
 
+/// The index of class `name` once every file has passed [`check_files`], or all the problems:
+/// those found while listing (`problems`) and those of the files.
+pub(super) fn checked_index(
+    name: &str,
+    train: Vec<Sample>,
+    test: Vec<Sample>,
+    mut problems: Vec<Problem>,
+) -> Result<ClassIndex, Vec<Problem>> {
     problems.extend(check_files(&train, &test));
     if problems.is_empty() {
         Ok(ClassIndex {
@@ -126,7 +136,7 @@ pub(super) fn index_class(root: &Path, name: &str) -> Result<ClassIndex, Vec<Pro
 }
 
 /// Reads every header (in parallel: thousands of small reads) and checks each mask against its image.
-pub(super) fn check_files(train: &[Sample], test: &[Sample]) -> Vec<Problem> {
+fn check_files(train: &[Sample], test: &[Sample]) -> Vec<Problem> {
     train
         .par_iter()
         .chain(test.par_iter())

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::check::problem;
-use super::mvtec::check_files;
+use super::mvtec::checked_index;
 use super::{ClassIndex, Sample, GOOD};
 use crate::error::{Error, Problem, Result};
 
@@ -193,14 +193,5 @@ pub(super) fn index_class(
     train.sort_by(|a, b| a.path.cmp(&b.path));
     // Same order as the MVTec layout: normal test images first, then anomalous, each by path.
     test.sort_by(|a, b| (a.is_anomalous, &a.path).cmp(&(b.is_anomalous, &b.path)));
-    problems.extend(check_files(&train, &test));
-    if problems.is_empty() {
-        Ok(ClassIndex {
-            name: name.to_string(),
-            train,
-            test,
-        })
-    } else {
-        Err(problems)
-    }
+    checked_index(name, train, test, problems)
 }
