@@ -5,7 +5,7 @@ mod resample;
 
 use std::path::Path;
 
-use ::image::{DynamicImage, ImageReader, RgbImage};
+use ::image::{DynamicImage, ImageBuffer, ImageReader, Pixel, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -65,6 +65,15 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 /// PIL's `resize((w, h), BILINEAR)`, bit-exact: antialiased when shrinking. Returns the image
 /// unchanged when either requested size is zero (there is nothing meaningful to produce).
 pub fn resize_bilinear_rgb(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize_bilinear(img, width, height)
+}
+
+/// [`resize_bilinear_rgb`] for 8-bit images of any pixel type (its channels resized alike).
+fn resize_bilinear<P: Pixel<Subpixel = u8>>(
+    img: &ImageBuffer<P, Vec<u8>>,
+    width: u32,
+    height: u32,
+) -> ImageBuffer<P, Vec<u8>> {
     let (in_w, in_h) = img.dimensions();
     if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
         return img.clone();
@@ -73,11 +82,11 @@ pub fn resize_bilinear_rgb(img: &RgbImage, width: u32, height: u32) -> RgbImage 
         img.as_raw(),
         in_w as usize,
         in_h as usize,
-        3,
+        P::CHANNEL_COUNT as usize,
         width as usize,
         height as usize,
     );
-    RgbImage::from_raw(width, height, out).unwrap_or_else(|| img.clone())
+    ImageBuffer::from_raw(width, height, out).unwrap_or_else(|| img.clone())
 }
 
 /// Resizes to `size x size` (aspect ratio not kept, no crop), scales to [0, 1] and normalises with
@@ -158,19 +167,7 @@ pub fn resize_bilinear_gray(
     width: u32,
     height: u32,
 ) -> ::image::GrayImage {
-    let (in_w, in_h) = img.dimensions();
-    if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
-        return img.clone();
-    }
-    let out = resample::bilinear(
-        img.as_raw(),
-        in_w as usize,
-        in_h as usize,
-        1,
-        width as usize,
-        height as usize,
-    );
-    ::image::GrayImage::from_raw(width, height, out).unwrap_or_else(|| img.clone())
+    resize_bilinear(img, width, height)
 }
 
 #[cfg(test)]
