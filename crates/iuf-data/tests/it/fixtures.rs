@@ -83,3 +83,20 @@ pub fn mvtec_class(
         }
     }
 }
+
+/// The problems of a [`iuf_data::Error::Broken`] error, as text; panics on any other error.
+pub fn broken_problems(err: iuf_data::Error) -> Vec<String> {
+    match err {
+        iuf_data::Error::Broken { problems, .. } => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        other => panic!("expected a Broken error, got {other}"),
+    }
+}
+
+/// Whether some problem mentions every one of `parts`.
+pub fn mentions(problems: &[String], parts: &[&str]) -> bool {
+    problems
+        .iter()
+        .any(|p| parts.iter().all(|part| p.contains(part)))
+}

@@ -62,22 +62,33 @@ fn pil_parity_preprocess_matches_the_efficientnet_fixture() {
     assert!(worst < 1e-6, "max abs error {worst}");
 }
 
+/// The raw Pillow resizes (tests/fixtures/pil_resize.safetensors).
+fn pil_resize_fixture() -> Vec<u8> {
+    read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pil_resize.safetensors"))
+}
+
+/// Case `i` of `kind` (`bilinear` or `nearest`) in the Pillow fixture: the input and Pillow's
+/// output, each as (height, width, bytes).
+fn pil_case<'a>(st: &'a SafeTensors<'_>, kind: &str, i: usize) -> [(usize, usize, &'a [u8]); 2] {
+    ["input", "output"].map(|part| {
+        let t = st.tensor(&format!("{kind}.{i}.{part}")).unwrap();
+        (t.shape()[0], t.shape()[1], t.data())
+    })
+}
+
 #[test]
 fn bilinear_resize_is_bit_exact_with_pillow() {
-    let bytes =
-        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pil_resize.safetensors"));
+    let bytes = pil_resize_fixture();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for i in 0..6 {
-        let input = st.tensor(&format!("bilinear.{i}.input")).unwrap();
-        let output = st.tensor(&format!("bilinear.{i}.output")).unwrap();
-        let (ih, iw) = (input.shape()[0] as u32, input.shape()[1] as u32);
-        let (oh, ow) = (output.shape()[0] as u32, output.shape()[1] as u32);
-        let img = RgbImage::from_raw(iw, ih, input.data().to_vec()).unwrap();
+        let [(ih, iw, input), (oh, ow, output)] = pil_case(&st, "bilinear", i);
+        let (ih, iw, oh, ow) = (ih as u32, iw as u32, oh as u32, ow as u32);
+        let img = RgbImage::from_raw(iw, ih, input.to_vec()).unwrap();
         let got = resize_bilinear_rgb(&img, ow, oh);
         let differ = got
             .as_raw()
             .iter()
-            .zip(output.data())
+            .zip(output)
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(differ, 0, "case {i}: {iw}x{ih} -> {ow}x{oh}");
@@ -86,18 +97,14 @@ fn bilinear_resize_is_bit_exact_with_pillow() {
 
 #[test]
 fn nearest_mask_resize_is_exact_with_pillow() {
-    let bytes =
-        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pil_resize.safetensors"));
+    let bytes = pil_resize_fixture();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for i in 0..3 {
-        let input = st.tensor(&format!("nearest.{i}.input")).unwrap();
-        let output = st.tensor(&format!("nearest.{i}.output")).unwrap();
-        let (ih, iw) = (input.shape()[0], input.shape()[1]);
-        let (oh, ow) = (output.shape()[0], output.shape()[1]);
-        let src = GrayImage::from_raw(iw as u32, ih as u32, input.data().to_vec()).unwrap();
+        let [(ih, iw, input), (oh, ow, output)] = pil_case(&st, "nearest", i);
+        let src = GrayImage::from_raw(iw as u32, ih as u32, input.to_vec()).unwrap();
         let positive: Vec<bool> = src.as_raw().iter().map(|&v| v > 0).collect();
         let got = resize_mask_nearest(&positive, iw, ih, ow, oh).unwrap();
-        let want: Vec<bool> = output.data().iter().map(|&v| v > 0).collect();
+        let want: Vec<bool> = output.iter().map(|&v| v > 0).collect();
         assert_eq!(got, want, "case {i}: {iw}x{ih} -> {ow}x{oh}");
     }
 }

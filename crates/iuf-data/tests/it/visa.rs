@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use iuf_data::{DatasetRoot, Error, Layout};
+use iuf_data::{DatasetRoot, Layout};
 
 use crate::fixtures::*;
 
@@ -29,15 +29,23 @@ fn visa_class(root: &Path, class: &str, csv: &mut String) {
     }
 }
 
-#[test]
-fn visa_layout_indexes_from_the_split_file() {
+/// A temporary VisA tree: `classes` as [`visa_class`] makes them, and the split file of them all.
+fn visa_tree(classes: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut csv = HEADER.to_string();
-    visa_class(d, "pcb1", &mut csv);
-    visa_class(d, "candle", &mut csv);
+    for class in classes {
+        visa_class(d, class, &mut csv);
+    }
     fs::create_dir_all(d.join("split_csv")).unwrap();
     fs::write(d.join("split_csv/1cls.csv"), &csv).unwrap();
+    dir
+}
+
+#[test]
+fn visa_layout_indexes_from_the_split_file() {
+    let dir = visa_tree(&["pcb1", "candle"]);
+    let d = dir.path();
 
     let root = DatasetRoot::open(d).unwrap();
     assert_eq!(root.layout(), Layout::Visa);
@@ -61,29 +69,19 @@ fn visa_layout_indexes_from_the_split_file() {
 
 #[test]
 fn broken_visa_class_lists_every_problem() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = visa_tree(&["pcb1"]);
     let d = dir.path();
-    let mut csv = HEADER.to_string();
-    visa_class(d, "pcb1", &mut csv);
     fs::remove_file(d.join("pcb1/Data/Masks/Anomaly/001.png")).unwrap();
     write_mask(&d.join("pcb1/Data/Masks/Anomaly/000.png"), &mask(20, 30));
-    fs::create_dir_all(d.join("split_csv")).unwrap();
-    fs::write(d.join("split_csv/1cls.csv"), &csv).unwrap();
 
     let root = DatasetRoot::open(d).unwrap();
-    match root.index_class("pcb1").unwrap_err() {
-        Error::Broken { problems, .. } => {
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            assert_eq!(problems.len(), 2, "{text:#?}");
-            assert!(text
-                .iter()
-                .any(|p| p.contains("001.png") && p.contains("readable image")));
-            assert!(text.iter().any(|p| p.contains("000.png")
-                && p.contains("expected 40x30")
-                && p.contains("found 20x30")));
-        }
-        other => panic!("{other}"),
-    }
+    let problems = broken_problems(root.index_class("pcb1").unwrap_err());
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(mentions(&problems, &["001.png", "readable image"]));
+    assert!(mentions(
+        &problems,
+        &["000.png", "expected 40x30", "found 20x30"]
+    ));
 }
 
 #[test]
