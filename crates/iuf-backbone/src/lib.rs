@@ -22,6 +22,8 @@ mod error;
 pub mod fetch;
 pub mod ops;
 pub mod pth;
+#[cfg(test)]
+mod testing;
 
 pub use backbone::{local_average_3x3, Backbone};
 pub use config::{

@@ -528,20 +528,8 @@ fn plane_rowwise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn direct_kernel_equals_candle_grouped_conv() -> Result<()> {
@@ -558,7 +546,7 @@ mod tests {
                         let want =
                             depthwise_conv2d_same_reference(&x, &weight, &bias, stride, epilogue)?;
                         assert_eq!(got.dims(), want.dims());
-                        let d = max_diff(&got, &want);
+                        let d = max_abs_diff(&got, &want);
                         assert!(d < 1e-5, "h {h} w {w} k {k} s {stride} {epilogue:?}: {d}");
                     }
                 }
@@ -597,7 +585,7 @@ mod tests {
                         stride,
                         Epilogue::Relu6,
                     )?;
-                    let d = max_diff(&got, &want);
+                    let d = max_abs_diff(&got, &want);
                     assert!(d < 1e-5, "{h}x{w} k {k} s {stride} {pre:?}: {d}");
                 }
             }
@@ -654,7 +642,7 @@ mod tests {
         let bias = Tensor::zeros(4, DType::F32, &dev)?;
         let got = depthwise_conv2d_same(&x, &weight, &bias, 2, Epilogue::Linear)?;
         let want = depthwise_conv2d_same_reference(&x, &weight, &bias, 2, Epilogue::Linear)?;
-        assert!(max_diff(&got, &want) < 1e-5);
+        assert!(max_abs_diff(&got, &want) < 1e-5);
         Ok(())
     }
 }

@@ -102,6 +102,7 @@ impl CustomOp1 for Im2ColSame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -119,11 +120,7 @@ mod tests {
                     .pad_with_zeros(3, left, right)?
                     .conv2d(&weight, 0, s, 1, 1)?;
                 assert_eq!(got.dims(), want.dims());
-                let d = (got - want)?
-                    .abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_scalar::<f32>()?;
+                let d = max_abs_diff(&got, &want);
                 assert!(d < 1e-4, "{h}x{w} k {k} s {s}: {d}");
             }
         }

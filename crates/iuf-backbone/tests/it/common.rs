@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+// `max_abs_diff`: the one copy in src/testing.rs, shared with the unit tests.
+#[path = "../../src/testing.rs"]
+mod testing;
+pub use testing::max_abs_diff;
+
 /// `../shared` beside the checkout (CI always has it).
 pub fn shared() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -30,19 +35,4 @@ pub fn lite0_tensors() -> HashMap<String, Tensor> {
 
 pub fn var_builder(tensors: HashMap<String, Tensor>) -> VarBuilder<'static> {
     VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
-}
-
-/// Largest absolute difference, after checking the shapes agree.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
