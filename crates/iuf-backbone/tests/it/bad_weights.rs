@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use iuf_backbone::{Backbone, EfficientNet, EfficientNetConfig, EfficientNetVariant, Error};
 
-use crate::common::{lite0_tensors, var_builder};
+use crate::common::{lite0_backbone, lite0_tensors, var_builder};
 
 #[test]
 fn missing_tensor_is_named_with_its_expected_shape() {
@@ -72,8 +72,7 @@ fn truncated_safetensors_fail_cleanly() {
 
 #[test]
 fn images_must_be_rgb_float_batches() {
-    let backbone =
-        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    let backbone = lite0_backbone();
     let gray = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let err = backbone.feature_align(&gray).unwrap_err();
     assert!(matches!(err, Error::Input { .. }), "{err}");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use iuf_backbone::{Backbone, EfficientNetConfig};
 
 // `max_abs_diff`: the one copy in src/testing.rs, shared with the unit tests.
 #[path = "../../src/testing.rs"]
@@ -35,4 +36,9 @@ pub fn lite0_tensors() -> HashMap<String, Tensor> {
 
 pub fn var_builder(tensors: HashMap<String, Tensor>) -> VarBuilder<'static> {
     VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+}
+
+/// The Lite0 backbone of the default config, with the real weights.
+pub fn lite0_backbone() -> Backbone {
+    Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap()
 }

@@ -5,7 +5,7 @@
 use candle_core::Device;
 use iuf_backbone::{Backbone, EfficientNet, EfficientNetConfig, EfficientNetVariant};
 
-use crate::common::{lite0_tensors, max_abs_diff, shared, var_builder};
+use crate::common::{lite0_backbone, lite0_tensors, max_abs_diff, shared, var_builder};
 
 /// Largest allowed |ours - PyTorch| on block outputs and `feature_align`. Not 1e-4: the fixture is
 /// itself float32 and differs from the exact (float64) result by up to 2.3e-4 on blocks 2-10,
@@ -63,8 +63,7 @@ fn real_lite0_every_block_output_and_logits_match_pytorch() {
 #[test]
 fn real_lite0_feature_align_matches_pytorch() {
     let fx = fixture();
-    let backbone =
-        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    let backbone = lite0_backbone();
     assert_eq!(backbone.out_channels(), 192);
     let aligned = backbone.feature_align(&fx["input.tensor"]).unwrap();
     assert_eq!(aligned.dims(), &[2, 192, 14, 14]);
@@ -121,8 +120,7 @@ fn random_b4_legacy_checkpoint_matches_pytorch() {
 #[test]
 fn real_lite0_feature_align_follows_the_input_size() {
     // The stride-16 grid is ceil(H/16) x ceil(W/16) for any size (TF SAME keeps ceil at each stride).
-    let backbone =
-        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    let backbone = lite0_backbone();
     let images = candle_core::Tensor::randn(0f32, 1.0, (1, 3, 100, 60), &Device::Cpu).unwrap();
     let aligned = backbone.feature_align(&images).unwrap();
     assert_eq!(aligned.dims(), &[1, 192, 7, 4]);
@@ -141,8 +139,7 @@ fn real_lite0_feature_align_follows_the_input_size() {
 #[test]
 fn real_lite0_memory_features_match_the_recipe_on_pytorch_blocks() {
     let fx = fixture();
-    let backbone =
-        Backbone::new(&EfficientNetConfig::lite0(), var_builder(lite0_tensors())).unwrap();
+    let backbone = lite0_backbone();
     assert_eq!(backbone.memory_channels(), 152);
     let images = &fx["input.tensor"];
     let (align, memory) = backbone.extract(images).unwrap();
