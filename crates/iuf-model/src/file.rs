@@ -130,17 +130,7 @@ pub fn save_model(
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect()
     };
-    let problems = if meta.network {
-        compare_with_config(&meta.config, &weights)?
-    } else {
-        no_weights(&weights)
-    };
-    if !problems.is_empty() {
-        return Err(ModelError::Tensors {
-            source_name: "varmap to save".into(),
-            problems,
-        });
-    }
+    check_weights(meta, &weights, "varmap to save")?;
     let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(weights.len() + state.len());
     for (name, t) in weights {
         tensors.push((name, t.to_device(&Device::Cpu)?.contiguous()?));
@@ -293,17 +283,7 @@ pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Lo
             weights.push((name, tensor));
         }
     }
-    let problems = if meta.network {
-        compare_with_config(&meta.config, &weights)?
-    } else {
-        no_weights(&weights)
-    };
-    if !problems.is_empty() {
-        return Err(ModelError::Tensors {
-            source_name: path.display().to_string(),
-            problems,
-        });
-    }
+    check_weights(&meta, &weights, &path.display().to_string())?;
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("varmap lock");
@@ -361,15 +341,28 @@ fn check_classes(meta: &ModelMeta) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A model without a network must hold no weights: each one is a problem.
-fn no_weights(weights: &[(String, Tensor)]) -> Vec<TensorProblem> {
-    weights
-        .iter()
-        .map(|(name, t)| TensorProblem::Unexpected {
-            name: name.clone(),
-            found: t.dims().to_vec(),
+/// Checks `weights` (from `source_name`) against `meta`: exactly the parameters of `meta.config`
+/// when the model has a network; none otherwise (each one is then a problem).
+fn check_weights(meta: &ModelMeta, weights: &[(String, Tensor)], source_name: &str) -> Result<()> {
+    let problems = if meta.network {
+        compare_with_config(&meta.config, weights)?
+    } else {
+        weights
+            .iter()
+            .map(|(name, t)| TensorProblem::Unexpected {
+                name: name.clone(),
+                found: t.dims().to_vec(),
+            })
+            .collect()
+    };
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError::Tensors {
+            source_name: source_name.into(),
+            problems,
         })
-        .collect()
+    }
 }
 
 /// What to do with model parameters that [`assign_tensors`] was given no value for.
