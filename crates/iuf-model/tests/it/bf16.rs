@@ -1,10 +1,10 @@
 //! bf16 inference (`iuf_bf16::scoped`): the transformer and the patch memory agree with f32 to
 //! within bf16's rounding, really run in bf16, and repack weights changed between scopes.
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use crate::build;
+use candle_core::{Device, Tensor};
 use iuf_bf16::Bf16Cpu;
-use iuf_model::{IufModel, MemoryConfig, Mode, ModelConfig, PatchMemory, Precision};
+use iuf_model::{MemoryConfig, Mode, ModelConfig, PatchMemory, Precision};
 
 const C: usize = 16;
 
@@ -56,13 +56,7 @@ fn precision_names_parse_and_bf16_resolves_only_where_supported() {
 #[test]
 fn transformer_in_bf16_is_close_to_f32_and_repacks_trained_weights() {
     let Some(cpu) = cpu() else { return };
-    let cfg = ModelConfig::tiny(C, 3);
-    let varmap = VarMap::new();
-    let model = IufModel::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
+    let (varmap, model) = build(&ModelConfig::tiny(C, 3));
     let x = Tensor::rand(0f32, 2f32, (2, C, 14, 14), &Device::Cpu).unwrap();
     let f32_out = model.forward(&x, &mut Mode::Eval).unwrap();
     let bf16_out = iuf_bf16::scoped(Some(cpu), || model.forward(&x, &mut Mode::Eval)).unwrap();

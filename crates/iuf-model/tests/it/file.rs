@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::build;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use iuf_model::{
     load_model, save_model, IufModel, LearnedClass, Mode, ModelConfig, ModelError, ModelMeta,
     TensorProblem,
@@ -14,12 +15,7 @@ const C: usize = 16;
 
 fn saved_model(dir: &Path) -> (std::path::PathBuf, VarMap, IufModel, ModelMeta) {
     let cfg = ModelConfig::tiny(C, 3);
-    let varmap = VarMap::new();
-    let model = IufModel::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
+    let (varmap, model) = build(&cfg);
     let mut meta = ModelMeta::new(
         cfg,
         "efficientnet-lite0",
@@ -94,13 +90,19 @@ fn saved_model_reloads_bit_identically() {
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
-#[test]
-fn truncated_file_is_reported_as_corrupt() {
+/// The error of loading a saved model after `damage` changed the bytes of its file.
+fn load_error_after(damage: impl FnOnce(&mut Vec<u8>)) -> ModelError {
     let dir = tempfile::tempdir().unwrap();
     let (path, ..) = saved_model(dir.path());
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
-    let err = load_model(&path, &Device::Cpu).err().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    load_model(&path, &Device::Cpu).err().unwrap()
+}
+
+#[test]
+fn truncated_file_is_reported_as_corrupt() {
+    let err = load_error_after(|bytes| bytes.truncate(bytes.len() - 100));
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -111,13 +113,11 @@ fn truncated_file_is_reported_as_corrupt() {
 
 #[test]
 fn flipped_data_byte_fails_the_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, ..) = saved_model(dir.path());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    bytes[n - 7] ^= 0x40;
-    std::fs::write(&path, &bytes).unwrap();
-    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    let msg = load_error_after(|bytes| {
+        let n = bytes.len();
+        bytes[n - 7] ^= 0x40;
+    })
+    .to_string();
     assert!(
         msg.contains("model.safetensors") && msg.contains("digest"),
         "{msg}"
@@ -275,22 +275,20 @@ fn saving_checks_the_varmap_and_state_names() {
 /// still valid) is reported as damage instead of loading with other scores.
 #[test]
 fn altered_metadata_fails_the_metadata_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, ..) = saved_model(dir.path());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let key = b"layer_norm_eps";
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key)
-        .expect("the config is in the header");
-    let digit = at + bytes[at..].iter().position(|b| b.is_ascii_digit()).unwrap();
-    bytes[digit] = if bytes[digit] == b'9' {
-        b'8'
-    } else {
-        bytes[digit] + 1
-    };
-    std::fs::write(&path, &bytes).unwrap();
-    let msg = load_model(&path, &Device::Cpu).err().unwrap().to_string();
+    let msg = load_error_after(|bytes| {
+        let key = b"layer_norm_eps";
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("the config is in the header");
+        let digit = at + bytes[at..].iter().position(|b| b.is_ascii_digit()).unwrap();
+        bytes[digit] = if bytes[digit] == b'9' {
+            b'8'
+        } else {
+            bytes[digit] + 1
+        };
+    })
+    .to_string();
     assert!(
         msg.contains("model.safetensors") && msg.contains("metadata"),
         "{msg}"

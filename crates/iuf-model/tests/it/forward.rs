@@ -1,6 +1,7 @@
 //! Forward-pass behaviour: shapes, determinism, seeded training noise, batch independence, OASA,
 //! input checks and the initialisation of section 3.7.
 
+use crate::build;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use iuf_model::{
@@ -11,16 +12,6 @@ use rand::SeedableRng;
 
 const C: usize = 16;
 const K: usize = 3;
-
-fn build(cfg: &ModelConfig) -> (VarMap, IufModel) {
-    let varmap = VarMap::new();
-    let model = IufModel::new(
-        cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
-    (varmap, model)
-}
 
 fn input(b: usize) -> Tensor {
     Tensor::rand(0f32, 2f32, (b, C, 14, 14), &Device::Cpu).unwrap()

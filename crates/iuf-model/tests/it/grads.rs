@@ -1,8 +1,9 @@
 //! Every trainable tensor receives a gradient in a training step (ALGORITHM.md: candle's fast
 //! layer norm / softmax have no backward, so this guards the whole network).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use crate::build;
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use iuf_model::{IufModel, Mode, ModelConfig, OasaMode};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -13,8 +14,7 @@ const K: usize = 4;
 
 fn setup(cfg: &ModelConfig) -> (VarMap, IufModel, Tensor, Tensor) {
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    let model = IufModel::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let (varmap, model) = build(cfg);
     let mut rng = StdRng::seed_from_u64(11);
     let x = Tensor::from_vec(
         (0..B * C * 196)
