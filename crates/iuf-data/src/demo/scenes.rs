@@ -110,6 +110,16 @@ fn jitter(rng: &mut StdRng, c: Rgb, brightness: f32, tint: f32) -> Rgb {
     std::array::from_fn(|i| c[i] * b + rng.gen_range(-tint..tint))
 }
 
+/// Two layers mixed per pixel by `cover`: `under` where it is 0, `over` where it is 1.
+fn mix(under: &[Rgb], over: &[Rgb], cover: &[f32]) -> Vec<Rgb> {
+    under
+        .iter()
+        .zip(over)
+        .zip(cover)
+        .map(|((u, o), &a)| std::array::from_fn(|c| u[c] * (1.0 - a) + o[c] * a))
+        .collect()
+}
+
 fn mask_of(cov: &[f32]) -> Vec<bool> {
     cov.iter().map(|&c| c >= 0.5).collect()
 }
@@ -435,12 +445,7 @@ impl Washer {
     }
 
     fn compose(&self, cover: &[f32]) -> Vec<Rgb> {
-        self.background
-            .iter()
-            .zip(&self.metal)
-            .zip(cover)
-            .map(|((b, m), &a)| std::array::from_fn(|c| b[c] * (1.0 - a) + m[c] * a))
-            .collect()
+        mix(&self.background, &self.metal, cover)
     }
 
     /// A point on the ring (between the edges, `margin` in [0, 1] away from them), away from the notch.
@@ -587,12 +592,7 @@ impl Mesh {
     }
 
     fn compose(&self, holes: &[f32]) -> Vec<Rgb> {
-        self.plate
-            .iter()
-            .zip(&self.hole_color)
-            .zip(holes)
-            .map(|((p, h), &a)| std::array::from_fn(|c| p[c] * (1.0 - a) + h[c] * a))
-            .collect()
+        mix(&self.plate, &self.hole_color, holes)
     }
 
     /// Where the plate is (1 - the holes' coverage).
