@@ -11,9 +11,8 @@ use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Verdict};
 use serde::Serialize;
 
-
 /// The result for one image: a line of `iuf predict --json`, an element of `iuf serve`'s answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
     /// The file (predict) or the uploaded file's name (serve).
     pub path: PathBuf,
@@ -52,16 +51,7 @@ impl Outcome {
         Self {
             path: path.to_path_buf(),
             error: Some(error),
-            score: None,
-            object: None,
-            object_probability: None,
-            threshold: None,
-            quantile: None,
-            decision: None,
-            heatmap: None,
-            mask: None,
-            model_sha256: None,
-            time_ms: None,
+            ..Self::default()
         }
     }
 
@@ -69,17 +59,13 @@ impl Outcome {
     pub fn scored(path: &Path, s: &Inspection, quantile: f64) -> Self {
         Self {
             path: path.to_path_buf(),
-            error: None,
             score: Some(s.verdict.score),
             object: Some(s.verdict.object.clone()),
             object_probability: Some(s.verdict.probability),
             threshold: s.verdict.threshold,
             quantile: s.verdict.threshold.map(|_| quantile),
             decision: s.verdict.decision.map(|d| d.as_str()),
-            heatmap: None,
-            mask: None,
-            model_sha256: None,
-            time_ms: None,
+            ..Self::default()
         }
     }
 }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Error, Result};
 use crate::progress::Progress;
-use crate::scorer::FeatureKind;
+use crate::step::FeatureKind;
 
 /// Images per backbone batch.
 const EXTRACT_BATCH: usize = 8;

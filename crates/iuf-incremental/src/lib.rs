@@ -24,6 +24,7 @@ pub mod runner;
 pub mod scl;
 pub mod scorer;
 pub mod seeded_init;
+pub mod step;
 
 pub use calibrate::{Calibrator, Decision, Verdict};
 pub use config::{Strategy, TrainConfig};
@@ -32,4 +33,5 @@ pub use feature_store::{BackboneId, FeatureStore};
 pub use learner::{Learner, Predictions, StepData, StepRecord};
 pub use progress::{NoProgress, Progress};
 pub use runner::{learn_classes, run_protocol, RunResults, RunSpec};
-pub use scorer::{FeatureKind, Scorer};
+pub use scorer::Scorer;
+pub use step::FeatureKind;

@@ -30,7 +30,12 @@ pub struct Prototypes {
 impl Prototypes {
     /// The prototypes of a model file's state tensors (None for files that predate them).
     pub fn from_state(state: &[(String, Tensor)]) -> Option<Self> {
-        let find = |name: &str| state.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+        let find = |name: &str| {
+            state
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+        };
         Some(Self {
             means: find(MEAN_KEY)?,
             spreads: find(SPREAD_KEY)?,

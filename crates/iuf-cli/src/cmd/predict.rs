@@ -374,7 +374,10 @@ impl Predictor<'_> {
                     },
                     None => None,
                 };
-                let scale = s.verdict.threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
+                let scale = s
+                    .verdict
+                    .threshold
+                    .map_or(MapScale::ImageMax, MapScale::Threshold);
                 let heat =
                     heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, mask.as_deref());
                 let heat_path = self.out_dir.join(&it.heatmap);

@@ -397,7 +397,10 @@ fn heatmap_url(img: &RgbImage, s: &crate::inspect::Inspection) -> String {
     } else {
         iuf_data::image::resize_bilinear_rgb(img, ow, oh)
     };
-    let scale = s.verdict.threshold.map_or(MapScale::ImageMax, MapScale::Threshold);
+    let scale = s
+        .verdict
+        .threshold
+        .map_or(MapScale::ImageMax, MapScale::Threshold);
     let heat = heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, None);
     let mut png = Vec::new();
     heat.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)

@@ -14,7 +14,7 @@ use crate::eval::EvalSet;
 use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, StepData};
 use crate::progress::Progress;
-use crate::scorer::FeatureKind;
+use crate::step::FeatureKind;
 
 /// Splits a class's training images into (train, held-out) deterministically.
 pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec<Sample>) {

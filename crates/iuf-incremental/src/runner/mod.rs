@@ -111,7 +111,14 @@ pub fn run_protocol(
             l
         }
     };
-    let mut results = results::assemble(spec, &config, &steps, &class_list, &done)?;
+    let mut results = results::assemble(
+        spec.method,
+        &spec.protocol,
+        &config,
+        &steps,
+        &class_list,
+        &done,
+    )?;
     for (s, new) in steps.iter().enumerate().skip(done.len()) {
         let t0 = Instant::now();
         let (train, holdout) = train_data(&learner, dataset, store, new, progress)?;
@@ -144,7 +151,14 @@ pub fn run_protocol(
             &run_dir::to_json(&result)?,
         )?;
         done.push(result);
-        results = results::assemble(spec, &config, &steps, &class_list, &done)?;
+        results = results::assemble(
+            spec.method,
+            &spec.protocol,
+            &config,
+            &steps,
+            &class_list,
+            &done,
+        )?;
         write_outputs(spec, &results)?;
     }
     // A fully resumed run still (re)writes its outputs.

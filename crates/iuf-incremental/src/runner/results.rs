@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use iuf_metrics::ResultsMatrix;
 use serde::{Deserialize, Serialize};
 
-use super::RunSpec;
-use crate::config::TrainConfig;
+use iuf_data::protocol::Protocol;
+
+use crate::config::{Strategy, TrainConfig};
 use crate::error::{Error, Result};
 use crate::eval::ClassMetrics;
 use crate::learner::StepRecord;
@@ -177,7 +178,8 @@ fn matrix(
 }
 
 pub(crate) fn assemble(
-    spec: &RunSpec,
+    method: Strategy,
+    protocol: &Protocol,
     config: &TrainConfig,
     steps: &[Vec<String>],
     classes: &[String],
@@ -222,10 +224,10 @@ pub(crate) fn assemble(
         }
     }
     Ok(RunResults {
-        method: spec.method.name().to_string(),
+        method: method.name().to_string(),
         protocol: ProtocolInfo {
-            name: spec.protocol.name.clone(),
-            steps: spec.protocol.steps.clone(),
+            name: protocol.name.clone(),
+            steps: protocol.steps.clone(),
         },
         config: config.clone(),
         steps: steps.to_vec(),
@@ -258,11 +260,8 @@ pub(crate) fn assemble(
 mod tests {
     use std::path::PathBuf;
 
-    use iuf_data::protocol::Protocol;
-
     use super::*;
-    use crate::config::Strategy;
-    use crate::runner::{comparison_markdown, report_markdown};
+    use crate::runner::{comparison_markdown, report_markdown, RunSpec};
 
     fn metrics(class: &str, image: f64, pixel: Option<f64>) -> ClassMetrics {
         ClassMetrics {
@@ -316,7 +315,15 @@ mod tests {
             dir: PathBuf::new(),
         };
         let classes: Vec<String> = steps.iter().flatten().cloned().collect();
-        assemble(&spec, &spec.config, &steps, &classes, done).unwrap()
+        assemble(
+            spec.method,
+            &spec.protocol,
+            &spec.config,
+            &steps,
+            &classes,
+            done,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use iuf_model::LoadedModel;
 
-use super::{per_object_maps, Maps, Scorer, Step, Trained};
+use super::interface::{per_object_maps, per_object_state, Batch, Maps, Scorer, Step, Trained};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::learner::StepData;
+use crate::step::StepData;
 
 /// Prefix of the means in the model file (`state.class_mean.<object>`).
 pub const CLASS_MEAN_PREFIX: &str = "state.class_mean.";
@@ -28,10 +28,8 @@ impl ClassMeans {
     /// No object yet, or the means of a model file.
     pub fn new(device: &Device, from: Option<&LoadedModel>) -> Result<Self> {
         let mut means = BTreeMap::new();
-        for (name, t) in from.map_or(&[][..], |l| &l.state[..]) {
-            if let Some(class) = name.strip_prefix(CLASS_MEAN_PREFIX) {
-                means.insert(class.to_string(), t.to_device(device)?);
-            }
+        for (class, t) in per_object_state(from, CLASS_MEAN_PREFIX) {
+            means.insert(class.to_string(), t.to_device(device)?);
         }
         Ok(Self { means })
     }
@@ -47,8 +45,8 @@ impl Scorer for ClassMeans {
     }
 
     fn learn(&mut self, step: &Step<'_>, train: &StepData<'_>) -> Result<Option<Trained>> {
-        for (c, id) in step.new {
-            let rows = Step::rows(*id, train.class_ids, train.features.device())?;
+        for object in step.objects(train) {
+            let (c, rows) = object?;
             let mine = train.features.index_select(&rows, 0)?;
             if mine.dim(0)? == 0 {
                 return Err(Error::Msg(format!(
@@ -60,7 +58,7 @@ impl Scorer for ClassMeans {
                 .to_dtype(DType::F64)?
                 .mean_keepdim(0)?
                 .to_dtype(DType::F32)?;
-            self.means.insert(c.clone(), mean);
+            self.means.insert(c.to_string(), mean);
         }
         Ok(None)
     }
@@ -69,52 +67,40 @@ impl Scorer for ClassMeans {
         self.means.contains_key(object)
     }
 
-    fn maps(
-        &self,
-        _cfg: &TrainConfig,
-        images: &StepData<'_>,
-        objects: Option<&[String]>,
-        size: (usize, usize),
-    ) -> Result<Maps> {
-        let x = images.features;
-        let maps = per_object_maps(
-            objects,
-            "class mean",
-            size,
-            0.0,
-            |object, rows| {
-                let mean = self.means.get(object).ok_or_else(|| {
-                    Error::Msg(format!(
-                        "class-mean: `{object}` was never fitted (known: {:?})",
-                        self.means.keys().collect::<Vec<_>>()
-                    ))
-                })?;
-                let x = x.index_select(rows, 0)?;
-                if mean.dims()[1..] != x.dims()[1..] {
-                    return Err(Error::Msg(format!(
-                        "class-mean: features of `{object}` are {:?} but its mean is {:?}",
-                        x.dims(),
-                        mean.dims()
-                    )));
-                }
-                Ok(x.broadcast_sub(mean)?
-                    .sqr()?
-                    .sum_keepdim(1)?
-                    .sqrt()?
-                    .to_dtype(DType::F32)?)
-            },
-            x.device(),
-        )?;
-        Ok(Maps {
-            maps,
-            class_probs: None,
+    fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {
+        let x = batch.images.features;
+        per_object_maps(batch, "class mean", 0.0, |object, rows| {
+            let mean = self.means.get(object).ok_or_else(|| {
+                Error::Msg(format!(
+                    "class-mean: `{object}` was never fitted (known: {:?})",
+                    self.means.keys().collect::<Vec<_>>()
+                ))
+            })?;
+            let x = x.index_select(rows, 0)?;
+            if mean.dims()[1..] != x.dims()[1..] {
+                return Err(Error::Msg(format!(
+                    "class-mean: features of `{object}` are {:?} but its mean is {:?}",
+                    x.dims(),
+                    mean.dims()
+                )));
+            }
+            Ok(x.broadcast_sub(mean)?
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .to_dtype(DType::F32)?)
         })
     }
 
     fn state(&self, _cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
         self.means
             .iter()
-            .map(|(c, t)| Ok((format!("{CLASS_MEAN_PREFIX}{c}"), t.to_device(&Device::Cpu)?)))
+            .map(|(c, t)| {
+                Ok((
+                    format!("{CLASS_MEAN_PREFIX}{c}"),
+                    t.to_device(&Device::Cpu)?,
+                ))
+            })
             .collect()
     }
 }
@@ -158,7 +144,13 @@ mod tests {
             class_ids: &[],
         };
         let a = vec!["a".to_string(); 2];
-        let m = cm.maps(&cfg, &images, Some(&a), (32, 32)).unwrap().maps;
+        let batch = |objects| Batch {
+            cfg: &cfg,
+            images: &images,
+            objects: Some(objects),
+            size: (32, 32),
+        };
+        let m = cm.maps(&batch(&a)).unwrap().maps;
         assert_eq!(m.dims(), &[2, 32, 32]);
         let m0: Vec<Vec<f32>> = m.get(0).unwrap().to_vec2().unwrap();
         assert!(m0.iter().flatten().all(|v| v.abs() < 1e-5));
@@ -167,7 +159,7 @@ mod tests {
         assert!((m1[31][31] - 2.0).abs() < 1e-4, "{}", m1[31][31]);
         assert!(m1[0][0].abs() < 1e-4);
         let b = vec!["b".to_string(); 2];
-        assert!(cm.maps(&cfg, &images, Some(&b), (32, 32)).is_err());
+        assert!(cm.maps(&batch(&b)).is_err());
         assert!(!cm.knows("b") && cm.knows("a"));
     }
 }

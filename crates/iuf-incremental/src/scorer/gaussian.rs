@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 use iuf_model::{LoadedModel, PositionGaussian};
 
-use super::{per_object_maps, Maps, Scorer, Step, Trained};
+use super::interface::{per_object_maps, per_object_state, Batch, Maps, Scorer, Step, Trained};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::learner::StepData;
+use crate::step::StepData;
 
 /// Prefix of the Gaussian tensors (`state.gaussian.<object>.{mean,precision,proj}`).
 pub const GAUSSIAN_PREFIX: &str = "state.gaussian.";
@@ -23,17 +23,13 @@ impl Gaussians {
     /// No object yet, or the Gaussians of a model file (those of the objects it has a memory of).
     pub fn new(from: Option<&LoadedModel>) -> Result<Self> {
         let mut fitted = BTreeMap::new();
-        let state = from.map_or(&[][..], |l| &l.state[..]);
-        for (name, _) in state {
-            let Some(rest) = name.strip_prefix(GAUSSIAN_PREFIX) else {
-                continue;
-            };
+        for (rest, _) in per_object_state(from, GAUSSIAN_PREFIX) {
             let Some(class) = rest.strip_suffix(".mean") else {
                 continue;
             };
-            if let Some(g) =
-                PositionGaussian::from_state(state, &format!("{GAUSSIAN_PREFIX}{class}."))?
-            {
+            let state = &from.expect("a state tensor was found").state;
+            let prefix = format!("{GAUSSIAN_PREFIX}{class}.");
+            if let Some(g) = PositionGaussian::from_state(state, &prefix)? {
                 fitted.insert(class.to_string(), g);
             }
         }
@@ -51,13 +47,13 @@ impl Scorer for Gaussians {
     }
 
     fn learn(&mut self, step: &Step<'_>, train: &StepData<'_>) -> Result<Option<Trained>> {
-        for (c, id) in step.new {
+        for object in step.objects(train) {
+            let (c, rows) = object?;
             if self.fitted.contains_key(c) {
                 return Err(Error::Config(format!(
                     "the Gaussian of `{c}` exists already; an object is learned once"
                 )));
             }
-            let rows = Step::rows(*id, train.class_ids, train.features.device())?;
             let align = train.features.index_select(&rows, 0)?;
             let g = PositionGaussian::fit(&align, &step.cfg.gaussian)?;
             // With f16 model files, the precision matrices are rounded now, as the file stores
@@ -68,7 +64,7 @@ impl Scorer for Gaussians {
             } else {
                 g
             };
-            self.fitted.insert(c.clone(), g);
+            self.fitted.insert(c.to_string(), g);
         }
         Ok(None)
     }
@@ -77,34 +73,27 @@ impl Scorer for Gaussians {
         self.fitted.contains_key(object)
     }
 
-    fn maps(
-        &self,
-        cfg: &TrainConfig,
-        images: &StepData<'_>,
-        objects: Option<&[String]>,
-        size: (usize, usize),
-    ) -> Result<Maps> {
-        let maps = per_object_maps(
-            objects,
+    fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {
+        let align = batch.images.features;
+        per_object_maps(
+            batch,
             "per-position Gaussian",
-            size,
-            cfg.memory.blur_sigma,
+            batch.cfg.memory.blur_sigma,
             |object, rows| {
                 let g = self.fitted.get(object).ok_or_else(|| {
                     Error::Msg(format!("no per-position Gaussian for `{object}`"))
                 })?;
-                Ok(g.score(&images.features.index_select(rows, 0)?)?)
+                Ok(g.score(&align.index_select(rows, 0)?)?)
             },
-            images.features.device(),
-        )?;
-        Ok(Maps {
-            maps,
-            class_probs: None,
-        })
+        )
     }
 
     fn state(&self, cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
-        let dtype = if cfg.memory.f16 { DType::F16 } else { DType::F32 };
+        let dtype = if cfg.memory.f16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
         let mut out = Vec::new();
         for (c, g) in &self.fitted {
             out.extend(g.to_state(&format!("{GAUSSIAN_PREFIX}{c}."), dtype)?);

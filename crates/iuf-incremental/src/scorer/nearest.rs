@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use iuf_model::{LoadedModel, MemoryConfig, PatchMemory};
 
-use super::{fnv1a, per_object_maps, FeatureKind, Maps, Scorer, Step, Trained};
+use super::interface::{
+    fnv1a, per_object_maps, per_object_state, Batch, FeatureKind, Maps, Scorer, Step, Trained,
+};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::learner::StepData;
+use crate::step::StepData;
 
 /// Prefix of the memory tensors in the model file (`state.memory.<object>`).
 pub const MEMORY_PREFIX: &str = "state.memory.";
@@ -24,11 +26,9 @@ impl NearestNeighbour {
     /// No object yet, or the memories of a model file.
     pub fn new(device: &Device, from: Option<&LoadedModel>) -> Result<Self> {
         let mut banks = BTreeMap::new();
-        for (name, t) in from.map_or(&[][..], |l| &l.state[..]) {
-            if let Some(class) = name.strip_prefix(MEMORY_PREFIX) {
-                let bank = t.to_dtype(DType::F32)?.to_device(device)?;
-                banks.insert(class.to_string(), PatchMemory::from_bank(bank)?);
-            }
+        for (class, t) in per_object_state(from, MEMORY_PREFIX) {
+            let bank = t.to_dtype(DType::F32)?.to_device(device)?;
+            banks.insert(class.to_string(), PatchMemory::from_bank(bank)?);
         }
         Ok(Self { banks })
     }
@@ -93,15 +93,15 @@ impl Scorer for NearestNeighbour {
                 step.strategy
             ))
         })?;
-        for (c, id) in step.new {
-            let rows = Step::rows(*id, train.class_ids, memory.device())?;
+        for object in step.objects(train) {
+            let (c, rows) = object?;
             let mine = memory.index_select(&rows, 0)?;
             let t = std::time::Instant::now();
             self.build(c, &mine, &step.cfg.memory)?;
             tracing::info!(
                 class = %c,
                 images = mine.dim(0)?,
-                patches = self.banks.get(c).map_or(0, |m| m.len()),
+                patches = self.patches(c).unwrap_or(0),
                 seconds = t.elapsed().as_secs_f64(),
                 "memory built"
             );
@@ -113,21 +113,16 @@ impl Scorer for NearestNeighbour {
         self.banks.contains_key(object)
     }
 
-    fn maps(
-        &self,
-        cfg: &TrainConfig,
-        images: &StepData<'_>,
-        objects: Option<&[String]>,
-        size: (usize, usize),
-    ) -> Result<Maps> {
-        let memory = images.memory.ok_or_else(|| {
-            Error::Msg("the memory scores images by their memory features, which are missing".into())
+    fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {
+        let memory = batch.images.memory.ok_or_else(|| {
+            Error::Msg(
+                "the memory scores images by their memory features, which are missing".into(),
+            )
         })?;
-        let maps = per_object_maps(
-            objects,
+        per_object_maps(
+            batch,
             "memory",
-            size,
-            cfg.memory.blur_sigma,
+            batch.cfg.memory.blur_sigma,
             |object, rows| {
                 let bank = self.banks.get(object).ok_or_else(|| {
                     Error::Msg(format!(
@@ -137,16 +132,15 @@ impl Scorer for NearestNeighbour {
                 })?;
                 Ok(bank.score(&memory.index_select(rows, 0)?)?)
             },
-            memory.device(),
-        )?;
-        Ok(Maps {
-            maps,
-            class_probs: None,
-        })
+        )
     }
 
     fn state(&self, cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
-        let dtype = if cfg.memory.f16 { DType::F16 } else { DType::F32 };
+        let dtype = if cfg.memory.f16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
         self.banks
             .iter()
             .map(|(c, m)| {

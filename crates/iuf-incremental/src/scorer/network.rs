@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use iuf_model::{IufModel, LoadedModel, Mode, ModelOutput};
 
-use super::find_state;
+use super::interface::find_state;
 use crate::config::TrainConfig;
 use crate::error::Result;
 use crate::seeded_init::seeded_var_builder;

@@ -6,14 +6,14 @@
 use candle_core::{Device, Tensor};
 use iuf_model::LoadedModel;
 
+use super::interface::{find_state, Batch, Maps, Scorer, Step, Trained};
 use super::network::Network;
 use super::trainer;
-use super::{find_state, Maps, Scorer, Step, Trained};
 use crate::config::TrainConfig;
 use crate::error::Result;
-use crate::learner::StepData;
 use crate::penalty::Importance;
 use crate::projection::Gram;
+use crate::step::StepData;
 
 const GRAM_PREFIX: &str = "state.gram.";
 
@@ -58,16 +58,6 @@ impl Reconstruction {
             importance: Importance::from_state(&loaded.state),
         })
     }
-
-    /// Images accumulated in each Gram matrix (kept in the learner's metadata).
-    pub fn gram_counts(&self) -> Vec<u64> {
-        self.grams.iter().map(|g| g.count).collect()
-    }
-
-    /// The network's variables (saved as the model file's weights).
-    pub fn varmap(&self) -> &candle_nn::VarMap {
-        &self.net.varmap
-    }
 }
 
 /// The Gram counts the learner's metadata recorded in the file.
@@ -104,20 +94,13 @@ impl Scorer for Reconstruction {
         true
     }
 
-    fn maps(
-        &self,
-        _cfg: &TrainConfig,
-        images: &StepData<'_>,
-        _objects: Option<&[String]>,
-        size: (usize, usize),
-    ) -> Result<Maps> {
-        let x = images.features;
-        let len = x.dim(0)?;
+    fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {
+        let (x, size) = (batch.images.features, batch.size);
         let (_, out) = self.net.forward_eval(x)?;
         let map = iuf_model::anomaly_map(&out.pred, size)?;
         // Detached: a kept map must not keep its batch's whole forward graph (every activation)
         // alive through the op history that links it to the parameters.
-        let map = map.reshape((len, size.0, size.1))?.detach();
+        let map = map.reshape((x.dim(0)?, size.0, size.1))?.detach();
         let probs = candle_nn::ops::softmax_last_dim(&out.logits)?
             .detach()
             .to_device(&Device::Cpu)?;
@@ -148,7 +131,11 @@ impl Scorer for Reconstruction {
             .sum()
     }
 
-    fn network(&self) -> Option<&Reconstruction> {
-        Some(self)
+    fn varmap(&self) -> Option<&candle_nn::VarMap> {
+        Some(&self.net.varmap)
+    }
+
+    fn gram_counts(&self) -> Vec<u64> {
+        self.grams.iter().map(|g| g.count).collect()
     }
 }

@@ -14,15 +14,15 @@ use iuf_model::Mode;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::interface::{Step, Trained};
 use super::network::Network;
-use super::{Step, Trained};
 use crate::config::{IncrementalOptimizer, Penalty, Strategy, TrainConfig};
 use crate::error::{Error, Result};
-use crate::learner::{LossLog, StepData, EVAL_BATCH};
 use crate::optim::{clip_grad_norm, step_lr, ConstrainedSgd, ConstrainedSgdConfig};
 use crate::penalty::{GradAccumulator, GradStat, Importance, PathIntegral};
-use crate::projection::{Gram, GradientProjector};
+use crate::projection::{GradientProjector, Gram};
 use crate::scl::SclBuffer;
+use crate::step::{LossLog, StepData, EVAL_BATCH};
 
 /// The update rule of a step, behind candle's `Optimizer` where it has one.
 pub enum StepOptimizer {
@@ -83,7 +83,11 @@ impl StepOptimizer {
                 weight_decay: b.weight_decay,
             },
         )?;
-        let epochs = if is_base { b.epochs } else { cfg.finetune_epochs };
+        let epochs = if is_base {
+            b.epochs
+        } else {
+            cfg.finetune_epochs
+        };
         Ok((epochs, StepOptimizer::AdamW(adam), "adamw"))
     }
 
@@ -168,7 +172,12 @@ impl Trainer<'_> {
     }
 
     /// One shuffled pass over `train`: the mean losses of its batches.
-    pub fn epoch(&mut self, step: &Step<'_>, train: &StepData<'_>, epoch: usize) -> Result<LossLog> {
+    pub fn epoch(
+        &mut self,
+        step: &Step<'_>,
+        train: &StepData<'_>,
+        epoch: usize,
+    ) -> Result<LossLog> {
         let n = train.features.dim(0)?;
         let bs = self.cfg.batch_size.min(n);
         let batches = n.div_ceil(bs);

@@ -198,20 +198,43 @@ fn close(what: &str, got: f32, want: f32, rel: f32) {
 fn compare(method: &str, when: &str, got: &Answer, want: &Answer, exact: bool, rel: f32) {
     let what = format!("{method} ({when})");
     if exact {
-        assert_eq!(got, want, "{what}: not bit for bit what the fixture's code answered");
+        assert_eq!(
+            got, want,
+            "{what}: not bit for bit what the fixture's code answered"
+        );
         return;
     }
     let f = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
     for (i, (g, w)) in f(&got.scores).iter().zip(f(&want.scores)).enumerate() {
         close(&format!("{what}: score {i}"), *g, w, rel);
     }
-    for (i, (g, w)) in f(&got.object_probs).iter().zip(f(&want.object_probs)).enumerate() {
-        assert!((g - w).abs() < 1e-3, "{what}: object probability {i}: {g} vs {w}");
+    for (i, (g, w)) in f(&got.object_probs)
+        .iter()
+        .zip(f(&want.object_probs))
+        .enumerate()
+    {
+        assert!(
+            (g - w).abs() < 1e-3,
+            "{what}: object probability {i}: {g} vs {w}"
+        );
     }
-    close(&format!("{what}: map sum"), got.map_sum as f32, want.map_sum as f32, rel);
-    assert_eq!(got.thresholds.keys().collect::<Vec<_>>(), want.thresholds.keys().collect::<Vec<_>>());
+    close(
+        &format!("{what}: map sum"),
+        got.map_sum as f32,
+        want.map_sum as f32,
+        rel,
+    );
+    assert_eq!(
+        got.thresholds.keys().collect::<Vec<_>>(),
+        want.thresholds.keys().collect::<Vec<_>>()
+    );
     for (c, t) in &got.thresholds {
-        close(&format!("{what}: threshold of {c}"), f32::from_bits(*t), f32::from_bits(want.thresholds[c]), rel);
+        close(
+            &format!("{what}: threshold of {c}"),
+            f32::from_bits(*t),
+            f32::from_bits(want.thresholds[c]),
+            rel,
+        );
     }
 }
 
@@ -229,7 +252,21 @@ fn model_files_of_earlier_versions_score_and_learn_as_they_did() {
     }
     let (loaded, after) = answers_of_fixtures();
     for (_, name) in METHODS {
-        compare(name, "loaded", &loaded[name], &want.loaded[name], exact, 1e-3);
-        compare(name, "after learning b", &after[name], &want.after_step[name], exact, 1e-2);
+        compare(
+            name,
+            "loaded",
+            &loaded[name],
+            &want.loaded[name],
+            exact,
+            1e-3,
+        );
+        compare(
+            name,
+            "after learning b",
+            &after[name],
+            &want.after_step[name],
+            exact,
+            1e-2,
+        );
     }
 }

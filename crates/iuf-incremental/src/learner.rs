@@ -20,12 +20,11 @@ use crate::error::{Error, Result};
 use crate::feature_store::BackboneId;
 use crate::progress::{NoProgress, Progress};
 use crate::prototypes::{self, Prototypes};
-use crate::scorer::{self, FeatureKind, Scorer, Step, Trained};
+use crate::scorer::{self, Scorer, Step, Trained};
+use crate::step::FeatureKind;
 
-mod step;
-
-pub(crate) use step::{images, EVAL_BATCH};
-pub use step::{LossLog, Predictions, StepData, StepRecord};
+use crate::step::{images, EVAL_BATCH};
+pub use crate::step::{LossLog, Predictions, StepData, StepRecord};
 
 /// Everything the learner keeps in the model file besides tensors (`ModelMeta::extra`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,7 +42,6 @@ struct LearnerState {
     /// Per object, the normalisation of each scorer's map (methods with a memory).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     norms: BTreeMap<String, ObjectNorms>,
-
 }
 
 /// A model that learns objects step by step: prototypes, scorers and a calibrator.
@@ -80,7 +78,7 @@ impl Learner {
         }
         let scorers = scorer::scorers(strategy, &cfg, device, None)?;
         let mut meta = ModelMeta::new(cfg.model.clone(), backbone.name.clone(), class_names);
-        meta.network = scorers.iter().any(|s| s.network().is_some());
+        meta.network = scorers.iter().any(|s| s.varmap().is_some());
         meta.extra = serde_json::json!({});
         let state = LearnerState {
             strategy,
@@ -149,16 +147,19 @@ impl Learner {
         if let Some(p) = &self.prototypes {
             tensors.extend(p.to_state());
         }
-        let network = self.scorers.iter().find_map(|s| s.network());
         let mut st = self.state.clone();
-        st.gram_counts = network.map_or_else(Vec::new, |n| n.gram_counts());
+        st.gram_counts = self.scorers.iter().flat_map(|s| s.gram_counts()).collect();
         st.calibration = self.calibrator.sketches.clone();
         st.norms = self.calibrator.norms.clone();
         let mut meta = self.meta.clone();
         meta.extra = serde_json::to_value(&st)
             .map_err(|e| Error::Msg(format!("serialising learner state: {e}")))?;
         let empty = VarMap::new();
-        let varmap = network.map_or(&empty, |n| n.varmap());
+        let varmap = self
+            .scorers
+            .iter()
+            .find_map(|s| s.varmap())
+            .unwrap_or(&empty);
         iuf_model::save_model(path, varmap, &meta, &tensors)?;
         Ok(())
     }
@@ -263,7 +264,7 @@ impl Learner {
 
     /// Whether the model has a reconstruction network.
     pub fn has_network(&self) -> bool {
-        self.scorers.iter().any(|s| s.network().is_some())
+        self.scorers.iter().any(|s| s.varmap().is_some())
     }
 
     /// The network's parameter count (0 for methods without one).
@@ -312,19 +313,7 @@ impl Learner {
         holdout: Option<&StepData<'_>>,
         progress: &dyn Progress,
     ) -> Result<StepRecord> {
-        let n = train.features.dim(0)?;
-        if n == 0 {
-            return Err(Error::Msg(format!(
-                "step {step}: no training images for {}",
-                new_classes.join(", ")
-            )));
-        }
-        if train.class_ids.len() != n {
-            return Err(Error::Msg(format!(
-                "step {step}: {n} feature maps but {} class ids",
-                train.class_ids.len()
-            )));
-        }
+        let n = train.check_training(step, new_classes)?;
         let new = self.register(new_classes)?;
         let start = Instant::now();
         let info = Step {
@@ -478,7 +467,12 @@ impl Learner {
                     continue;
                 }
             }
-            let maps = s.maps(&self.cfg, x, objects, size)?;
+            let maps = s.maps(&scorer::Batch {
+                cfg: &self.cfg,
+                images: x,
+                objects,
+                size,
+            })?;
             out.push((s.name(), s.weight(&self.cfg), maps));
         }
         Ok(out)
@@ -542,28 +536,7 @@ impl Learner {
                 )));
             }
         }
-        let n = features.dim(0)?;
-        let memory = match (self.features(), memory) {
-            (FeatureKind::AlignAndMemory, Some(m)) if m.dim(0)? == n => Some(m),
-            (FeatureKind::AlignAndMemory, Some(m)) => {
-                return Err(Error::Msg(format!(
-                    "{n} images but {} memory feature maps",
-                    m.dim(0)?
-                )))
-            }
-            (FeatureKind::AlignAndMemory, None) => {
-                return Err(Error::Msg(format!(
-                    "a `{}` model needs the images' memory features",
-                    self.strategy
-                )))
-            }
-            (FeatureKind::Align, _) => None,
-        };
-        let x = StepData {
-            features,
-            memory,
-            class_ids: &[],
-        };
+        let x = StepData::to_score(features, memory, self.features(), self.strategy)?;
         let cpu = self.cfg.precision.resolve()?;
         iuf_bf16::scoped(cpu, || self.predict_in_scope(&x, object, progress))
     }
@@ -591,7 +564,9 @@ impl Learner {
                 (None, None) => None,
             };
             if names.is_none() && self.calibrator.normalises() {
-                return Err(Error::Msg("the model has not learned any object yet".into()));
+                return Err(Error::Msg(
+                    "the model has not learned any object yet".into(),
+                ));
             }
             let outputs = self.scorer_outputs(&images(&batch), names.as_deref())?;
             let discriminator = outputs.iter().find_map(|(_, _, m)| m.class_probs.clone());

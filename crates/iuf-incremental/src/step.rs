@@ -1,10 +1,28 @@
-//! What goes into a learner and what comes out: a step's images, the record of a step, the
-//! losses of an epoch, and the predictions for a batch.
+//! What goes into a learner and its scorers and what comes out: a step's images, the record of
+//! a step, the losses of an epoch, and the predictions for a batch.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+
+/// Which backbone features a method's scorers read. The backbone computes both in one pass;
+/// the memory features are larger, so they are only computed and cached when needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureKind {
+    /// `feature_align` `[N, C, g, g]` only.
+    Align,
+    /// `feature_align` and the memory features `[N, C_m, 2g, 2g]` (section 10).
+    AlignAndMemory,
+}
+
+impl FeatureKind {
+    /// Whether the memory features are needed.
+    pub fn memory(self) -> bool {
+        self == FeatureKind::AlignAndMemory
+    }
+}
 
 /// Images per forward pass when evaluating or accumulating statistics.
 pub(crate) const EVAL_BATCH: usize = 16;
@@ -22,7 +40,56 @@ pub struct StepData<'a> {
     pub class_ids: &'a [u32],
 }
 
-impl StepData<'_> {
+impl<'a> StepData<'a> {
+    /// Images to score: `features` and, when the method reads them (`kind`), their memory
+    /// features, one per image (a clear error otherwise).
+    pub(crate) fn to_score(
+        features: &'a Tensor,
+        memory: Option<&'a Tensor>,
+        kind: FeatureKind,
+        method: Strategy,
+    ) -> Result<Self> {
+        let n = features.dim(0)?;
+        let memory = match (kind, memory) {
+            (FeatureKind::AlignAndMemory, Some(m)) if m.dim(0)? == n => Some(m),
+            (FeatureKind::AlignAndMemory, Some(m)) => {
+                return Err(Error::Msg(format!(
+                    "{n} images but {} memory feature maps",
+                    m.dim(0)?
+                )))
+            }
+            (FeatureKind::AlignAndMemory, None) => {
+                return Err(Error::Msg(format!(
+                    "a `{method}` model needs the images' memory features"
+                )))
+            }
+            (FeatureKind::Align, _) => None,
+        };
+        Ok(Self {
+            features,
+            memory,
+            class_ids: &[],
+        })
+    }
+
+    /// Checks training images of step `step`: at least one, a class id each. Their number.
+    pub(crate) fn check_training(&self, step: usize, new: &[String]) -> Result<usize> {
+        let n = self.features.dim(0)?;
+        if n == 0 {
+            return Err(Error::Msg(format!(
+                "step {step}: no training images for {}",
+                new.join(", ")
+            )));
+        }
+        if self.class_ids.len() != n {
+            return Err(Error::Msg(format!(
+                "step {step}: {n} feature maps but {} class ids",
+                self.class_ids.len()
+            )));
+        }
+        Ok(n)
+    }
+
     /// Images `rows` (a `u32` index tensor) of these, without class ids.
     pub(crate) fn select(&self, rows: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         Ok((
@@ -123,4 +190,3 @@ pub struct Predictions {
     /// probability; empty when the model has learned nothing.
     pub objects: Vec<(String, f32)>,
 }
-
