@@ -191,10 +191,13 @@ mod tests {
     use crate::projection::Gram;
     use candle_core::Device;
 
+    fn var(values: [f32; 2]) -> Var {
+        Var::new(&values, &Device::Cpu).unwrap()
+    }
+
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let dev = Device::Cpu;
-        let a = Var::new(&[3.0f32, 4.0], &dev).unwrap();
+        let a = var([3.0, 4.0]);
         let loss = (a.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
         let mut g = loss.backward().unwrap();
         let n = clip_grad_norm(&mut g, std::slice::from_ref(&a), 1.0).unwrap();
@@ -206,9 +209,23 @@ mod tests {
         );
     }
 
-    /// A [`ConstrainedSgd`] over `w` whose projector comes from old outputs `old` (rows of f).
-    fn projected(w: &Var, cfg: ConstrainedSgdConfig, old: &[[f32; 2]]) -> ConstrainedSgd {
+    /// Plain SGD at learning rate 1: no pull, no momentum, no Adam.
+    const PLAIN: ConstrainedSgdConfig = ConstrainedSgdConfig {
+        lr: 1.0,
+        pull_alpha: 0.0,
+        momentum: 0.0,
+        adam: None,
+    };
+
+    /// Weights `w` (starting at `start`) and a [`ConstrainedSgd`] over them whose projector comes
+    /// from old outputs `old` (rows of f).
+    fn projected(
+        start: [f32; 2],
+        cfg: ConstrainedSgdConfig,
+        old: &[[f32; 2]],
+    ) -> (Var, ConstrainedSgd) {
         let dev = Device::Cpu;
+        let w = var(start);
         let mut opt = ConstrainedSgd::new(vec![w.clone()], cfg).unwrap();
         let mut gram = Gram::zeros(2);
         let rows = Tensor::new(old.concat(), &dev)
@@ -217,34 +234,33 @@ mod tests {
             .unwrap();
         gram.accumulate(&rows).unwrap();
         opt.set_projector(
-            w,
+            &w,
             GradientProjector::from_gram(&gram, &dev).unwrap().unwrap(),
         );
-        opt
+        (w, opt)
+    }
+
+    /// `steps` steps of `opt` on the loss `sum(c * w)`: the weights after them.
+    fn descend(opt: &mut ConstrainedSgd, w: &Var, c: [f32; 2], steps: usize) -> Vec<f32> {
+        let c = Tensor::new(&c, &Device::Cpu).unwrap();
+        for _ in 0..steps {
+            let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+            opt.backward_step(&loss).unwrap();
+        }
+        w.as_tensor().to_vec1().unwrap()
     }
 
     #[test]
     fn pull_and_projection_are_applied() {
-        let dev = Device::Cpu;
-        let w = Var::new(&[1.0f32, 1.0], &dev).unwrap();
         // Old outputs only along e0: its gradient component is frozen, e1 is free.
-        let mut opt = projected(
-            &w,
-            ConstrainedSgdConfig {
-                lr: 1.0,
-                pull_alpha: 0.5,
-                momentum: 0.0,
-                adam: None,
-            },
-            &[[1.0f32, 0.0], [2.0, 0.0]],
-        );
-        w.set(&Tensor::new(&[3.0f32, 3.0], &dev).unwrap()).unwrap();
-        let loss = (w.as_tensor() * Tensor::new(&[1.0f32, 1.0], &dev).unwrap())
-            .unwrap()
-            .sum_all()
+        let pull = ConstrainedSgdConfig {
+            pull_alpha: 0.5,
+            ..PLAIN
+        };
+        let (w, mut opt) = projected([1.0, 1.0], pull, &[[1.0, 0.0], [2.0, 0.0]]);
+        w.set(&Tensor::new(&[3.0f32, 3.0], &Device::Cpu).unwrap())
             .unwrap();
-        opt.backward_step(&loss).unwrap();
-        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        let out = descend(&mut opt, &w, [1.0, 1.0], 1);
         // pull: 0.5*3 + 0.5*1 = 2; then e0 unchanged (w = 0), e1 minus 1.
         assert!(
             (out[0] - 2.0).abs() < 1e-5 && (out[1] - 1.0).abs() < 1e-5,
@@ -254,24 +270,12 @@ mod tests {
 
     #[test]
     fn momentum_accumulates_projected_gradients_only() {
-        let dev = Device::Cpu;
-        let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
-        let mut opt = projected(
-            &w,
-            ConstrainedSgdConfig {
-                lr: 1.0,
-                pull_alpha: 0.0,
-                momentum: 0.5,
-                adam: None,
-            },
-            &[[1.0f32, 0.0]],
-        );
-        let c = Tensor::new(&[1.0f32, 1.0], &dev).unwrap();
-        for _ in 0..2 {
-            let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
-            opt.backward_step(&loss).unwrap();
-        }
-        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        let momentum = ConstrainedSgdConfig {
+            momentum: 0.5,
+            ..PLAIN
+        };
+        let (w, mut opt) = projected([0.0, 0.0], momentum, &[[1.0, 0.0]]);
+        let out = descend(&mut opt, &w, [1.0, 1.0], 2);
         // e0 is frozen; e1 moves by 1, then by 1 + 0.5 * 1.
         assert!(
             out[0].abs() < 1e-6 && (out[1] + 2.5).abs() < 1e-5,
@@ -281,27 +285,16 @@ mod tests {
 
     #[test]
     fn adam_projects_its_update() {
-        let dev = Device::Cpu;
-        let w = Var::new(&[0.0f32, 0.0], &dev).unwrap();
         // The old outputs lie along u = (1, 2): that direction is frozen.
-        let mut opt = projected(
-            &w,
-            ConstrainedSgdConfig {
-                lr: 0.1,
-                pull_alpha: 0.0,
-                momentum: 0.0,
-                adam: Some((0.9, 0.999)),
-            },
-            &[[1.0f32, 2.0]],
-        );
+        let adam = ConstrainedSgdConfig {
+            lr: 0.1,
+            adam: Some((0.9, 0.999)),
+            ..PLAIN
+        };
+        let (w, mut opt) = projected([0.0, 0.0], adam, &[[1.0, 2.0]]);
         // Adam rescales each coordinate: had the gradient been projected instead of the update,
         // the step (sign-like, about (-1, 1) * lr) would leave the allowed line (2, -1).
-        let c = Tensor::new(&[3.0f32, 0.5], &dev).unwrap();
-        for _ in 0..3 {
-            let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
-            opt.backward_step(&loss).unwrap();
-        }
-        let out: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        let out = descend(&mut opt, &w, [3.0, 0.5], 3);
         assert!((out[0] + 2.0 * out[1]).abs() < 1e-5, "{out:?}");
         // And it moved, against the gradient, along (2, -1).
         assert!(out[0] < -0.05 && out[1] > 0.025, "{out:?}");

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
 use iuf_incremental::config::Strategy;
 use iuf_incremental::feature_store::BackboneId;
-use iuf_incremental::{Learner, NoProgress, StepData, TrainConfig};
+use iuf_incremental::{Learner, NoProgress, StepData, StepRecord, TrainConfig};
 use iuf_model::{IufModel, Mode};
 
 pub(crate) const C: usize = 24;
@@ -59,24 +59,46 @@ fn weights(l: &Learner, dir: &std::path::Path, name: &str) -> Vec<(String, Vec<f
     v
 }
 
-/// A new IUF learner's base step on `features` (all of class 0, named "a"): the learner and the
-/// step's final total loss.
-fn base_step(cfg: &TrainConfig, features: &Tensor) -> (Learner, f64) {
+/// One step's images: their features, their memory features (for the memory methods) and their
+/// class ids.
+type Images<'a> = (&'a Tensor, Option<&'a Tensor>, &'a [u32]);
+
+fn step_data((features, memory, class_ids): Images<'_>) -> StepData<'_> {
+    StepData {
+        features,
+        memory,
+        class_ids,
+    }
+}
+
+/// Step `step` of `l`: it learns the objects `names` on `train`, normalising on `holdout` if given.
+fn learn(
+    l: &mut Learner,
+    step: usize,
+    names: &[&str],
+    train: Images<'_>,
+    holdout: Option<Images<'_>>,
+) -> iuf_incremental::Result<StepRecord> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let holdout = holdout.map(step_data);
+    l.learn_step(
+        step,
+        &names,
+        &step_data(train),
+        holdout.as_ref(),
+        &NoProgress,
+    )
+}
+
+/// A new IUF learner's base step, with [`tiny`] as `tweak` changes it, on 8 images of class 0
+/// (seed 1, named "a"): the learner and the step's final total loss.
+fn base_step(tweak: impl FnOnce(&mut TrainConfig)) -> (Learner, f64) {
+    let mut cfg = tiny();
+    tweak(&mut cfg);
+    let features = features(8, 0, 1);
     let ids = vec![0u32; features.dim(0).unwrap()];
-    let mut l = Learner::new(cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
-    let r = l
-        .learn_step(
-            0,
-            &["a".into()],
-            &StepData {
-                features,
-                memory: None,
-                class_ids: &ids,
-            },
-            None,
-            &NoProgress,
-        )
-        .unwrap();
+    let mut l = Learner::new(&cfg, Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
+    let r = learn(&mut l, 0, &["a"], (&features, None, &ids), None).unwrap();
     (l, r.final_loss.total)
 }
 
@@ -87,12 +109,7 @@ pub(crate) fn classes() -> Vec<String> {
 #[test]
 fn same_seed_gives_the_same_model_and_another_seed_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let f = features(8, 0, 1);
-    let train = |seed: u64| {
-        let mut cfg = tiny();
-        cfg.seed = seed;
-        base_step(&cfg, &f).0
-    };
+    let train = |seed: u64| base_step(|cfg| cfg.seed = seed).0;
     let a = weights(&train(7), dir.path(), "a.safetensors");
     let b = weights(&train(7), dir.path(), "b.safetensors");
     let c = weights(&train(8), dir.path(), "c.safetensors");
@@ -111,37 +128,13 @@ fn every_strategy_learns_two_steps_and_reloads() {
             continue;
         }
         let mut l = Learner::new(&tiny(), s, &backbone(), classes(), &Device::Cpu).unwrap();
-        let r0 = l
-            .learn_step(
-                0,
-                &["a".into()],
-                &StepData {
-                    features: &fa,
-                    memory: None,
-                    class_ids: &ia,
-                },
-                None,
-                &NoProgress,
-            )
-            .unwrap();
+        let r0 = learn(&mut l, 0, &["a"], (&fa, None, &ia), None).unwrap();
         assert_eq!(r0.optimizer, "adamw");
         let path = dir.path().join(format!("{s}.safetensors"));
         l.save(&path).unwrap();
         let mut l = Learner::load(&path, &Device::Cpu).unwrap();
         assert_eq!(l.strategy(), s);
-        let r1 = l
-            .learn_step(
-                1,
-                &["b".into()],
-                &StepData {
-                    features: &fb,
-                    memory: None,
-                    class_ids: &ib,
-                },
-                None,
-                &NoProgress,
-            )
-            .unwrap();
+        let r1 = learn(&mut l, 1, &["b"], (&fb, None, &ib), None).unwrap();
         let expected = if s.is_iuf() {
             "constrained-sgd"
         } else {
@@ -176,54 +169,12 @@ fn relearning_a_class_or_exceeding_capacity_is_an_error() {
         &Device::Cpu,
     )
     .unwrap();
-    l.learn_step(
-        0,
-        &["a".into()],
-        &StepData {
-            features: &f,
-            memory: None,
-            class_ids: &ids,
-        },
-        None,
-        &NoProgress,
-    )
-    .unwrap();
-    let again = l.learn_step(
-        1,
-        &["a".into()],
-        &StepData {
-            features: &f,
-            memory: None,
-            class_ids: &ids,
-        },
-        None,
-        &NoProgress,
-    );
+    learn(&mut l, 0, &["a"], (&f, None, &ids), None).unwrap();
+    let again = learn(&mut l, 1, &["a"], (&f, None, &ids), None);
     assert!(again.unwrap_err().to_string().contains("already learned"));
     let ids1 = vec![1u32; 4];
-    l.learn_step(
-        1,
-        &["b".into()],
-        &StepData {
-            features: &f,
-            memory: None,
-            class_ids: &ids1,
-        },
-        None,
-        &NoProgress,
-    )
-    .unwrap();
-    let full = l.learn_step(
-        2,
-        &["c".into()],
-        &StepData {
-            features: &f,
-            memory: None,
-            class_ids: &ids1,
-        },
-        None,
-        &NoProgress,
-    );
+    learn(&mut l, 1, &["b"], (&f, None, &ids1), None).unwrap();
+    let full = learn(&mut l, 2, &["c"], (&f, None, &ids1), None);
     assert!(full.unwrap_err().to_string().contains("K = 2"));
 }
 
@@ -291,32 +242,10 @@ fn incremental_iuf_step_keeps_the_dominant_old_output_direction() {
     let (ia, ib) = (vec![0u32; 8], vec![1u32; 8]);
     let run = |s: Strategy| {
         let mut l = Learner::new(&tiny(), s, &backbone(), classes(), &Device::Cpu).unwrap();
-        l.learn_step(
-            0,
-            &["a".into()],
-            &StepData {
-                features: &fa,
-                memory: None,
-                class_ids: &ia,
-            },
-            None,
-            &NoProgress,
-        )
-        .unwrap();
+        learn(&mut l, 0, &["a"], (&fa, None, &ia), None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let before = weights(&l, dir.path(), "before.safetensors");
-        l.learn_step(
-            1,
-            &["b".into()],
-            &StepData {
-                features: &fb,
-                memory: None,
-                class_ids: &ib,
-            },
-            None,
-            &NoProgress,
-        )
-        .unwrap();
+        learn(&mut l, 1, &["b"], (&fb, None, &ib), None).unwrap();
         let after = weights(&l, dir.path(), "after.safetensors");
         let dist: f64 = before
             .iter()
@@ -349,18 +278,7 @@ fn predictions_are_finite_and_maps_match_scores() {
         &Device::Cpu,
     )
     .unwrap();
-    l.learn_step(
-        0,
-        &["a".into(), "b".into()],
-        &StepData {
-            features: &f,
-            memory: None,
-            class_ids: &[0, 0, 1, 1],
-        },
-        None,
-        &NoProgress,
-    )
-    .unwrap();
+    learn(&mut l, 0, &["a", "b"], (&f, None, &[0, 0, 1, 1]), None).unwrap();
     let p = l.predict(&f).unwrap();
     let max: Vec<f32> = p
         .maps
@@ -388,18 +306,7 @@ fn objects_are_recognised_after_an_incremental_step_and_a_reload() {
     let (fa, fb) = (features(6, 0, 11), features(6, 1, 12));
     let mut l = Learner::new(&tiny(), Strategy::Iuf, &backbone(), classes(), &Device::Cpu).unwrap();
     for (step, (name, f, id)) in [("a", &fa, 0u32), ("b", &fb, 1u32)].into_iter().enumerate() {
-        l.learn_step(
-            step,
-            &[name.into()],
-            &StepData {
-                features: f,
-                memory: None,
-                class_ids: &[id; 6],
-            },
-            None,
-            &NoProgress,
-        )
-        .unwrap();
+        learn(&mut l, step, &[name], (f, None, &[id; 6]), None).unwrap();
     }
     let path = dir.path().join("m.safetensors");
     l.save(&path).unwrap();
@@ -444,23 +351,9 @@ fn memory_models_learn_a_new_object_without_changing_an_old_one() {
         small_memory(&mut cfg);
         let mut l = Learner::new(&cfg, s, &backbone(), classes(), &Device::Cpu).unwrap();
         assert_eq!(l.has_network(), s == Strategy::IufMemory);
-        let r0 = l
-            .learn_step(
-                0,
-                &["a".into()],
-                &StepData {
-                    features: &fa,
-                    memory: Some(&ma),
-                    class_ids: &[0; 8],
-                },
-                Some(&StepData {
-                    features: &ha,
-                    memory: Some(&hma),
-                    class_ids: &[0; 3],
-                }),
-                &NoProgress,
-            )
-            .unwrap();
+        let (train, holdout): (Images<'_>, Images<'_>) =
+            ((&fa, Some(&ma), &[0; 8]), (&ha, Some(&hma), &[0; 3]));
+        let r0 = learn(&mut l, 0, &["a"], train, Some(holdout)).unwrap();
         if s == Strategy::Memory {
             assert_eq!((r0.epochs, r0.optimizer.as_str()), (0, "none"));
         }
@@ -481,22 +374,9 @@ fn memory_models_learn_a_new_object_without_changing_an_old_one() {
         let mut l = Learner::load(&path, &Device::Cpu).unwrap();
         let reloaded = l.predict_images(&ta, Some(&tma), &NoProgress).unwrap();
         assert_eq!(map_values(&before), map_values(&reloaded), "{s}: reload");
-        l.learn_step(
-            1,
-            &["b".into()],
-            &StepData {
-                features: &fb,
-                memory: Some(&mb),
-                class_ids: &[1; 8],
-            },
-            Some(&StepData {
-                features: &hb,
-                memory: Some(&hmb),
-                class_ids: &[1; 3],
-            }),
-            &NoProgress,
-        )
-        .unwrap();
+        let (train, holdout): (Images<'_>, Images<'_>) =
+            ((&fb, Some(&mb), &[1; 8]), (&hb, Some(&hmb), &[1; 3]));
+        learn(&mut l, 1, &["b"], train, Some(holdout)).unwrap();
         assert_eq!(
             l.norms("a").unwrap(),
             &norms_a,
@@ -540,34 +420,12 @@ fn a_memory_needs_at_least_one_image_and_works_from_two() {
     let mut l = Learner::new(&cfg, Strategy::Memory, &backbone(), classes(), &Device::Cpu).unwrap();
     let none = Tensor::zeros((0, C, 14, 14), DType::F32, &Device::Cpu).unwrap();
     let none_m = Tensor::zeros((0, 16, 28, 28), DType::F32, &Device::Cpu).unwrap();
-    let err = l
-        .learn_step(
-            0,
-            &["a".into()],
-            &StepData {
-                features: &none,
-                memory: Some(&none_m),
-                class_ids: &[],
-            },
-            None,
-            &NoProgress,
-        )
+    let err = learn(&mut l, 0, &["a"], (&none, Some(&none_m), &[]), None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("no training images"), "{err}");
     let (f, m) = (features(2, 0, 5), memory_features(2, 0, 5));
-    l.learn_step(
-        0,
-        &["a".into()],
-        &StepData {
-            features: &f,
-            memory: Some(&m),
-            class_ids: &[0, 0],
-        },
-        None,
-        &NoProgress,
-    )
-    .unwrap();
+    learn(&mut l, 0, &["a"], (&f, Some(&m), &[0, 0]), None).unwrap();
     // Two images hold 2 x 784 patches: the memory keeps its 64.
     assert_eq!(l.memory_sizes()["a"], 64);
     let p = l.predict_images(&f, Some(&m), &NoProgress).unwrap();
@@ -578,12 +436,11 @@ fn a_memory_needs_at_least_one_image_and_works_from_two() {
 fn bf16_trains_in_mixed_precision_on_amx_and_auto_trains_in_f32() {
     use iuf_model::Precision;
     let dir = tempfile::tempdir().unwrap();
-    let f = features(8, 0, 1);
     let train = |precision: Precision| {
-        let mut cfg = tiny();
-        cfg.seed = 7;
-        cfg.precision = precision;
-        base_step(&cfg, &f)
+        base_step(|cfg| {
+            cfg.seed = 7;
+            cfg.precision = precision;
+        })
     };
     let (f32_model, f32_loss) = train(Precision::F32);
     let f32_weights = weights(&f32_model, dir.path(), "f32.safetensors");

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use iuf_backbone::{Backbone, EfficientNetConfig};
 use iuf_data::protocol::Protocol;
@@ -58,6 +58,17 @@ fn small_mvtec(root: &Path) {
     }
 }
 
+/// A temporary folder with [`small_mvtec`] in `data` and a [`store`] caching in `cache`: the
+/// folder, the dataset and the store.
+fn small_mvtec_and_store() -> (tempfile::TempDir, DatasetRoot, FeatureStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    small_mvtec(&root);
+    let dataset = DatasetRoot::open(&root).unwrap();
+    let store = store(&tmp.path().join("cache"));
+    (tmp, dataset, store)
+}
+
 fn store(cache: &Path) -> FeatureStore {
     let pth = shared().join("weights/efficientnet-lite0/efficientnet-lite0-57934424.pth");
     let tensors = iuf_backbone::pth::read_pth(&std::fs::read(&pth).unwrap())
@@ -75,11 +86,7 @@ fn store(cache: &Path) -> FeatureStore {
 
 #[test]
 fn real_data_protocol_runs_writes_results_and_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    small_mvtec(&root);
-    let dataset = DatasetRoot::open(&root).unwrap();
-    let store = store(&tmp.path().join("cache"));
+    let (tmp, dataset, store) = small_mvtec_and_store();
     let protocol = Protocol::parse("bottle | tire", dataset.classes()).unwrap();
     let mut config = TrainConfig::tiny(store.channels(), 2);
     config.base.epochs = 2;
@@ -214,24 +221,24 @@ fn real_data_protocol_runs_writes_results_and_resumes() {
     assert_eq!(m.pixel_auroc, r.metrics["pixel_auroc"][1][0]);
 }
 
+/// A tensor's values, flattened.
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
 #[test]
 fn real_data_feature_cache_detects_corrupt_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let store = store(&cache);
-    let img = shared().join("datasets/mvtec-mini/bottle/test/broken_large/000.png");
-    let (first, s1) = store
-        .features(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let img = [shared().join("datasets/mvtec-mini/bottle/test/broken_large/000.png")];
+    let features = || store.features(&img, &NoProgress).unwrap();
+    let with_memory = || store.features_with_memory(&img, &NoProgress).unwrap();
+    let (first, s1) = features();
     assert_eq!((s1.hits, s1.computed), (0, 1));
-    let (second, s2) = store
-        .features(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let (second, s2) = features();
     assert_eq!((s2.hits, s2.computed), (1, 0));
-    assert_eq!(
-        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        second.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert_eq!(values(&first), values(&second));
     // Corrupt every entry: it is rejected and recomputed, with the same values.
     for e in walk(&cache) {
         let mut b = std::fs::read(&e).unwrap();
@@ -239,21 +246,14 @@ fn real_data_feature_cache_detects_corrupt_entries() {
         b.truncate(n / 2);
         std::fs::write(&e, b).unwrap();
     }
-    let (third, s3) = store
-        .features(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let (third, s3) = features();
     assert_eq!((s3.hits, s3.computed, s3.rejected), (0, 1, 1));
-    assert_eq!(
-        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        third.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert_eq!(values(&first), values(&third));
     assert_eq!(first.dims(), &[1, 192, 14, 14]);
 
     // One flipped mantissa bit in each tensor's data keeps every value finite: the entry's
     // checksums still catch it, and the entry is recomputed and rewritten.
-    let (_, mem_first, _) = store
-        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let (_, mem_first, _) = with_memory();
     for e in walk(&cache)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -266,23 +266,13 @@ fn real_data_feature_cache_detects_corrupt_entries() {
         b[last] ^= 1; // the last tensor's last float, lowest mantissa bit
         std::fs::write(&e, b).unwrap();
     }
-    let (fourth, mem, s4) = store
-        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let (fourth, mem, s4) = with_memory();
     assert_eq!((s4.hits, s4.computed, s4.rejected), (0, 1, 1));
-    assert_eq!(
-        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        fourth.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
-    assert_eq!(
-        mem_first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        mem.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert_eq!(values(&first), values(&fourth));
+    assert_eq!(values(&mem_first), values(&mem));
     assert_eq!(mem.dims(), &[1, 152, 28, 28]);
     // The rewritten entry reads back clean.
-    let (_, _, s5) = store
-        .features_with_memory(std::slice::from_ref(&img), &NoProgress)
-        .unwrap();
+    let (_, _, s5) = with_memory();
     assert_eq!((s5.hits, s5.rejected), (1, 0));
 }
 
@@ -332,11 +322,7 @@ fn real_data_resume_on_other_data_is_refused() {
 /// stop is simulated by copying only the first step's files (what a kill after step 0 leaves).
 #[test]
 fn real_data_resumed_runs_are_bit_identical_to_uninterrupted_ones() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    small_mvtec(&root);
-    let dataset = DatasetRoot::open(&root).unwrap();
-    let store = store(&tmp.path().join("cache"));
+    let (tmp, dataset, store) = small_mvtec_and_store();
     let tensors = |p: &Path| -> Vec<(String, Vec<u8>)> {
         let bytes = std::fs::read(p).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
