@@ -58,6 +58,15 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
+    /// The dtype the model file stores per-object statistics in (f16 with `f16`, else f32).
+    pub fn stored_dtype(&self) -> candle_core::DType {
+        if self.f16 {
+            candle_core::DType::F16
+        } else {
+            candle_core::DType::F32
+        }
+    }
+
     /// Rejects settings that cannot work.
     pub fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(ModelError::Config(format!("memory: {msg}")));

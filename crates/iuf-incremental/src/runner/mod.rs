@@ -111,14 +111,17 @@ pub fn run_protocol(
             l
         }
     };
-    let mut results = results::assemble(
-        spec.method,
-        &spec.protocol,
-        &config,
-        &steps,
-        &class_list,
-        &done,
-    )?;
+    let assemble = |done: &[StepResult]| {
+        results::assemble(
+            spec.method,
+            &spec.protocol,
+            &config,
+            &steps,
+            &class_list,
+            done,
+        )
+    };
+    let mut results = assemble(&done)?;
     for (s, new) in steps.iter().enumerate().skip(done.len()) {
         let t0 = Instant::now();
         let (train, holdout) = train_data(&learner, dataset, store, new, progress)?;
@@ -151,14 +154,7 @@ pub fn run_protocol(
             &run_dir::to_json(&result)?,
         )?;
         done.push(result);
-        results = results::assemble(
-            spec.method,
-            &spec.protocol,
-            &config,
-            &steps,
-            &class_list,
-            &done,
-        )?;
+        results = assemble(&done)?;
         write_outputs(spec, &results)?;
     }
     // A fully resumed run still (re)writes its outputs.

@@ -89,11 +89,7 @@ impl Scorer for Gaussians {
     }
 
     fn state(&self, cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
-        let dtype = if cfg.memory.f16 {
-            DType::F16
-        } else {
-            DType::F32
-        };
+        let dtype = cfg.memory.stored_dtype();
         let mut out = Vec::new();
         for (c, g) in &self.fitted {
             out.extend(g.to_state(&format!("{GAUSSIAN_PREFIX}{c}."), dtype)?);

@@ -136,11 +136,7 @@ impl Scorer for NearestNeighbour {
     }
 
     fn state(&self, cfg: &TrainConfig) -> Result<Vec<(String, Tensor)>> {
-        let dtype = if cfg.memory.f16 {
-            DType::F16
-        } else {
-            DType::F32
-        };
+        let dtype = cfg.memory.stored_dtype();
         self.banks
             .iter()
             .map(|(c, m)| {
