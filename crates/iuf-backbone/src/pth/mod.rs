@@ -15,8 +15,7 @@ use std::collections::HashSet;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use pickle::Value;
-use storage::{materialize, read_legacy, read_zip, TensorRef};
+use storage::{materialize, read_legacy, read_zip, TensorRef, Torch, Value};
 
 /// Serialisation format of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +108,7 @@ fn select_state_dict(root: Value) -> Value {
 
 fn holds_tensors(v: &Value) -> bool {
     match v {
-        Value::Tensor(_) => true,
+        Value::Extern(Torch::Tensor(_)) => true,
         Value::Dict(items) => items.iter().any(|(_, v)| holds_tensors(v)),
         Value::List(items) | Value::Tuple(items) => items.iter().any(holds_tensors),
         Value::Object { state: Some(s), .. } => holds_tensors(s),
@@ -128,7 +127,7 @@ fn join(prefix: &str, name: &str) -> String {
 /// Collects `(dotted name, tensor)` pairs in pickle order.
 fn flatten(prefix: &str, value: Value, out: &mut Vec<(String, TensorRef)>) {
     match value {
-        Value::Tensor(t) => out.push((prefix.to_string(), t)),
+        Value::Extern(Torch::Tensor(t)) => out.push((prefix.to_string(), t)),
         Value::Dict(items) => {
             for (key, v) in items {
                 let key = match key {

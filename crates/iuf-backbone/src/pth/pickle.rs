@@ -1,16 +1,18 @@
 //! The pickle virtual machine (protocols 0-5, without the extension registry and out-of-band
 //! buffers), as far as PyTorch checkpoints need it: the values it builds, a bounds-checked reader
 //! over the bytes, and the machine itself (stack, marks, memo) with one method per family of
-//! opcodes. Persistent ids and calls of globals are left to the torch layer ([`super::storage`]).
+//! opcodes. It knows nothing of PyTorch: persistent ids and calls of globals are left to the
+//! layer above through [`Callbacks`], whose own objects the values carry as [`Value::Extern`].
 
 use std::collections::HashMap;
+use std::fmt;
 
-use super::storage::{self, Storages, TensorRef};
 use crate::error::{Error, Result};
 
-/// A Python object as far as checkpoints need it.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Value {
+/// A Python object as far as checkpoints need it; `E`: the objects of the layer above (see
+/// [`Callbacks`]).
+#[derive(Clone, PartialEq)]
+pub(super) enum Value<E> {
     None,
     Bool(bool),
     Int(i128),
@@ -19,22 +21,54 @@ pub(super) enum Value {
     Float(f64),
     Str(String),
     Bytes(usize),
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Vec<(Value, Value)>),
+    Tuple(Vec<Value<E>>),
+    List(Vec<Value<E>>),
+    Dict(Vec<(Value<E>, Value<E>)>),
     /// `module.name` of a class or function.
     Global(String, String),
     /// An instance of anything else: its constructor, arguments and `__setstate__` state.
     Object {
-        callable: Box<Value>,
-        args: Box<Value>,
-        state: Option<Box<Value>>,
+        callable: Box<Value<E>>,
+        args: Box<Value<E>>,
+        state: Option<Box<Value<E>>>,
     },
-    Storage(usize),
-    Tensor(TensorRef),
+    /// An object of the layer above, made by [`Callbacks::persistent_load`] or [`Callbacks::call`].
+    Extern(E),
 }
 
-impl Value {
+/// As derived, except that an [`Value::Extern`] shows as its object alone.
+impl<E: fmt::Debug> fmt::Debug for Value<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Bool(b) => f.debug_tuple("Bool").field(b).finish(),
+            Self::Int(i) => f.debug_tuple("Int").field(i).finish(),
+            Self::BigInt => f.write_str("BigInt"),
+            Self::Float(x) => f.debug_tuple("Float").field(x).finish(),
+            Self::Str(s) => f.debug_tuple("Str").field(s).finish(),
+            Self::Bytes(n) => f.debug_tuple("Bytes").field(n).finish(),
+            Self::Tuple(items) => f.debug_tuple("Tuple").field(items).finish(),
+            Self::List(items) => f.debug_tuple("List").field(items).finish(),
+            Self::Dict(items) => f.debug_tuple("Dict").field(items).finish(),
+            Self::Global(module, name) => {
+                f.debug_tuple("Global").field(module).field(name).finish()
+            }
+            Self::Object {
+                callable,
+                args,
+                state,
+            } => f
+                .debug_struct("Object")
+                .field("callable", callable)
+                .field("args", args)
+                .field("state", state)
+                .finish(),
+            Self::Extern(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Debug> Value<E> {
     /// A short description for error messages.
     pub(super) fn describe(&self) -> String {
         let s = format!("{self:?}");
@@ -109,7 +143,7 @@ fn decimal_id(cur: &mut Cursor<'_>, what: &str) -> Result<u32> {
 }
 
 /// Little-endian two's-complement integer of LONG1/LONG4.
-fn le_signed(bytes: &[u8]) -> Value {
+fn le_signed<E>(bytes: &[u8]) -> Value<E> {
     if bytes.is_empty() {
         return Value::Int(0);
     }
@@ -122,26 +156,43 @@ fn le_signed(bytes: &[u8]) -> Value {
     Value::Int(i128::from_le_bytes(buf))
 }
 
-/// The pickle virtual machine. Storages met in persistent ids are recorded in `storages`.
-pub(super) struct Unpickler<'s> {
-    stack: Vec<Value>,
-    marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
-    storages: &'s mut Storages,
+/// What the machine leaves to the layer above: the objects named by persistent ids, and the calls
+/// of globals.
+pub(super) trait Callbacks {
+    /// The layer's own objects, carried in [`Value::Extern`].
+    type Extern: Clone + fmt::Debug;
+
+    /// The object of a binary persistent id (BINPERSID).
+    fn persistent_load(&mut self, pid: Value<Self::Extern>) -> Result<Value<Self::Extern>>;
+
+    /// `callable(*args)` (REDUCE, NEWOBJ, NEWOBJ_EX: the keyword arguments are dropped).
+    fn call(
+        &mut self,
+        callable: Value<Self::Extern>,
+        args: Value<Self::Extern>,
+    ) -> Result<Value<Self::Extern>>;
 }
 
-impl<'s> Unpickler<'s> {
-    pub(super) fn new(storages: &'s mut Storages) -> Self {
+/// The pickle virtual machine, calling out to `callbacks` for persistent ids and calls.
+pub(super) struct Unpickler<'c, C: Callbacks> {
+    stack: Vec<Value<C::Extern>>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value<C::Extern>>,
+    callbacks: &'c mut C,
+}
+
+impl<'c, C: Callbacks> Unpickler<'c, C> {
+    pub(super) fn new(callbacks: &'c mut C) -> Self {
         Self {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
-            storages,
+            callbacks,
         }
     }
 
     /// Runs the machine to STOP and returns the result.
-    pub(super) fn load(mut self, cur: &mut Cursor<'_>) -> Result<Value> {
+    pub(super) fn load(mut self, cur: &mut Cursor<'_>) -> Result<Value<C::Extern>> {
         loop {
             let at = cur.pos;
             let op = cur.u8()?;
@@ -339,7 +390,7 @@ impl<'s> Unpickler<'s> {
                 }
                 let args = self.pop()?;
                 let callable = self.pop()?;
-                let v = storage::call(callable, args)?;
+                let v = self.callbacks.call(callable, args)?;
                 self.stack.push(v);
             }
             b'b' => {
@@ -352,7 +403,7 @@ impl<'s> Unpickler<'s> {
             }
             b'Q' => {
                 let pid = self.pop()?;
-                let v = self.storages.persistent_load(pid)?;
+                let v = self.callbacks.persistent_load(pid)?;
                 self.stack.push(v);
             }
             b'P' => {
@@ -389,19 +440,19 @@ impl<'s> Unpickler<'s> {
         Ok(true)
     }
 
-    fn pop(&mut self) -> Result<Value> {
+    fn pop(&mut self) -> Result<Value<C::Extern>> {
         self.stack
             .pop()
             .ok_or_else(|| Error::Checkpoint("corrupt pickle: stack underflow".into()))
     }
 
-    fn top(&mut self) -> Result<&mut Value> {
+    fn top(&mut self) -> Result<&mut Value<C::Extern>> {
         self.stack
             .last_mut()
             .ok_or_else(|| Error::Checkpoint("corrupt pickle: stack underflow".into()))
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<Vec<Value<C::Extern>>> {
         let mark = self
             .marks
             .pop()
@@ -412,7 +463,7 @@ impl<'s> Unpickler<'s> {
         Ok(self.stack.split_off(mark))
     }
 
-    fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
+    fn set_items(&mut self, items: Vec<Value<C::Extern>>) -> Result<()> {
         if !items.len().is_multiple_of(2) {
             return Err(Error::Checkpoint("corrupt pickle: odd SETITEMS".into()));
         }
@@ -433,7 +484,7 @@ impl<'s> Unpickler<'s> {
         }
     }
 
-    fn append(&mut self, items: Vec<Value>) -> Result<()> {
+    fn append(&mut self, items: Vec<Value<C::Extern>>) -> Result<()> {
         match self.top()? {
             Value::List(l) => {
                 l.extend(items);
@@ -450,16 +501,39 @@ impl<'s> Unpickler<'s> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::storage::LEGACY_MAGIC;
     use super::*;
 
+    /// Callbacks without a layer above: no persistent ids, every call an opaque object.
+    struct Plain;
+
+    impl Callbacks for Plain {
+        type Extern = ();
+
+        fn persistent_load(&mut self, pid: Value<()>) -> Result<Value<()>> {
+            Err(Error::Checkpoint(format!(
+                "persistent id {}",
+                pid.describe()
+            )))
+        }
+
+        fn call(&mut self, callable: Value<()>, args: Value<()>) -> Result<Value<()>> {
+            Ok(Value::Object {
+                callable: Box::new(callable),
+                args: Box::new(args),
+                state: None,
+            })
+        }
+    }
+
     #[test]
-    fn long1_decodes_the_legacy_magic() {
-        // LONG1 of the magic number as pickle writes it (10 little-endian bytes).
-        let bytes = LEGACY_MAGIC.to_le_bytes();
-        assert_eq!(le_signed(&bytes[..10]), Value::Int(LEGACY_MAGIC));
-        assert_eq!(le_signed(&[0xff]), Value::Int(-1));
-        assert_eq!(le_signed(&[0xe9, 0x03]), Value::Int(1001));
+    fn long1_decodes_a_ten_byte_integer() {
+        // LONG1 of the legacy checkpoints' magic number as pickle writes it (10 little-endian
+        // bytes).
+        let magic: i128 = 0x1950a86a20f9469cfc6c;
+        let bytes = magic.to_le_bytes();
+        assert_eq!(le_signed::<()>(&bytes[..10]), Value::Int(magic));
+        assert_eq!(le_signed::<()>(&[0xff]), Value::Int(-1));
+        assert_eq!(le_signed::<()>(&[0xe9, 0x03]), Value::Int(1001));
     }
 
     #[test]
@@ -473,8 +547,7 @@ mod tests {
         p.extend(b"X\x01\x00\x00\x00b");
         p.extend(b"X\x01\x00\x00\x00x");
         p.extend([b'N', 0x86, b'u', b'.']);
-        let mut storages = Storages::default();
-        let v = Unpickler::new(&mut storages)
+        let v = Unpickler::new(&mut Plain)
             .load(&mut Cursor::new(&p))
             .unwrap();
         assert_eq!(
@@ -492,8 +565,7 @@ mod tests {
         );
         // Every strict prefix is a clean error, never a panic.
         for n in 0..p.len() {
-            let mut storages = Storages::default();
-            assert!(Unpickler::new(&mut storages)
+            assert!(Unpickler::new(&mut Plain)
                 .load(&mut Cursor::new(&p[..n]))
                 .is_err());
         }

@@ -1,6 +1,7 @@
 //! The torch layer of the checkpoint reader: the two containers (legacy pickle stream, zip
 //! archive) and their storage data, the storages named by persistent ids, the callables that
-//! rebuild tensors, and the copy of each tensor's strided view out of its storage.
+//! rebuild tensors, and the copy of each tensor's strided view out of its storage. The pickle
+//! machine calls this layer back through [`Callbacks`], implemented by [`Storages`].
 //!
 //! Legacy layout: five consecutive pickles, then raw data. (1) the magic number
 //! 0x1950a86a20f9469cfc6c, (2) the protocol version 1001, (3) a sys-info dict (endianness, type
@@ -15,11 +16,22 @@ use std::io::{Cursor as IoCursor, Read};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::pickle::{Cursor, Unpickler, Value};
+use super::pickle::{self, Callbacks, Cursor, Unpickler};
 use crate::error::{Error, Result};
 
+/// A Python object of a checkpoint: a pickle value that may hold storages and tensors.
+pub(super) type Value = pickle::Value<Torch>;
+
+/// The torch objects that the pickle machine carries for this layer ([`Value::Extern`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Torch {
+    /// A storage named by a persistent id: its index in [`Storages::list`].
+    Storage(usize),
+    Tensor(TensorRef),
+}
+
 /// The magic number that opens a legacy checkpoint.
-pub(super) const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
+const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 /// The only legacy protocol version PyTorch ever wrote.
 const LEGACY_PROTOCOL: i128 = 1001;
 /// Most elements a (stride-0) tensor may have per element of its storage.
@@ -224,9 +236,14 @@ impl Storages {
             .find(|s| s.data_key == data_key)
             .map(|s| s.kind.element_size())
     }
+}
 
-    /// Resolves `('storage', storage_type, key, location, numel[, view_metadata])`.
-    pub(super) fn persistent_load(&mut self, pid: Value) -> Result<Value> {
+impl Callbacks for Storages {
+    type Extern = Torch;
+
+    /// Resolves `('storage', storage_type, key, location, numel[, view_metadata])`, recording
+    /// the storage.
+    fn persistent_load(&mut self, pid: Value) -> Result<Value> {
         let Value::Tuple(items) = pid else {
             return Err(Error::Checkpoint(format!(
                 "unsupported persistent id {}",
@@ -276,7 +293,13 @@ impl Storages {
                 self.list.len() - 1
             }
         };
-        Ok(Value::Storage(index))
+        Ok(Value::Extern(Torch::Storage(index)))
+    }
+
+    /// `callable(*args)`: tensors, parameters and ordered dicts are understood, anything else
+    /// becomes an opaque object.
+    fn call(&mut self, callable: Value, args: Value) -> Result<Value> {
+        call(callable, args)
     }
 }
 
@@ -316,11 +339,26 @@ pub(super) fn materialize(
             "{numel} elements from a storage of {available}"
         )));
     }
+    // The strides of the contiguous copy are the products of the sizes from the right: for an
+    // empty tensor they may overflow where the element count does not.
+    t.size
+        .iter()
+        .rev()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| corrupt("sizes overflow".into()))?;
     let start = storage
         .view_offset
         .checked_add(t.offset)
         .ok_or_else(|| corrupt("offset overflows".into()))?;
-    if numel > 0 {
+    if numel == 0 {
+        // Nothing is read, but the view still starts inside its storage, or at its end.
+        if start > available {
+            return Err(Error::Checkpoint(format!(
+                "tensor `{name}` {:?} starts at element {start} of a storage holding {available}: truncated or corrupt file",
+                t.size
+            )));
+        }
+    } else {
         let last = t
             .size
             .iter()
@@ -386,9 +424,8 @@ pub(super) fn materialize(
 // ---------------------------------------------------------------------------------------------
 // The callables of a checkpoint (REDUCE, NEWOBJ): tensors, parameters, ordered dicts.
 
-/// `callable(*args)`: tensors, parameters and ordered dicts are understood, anything else
-/// becomes an opaque object.
-pub(super) fn call(callable: Value, args: Value) -> Result<Value> {
+/// [`Storages`]' [`Callbacks::call`] (it needs no storage).
+fn call(callable: Value, args: Value) -> Result<Value> {
     let Value::Global(module, name) = &callable else {
         return Ok(Value::Object {
             callable: Box::new(callable),
@@ -417,7 +454,7 @@ pub(super) fn call(callable: Value, args: Value) -> Result<Value> {
         ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor")
             if items.len() >= 4 =>
         {
-            rebuild_tensor(&items).map(Value::Tensor)
+            rebuild_tensor(&items).map(|t| Value::Extern(Torch::Tensor(t)))
         }
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state")
@@ -473,7 +510,7 @@ fn as_usize_list(v: &Value, what: &str) -> Result<Vec<usize>> {
 
 /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
 fn rebuild_tensor(args: &[Value]) -> Result<TensorRef> {
-    let Value::Storage(storage) = args[0] else {
+    let Value::Extern(Torch::Storage(storage)) = args[0] else {
         return Err(Error::Checkpoint(format!(
             "tensor rebuilt from {} instead of a storage",
             args[0].describe()
@@ -534,8 +571,17 @@ mod tests {
             view(0, vec![2, 2], vec![usize::MAX, 1]),
             view(usize::MAX, vec![1], vec![1]),
             view(0, vec![5], vec![1]),
+            // Empty, but past the storage's end or with overflowing contiguous strides.
+            view(5, vec![0], vec![1]),
+            view(9, vec![2, 0], vec![5, 1]),
+            view(0, vec![0, 1 << 40, 1 << 40], vec![1, 1, 1]),
         ] {
             assert!(materialize("x", &bad, &storage, &data).is_err(), "{bad:?}");
+        }
+        // Empty views inside the storage or at its end.
+        for offset in [0, 4] {
+            let t = materialize("x", &view(offset, vec![0, 3], vec![3, 1]), &storage, &data);
+            assert_eq!(t.unwrap().dims(), &[0, 3]);
         }
     }
 }

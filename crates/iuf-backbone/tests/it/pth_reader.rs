@@ -136,3 +136,63 @@ fn truncated_checkpoints_fail_cleanly() {
         assert!(read_pth(&small[..cut]).is_err(), "cut {cut}");
     }
 }
+
+/// A legacy checkpoint written opcode by opcode: `{'w': tensor}`, the tensor a view (`offset`,
+/// `size`, `stride`) of a FloatStorage holding 1.0, 2.0, 3.0, 4.0.
+fn legacy_checkpoint(offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    let long = |p: &mut Vec<u8>, v: i64| {
+        p.extend([0x8a, 8]); // LONG1, 8 bytes
+        p.extend(v.to_le_bytes());
+    };
+    // The magic number (LONG1), the protocol version 1001 (BININT2), an empty sys-info dict.
+    let mut p = vec![0x80, 2, 0x8a, 10];
+    p.extend(&0x1950a86a20f9469cfc6c_i128.to_le_bytes()[..10]);
+    p.extend(b".\x80\x02M\xe9\x03.\x80\x02}.");
+    // {'w': _rebuild_tensor_v2(<persistent storage>, offset, size, stride, False, OrderedDict())}
+    p.extend(b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(");
+    // BINPERSID of ('storage', torch.FloatStorage, '0', 'cpu', 4).
+    p.extend(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
+    p.extend(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ");
+    long(&mut p, offset);
+    p.push(b'(');
+    size.iter().for_each(|&n| long(&mut p, n));
+    p.extend(b"t(");
+    stride.iter().for_each(|&s| long(&mut p, s));
+    p.extend(b"t\x89ccollections\nOrderedDict\n)RtRu.");
+    // The storage keys ['0'], then the storage: its element count and little-endian f32s.
+    p.extend(b"\x80\x02]X\x01\x00\x00\x000a.");
+    p.extend(4u64.to_le_bytes());
+    p.extend([1f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()));
+    p
+}
+
+#[test]
+fn empty_tensors_past_their_storage_are_refused() {
+    // The hand-written checkpoint reads: a view, and empty tensors inside the storage or at its
+    // end.
+    let got = read_pth(&legacy_checkpoint(1, &[2], &[1])).unwrap();
+    assert_eq!(got[0].0, "w");
+    assert_eq!(got[0].1.to_vec1::<f32>().unwrap(), [2.0, 3.0]);
+    for offset in [0, 4] {
+        let got = read_pth(&legacy_checkpoint(offset, &[0], &[1])).unwrap();
+        assert_eq!(got[0].1.dims(), &[0]);
+    }
+    // An empty tensor starting past the end of its storage (it once panicked on a slice out of
+    // range, contiguous or not), and one whose contiguous strides overflow: errors naming it.
+    for (offset, size, stride, says) in [
+        (
+            5,
+            &[0][..],
+            &[1][..],
+            "starts at element 5 of a storage holding 4",
+        ),
+        (1 << 40, &[0], &[1], "starts at element 1099511627776"),
+        (9, &[2, 0], &[5, 1], "starts at element 9"),
+        (0, &[0, 1 << 40, 1 << 40], &[1, 1, 1], "sizes overflow"),
+    ] {
+        let err = read_pth(&legacy_checkpoint(offset, size, stride))
+            .expect_err("a corrupt empty tensor must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("tensor `w`") && msg.contains(says), "{msg}");
+    }
+}
