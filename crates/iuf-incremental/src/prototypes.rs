@@ -7,16 +7,17 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::scorer::Step;
 
 const MEAN_KEY: &str = "state.prototype.mean";
 const SPREAD_KEY: &str = "state.prototype.spread";
 
-/// `[N, C]`: the mean over the grid of `[N, C, g, g]` features, on the CPU.
-pub(crate) fn token_mean(features: &Tensor) -> Result<Tensor> {
+/// `[N, C]`: the mean over the grid of `[N, C, g, g]` features, in `dtype` on the CPU.
+fn token_mean(features: &Tensor, dtype: DType) -> Result<Tensor> {
     Ok(features
         .flatten_from(2)?
         .mean(2)?
-        .to_dtype(DType::F32)?
+        .to_dtype(dtype)?
         .to_device(&Device::Cpu)?)
 }
 
@@ -59,24 +60,18 @@ impl Prototypes {
         features: &Tensor,
         class_ids: &[u32],
     ) -> Result<Self> {
-        let pooled = features
-            .flatten_from(2)?
-            .mean(2)?
-            .to_dtype(DType::F64)?
-            .to_device(&Device::Cpu)?; // [N, C]
+        let pooled = token_mean(features, DType::F64)?; // [N, C]
         let c = pooled.dim(1)?;
         let (mut means, mut spreads) = match existing {
             Some(p) => (p.means.to_vec2::<f32>()?, p.spreads.to_vec1::<f32>()?),
             None => (vec![vec![0f32; c]; k], vec![0f32; k]),
         };
         for (_, id) in objects {
-            let rows: Vec<u32> = (0..class_ids.len() as u32)
-                .filter(|&i| class_ids[i as usize] == *id)
-                .collect();
-            if rows.is_empty() {
+            let rows = Step::rows(*id, class_ids, &Device::Cpu)?;
+            if rows.dim(0)? == 0 {
                 continue;
             }
-            let mine = pooled.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 0)?;
+            let mine = pooled.index_select(&rows, 0)?;
             let mean = mine.mean_keepdim(0)?; // [1, C]
             let spread = mine
                 .broadcast_sub(&mean)?
@@ -103,7 +98,7 @@ impl Prototypes {
         let s = learned.iter().map(|&i| spreads[i] as f64).sum::<f64>() / learned.len() as f64;
         // Objects learned from a single image each have no spread; any positive scale ranks alike.
         let s = if s > 0.0 { s } else { 1.0 };
-        let x = token_mean(features)?; // [n, C]
+        let x = token_mean(features, DType::F32)?; // [n, C]
         let d2 = x
             .unsqueeze(1)?
             .broadcast_sub(&self.means.unsqueeze(0)?)?
