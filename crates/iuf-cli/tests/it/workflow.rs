@@ -277,3 +277,39 @@ fn default_memory_model_trains_learns_and_predicts_with_shared_lite0_weights() {
     }
     assert_eq!(mesh, 8, "mesh images are recognised as mesh: {lines:?}");
 }
+
+/// Guarantee: every method is a model like any other, the class-mean floor included (issue 21:
+/// it is a learner made of one scorer): `train --method class-mean` writes a model that `info`
+/// describes and `predict` judges with the calibrator's verdict (object, score, threshold,
+/// decision) for every image.
+#[test]
+fn the_class_mean_floor_is_a_model_that_predict_judges() {
+    let (s, data) = Scratch::with_demo_data();
+    let model = s.path("cm.safetensors");
+    s.train_tiny(&data, "fabric,mesh")
+        .method("class-mean")
+        .out(&model)
+        .ok();
+    let info = s.iuf_json("info").model(&model).ok().json();
+    assert_eq!(info["method"], "class-mean");
+    assert_eq!(info["network"], false);
+    let out = s.path("pred");
+    let lines = s
+        .iuf_json("predict")
+        .model(&model)
+        .arg(data.join("fabric/test"))
+        .out(&out)
+        .ok()
+        .json_lines();
+    let scored: Vec<_> = lines.iter().filter(|l| l.get("score").is_some()).collect();
+    assert!(!scored.is_empty(), "{lines:?}");
+    for l in scored {
+        let (score, threshold) = (
+            l["score"].as_f64().unwrap(),
+            l["threshold"].as_f64().unwrap(),
+        );
+        let decision = if score > threshold { "defect" } else { "ok" };
+        assert_eq!(l["decision"], decision, "{l}");
+        assert!(l["object"] == "fabric" || l["object"] == "mesh", "{l}");
+    }
+}
