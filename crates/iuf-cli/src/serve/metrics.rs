@@ -33,7 +33,7 @@ pub struct Metrics {
     batch: Histogram,
     /// Images waiting for a batch.
     pub queue: Gauge<i64, AtomicI64>,
-    /// The served model: 1, labelled with its file and sha256.
+    /// The served model: 1, labelled with its file's name (never its folder) and sha256.
     model: Family<Labels, Gauge<i64, AtomicI64>>,
     /// Reloads by outcome (`swapped`, `unchanged`, `refused`).
     reloads: Family<Labels, Counter>,
@@ -134,11 +134,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Marks `sha256` (of `path`) as the model served from now on.
-    pub fn serving(&self, path: &str, sha256: &str) {
+    /// Marks `sha256` (of the file named `file`) as the model served from now on.
+    pub fn serving(&self, file: &str, sha256: &str) {
         self.model.clear();
         self.model
-            .get_or_create(&labels(&[("path", path), ("sha256", sha256)]))
+            .get_or_create(&labels(&[("path", file), ("sha256", sha256)]))
             .set(1);
     }
 

@@ -124,7 +124,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let served = model::load(g, &a.model, &device, &a.precision, None)?;
     let metrics = Arc::new(Metrics::new());
-    metrics.serving(&a.model.display().to_string(), &served.sha256);
+    metrics.serving(&model::file_name(&a.model), &served.sha256);
     eprintln!(
         "model {} (sha256 {}, {} object(s)) loaded in {:.2} s",
         a.model.display(),
@@ -497,7 +497,7 @@ async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
         }
         Ok(Ok(new)) => {
             let sha = new.sha256.clone();
-            s.metrics.serving(&s.path.display().to_string(), &sha);
+            s.metrics.serving(&model::file_name(&s.path), &sha);
             // In-flight batches hold their own Arc of the old model and finish on it.
             s.model.store(Arc::new(new));
             s.metrics.reload("swapped");

@@ -20,7 +20,8 @@ pub struct Served {
     pub backbone: Arc<LoadedBackbone>,
     /// sha256 of the model file's bytes.
     pub sha256: String,
-    /// What `GET /v1/model` answers (`iuf info --json` plus the digest).
+    /// What `GET /v1/model` answers (`iuf info --json` plus the digest), naming the file by its
+    /// name only: where the service keeps its files is none of a client's business.
     pub info: Value,
     /// The model's calibration quantile (the thresholds' quantile).
     pub quantile: f64,
@@ -63,6 +64,7 @@ pub fn load(
     let mut info = crate::cmd::info::model_json(path, &learner)?;
     // The size of the bytes read, not of whatever file is at `path` now.
     info["bytes"] = size.into();
+    info["model"] = Value::String(file_name(path));
     info["sha256"] = Value::String(sha256.clone());
     let quantile = learner.config().calibration.quantile;
     Ok(Served {
@@ -72,4 +74,11 @@ pub fn load(
         info,
         quantile,
     })
+}
+
+/// The model file's name without its folder: all that clients are shown (`/v1/model`,
+/// `/metrics`).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
 }

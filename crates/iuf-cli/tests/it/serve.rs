@@ -439,6 +439,26 @@ fn real_data_serve_answers_like_predict_refuses_bad_requests_and_reloads() {
     }
 }
 
+/// Guarantee: clients are shown the model file's name, never the folder the service keeps it in
+/// (`GET /v1/model` and `/metrics`).
+#[test]
+fn serve_shows_clients_the_model_file_name_never_its_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let served = t.path().join("line7.safetensors");
+    std::fs::copy(&models().a, &served).unwrap();
+    let svc = Service::start(&served, &[]);
+    let folder = t.path().to_str().unwrap();
+    let (status, info) = svc.call("GET", "/v1/model", &[], None).json();
+    assert_eq!(
+        (status, info["model"].as_str()),
+        (200, Some("line7.safetensors"))
+    );
+    assert!(!info.to_string().contains(folder), "{info}");
+    let metrics = svc.call("GET", "/metrics", &[], None).text().1;
+    assert!(metrics.contains("path=\"line7.safetensors\""), "{metrics}");
+    assert!(!metrics.contains(folder), "{metrics}");
+}
+
 /// Guarantee: a full queue answers 503 with Retry-After at once (the clients refused may retry)
 /// and every admitted request is still answered correctly; a request with more images than the
 /// queue can ever hold gets 413, not a 503 that no retry could cure.
