@@ -4,14 +4,19 @@
 //!
 //! Routes: `POST /v1/inspect`, `GET /v1/model`, `POST /v1/reload`, `GET /healthz`, `GET /readyz`,
 //! `GET /metrics`, and a page for a person at `/`.
+//!
+//! Connections are served by [`conn`]'s accept loop: a header-read timeout, a connection limit
+//! that closes idle connections to make room, and a shutdown with a deadline.
 
 mod batch;
+mod conn;
 mod metrics;
 mod model;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,6 +77,21 @@ pub struct ServeArgs {
     /// Reload the model when its file changes (checked every second).
     #[arg(long)]
     pub watch: bool,
+    /// Seconds a connection may take to send a complete request header, counted from its opening
+    /// or from its last answer: connections that send half a header, or sit idle between
+    /// requests, are closed after it.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Connections open at once. A new one beyond it closes the oldest connection that has no
+    /// request in progress (idle, or still sending its header); when every one is busy, new
+    /// connections wait until one ends.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
+    /// On SIGTERM or Ctrl-C the service stops accepting connections, /readyz answers 503, idle
+    /// connections are closed and the requests in progress get S seconds to finish; the process
+    /// exits at most S + 5 seconds after the signal (a second signal: at once).
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub drain_s: u64,
     #[command(flatten)]
     pub precision: setup::PrecisionArg,
 }
@@ -91,6 +111,8 @@ struct AppState {
     /// Largest request body in bytes.
     max_body: usize,
     started: SystemTime,
+    /// Set once a stop signal came: readiness answers 503.
+    stopping: AtomicBool,
 }
 
 type Shared = Arc<AppState>;
@@ -112,6 +134,9 @@ impl IntoResponse for ApiError {
 pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     if a.max_batch == 0 || a.queue == 0 {
         bail!("--max-batch and --queue must be at least 1");
+    }
+    if a.max_connections == 0 || a.header_timeout_s == 0 {
+        bail!("--max-connections and --header-timeout-s must be at least 1");
     }
     if a.queue < a.max_batch {
         bail!(
@@ -154,6 +179,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         reloading: Mutex::new(()),
         max_body: a.max_body_mib.max(1) << 20,
         started: SystemTime::now(),
+        stopping: AtomicBool::new(false),
     });
     if !a.bind.ip().is_loopback() && state.token.is_none() {
         tracing::warn!(
@@ -168,10 +194,25 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         .thread_name("iuf-http")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(state.clone(), &a))?;
-    // Dropping the state drops the queue's sender: the worker finishes what is queued and stops.
+    let served = runtime.block_on(serve(state.clone(), &a));
+    // Every task still holding the state (the --watch poller, a reload, connections past the
+    // deadline) ends with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served?;
+    // Dropping the last state drops the queue's sender: the worker skips the jobs whose clients
+    // are gone, finishes its batch and stops. Its batch gets a bounded wait, then the process
+    // ends anyway.
     drop(state);
-    let _ = worker.join();
+    let deadline = Instant::now() + conn::WORKER_GRACE;
+    while !worker.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker.is_finished() {
+        let _ = worker.join();
+    } else {
+        tracing::warn!("the model worker is still running a batch; exiting without it");
+    }
+    eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -212,12 +253,24 @@ async fn serve(state: Shared, a: &ServeArgs) -> Result<()> {
     if a.watch {
         tokio::spawn(watch(state.clone()));
     }
-    axum::serve(listener, router(state, a))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")
+    let limits = conn::Limits {
+        header_timeout: Duration::from_secs(a.header_timeout_s),
+        max_connections: a.max_connections,
+        drain: Duration::from_secs(a.drain_s),
+    };
+    let app = router(state.clone(), a);
+    conn::serve(listener, app, limits, || {
+        state.stopping.store(true, Ordering::Release);
+        eprintln!(
+            "stopping: no new connections, finishing the requests in flight (at most {} s; a second signal stops at once)",
+            a.drain_s
+        );
+    })
+    .await;
+    Ok(())
 }
 
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
 async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -237,7 +290,6 @@ async fn shutdown() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("stopping: finishing the requests in flight");
 }
 
 /// Counts every answer by route and status, with its latency.
@@ -267,6 +319,13 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<Shared>) -> Response {
     let m = s.model.load();
+    if s.stopping.load(Ordering::Acquire) {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is stopping".into(),
+        )
+        .into_response();
+    }
     if s.queue.full() {
         return ApiError(
             StatusCode::SERVICE_UNAVAILABLE,

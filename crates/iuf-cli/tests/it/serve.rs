@@ -168,6 +168,65 @@ impl Service {
     fn inspect(&self, bytes: &[u8]) -> (u16, Value) {
         self.post("/v1/inspect", bytes)
     }
+
+    /// A connection that has sent half of a request header and nothing more.
+    fn half_header(&self) -> TcpStream {
+        let host = self.url.strip_prefix("http://").unwrap();
+        let mut c = TcpStream::connect(host).unwrap();
+        write!(c, "GET /healthz HTTP/1.1\r\nHost: {host}\r\nAccept: ").unwrap();
+        c
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the service.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {signal}");
+    }
+
+    /// How long the service took to exit, successfully, within `limit`; panics otherwise.
+    fn exits_within(&mut self, limit: Duration) -> Duration {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "iuf serve stopped with {status}");
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("iuf serve still running {limit:?} after the signal");
+    }
+}
+
+/// Whether the service closed `c` within `limit` (end of stream, or a reset); it may answer
+/// first (408).
+fn closed_within(c: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        let left = limit.saturating_sub(t.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        c.set_read_timeout(Some(left)).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
 }
 
 /// A request's answer: its status and body.
@@ -755,5 +814,143 @@ fn real_data_serve_page_works_in_headless_chromium() {
     assert!(img.width() >= 800, "{}", img.width());
     if let Some(keep) = std::env::var_os("IUF_SCREENSHOT") {
         std::fs::write(keep, &png).unwrap();
+    }
+}
+
+/// Opens `n` half-header connections to `svc`, checks that a normal client is answered
+/// (`/healthz`, and an image) while they are open, and returns them with how long those
+/// answers took.
+fn normal_client_beside_half_headers(svc: &Service, n: usize) -> (Vec<TcpStream>, Duration) {
+    let open: Vec<TcpStream> = (0..n).map(|_| svc.half_header()).collect();
+    let t = Instant::now();
+    assert_eq!(svc.call("GET", "/healthz", &[], None).text().0, 200);
+    let (status, o) = svc.inspect(&image("bottle/test/good/000.png"));
+    assert_eq!(status, 200, "{o}");
+    let took = t.elapsed();
+    eprintln!("{n} half-header connections open: a normal client answered in {took:?}");
+    (open, took)
+}
+
+/// Guarantee: a connection that has not sent a whole request header within --header-timeout-s
+/// (half a header, or idle after an answer) is closed, and normal clients are answered
+/// meanwhile. The 300-connection version is `..._300_...` (ignored: it waits the default 10 s).
+#[test]
+fn serve_closes_half_header_connections_after_the_header_timeout() {
+    let svc = Service::start(&models().a, &["--header-timeout-s", "1"]);
+    let (mut open, took) = normal_client_beside_half_headers(&svc, 50);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Idle after an answer: closed too.
+    let mut idle = svc.half_header();
+    write!(idle, "*/*\r\n\r\n").unwrap();
+    open.push(idle);
+    let t = Instant::now();
+    for (i, c) in open.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(6)),
+            "connection {i} still open {:?} after a 1 s header timeout",
+            t.elapsed()
+        );
+    }
+    eprintln!(
+        "51 connections closed {:?} after the normal client",
+        t.elapsed()
+    );
+    assert_eq!(svc.call("GET", "/healthz", &[], None).text().0, 200);
+}
+
+/// Guarantee: with --max-connections connections open and none of them busy, a new client is
+/// answered at once: the connection idle for longest is closed to make room.
+#[test]
+fn serve_at_its_connection_limit_closes_idle_connections_for_new_clients() {
+    let svc = Service::start(&models().a, &["--max-connections", "16"]);
+    let (mut open, took) = normal_client_beside_half_headers(&svc, 50);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let still_open = open
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(200)))
+        .filter(|closed| !closed)
+        .count();
+    assert!(
+        still_open <= 16,
+        "{still_open} of 50 idle connections open past a limit of 16"
+    );
+}
+
+/// Slow version of the header-timeout guarantee, at the default settings: 300 half-header
+/// connections, a normal client answered beside them, all 300 closed by the 10 s timeout.
+#[test]
+#[ignore = "waits out the default 10 s header timeout; the fast version runs always"]
+fn serve_answers_beside_300_half_header_connections_and_closes_them() {
+    let svc = Service::start(&models().a, &[]);
+    let (mut open, took) = normal_client_beside_half_headers(&svc, 300);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let t = Instant::now();
+    for (i, c) in open.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(16)),
+            "connection {i} still open {:?} later",
+            t.elapsed()
+        );
+    }
+    eprintln!(
+        "300 connections closed {:?} after the normal client",
+        t.elapsed()
+    );
+}
+
+/// Guarantee: on SIGTERM with a half-header connection open, the request in progress is still
+/// answered, the half-header connection is closed, and the process exits within its stated
+/// bound (--drain-s 10 + 5 s).
+#[test]
+fn serve_stops_on_sigterm_with_a_half_header_connection_open() {
+    let mut svc = Service::start(&models().a, &[]);
+    let mut half = svc.half_header();
+    let body = image("bottle/test/good/000.png");
+    let mut busy = svc.post_head("/v1/inspect", body.len());
+    busy.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    svc.signal("TERM");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    busy.write_all(&body[body.len() / 2..]).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(
+        read_status(&mut busy),
+        200,
+        "the request in progress is answered"
+    );
+    assert!(closed_within(&mut half, Duration::from_secs(15)));
+    svc.exits_within(Duration::from_secs(15).saturating_sub(t.elapsed()));
+    eprintln!("exited {:?} after SIGTERM", t.elapsed());
+}
+
+/// Guarantee: a request still in progress when --drain-s runs out is cut off, and the process
+/// exits within --drain-s + 5 s.
+#[test]
+fn serve_stops_within_its_drain_deadline_when_a_request_never_ends() {
+    let mut svc = Service::start(&models().a, &["--drain-s", "1"]);
+    let mut busy = svc.post_head("/v1/inspect", 1000);
+    busy.write_all(&[0u8; 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    svc.signal("TERM");
+    let took = svc.exits_within(Duration::from_secs(6));
+    eprintln!("exited {took:?} after SIGTERM with a request that never ends");
+    assert!(
+        took >= Duration::from_millis(900),
+        "{took:?}: did not wait for the request"
+    );
+}
+
+/// Guarantee: `serve --watch` exits on SIGTERM and on SIGINT (the watcher no longer keeps the
+/// model worker alive).
+#[test]
+fn serve_watch_stops_on_sigterm_and_sigint() {
+    for signal in ["TERM", "INT"] {
+        let mut svc = Service::start(&models().a, &["--watch"]);
+        assert_eq!(svc.call("GET", "/healthz", &[], None).text().0, 200);
+        svc.signal(signal);
+        let took = svc.exits_within(Duration::from_secs(15));
+        eprintln!("--watch: exited {took:?} after SIG{signal}");
     }
 }
