@@ -82,9 +82,9 @@ pub struct ServeArgs {
     /// requests, are closed after it.
     #[arg(long, value_name = "S", default_value_t = 10)]
     pub header_timeout_s: u64,
-    /// Connections open at once. A new one beyond it closes the oldest connection that has no
-    /// request in progress (idle, or still sending its header); when every one is busy, new
-    /// connections wait until one ends.
+    /// Connections open at once. A new one beyond it closes the connection idle for longest (one
+    /// with no request in progress: between requests, or still sending its header); when every
+    /// one is busy, new connections wait until one ends.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections: usize,
     /// On SIGTERM or Ctrl-C the service stops accepting connections, /readyz answers 503, idle
