@@ -459,8 +459,9 @@ pub fn check_writable(flag: &str, out: &Path, out_is_dir: bool) -> Result<()> {
 }
 
 /// The one rule of every command that writes: no output may be one of its inputs, however either
-/// is spelled. An output folder (`out_is_dir`) also may not lie inside an input folder, nor hold
-/// an input. Checked before any work starts. `inputs` are `(flag, path)` pairs for the message.
+/// is spelled, nor lie inside an input folder (a file output included: a report written into the
+/// dataset could replace an image). An output folder (`out_is_dir`) also may not hold an input.
+/// Checked before any work starts. `inputs` are `(flag, path)` pairs for the message.
 pub fn check_output(
     flag: &str,
     out: &Path,
@@ -476,7 +477,7 @@ pub fn check_output(
         };
         let what = if o == i {
             "is"
-        } else if out_is_dir && i.is_dir() && o.starts_with(&i) {
+        } else if i.is_dir() && o.starts_with(&i) {
             "lies inside"
         } else if out_is_dir && i.starts_with(&o) {
             "contains"

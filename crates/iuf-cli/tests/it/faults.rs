@@ -626,3 +626,34 @@ fn all_empty_masks_give_image_metrics_and_absent_pixel_metrics_with_a_warning() 
         "{report}"
     );
 }
+
+/// Guarantee (issue 23 item 1): no command writes an output file inside an input folder (the
+/// folder rule applied to files): `--out` of eval, learn and train and predict's `--panel` inside
+/// `--data` or an input folder are refused before any work, naming both; the data is unchanged.
+#[test]
+fn no_output_file_lies_inside_an_input_folder() {
+    let (s, data, m) = demo_model();
+    let before = snapshot(&data);
+    let image = data.join("fabric/test/good/000.png");
+    let runs = [
+        s.iuf("eval").model(&m).data(&data).out(&image),
+        s.iuf("learn")
+            .model(&m)
+            .data(&data)
+            .classes("mesh")
+            .out(data.join("mesh/train/good/000.png")),
+        s.train_tiny(&data, "fabric")
+            .out(data.join("fabric/new-model.safetensors")),
+        s.iuf("predict")
+            .model(&m)
+            .arg(data.join("fabric/test"))
+            .out(s.path("pred"))
+            .flag("--panel", data.join("fabric/test/panel.png")),
+    ];
+    for cmd in runs {
+        let err = cmd.fails_with(&["lies inside the input", &data.display().to_string()]);
+        assert_tidy(&err);
+    }
+    assert_eq!(snapshot(&data), before, "the data changed");
+    assert!(!s.path("pred").exists(), "work was done");
+}
