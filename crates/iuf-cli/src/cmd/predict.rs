@@ -184,6 +184,24 @@ fn common_ancestor(paths: &[PathBuf]) -> Option<PathBuf> {
     Some(base)
 }
 
+/// `p` made absolute with `.` and `..` folded away by spelling (heatmap names derived from it never
+/// climb out of `--out`).
+fn lexical_absolute(p: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
 /// Expands the command line's paths into items. Heatmaps mirror the inputs' folders below their
 /// deepest common folder (`bottle/test/crack/000.png` stays apart from `pill/test/crack/000.png`);
 /// a name still taken (same stem, other extension) gets a `-1`, `-2`, ... suffix.
@@ -193,7 +211,7 @@ pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item
     let mut anchors: Vec<PathBuf> = Vec::new();
     let mut visited = Walk::default();
     for p in paths {
-        let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        let abs = lexical_absolute(p)?;
         if p.is_dir() {
             let mut found = Vec::new();
             let met = visited.met;
@@ -321,6 +339,8 @@ impl Predictor<'_> {
         let picks: HashSet<usize> = (0..self.panel_max.min(n))
             .map(|i| i * n / self.panel_max.min(n))
             .collect();
+        // The temporaries a killed run left, removed once from every folder this run writes.
+        let mut cleaned: HashSet<PathBuf> = HashSet::new();
         progress.start("predict", n as u64);
         for (c, chunk) in items.chunks(CHUNK).enumerate() {
             let t = Instant::now();
@@ -384,6 +404,9 @@ impl Predictor<'_> {
                 if let Some(parent) = heat_path.parent() {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("creating {}", parent.display()))?;
+                    if cleaned.insert(parent.to_path_buf()) {
+                        iuf_model::remove_stale_temps(parent);
+                    }
                 }
                 save_atomically(&heat, &heat_path, image::ImageFormat::Png)
                     .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
@@ -424,10 +447,12 @@ pub fn panel_format(path: &Path) -> Result<image::ImageFormat> {
 
 pub fn write_panel(pairs: &[(RgbImage, RgbImage)], path: &Path) -> Result<()> {
     let format = panel_format(path)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    iuf_model::remove_stale_temps(parent);
     save_atomically(&heatmap::panel(pairs, PANEL_TILE), path, format)
         .with_context(|| format!("writing panel {}", path.display()))
 }
@@ -450,6 +475,9 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
     inputs.extend(a.paths.iter().map(|p| ("PATH", p.as_path())));
     if let Some(m) = &a.masks {
         inputs.push(("--masks", m));
+    }
+    if let Some(w) = &g.weights {
+        inputs.push(("--weights", w));
     }
     setup::check_output("--out", &a.out, true, &inputs)?;
     setup::check_writable("--out", &a.out, true)?;
@@ -479,16 +507,37 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         }
     }
     let items = collect_items(&a.paths, a.masks.as_deref())?;
+    // Every image and mask read is an input too, wherever a link or a layout found it: no output
+    // may be one, nor (for --out) hold one; --overwrite replaces earlier outputs, never inputs.
+    for it in &items {
+        inputs.push(("image", &it.path));
+        if let Some(m) = &it.mask {
+            inputs.push(("mask", m));
+        }
+    }
+    setup::check_output("--out", &a.out, true, &inputs)?;
+    if let Some(panel) = &a.panel {
+        setup::check_output("--panel", panel, false, &inputs)?;
+    }
     check_outputs(&a, &items)?;
+    check_no_link_out(&a.out, &items)?;
     let variant = setup::model_backbone(&learner, &a.model)?;
     let loaded = setup::backbone(g, variant, &device)?;
     setup::check_backbone_weights(&learner, &a.model, &loaded)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating --out {}", a.out.display()))?;
+    iuf_model::remove_stale_temps(&a.out);
+    // Written to a temporary file renamed at the end, like every output: a predictions.jsonl that
+    // is a link (to the model, to an image) is replaced, never written through.
     let jsonl_path = a.out.join("predictions.jsonl");
+    let jsonl_tmp = iuf_model::temp_path(&jsonl_path);
+    let _ = std::fs::remove_file(&jsonl_tmp);
     let mut jsonl = std::io::BufWriter::new(
-        std::fs::File::create(&jsonl_path)
-            .with_context(|| format!("creating {}", jsonl_path.display()))?,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&jsonl_tmp)
+            .with_context(|| format!("creating {}", jsonl_tmp.display()))?,
     );
     let predictor = Predictor {
         learner: &learner,
@@ -500,21 +549,32 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
     };
     let bars = Bars::new(g.json);
     let json_out = g.json;
-    let result = predictor.run(&items, &bars, |o| {
-        let line = serde_json::to_string(o)?;
-        writeln!(jsonl, "{line}").with_context(|| format!("writing {}", jsonl_path.display()))?;
-        progress::suspend(|| {
-            if json_out {
-                println!("{line}");
-            } else {
-                print_human(o);
-            }
+    let result = predictor
+        .run(&items, &bars, |o| {
+            let line = serde_json::to_string(o)?;
+            writeln!(jsonl, "{line}")
+                .with_context(|| format!("writing {}", jsonl_tmp.display()))?;
+            progress::suspend(|| {
+                if json_out {
+                    println!("{line}");
+                } else {
+                    print_human(o);
+                }
+            });
+            Ok(())
+        })
+        .and_then(|run| {
+            jsonl
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&jsonl_tmp, &jsonl_path))
+                .with_context(|| format!("writing {}", jsonl_path.display()))?;
+            Ok(run)
         });
-        Ok(())
+    let result = result.inspect_err(|_| {
+        let _ = std::fs::remove_file(&jsonl_tmp);
     })?;
-    jsonl
-        .flush()
-        .with_context(|| format!("writing {}", jsonl_path.display()))?;
     if let Some(panel) = &a.panel {
         write_panel(&result.panel, panel)?;
     }
@@ -590,6 +650,44 @@ fn check_outputs(a: &PredictArgs, items: &[Item]) -> Result<()> {
              did not write in this run: choose an empty --out, move the file away, or pass \
              --overwrite",
             first.display()
+        );
+    }
+    Ok(())
+}
+
+/// Before any work: no folder this run writes in leads, through a link, outside `--out` (a
+/// sub-folder that is a symlink to the dataset would put heatmaps over its images).
+fn check_no_link_out(out: &Path, items: &[Item]) -> Result<()> {
+    let Some(root) = setup::resolved(out) else {
+        return Ok(());
+    };
+    let outside = |p: &Path| p.canonicalize().is_ok_and(|c| !c.starts_with(&root));
+    let mut checked: HashSet<&Path> = HashSet::new();
+    for it in items {
+        let Some(rel) = it.heatmap.parent().filter(|r| !r.as_os_str().is_empty()) else {
+            continue;
+        };
+        if !checked.insert(rel) {
+            continue;
+        }
+        // The shallowest folder between --out and the heatmap that resolves outside --out.
+        let Some(bad) = rel
+            .ancestors()
+            .filter(|r| !r.as_os_str().is_empty())
+            .map(|r| out.join(r))
+            .filter(|d| outside(d))
+            .last()
+        else {
+            continue;
+        };
+        let target = bad.canonicalize().unwrap_or_else(|_| bad.clone());
+        bail!(
+            "{} leads through a link to {}, outside --out {}, where the heatmap of {} would go; \
+             predict writes only inside --out: remove the link or choose another --out",
+            bad.display(),
+            target.display(),
+            out.display(),
+            it.path.display()
         );
     }
     Ok(())

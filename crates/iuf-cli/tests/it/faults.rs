@@ -657,3 +657,116 @@ fn no_output_file_lies_inside_an_input_folder() {
     assert_eq!(snapshot(&data), before, "the data changed");
     assert!(!s.path("pred").exists(), "work was done");
 }
+
+/// Guarantee (issue 23 item 2): predict writes every output through a temporary file and a rename,
+/// so a `predictions.jsonl` that is a symlink or a hard link to the model or an image is replaced
+/// as a link, never written through; a folder under `--out` that is a link to a folder outside it
+/// is refused before any work, naming it.
+#[test]
+fn predict_never_writes_through_a_link() {
+    let (s, data, m) = demo_model();
+    let image = data.join("fabric/test/good/000.png");
+    let out = s.path("out");
+    let predict = |out: &Path| {
+        s.iuf_json("predict")
+            .model(&m)
+            .arg(&image)
+            .out(out)
+            .arg("--overwrite")
+    };
+    predict(&out).ok();
+    let (model, picture) = (std::fs::read(&m).unwrap(), std::fs::read(&image).unwrap());
+    let jsonl = out.join("predictions.jsonl");
+    // A symlink to the model, then a hard link to the image being scored.
+    std::fs::remove_file(&jsonl).unwrap();
+    std::os::unix::fs::symlink(&m, &jsonl).unwrap();
+    predict(&out).ok();
+    assert_eq!(
+        std::fs::read(&m).unwrap(),
+        model,
+        "the model was written through"
+    );
+    std::fs::remove_file(&jsonl).unwrap();
+    std::fs::hard_link(&image, &jsonl).unwrap();
+    predict(&out).ok();
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        picture,
+        "the image was written through"
+    );
+    let meta = std::fs::symlink_metadata(&jsonl).unwrap();
+    assert!(meta.is_file() && !meta.file_type().is_symlink());
+    assert!(std::fs::read_to_string(&jsonl).unwrap().contains("000.png"));
+    // A folder inside --out that leads outside it.
+    let images = s.folder("images/sub");
+    std::fs::copy(&image, images.join("a.png")).unwrap();
+    let elsewhere = s.folder("elsewhere");
+    let out2 = s.folder("out2");
+    std::os::unix::fs::symlink(&elsewhere, out2.join("sub")).unwrap();
+    let err = s
+        .iuf("predict")
+        .model(&m)
+        .arg(s.path("images"))
+        .out(&out2)
+        .arg("--overwrite")
+        .fails_with(&[&out2.join("sub").display().to_string(), "outside --out"]);
+    assert_tidy(&err);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert!(!out2.join("predictions.jsonl").exists(), "work was done");
+}
+
+/// Guarantee (issue 23 item 3): `--overwrite` replaces earlier outputs, never inputs: a panel
+/// naming an input image (inside an input folder) or the ground-truth mask of an input image is
+/// refused with --overwrite too, and the file is unchanged.
+#[test]
+fn predict_overwrite_never_replaces_an_input() {
+    let (s, data, m) = demo_model();
+    let crack = std::fs::read_dir(data.join("fabric/test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|t| t != "good")
+        .expect("a defect type");
+    let image = data.join(format!("fabric/test/{crack}/000.png"));
+    let mask = data.join(format!("fabric/ground_truth/{crack}/000_mask.png"));
+    assert!(mask.is_file());
+    let before = snapshot(&data);
+    for panel in [&image, &mask] {
+        let err = s
+            .iuf("predict")
+            .model(&m)
+            .arg(data.join(format!("fabric/test/{crack}")))
+            .out(s.path("pred"))
+            .flag("--panel", panel)
+            .arg("--overwrite")
+            .fails_with(&["--panel", &panel.display().to_string(), "input"]);
+        assert_tidy(&err);
+    }
+    assert_eq!(snapshot(&data), before, "an input changed");
+}
+
+/// Guarantee (issue 23 item 11): the temporaries a killed predict leaves (`.<name>.tmp-<pid>` of a
+/// process that no longer runs) are removed by the next run from every folder it writes: `--out`,
+/// the heatmaps' sub-folders and the panel's folder; other hidden files stay.
+#[test]
+fn predict_removes_the_temporaries_of_a_killed_run() {
+    let (s, data, m) = demo_model();
+    // No process has this id (above Linux's largest pid).
+    let dead = 99_999_999;
+    let out = s.path("out");
+    let stale = [
+        s.file(&format!("out/.predictions.jsonl.tmp-{dead}"), b"half"),
+        s.file(&format!("out/good/.000.png.tmp-{dead}"), b"half"),
+        s.file(&format!("panels/.panel.png.tmp-{dead}"), b"half"),
+    ];
+    let keep = s.file("out/good/.keep", b"user");
+    s.iuf("predict")
+        .model(&m)
+        .arg(data.join("fabric/test"))
+        .out(&out)
+        .flag("--panel", s.path("panels/panel.png"))
+        .ok();
+    for t in &stale {
+        assert!(!t.exists(), "{} is left", t.display());
+    }
+    assert!(keep.exists());
+}
