@@ -278,13 +278,71 @@ pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
     })
 }
 
+/// The combined files bench writes in `--out`.
+const COMBINED: [&str; 3] = ["report.md", "results.json", "auroc.svg"];
+
+/// Before any work: bench replaces no file it did not write. A method's folder must be a run folder
+/// of bench (its `run.json` says which run; resuming checks it is this one) or hold nothing yet;
+/// the combined files may be replaced only in a folder bench recognises as its own, one holding a
+/// run folder.
+fn check_own_files(out: &Path, methods: &[Strategy]) -> Result<()> {
+    if !out.is_dir() {
+        return Ok(());
+    }
+    let is_run_dir = |m: &Strategy| out.join(m.name()).join("run.json").is_file();
+    for m in methods {
+        let dir = out.join(m.name());
+        if dir.symlink_metadata().is_err() || is_run_dir(m) {
+            continue;
+        }
+        // Hidden entries are at most the temporaries of a killed run (removed when it resumes).
+        let holds_files = !dir.is_dir()
+            || std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+        if holds_files {
+            bail!(
+                "{} holds files but no run.json, so it is not a run folder of iuf bench, which \
+                 would write its {m} run there; bench replaces no file it did not write: move them \
+                 away or choose another --out",
+                dir.display()
+            );
+        }
+    }
+    if Strategy::ALL.iter().any(is_run_dir) {
+        return Ok(());
+    }
+    for name in COMBINED {
+        let f = out.join(name);
+        if f.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists and bench did not write it (--out {} holds no run folder of iuf \
+                 bench); bench replaces no file it did not write: choose an empty or new --out, or \
+                 move the file away",
+                f.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
-    setup::check_output("--out", &a.out, true, &[("--data", &a.data)])?;
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data", &a.data)];
+    if let Some(w) = &g.weights {
+        inputs.push(("--weights", w));
+    }
+    if let Some(c) = &a.config.config {
+        inputs.push(("--config", c));
+    }
+    setup::check_output("--out", &a.out, true, &inputs)?;
     setup::check_writable("--out", &a.out, true)?;
+    let methods = parse_methods(&a.method)?;
+    check_own_files(&a.out, &methods)?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let protocol = Protocol::parse(&a.protocol, data.classes()).context("fix --protocol")?;
-    let methods = parse_methods(&a.method)?;
     let variant = EfficientNetVariant::parse(&a.backbone).context("fix --backbone")?;
     let loaded = setup::backbone(g, variant, &device)?;
     let k = a.num_classes.unwrap_or(protocol.all_classes().len());

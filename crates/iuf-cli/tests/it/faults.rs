@@ -744,6 +744,51 @@ fn predict_overwrite_never_replaces_an_input() {
     assert_eq!(snapshot(&data), before, "an input changed");
 }
 
+/// Guarantee (issue 23 item 4): bench replaces no file it did not write: a `--out` holding the
+/// user's own report.md, results.json or auroc.svg (no run folder of bench beside them), or a
+/// method folder holding files but no run.json, is refused before any work, naming the file; a
+/// `--out` holding the --weights file is refused; bench's own folder is resumed.
+#[test]
+fn bench_replaces_no_file_it_did_not_write() {
+    let (s, data) = Scratch::with_demo_data();
+    let bench = |iuf: Iuf, out: &Path| {
+        iuf.data(&data)
+            .protocol("fabric | mesh")
+            .method("class-mean")
+            .preset("tiny")
+            .out(out)
+    };
+    for name in ["report.md", "results.json", "auroc.svg"] {
+        let out = s.folder(&format!("user-{name}"));
+        let mine = s.file(&format!("user-{name}/{name}"), b"the user's own");
+        let err =
+            bench(s.iuf("bench"), &out).fails_with(&[&mine.display().to_string(), "did not write"]);
+        assert_tidy(&err);
+        assert_eq!(std::fs::read(&mine).unwrap(), b"the user's own");
+        assert!(!out.join("class-mean").exists(), "{name}: work was done");
+    }
+    let out = s.folder("user-method");
+    let mine = s.file("user-method/class-mean/notes.txt", b"mine");
+    bench(s.iuf("bench"), &out)
+        .fails_with(&[&out.join("class-mean").display().to_string(), "run.json"]);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
+    // The weights inside --out.
+    let out = s.folder("with-weights");
+    let weights = out.join("weights.pth");
+    std::fs::copy(lite0_pth(), &weights).unwrap();
+    let cache = s.path("cache");
+    bench(
+        bare(&s, &cache).flag("--weights", &weights).arg("bench"),
+        &out,
+    )
+    .fails_with(&["the input --weights", &weights.display().to_string()]);
+    // Its own folder: written, then resumed and rewritten.
+    let own = s.path("own");
+    bench(s.iuf("bench"), &own).ok();
+    bench(s.iuf("bench"), &own).ok();
+    assert!(own.join("report.md").is_file());
+}
+
 /// Guarantee (issue 23 item 11): the temporaries a killed predict leaves (`.<name>.tmp-<pid>` of a
 /// process that no longer runs) are removed by the next run from every folder it writes: `--out`,
 /// the heatmaps' sub-folders and the panel's folder; other hidden files stay.
