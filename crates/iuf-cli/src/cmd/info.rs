@@ -96,7 +96,11 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
             meta.config.discriminator.depth
         );
     } else {
-        println!("network    none (per-object memories only)");
+        let names: Vec<&str> = learner.scorers().iter().map(|s| s.name()).collect();
+        println!(
+            "network    none (per-object statistics only: {})",
+            names.join(", ")
+        );
     }
     let sizes = learner.memory_sizes();
     if !sizes.is_empty() {

@@ -146,21 +146,24 @@ pub fn report_step(g: &Global, learner: &Learner, record: &StepRecord, out: &Pat
         }));
     }
     if record.epochs == 0 {
+        let sizes = learner.memory_sizes();
+        let what = if record.classes.iter().any(|c| sizes.contains_key(c)) {
+            let patches: Vec<String> = record
+                .classes
+                .iter()
+                .map(|c| format!("{} patches", sizes.get(c).copied().unwrap_or(0)))
+                .collect();
+            format!("memory: {}", patches.join(", "))
+        } else {
+            let names: Vec<&str> = learner.scorers().iter().map(|s| s.name()).collect();
+            format!("scorers: {}", names.join(", "))
+        };
         println!(
-            "step {}: learned {} from {} images in {:.1} s (memory: {})",
+            "step {}: learned {} from {} images in {:.1} s ({what})",
             record.step,
             record.classes.join(", "),
             record.images,
             record.train_seconds,
-            record
-                .classes
-                .iter()
-                .map(|c| format!(
-                    "{} patches",
-                    learner.memory_sizes().get(c).copied().unwrap_or(0)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
         );
     } else {
         println!(
