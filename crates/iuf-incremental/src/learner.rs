@@ -116,16 +116,17 @@ impl Learner {
     }
 
     fn from_loaded(path: &Path, loaded: iuf_model::LoadedModel, device: &Device) -> Result<Self> {
-        let state: LearnerState =
+        let mut state: LearnerState =
             serde_json::from_value(loaded.meta.extra.clone()).map_err(|e| Error::RunDir {
                 path: path.to_path_buf(),
                 msg: format!(
                     "not a model written by the iuf learner (metadata `extra` does not parse: {e})"
                 ),
             })?;
+        // The calibration lives in the calibrator; the state gets it back when saved.
         let mut calibrator = Calibrator::new(state.strategy.normalises_maps());
-        calibrator.sketches = state.calibration.clone();
-        calibrator.norms = state.norms.clone();
+        calibrator.sketches = std::mem::take(&mut state.calibration);
+        calibrator.norms = std::mem::take(&mut state.norms);
         Ok(Self {
             scorers: scorer::scorers(state.strategy, &state.train_config, device, Some(&loaded))?,
             prototypes: Prototypes::from_state(&loaded.state),

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::scorer::Step;
+use crate::scorer::{find_state, Step};
 
 const MEAN_KEY: &str = "state.prototype.mean";
 const SPREAD_KEY: &str = "state.prototype.spread";
@@ -31,15 +31,9 @@ pub struct Prototypes {
 impl Prototypes {
     /// The prototypes of a model file's state tensors (None for files that predate them).
     pub fn from_state(state: &[(String, Tensor)]) -> Option<Self> {
-        let find = |name: &str| {
-            state
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone())
-        };
         Some(Self {
-            means: find(MEAN_KEY)?,
-            spreads: find(SPREAD_KEY)?,
+            means: find_state(state, MEAN_KEY)?,
+            spreads: find_state(state, SPREAD_KEY)?,
         })
     }
 

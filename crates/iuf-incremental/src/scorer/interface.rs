@@ -195,9 +195,8 @@ pub(crate) fn per_object_state<'a>(
 }
 
 /// The tensor `name` of a loaded model file's state, if present.
-pub(crate) fn find_state(loaded: &LoadedModel, name: &str) -> Option<Tensor> {
-    loaded
-        .state
+pub(crate) fn find_state(state: &[(String, Tensor)], name: &str) -> Option<Tensor> {
+    state
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, t)| t.clone())

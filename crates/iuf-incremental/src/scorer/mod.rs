@@ -29,6 +29,7 @@ pub mod trainer;
 
 pub use class_mean::ClassMeans;
 pub use gaussian::Gaussians;
+pub(crate) use interface::find_state;
 pub use interface::{Batch, FeatureKind, Maps, Scorer, Step, Trained};
 pub use nearest::NearestNeighbour;
 pub use reconstruction::Reconstruction;

@@ -37,7 +37,10 @@ impl Network {
 
     /// The network of a model file.
     pub fn load(loaded: &LoadedModel, device: &Device) -> Result<Self> {
-        let standardize = match (find_state(loaded, MEAN_KEY), find_state(loaded, STD_KEY)) {
+        let standardize = match (
+            find_state(&loaded.state, MEAN_KEY),
+            find_state(&loaded.state, STD_KEY),
+        ) {
             (Some(m), Some(s)) => Some((m.reshape((1, (), 1, 1))?, s.reshape((1, (), 1, 1))?)),
             _ => None,
         };

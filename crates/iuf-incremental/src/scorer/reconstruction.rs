@@ -47,10 +47,12 @@ impl Reconstruction {
         let mut grams = Vec::new();
         for (i, layer) in net.model.constrained_layers().iter().enumerate() {
             let count = counts.get(i).copied().unwrap_or(0);
-            grams.push(match find_state(loaded, &format!("{GRAM_PREFIX}{layer}")) {
-                Some(t) => Gram::from_tensor(&t, count)?,
-                None => Gram::zeros(d),
-            });
+            grams.push(
+                match find_state(&loaded.state, &format!("{GRAM_PREFIX}{layer}")) {
+                    Some(t) => Gram::from_tensor(&t, count)?,
+                    None => Gram::zeros(d),
+                },
+            );
         }
         Ok(Self {
             net,

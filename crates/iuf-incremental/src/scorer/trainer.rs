@@ -137,6 +137,8 @@ pub struct Trainer<'a> {
     vars: Vec<Var>,
     opt: StepOptimizer,
     penalty: Option<Penalty>,
+    /// The penalty's strength (lambda, or SI's c).
+    penalty_lambda: f64,
     path_integral: Option<PathIntegral>,
     rng: StdRng,
     scl: SclBuffer,
@@ -161,8 +163,7 @@ impl Trainer<'_> {
             loss = (loss + (sc * self.cfg.loss.sc)?)?;
         }
         if self.penalty.is_some() {
-            let lambda = penalty_lambda(self.penalty, self.cfg);
-            if let Some(p) = self.importance.penalty(&self.params, lambda)? {
+            if let Some(p) = self.importance.penalty(&self.params, self.penalty_lambda)? {
                 log.penalty = p.to_scalar::<f32>()? as f64;
                 loss = (loss + p)?;
             }
@@ -275,6 +276,7 @@ pub fn train_step(
         params,
         opt,
         penalty,
+        penalty_lambda: penalty_lambda(penalty, cfg),
         rng: StdRng::seed_from_u64(
             cfg.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(step.index as u64 + 1)),
         ),
