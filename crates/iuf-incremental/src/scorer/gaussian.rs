@@ -20,14 +20,14 @@ pub struct Gaussians {
 }
 
 impl Gaussians {
-    /// No object yet, or the Gaussians of a model file (those of the objects it has a memory of).
+    /// No object yet, or the Gaussians of a model file (every object it holds one for).
     pub fn new(from: Option<&LoadedModel>) -> Result<Self> {
         let mut fitted = BTreeMap::new();
+        let state = from.map_or(&[][..], |l| &l.state[..]);
         for (rest, _) in per_object_state(from, GAUSSIAN_PREFIX) {
             let Some(class) = rest.strip_suffix(".mean") else {
                 continue;
             };
-            let state = &from.expect("a state tensor was found").state;
             let prefix = format!("{GAUSSIAN_PREFIX}{class}.");
             if let Some(g) = PositionGaussian::from_state(state, &prefix)? {
                 fitted.insert(class.to_string(), g);
