@@ -1,7 +1,9 @@
-//! Dataset roots in MVTec AD or VisA layout: detection, class listing, and validated per-class
-//! indices of train/test samples (ALGORITHM.md section 1: labels come from folders, not masks).
+//! Dataset roots in MVTec AD, MVTec AD 2 or VisA layout: detection, class listing, and validated
+//! per-class indices of train/validation/test samples (ALGORITHM.md section 1: labels come from
+//! folders, not masks).
 mod check;
 mod mvtec;
+mod mvtec_ad2;
 mod visa;
 
 use std::path::{Path, PathBuf};
@@ -20,8 +22,8 @@ pub const GOOD: &str = "good";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
     pub path: PathBuf,
-    /// `"good"` for normal images, otherwise the defect type (the MVTec folder name, or `"anomaly"`
-    /// for VisA, whose split file has no defect types).
+    /// `"good"` for normal images, otherwise the defect type (the MVTec folder name, `"bad"` for
+    /// MVTec AD 2's `test_public/bad`, or `"anomaly"` for VisA, whose split file has no defect types).
     pub defect_type: String,
     /// Defective iff the image lies in a defect-type folder; never inferred from mask pixels (some
     /// real masks are empty although the image is defective).
@@ -30,17 +32,28 @@ pub struct Sample {
     pub mask: Option<PathBuf>,
 }
 
-/// The validated train and test samples of one class.
+/// The validated train, validation and test samples of one class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassIndex {
     pub name: String,
     /// Normal training images, sorted by path.
     pub train: Vec<Sample>,
+    /// Normal images the dataset sets apart for calibration (thresholds, score normalisation),
+    /// never for training, sorted by path: MVTec AD 2's `validation/good`. Empty for layouts
+    /// without such a split (MVTec AD, VisA), where a calibration set must be held out of `train`;
+    /// see [`ClassIndex::has_validation`]. Absent in indices serialized before it existed.
+    #[serde(default)]
+    pub validation: Vec<Sample>,
     /// Test images: normal ones first, then each defect type in alphabetical order, each sorted by path.
     pub test: Vec<Sample>,
 }
 
 impl ClassIndex {
+    /// Whether the dataset provides its own normal validation images ([`ClassIndex::validation`]).
+    pub fn has_validation(&self) -> bool {
+        !self.validation.is_empty()
+    }
+
     pub fn num_test_normal(&self) -> usize {
         self.test.iter().filter(|s| !s.is_anomalous).count()
     }
@@ -69,6 +82,11 @@ pub enum Layout {
     /// `<class>/train/good`, `<class>/test/<type>`, `<class>/ground_truth/<type>/<stem>_mask.png`
     /// (MVTec AD itself, and any custom product laid out the same way).
     MvtecAd,
+    /// MVTec AD 2: `<class>/train/good`, `<class>/validation/good` (normal images for calibration,
+    /// [`ClassIndex::validation`]), `<class>/test_public/{good,bad}` and the masks
+    /// `<class>/test_public/ground_truth/bad/<stem>_mask.png`. The private test sets
+    /// (`test_private`, `test_private_mixed`) have neither labels nor masks and are never indexed.
+    MvtecAd2,
     /// VisA's official layout: `<class>/Data/Images/{Normal,Anomaly}`, `<class>/Data/Masks/Anomaly`
     /// and the split file `split_csv/1cls.csv` (columns object, split, label, image, mask; paths
     /// relative to the root).
@@ -85,8 +103,9 @@ pub struct DatasetRoot {
 }
 
 impl DatasetRoot {
-    /// Detects the layout and lists the classes present. VisA is recognised by its split file;
-    /// otherwise every non-hidden folder under the root is an MVTec-layout class. Classes are sorted
+    /// Detects the layout and lists the classes present. VisA is recognised by its split file,
+    /// MVTec AD 2 by a class folder holding `test_public/` (or a private test folder); otherwise
+    /// every non-hidden folder under the root is an MVTec-layout class. Classes are sorted
     /// in the fixed MVTec AD / VisA order when all are known classes, else alphabetically.
     pub fn open(root: &Path) -> Result<Self> {
         let layout_error = |reason: String| Error::Layout {
@@ -122,16 +141,18 @@ impl DatasetRoot {
                 visa_split,
             });
         }
-        if root.join("train").is_dir() && root.join("test").is_dir() {
-            return Err(layout_error(
-                "expected a dataset folder holding one folder per class; found the folder of a \
-                 single class (it has train/ and test/): point at its parent folder"
-                    .into(),
-            ));
+        for test in ["test", mvtec_ad2::TEST_PUBLIC] {
+            if root.join("train").is_dir() && root.join(test).is_dir() {
+                return Err(layout_error(format!(
+                    "expected a dataset folder holding one folder per class; found the folder of \
+                     a single class (it has train/ and {test}/): point at its parent folder"
+                )));
+            }
         }
         let entries = check::sorted_entries(root).map_err(|p| layout_error(p.to_string()))?;
         let mut classes: Vec<String> = Vec::new();
         let mut any_class_like = false;
+        let mut any_mvtec_ad2 = false;
         for path in entries.iter().filter(|p| p.is_dir()) {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 return Err(layout_error(format!(
@@ -140,19 +161,27 @@ impl DatasetRoot {
                 )));
             };
             any_class_like |= path.join("train").is_dir() || path.join("test").is_dir();
+            any_mvtec_ad2 |= std::iter::once(mvtec_ad2::TEST_PUBLIC)
+                .chain(mvtec_ad2::PRIVATE_TEST_FOLDERS)
+                .any(|t| path.join(t).is_dir());
             classes.push(name.to_string());
         }
-        if !any_class_like {
+        if !any_class_like && !any_mvtec_ad2 {
             return Err(layout_error(format!(
-                "expected <class>/train/good and <class>/test/<type> folders (MVTec AD layout) or \
-                 {} (VisA); found neither",
+                "expected <class>/train/good and <class>/test/<type> folders (MVTec AD layout), \
+                 <class>/train/good and <class>/test_public/<type> (MVTec AD 2) or {} (VisA); \
+                 found none of them",
                 visa::SPLIT_FILE
             )));
         }
         sort_classes(&mut classes);
         Ok(Self {
             root: root.to_path_buf(),
-            layout: Layout::MvtecAd,
+            layout: if any_mvtec_ad2 {
+                Layout::MvtecAd2
+            } else {
+                Layout::MvtecAd
+            },
             classes,
             visa_split: Vec::new(),
         })
@@ -197,6 +226,7 @@ impl DatasetRoot {
             }
             let result = match self.layout {
                 Layout::MvtecAd => mvtec::index_class(&self.root, name),
+                Layout::MvtecAd2 => mvtec_ad2::index_class(&self.root, name),
                 Layout::Visa => visa::index_class(&self.root, &self.visa_split, name),
             };
             match result {

@@ -193,5 +193,5 @@ pub(super) fn index_class(
     train.sort_by(|a, b| a.path.cmp(&b.path));
     // Same order as the MVTec layout: normal test images first, then anomalous, each by path.
     test.sort_by(|a, b| (a.is_anomalous, &a.path).cmp(&(b.is_anomalous, &b.path)));
-    checked_index(name, train, test, problems)
+    checked_index(name, train, Vec::new(), test, problems)
 }

@@ -3,6 +3,7 @@
 mod demo;
 mod fake_trees;
 mod fixtures;
+mod mvtec_ad2;
 mod mvtec_mini;
 mod pil_parity;
 mod visa;
