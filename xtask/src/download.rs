@@ -1,4 +1,4 @@
-//! `cargo xtask download mvtec|visa --dest DIR`: fetches a public dataset archive named in
+//! `cargo xtask download mvtec|mvtec-ad-2|visa --dest DIR`: fetches a public dataset archive named in
 //! `datasets/<name>.json` (resumable, with progress), verifies its sha256, extracts it and indexes
 //! the result with iuf-data so that a broken download is reported now, not at training time.
 //!
@@ -6,6 +6,9 @@
 //! so nothing is copied or converted. The command validates every class through that split and
 //! writes the resulting per-class train/test lists, paths relative to the dataset root, to
 //! `<root>/iuf_split_1cls.json` (a readable record of exactly which files each split holds).
+//!
+//! MVTec AD 2 is read as extracted (iuf-data's `Layout::MvtecAd2`); its unlabelled private test
+//! folders stay on disk but are never indexed.
 mod archive;
 mod http;
 mod prepare;
@@ -21,12 +24,21 @@ pub use archive::ArchiveFormat;
 
 const MVTEC_AD_MANIFEST: &str = include_str!("../../datasets/mvtec_ad.json");
 const VISA_MANIFEST: &str = include_str!("../../datasets/visa.json");
+const MVTEC_AD_2_MANIFEST: &str = include_str!("../../datasets/mvtec_ad_2.json");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dataset {
     /// MVTec AD (15 classes, ~4.9 GB .tar.xz).
     #[value(alias = "mvtec-ad", alias = "mvtec_ad")]
     Mvtec,
+    /// MVTec AD 2 (8 classes at up to 5 MP, ~32.7 GB .tar.gz).
+    #[value(
+        name = "mvtec-ad-2",
+        alias = "mvtec-ad2",
+        alias = "mvtec_ad_2",
+        alias = "mvtec_ad2"
+    )]
+    MvtecAd2,
     /// VisA (12 classes, ~1.8 GB .tar).
     Visa,
 }
@@ -37,7 +49,7 @@ pub struct Args {
     #[arg(value_enum)]
     pub dataset: Dataset,
     /// Folder that receives the archive and the extracted dataset (created if missing).
-    #[arg(long)]
+    #[arg(long, visible_alias = "out")]
     pub dest: PathBuf,
     /// Download from this URL instead of the manifest's (a mirror or a local copy served over HTTP).
     #[arg(long)]
@@ -74,6 +86,7 @@ impl Manifest {
     pub fn of(dataset: Dataset) -> Result<Self> {
         let (file, text) = match dataset {
             Dataset::Mvtec => ("datasets/mvtec_ad.json", MVTEC_AD_MANIFEST),
+            Dataset::MvtecAd2 => ("datasets/mvtec_ad_2.json", MVTEC_AD_2_MANIFEST),
             Dataset::Visa => ("datasets/visa.json", VISA_MANIFEST),
         };
         let manifest: Manifest =
@@ -197,6 +210,25 @@ mod tests {
             mvtec.archive.url.starts_with("https://")
                 && mvtec.archive.url.ends_with(&mvtec.archive.file_name)
         );
+        let ad2 = Manifest::of(Dataset::MvtecAd2).unwrap();
+        assert_eq!(
+            ad2.classes,
+            [
+                "can",
+                "fabric",
+                "fruit_jelly",
+                "rice",
+                "sheet_metal",
+                "vial",
+                "wallplugs",
+                "walnuts"
+            ]
+        );
+        assert_eq!(ad2.archive.format, ArchiveFormat::TarGz);
+        assert!(
+            ad2.archive.url.starts_with("https://")
+                && ad2.archive.url.ends_with(&ad2.archive.file_name)
+        );
         let visa = Manifest::of(Dataset::Visa).unwrap();
         assert_eq!(visa.classes, iuf_data::classes::VISA);
         assert_eq!(visa.archive.format, ArchiveFormat::Tar);
@@ -204,6 +236,23 @@ mod tests {
             visa.archive.url.starts_with("https://")
                 && visa.archive.url.ends_with(&visa.archive.file_name)
         );
+    }
+
+    #[test]
+    fn dataset_names_and_out_alias_parse() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        for name in ["mvtec-ad-2", "mvtec_ad_2", "mvtec-ad2"] {
+            let cli = Cli::try_parse_from(["download", name, "--out", "d"]).unwrap();
+            assert_eq!(cli.args.dataset, Dataset::MvtecAd2);
+            assert_eq!(cli.args.dest, PathBuf::from("d"));
+        }
+        let cli = Cli::try_parse_from(["download", "mvtec", "--dest", "d"]).unwrap();
+        assert_eq!(cli.args.dataset, Dataset::Mvtec);
     }
 
     #[test]
@@ -242,6 +291,41 @@ mod tests {
         assert!(root.join(prepare::VISA_SPLIT_LISTS).is_file());
         // Run again: the archive is found and verified, the extraction reused.
         assert_eq!(download_and_install(&m, dest.path()).unwrap(), root);
+    }
+
+    #[test]
+    fn mvtec_ad2_tar_gz_downloads_extracts_and_indexes_over_local_http() {
+        use std::io::Write;
+        let tree = tempfile::tempdir().unwrap();
+        // Wrapped in a top folder; whether the real archive has one does not matter (find_root).
+        let classes = prepare::tests::mvtec_ad2_tree(&tree.path().join("mvtec_ad_2"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&archive::tests::tar_of(tree.path())).unwrap();
+        let gz = gz.finish().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::write(dest.path().join("probe"), &gz).unwrap();
+        let sha = archive::sha256_file(&dest.path().join("probe")).unwrap();
+        std::fs::remove_file(dest.path().join("probe")).unwrap();
+        let (url, _, server) = http::tests::serve(gz.clone(), vec![http::tests::Reply::Ranges]);
+        let mut m = Manifest::of(Dataset::MvtecAd2).unwrap();
+        m.archive.url = url;
+        m.archive.sha256 = Some(sha);
+        m.classes = classes.clone();
+        let root = download_and_install(&m, dest.path()).unwrap();
+        server.join().unwrap();
+        assert_eq!(root, dest.path().join("mvtec_ad_2/mvtec_ad_2"));
+        assert_eq!(
+            std::fs::read(dest.path().join("mvtec_ad_2.tar.gz")).unwrap(),
+            gz
+        );
+        let opened = iuf_data::DatasetRoot::open(&root).unwrap();
+        assert_eq!(opened.layout(), iuf_data::Layout::MvtecAd2);
+        assert_eq!(opened.classes(), classes);
+        assert!(opened
+            .index_all()
+            .unwrap()
+            .iter()
+            .all(|c| c.validation.len() == 1 && c.num_test_anomalous() > 0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! After extraction: find the dataset root, validate every class with iuf-data (each problem is
-//! listed), and for VisA record the 1-class split as per-class train/test lists.
+//! listed), and for VisA record the 1-class split as per-class train/test lists. MVTec AD and
+//! MVTec AD 2 are used as extracted.
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -89,12 +90,23 @@ pub fn prepare(extracted: &Path, expected_classes: &[String]) -> Result<PathBuf>
     );
     let indices = root.index(root.classes())?;
     for c in &indices {
+        let validation = if c.has_validation() {
+            format!("  validation {:>4}", c.validation.len())
+        } else {
+            String::new()
+        };
         eprintln!(
-            "  {:<12} train {:>4}  test normal {:>4}  test anomalous {:>4}",
+            "  {:<12} train {:>4}{validation}  test normal {:>4}  test anomalous {:>4}",
             c.name,
             c.train.len(),
             c.num_test_normal(),
             c.num_test_anomalous()
+        );
+    }
+    if root.layout() == Layout::MvtecAd2 {
+        eprintln!(
+            "MVTec AD 2: test_public is the labelled test set; test_private and \
+             test_private_mixed have no labels or masks and are not used"
         );
     }
     if root.layout() == Layout::Visa {
@@ -158,6 +170,73 @@ pub(crate) mod tests {
         fs::create_dir_all(dir.join("split_csv")).unwrap();
         fs::write(dir.join("split_csv/1cls.csv"), csv).unwrap();
         classes
+    }
+
+    /// Rearranges a demo dataset into MVTec AD 2's layout: the last training image of each class
+    /// goes to validation/good, defective test images to test_public/bad with their masks in
+    /// test_public/ground_truth/bad/<stem>_mask.png, and an unlabelled test_private image.
+    pub fn mvtec_ad2_tree(dir: &Path) -> Vec<String> {
+        let demo = tempfile::tempdir().unwrap();
+        let classes = generate(
+            demo.path(),
+            &DemoConfig {
+                train_per_class: 4,
+                test_per_class: 5,
+                size: 32,
+                seed: 5,
+            },
+        )
+        .unwrap();
+        let root = DatasetRoot::open(demo.path()).unwrap();
+        let copy = |from: &Path, to: PathBuf| {
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(from, to).unwrap();
+        };
+        for index in root.index(&classes).unwrap() {
+            let c = dir.join(&index.name);
+            let (last, train) = index.train.split_last().unwrap();
+            for (i, s) in train.iter().enumerate() {
+                copy(&s.path, c.join(format!("train/good/{i:03}_regular.png")));
+            }
+            copy(&last.path, c.join("validation/good/000_regular.png"));
+            for (i, s) in index.test.iter().enumerate() {
+                let folder = if s.is_anomalous { "bad" } else { "good" };
+                let name = format!("{i:03}_regular");
+                copy(&s.path, c.join(format!("test_public/{folder}/{name}.png")));
+                if let Some(m) = &s.mask {
+                    copy(
+                        m,
+                        c.join(format!("test_public/ground_truth/bad/{name}_mask.png")),
+                    );
+                }
+            }
+            copy(&last.path, c.join("test_private/000_regular.png"));
+            copy(&last.path, c.join("test_private_mixed/000_overexposed.png"));
+        }
+        classes
+    }
+
+    #[test]
+    fn mvtec_ad2_preparation_validates_the_extracted_tree() {
+        let work = tempfile::tempdir().unwrap();
+        let classes = mvtec_ad2_tree(&work.path().join("mvtec_ad_2"));
+        let root = prepare(work.path(), &classes).unwrap();
+        assert_eq!(root, work.path().join("mvtec_ad_2"));
+        let opened = DatasetRoot::open(&root).unwrap();
+        assert_eq!(opened.layout(), Layout::MvtecAd2);
+        let first = opened.index_class(&classes[0]).unwrap();
+        assert_eq!((first.train.len(), first.validation.len()), (3, 1));
+        assert_eq!(first.test.len(), 5);
+        fs::remove_file(
+            root.join(&classes[0])
+                .join("test_public/ground_truth/bad/004_regular_mask.png"),
+        )
+        .unwrap();
+        let err = format!("{:#}", prepare(work.path(), &classes).unwrap_err());
+        assert!(
+            err.contains("test_public/bad/004_regular.png") && err.contains("004_regular_mask.png"),
+            "{err}"
+        );
     }
 
     #[test]
