@@ -5,6 +5,7 @@
 //! given no dataset.
 mod paint;
 mod scenes;
+pub mod small_defects;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,13 @@
 //! The one integration-test binary of iuf-data: real data (`mvtec_mini_*`, `pil_parity_*` read
-//! ../shared), fake dataset trees built in temporary folders, and the demo generator.
+//! ../shared), fake dataset trees built in temporary folders, the demo generator and the
+//! small-defect benchmark generator.
 mod demo;
 mod fake_trees;
 mod fixtures;
 mod mvtec_ad2;
 mod mvtec_mini;
 mod pil_parity;
+mod small_defects;
 mod visa;
 
 use std::path::PathBuf;
