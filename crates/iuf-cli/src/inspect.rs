@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Verdict};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// The result for one image: a line of `iuf predict --json`, an element of `iuf serve`'s answer.
@@ -162,30 +163,52 @@ impl<'a> Inspector<'a> {
         }
         let t = Instant::now();
         let size = self.learner.image_size();
-        let tensors: Vec<_> = images
-            .iter()
-            .map(|img| iuf_data::image::preprocess(img, size))
+        let tiling = self.learner.tiling();
+        // Each image's whole view, and its tiles when the model has a tiled view.
+        let prepared: Vec<_> = images
+            .par_iter()
+            .map(|img| {
+                let tiles = tiling.map(|t| t.cut(img, size)).unwrap_or_default();
+                (iuf_data::image::preprocess(img, size), tiles)
+            })
             .collect();
+        let (tensors, tiles): (Vec<_>, Vec<_>) = prepared.into_iter().unzip();
         let batch = iuf_data::images_to_tensor(&tensors, self.learner.device())?;
+        let tiles: Vec<_> = tiles.into_iter().flatten().collect();
+        let tile_batch = match tiles.is_empty() {
+            true => None,
+            false => Some(iuf_data::images_to_tensor(&tiles, self.learner.device())?),
+        };
         timings.decode += t.elapsed();
         let t = Instant::now();
         let (features, memory) =
             iuf_incremental::feature_store::compute(self.backbone, &batch, self.learner.features())
                 .context("backbone features")?;
+        let tiles = match (tile_batch, tiling) {
+            (Some(b), Some(tiling)) => {
+                let (_, m) = self
+                    .backbone
+                    .extract(&b)
+                    .context("backbone features of the tiles")?;
+                let (_, c, h, w) = m.dims4()?;
+                Some(m.reshape((images.len(), tiling.count(), c, h, w))?)
+            }
+            _ => None,
+        };
         if !features.device().is_cpu() {
             // Wait for an asynchronous device, so its work is timed in this stage.
             features.device().synchronize()?;
         }
         timings.backbone += t.elapsed();
         let t = Instant::now();
+        let x = iuf_incremental::ImageFeatures {
+            align: features,
+            memory,
+            tiles,
+        };
         let pred = self
             .learner
-            .predict_images_as(
-                &features,
-                memory.as_ref(),
-                object,
-                &iuf_incremental::NoProgress,
-            )
+            .predict_features(&x, object, &iuf_incremental::NoProgress)
             .context("running the model")?;
         let (n, mh, mw) = pred.maps.dims3()?;
         let maps: Vec<f32> = pred.maps.flatten_all()?.to_vec1()?;

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant};
 use iuf_data::DatasetRoot;
+use iuf_incremental::config::TileConfig;
 use iuf_incremental::{BackboneId, FeatureStore, Learner, TrainConfig};
 
 use crate::{DeviceKind, Global};
@@ -304,6 +305,87 @@ pub struct ConfigArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub precision: PrecisionArg,
+    #[command(flatten)]
+    pub tiles: TileArgs,
+}
+
+/// The tiled view: `--tile`, `--overlap`, `--tile-input`, `--tile-memory`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TileArgs {
+    /// Look at the image in tiles as well as whole, for defects too small for the whole view at
+    /// 224 pixels (a 20-pixel flaw on a 1024-pixel image is 4 pixels there): the image is resized
+    /// to the working resolution (--tile-input), cut into tiles of this many pixels, each tile
+    /// goes through the backbone at 224 and has its own memory; the tiles' maps are stitched
+    /// and fused with the whole view's. `auto`: 2 to 8 tiles a side of about 512 pixels, from the
+    /// training images' size. Memory methods only; fixed when the model is created.
+    #[arg(long, value_name = "PX|auto")]
+    pub tile: Option<String>,
+    /// Least overlap of neighbouring tiles, in working pixels (their maps are averaged there).
+    #[arg(long, value_name = "PX", default_value_t = 0, requires = "tile")]
+    pub overlap: usize,
+    /// Working resolution the tiles are cut from: the image is resized to PX x PX first.
+    /// Default: the size of the first training image (its native resolution).
+    #[arg(long, value_name = "PX", requires = "tile")]
+    pub tile_input: Option<usize>,
+    /// `shared`: one memory of tile patches per object, whatever the tile's position (default).
+    /// `per-position`: one per tile position, for products that lie in the same place in every
+    /// image.
+    #[arg(long, value_name = "shared|per-position", default_value = "shared",
+          value_parser = ["shared", "per-position"], requires = "tile")]
+    pub tile_memory: String,
+}
+
+/// Sets `cfg.tiles` from `--tile` and its companions; the working resolution defaults to the
+/// size of the first training image of `classes` in `data`.
+pub fn apply_tiles(
+    a: &TileArgs,
+    cfg: &mut TrainConfig,
+    data: &iuf_data::DatasetRoot,
+    classes: &[String],
+) -> Result<()> {
+    let Some(tile) = &a.tile else {
+        return Ok(());
+    };
+    let native = || -> Result<usize> {
+        let class = classes.first().context("no object to learn")?;
+        let index = data.index_class(class)?;
+        let first = index
+            .train
+            .first()
+            .with_context(|| format!("`{class}` has no training image"))?;
+        let (w, h) = image::image_dimensions(&first.path)
+            .with_context(|| format!("reading the size of {}", first.path.display()))?;
+        Ok(w.max(h) as usize)
+    };
+    let input = match a.tile_input {
+        Some(px) => px,
+        None => native()?,
+    };
+    let tile = if tile == "auto" {
+        let whole = cfg.model.image_size();
+        if input < 2 * whole {
+            bail!(
+                "--tile auto: the images are {input} px, which the whole view already sees at \
+                 {whole} px; tiles help from about {} px (or give --tile and --tile-input)",
+                2 * whole
+            );
+        }
+        let per_side = ((input as f64 / 512.0).round() as usize).clamp(2, 8);
+        input.div_ceil(per_side)
+    } else {
+        tile.parse::<usize>()
+            .ok()
+            .filter(|&t| t > 0)
+            .with_context(|| {
+                format!("--tile expects a tile side in pixels or `auto`; found `{tile}`")
+            })?
+    };
+    let mut t = TileConfig::new(input, tile, a.overlap, &cfg.memory);
+    t.per_position = a.tile_memory == "per-position";
+    cfg.tiles = Some(t);
+    cfg.check()
+        .context("the tiled view is invalid; fix --tile, --overlap or --tile-input")?;
+    Ok(())
 }
 
 /// `--precision`, on every command that runs a model.

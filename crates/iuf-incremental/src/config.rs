@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use iuf_data::image::tiles::Tiling;
 use iuf_model::{GaussianConfig, MemoryConfig, ModelConfig, OasaMode, Precision};
 
 use crate::error::{Error, Result};
@@ -322,6 +323,76 @@ pub struct TrainConfig {
     /// weights, gradients and optimizer); `auto` trains in f32, and calibration is always f32.
     #[serde(default)]
     pub precision: Precision,
+    /// The tiled view beside the whole image (methods with a memory): tiles cut from the image at
+    /// a working resolution, each through the backbone, with their own memory and normalisation,
+    /// stitched and fused with the whole view's maps. `None` (the default, and every model file
+    /// written before it existed): the whole image only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<TileConfig>,
+}
+
+/// The tiled view of a model: where the tiles lie, how their memory is kept, and the weight of
+/// its map in the fused map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TileConfig {
+    /// The working resolution, tile side and least overlap, in working pixels.
+    #[serde(flatten)]
+    pub tiling: Tiling,
+    /// One memory per tile position (products that lie in the same place in every image)
+    /// instead of one memory shared by every position.
+    #[serde(default)]
+    pub per_position: bool,
+    /// Weight of the tiled view's normalised map in the fused map (the whole view's scorers keep
+    /// theirs).
+    pub weight: f64,
+    /// Most patches of the tiled view's memory per object (per position with `per_position`).
+    pub patches: usize,
+}
+
+impl TileConfig {
+    /// Tiles of `tile` pixels with at least `overlap` pixels of overlap over the image resized to
+    /// `input`, one shared memory, weight 1, the memory's patch budget.
+    pub fn new(input: usize, tile: usize, overlap: usize, memory: &MemoryConfig) -> Self {
+        Self {
+            tiling: Tiling {
+                input,
+                tile,
+                overlap,
+            },
+            per_position: false,
+            weight: 1.0,
+            patches: memory.patches,
+        }
+    }
+
+    /// Side of the fused map of a model whose whole view is `image_size` pixels: the working
+    /// image at the scale a tile has in the backbone (`input * image_size / tile`), so a tile's
+    /// feature cell covers as many map pixels as a whole-view cell does in its 224-pixel map.
+    pub fn map_side(&self, image_size: usize) -> usize {
+        let t = &self.tiling;
+        ((t.input * image_size) as f64 / t.tile as f64).round() as usize
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn check(&self, image_size: usize) -> Result<()> {
+        self.tiling
+            .check()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let side = self.map_side(image_size);
+        if side > 2048 {
+            return Err(Error::Config(format!(
+                "tiles of {} px over a {} px image give a {side} px map (at most 2048): use larger tiles or a smaller working resolution",
+                self.tiling.tile, self.tiling.input
+            )));
+        }
+        if !(self.weight > 0.0 && self.weight.is_finite()) || self.patches == 0 {
+            return Err(Error::Config(format!(
+                "tiles: weight must be > 0 and patches >= 1, found weight {} and patches {}",
+                self.weight, self.patches
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Weights of the per-object normalised maps in the fused map (section 10: each scorer's map minus
@@ -395,6 +466,7 @@ impl TrainConfig {
             gaussian: GaussianConfig::default(),
             fusion: FusionConfig::default(),
             precision: Precision::default(),
+            tiles: None,
         }
     }
 
@@ -558,6 +630,9 @@ impl TrainConfig {
                 "fusion weights must be >= 0 and memory + gaussian > 0, found memory {} reconstruction {} gaussian {}",
                 f.memory, f.reconstruction, f.gaussian
             ));
+        }
+        if let Some(t) = &self.tiles {
+            t.check(self.model.image_size())?;
         }
         if self.gaussian.shrinkage.is_nan() || self.gaussian.shrinkage <= 0.0 {
             return bad(format!(

@@ -22,8 +22,13 @@ pub struct EvalSet {
     pub features: Tensor,
     /// Their memory features (for models with a memory).
     pub memory: Option<Tensor>,
+    /// Their tiles' memory features (models with a tiled view).
+    pub tiles: Option<Tensor>,
     /// Image labels (from the folders: defective or good).
     pub labels: Vec<bool>,
+    /// Each image's defect type (its folder: `good`, or e.g. `scratch`, `spot-16px`); empty
+    /// when unknown.
+    pub defect_types: Vec<String>,
     /// Ground-truth masks at the map size (row-major), one per image; all false for good images.
     pub masks: Vec<Vec<bool>>,
 }
@@ -87,7 +92,12 @@ pub fn evaluate(
         .oracle_object()
         .then_some(set.class.as_str());
     evaluate_with(set, progress, |features, p| {
-        learner.predict_images_as(features, set.memory.as_ref(), given, p)
+        let x = crate::ImageFeatures {
+            align: features.clone(),
+            memory: set.memory.clone(),
+            tiles: set.tiles.clone(),
+        };
+        learner.predict_features(&x, given, p)
     })
 }
 

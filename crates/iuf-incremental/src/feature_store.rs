@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use iuf_backbone::Backbone;
+use iuf_data::image::tiles::Tiling;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Error, Result};
 use crate::progress::Progress;
-use crate::step::FeatureKind;
+use crate::step::{FeatureKind, ImageFeatures};
 
 /// Images per backbone batch.
 const EXTRACT_BATCH: usize = 8;
@@ -137,91 +139,171 @@ impl FeatureStore {
     }
 
     fn read_entry(&self, path: &Path, key: &str, want_memory: bool) -> Option<Entry> {
-        let bytes = std::fs::read(path).ok()?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-        if meta.metadata().as_ref()?.get("key")? != key {
-            return None;
-        }
-        let digests = meta.metadata().as_ref()?;
-        let read = |name: &str, shape: [usize; 3]| -> Option<Tensor> {
-            let view = st.tensor(name).ok()?;
-            if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
-                return None;
-            }
-            // Flipped bits that leave the values finite are caught here.
-            if *digests.get(&format!("crc32.{name}"))? != checksum(view.data()) {
-                return None;
-            }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            if data.iter().any(|x| !x.is_finite()) {
-                return None;
-            }
-            Tensor::from_vec(data, shape.to_vec(), &Device::Cpu).ok()
-        };
         let (g, mg) = (self.grid(), self.memory_grid());
-        let align = read("feature_align", [self.channels(), g, g])?;
-        let memory = if want_memory {
-            Some(read("memory", [self.memory_channels(), mg, mg])?)
-        } else {
-            None
-        };
-        Some(Entry { align, memory })
+        let mut wanted = vec![("feature_align", vec![self.channels(), g, g])];
+        if want_memory {
+            wanted.push(("memory", vec![self.memory_channels(), mg, mg]));
+        }
+        let mut read = read_tensors(path, key, &wanted)?.into_iter();
+        Some(Entry {
+            align: read.next()?,
+            memory: read.next(),
+        })
     }
 
     fn write_entry(&self, path: &Path, key: &str, align: &Tensor, memory: &Tensor) -> Result<()> {
+        self.write_tensors(path, key, &[("feature_align", align), ("memory", memory)])
+    }
+
+    /// Writes one cache entry: `tensors` (f32) with the key, the backbone and each tensor's
+    /// CRC-32 in the metadata, through a temporary file and a rename.
+    fn write_tensors(&self, path: &Path, key: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         iuf_model::remove_stale_temps(parent);
-        let bytes_of = |t: &Tensor| -> Result<Vec<u8>> {
-            let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
-            Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect())
-        };
-        let (a, m) = (bytes_of(align)?, bytes_of(memory)?);
-        fn view<'b>(
-            t: &Tensor,
-            bytes: &'b [u8],
-            path: &Path,
-        ) -> Result<safetensors::tensor::TensorView<'b>> {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), bytes)
-                .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))
-        }
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, t)| -> Result<Vec<u8>> {
+                let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            })
+            .collect::<Result<_>>()?;
         let mut meta = HashMap::new();
         meta.insert("key".to_string(), key.to_string());
         meta.insert("backbone".to_string(), self.id.name.clone());
-        meta.insert("crc32.feature_align".to_string(), checksum(&a));
-        meta.insert("crc32.memory".to_string(), checksum(&m));
-        let out = safetensors::serialize(
-            [
-                ("feature_align", view(align, &a, path)?),
-                ("memory", view(memory, &m, path)?),
-            ],
-            Some(meta),
-        )
-        .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
+        let mut views = Vec::new();
+        for ((name, t), b) in tensors.iter().zip(&bytes) {
+            meta.insert(format!("crc32.{name}"), checksum(b));
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), b)
+                    .map_err(|e| {
+                        Error::Msg(format!("feature cache entry {}: {e}", path.display()))
+                    })?;
+            views.push((name.to_string(), view));
+        }
+        let out = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Msg(format!("feature cache entry {}: {e}", path.display())))?;
         let tmp = iuf_model::temp_path(path);
         std::fs::write(&tmp, out).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
         Ok(())
     }
 
-    /// `feature_align` of `paths`, and their memory features when `kind` asks for them.
+    /// The cache key of an image's tiles: the whole view's key material plus the tiling.
+    fn tile_key(&self, bytes: &[u8], tiling: &Tiling) -> String {
+        let mut h = Sha256::new();
+        h.update(b"iuf-tiles-v1\0");
+        h.update(self.key(bytes).as_bytes());
+        for v in [tiling.input, tiling.tile, tiling.overlap] {
+            h.update((v as u64).to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// The memory features of every image's tiles, `[N, T, C_m, 2g, 2g]` on the store's device
+    /// (T = `tiling.count()`, in the order of [`Tiling::origins`]): each image decoded, resized
+    /// to the working resolution, cut, and every tile resized to the store's image size and
+    /// passed through the backbone. Cached like the whole view, under a key that adds the tiling.
+    pub fn tile_features(
+        &self,
+        paths: &[PathBuf],
+        tiling: &Tiling,
+        progress: &dyn Progress,
+    ) -> Result<(Tensor, StoreStats)> {
+        tiling.check().map_err(|e| Error::Config(e.to_string()))?;
+        let t = tiling.count();
+        let mg = self.memory_grid();
+        let shape = vec![t, self.memory_channels(), mg, mg];
+        let mut stats = StoreStats::default();
+        let mut out: Vec<Option<Tensor>> = vec![None; paths.len()];
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        progress.start("tile features", paths.len() as u64);
+        for (i, p) in paths.iter().enumerate() {
+            let bytes = std::fs::read(p).map_err(io_err(p))?;
+            let key = self.tile_key(&bytes, tiling);
+            match self.entry_path(&key) {
+                Some(entry) if entry.exists() => {
+                    match read_tensors(&entry, &key, &[("tiles", shape.clone())]) {
+                        Some(mut v) => {
+                            out[i] = v.pop();
+                            stats.hits += 1;
+                            progress.inc(1);
+                        }
+                        None => {
+                            tracing::warn!(
+                                "feature cache entry {} is stale or corrupt; recomputing",
+                                entry.display()
+                            );
+                            stats.rejected += 1;
+                            missing.push((i, key));
+                        }
+                    }
+                }
+                _ => missing.push((i, key)),
+            }
+        }
+        // At most 32 tiles per backbone pass.
+        let per_pass = (32 / t).max(1);
+        for chunk in missing.chunks(per_pass) {
+            let tiles = chunk
+                .par_iter()
+                .map(|(i, _)| {
+                    let img = iuf_data::image::load_rgb(&paths[*i])?;
+                    Ok(tiling.cut(&img, self.image_size))
+                })
+                .collect::<std::result::Result<Vec<_>, iuf_data::Error>>()?;
+            let tiles: Vec<_> = tiles.into_iter().flatten().collect();
+            let memory = self.tile_memory(&tiles)?;
+            for (j, (i, key)) in chunk.iter().enumerate() {
+                let m = memory.narrow(0, j * t, t)?;
+                if let Some(entry) = self.entry_path(key) {
+                    self.write_tensors(&entry, key, &[("tiles", &m)])?;
+                }
+                out[*i] = Some(m);
+                stats.computed += 1;
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish();
+        if paths.is_empty() {
+            let mut dims = vec![0];
+            dims.extend(&shape);
+            return Ok((Tensor::zeros(dims, DType::F32, &self.device)?, stats));
+        }
+        let all: Vec<Tensor> = out.into_iter().map(|e| e.expect("every image")).collect();
+        Ok((Tensor::stack(&all, 0)?.to_device(&self.device)?, stats))
+    }
+
+    /// The memory features `[n, C_m, 2g, 2g]` (on the CPU, f32) of preprocessed tiles.
+    fn tile_memory(&self, tiles: &[iuf_data::image::ImageTensor]) -> Result<Tensor> {
+        let batch = iuf_data::images_to_tensor(tiles, &self.device)?;
+        let (_, memory) = self.backbone.extract(&batch)?;
+        Ok(memory.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+
+    /// `feature_align` of `paths`, their memory features when `kind` asks for them, and their
+    /// tiles' memory features when a `tiling` is given (a model with a tiled view).
     pub fn features_for(
         &self,
         paths: &[PathBuf],
         kind: FeatureKind,
+        tiling: Option<&Tiling>,
         progress: &dyn Progress,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        if kind.memory() {
+    ) -> Result<ImageFeatures> {
+        let mut x = if kind.memory() {
             let (f, m, _) = self.features_with_memory(paths, progress)?;
-            Ok((f, Some(m)))
+            ImageFeatures {
+                align: f,
+                memory: Some(m),
+                tiles: None,
+            }
         } else {
-            Ok((self.features(paths, progress)?.0, None))
+            ImageFeatures::align(self.features(paths, progress)?.0)
+        };
+        if let Some(t) = tiling {
+            x.tiles = Some(self.tile_features(paths, t, progress)?.0);
         }
+        Ok(x)
     }
 
     /// `feature_align` of every image, `[N, C, g, g]` on the store's device, in the order given.
@@ -324,6 +406,40 @@ impl FeatureStore {
         };
         Ok((align, memory, stats))
     }
+}
+
+/// The tensors `wanted` (name, shape; f32) of the cache entry at `path`, if it is the entry of
+/// `key` and every tensor's shape, CRC-32 and values check out.
+fn read_tensors(path: &Path, key: &str, wanted: &[(&str, Vec<usize>)]) -> Option<Vec<Tensor>> {
+    let bytes = std::fs::read(path).ok()?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let digests = meta.metadata().as_ref()?;
+    if digests.get("key")? != key {
+        return None;
+    }
+    wanted
+        .iter()
+        .map(|(name, shape)| {
+            let view = st.tensor(name).ok()?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape.as_slice() {
+                return None;
+            }
+            // Flipped bits that leave the values finite are caught here.
+            if *digests.get(&format!("crc32.{name}"))? != checksum(view.data()) {
+                return None;
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if data.iter().any(|x| !x.is_finite()) {
+                return None;
+            }
+            Tensor::from_vec(data, shape.clone(), &Device::Cpu).ok()
+        })
+        .collect()
 }
 
 /// One image's cached features.

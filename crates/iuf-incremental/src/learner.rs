@@ -23,7 +23,7 @@ use crate::prototypes::{self, Prototypes};
 use crate::scorer::{self, Scorer, Step, Trained};
 use crate::step::FeatureKind;
 
-use crate::step::{images, EVAL_BATCH};
+use crate::step::{ImageFeatures, EVAL_BATCH};
 pub use crate::step::{LossLog, Predictions, StepData, StepRecord};
 
 /// Everything the learner keeps in the model file besides tensors (`ModelMeta::extra`).
@@ -74,6 +74,11 @@ impl Learner {
                 "{} classes but the model has room for K = {}",
                 class_names.len(),
                 cfg.model.num_classes
+            )));
+        }
+        if cfg.tiles.is_some() && !strategy.uses_memory() {
+            return Err(Error::Config(format!(
+                "the tiled view is a memory of the tiles' patches; `{strategy}` keeps no memory (use --method memory)"
             )));
         }
         let scorers = scorer::scorers(strategy, &cfg, device, None)?;
@@ -186,6 +191,11 @@ impl Learner {
                 "the network configuration (model) cannot change after the model is created".into(),
             ));
         }
+        if cfg.tiles != self.cfg.tiles {
+            return Err(Error::Config(
+                "the tiled view (tiles) is fixed when the model is created".into(),
+            ));
+        }
         if cfg.standardize_features != self.cfg.standardize_features {
             return Err(Error::Config(
                 "standardize_features is fixed when the model is created".into(),
@@ -251,6 +261,20 @@ impl Learner {
     /// The side of the square input images (the token grid times the backbone's stride 16).
     pub fn image_size(&self) -> usize {
         self.meta.config.image_size()
+    }
+
+    /// Where the tiled view's tiles lie (models with one).
+    pub fn tiling(&self) -> Option<iuf_data::image::tiles::Tiling> {
+        self.cfg.tiles.as_ref().map(|t| t.tiling)
+    }
+
+    /// Side of the anomaly maps: the whole view's image size, or with a tiled view the working
+    /// image at the tiles' scale ([`TileConfig::map_side`](crate::config::TileConfig::map_side)).
+    pub fn map_size(&self) -> usize {
+        match &self.cfg.tiles {
+            Some(t) => t.map_side(self.image_size()),
+            None => self.image_size(),
+        }
     }
 
     /// The method's scorers, in the order their maps are fused.
@@ -411,20 +435,20 @@ impl Learner {
             }
             let mine = holdout.select(&rows)?;
             let as_c = vec![c.clone(); rows.dim(0)?];
-            let maps = self.scorer_maps(&images(&mine), Some(&as_c))?;
+            let maps = self.scorer_maps(&mine.view(), Some(&as_c))?;
             let named: Vec<(&str, &Tensor)> = maps.iter().map(|(s, _, m)| (*s, m)).collect();
             self.calibrator.fit_norms(c, &named)?;
             held.push((c, mine, maps));
         }
         for (c, mine, maps) in held {
-            let recognised = match self.object_probs(&mine.0)? {
+            let recognised = match self.object_probs(&mine.align)? {
                 Some(p) => prototypes::recognised(&p, &self.meta.class_names)?,
-                None => vec![c.clone(); mine.0.dim(0)?],
+                None => vec![c.clone(); mine.align.dim(0)?],
             };
             let rescore = |rows: &Tensor| -> Result<Vec<f32>> {
-                let theirs = images(&mine).select(rows)?;
+                let theirs = mine.view().select(rows)?;
                 Ok(self
-                    .predict_in_scope(&images(&theirs), None, &NoProgress)?
+                    .predict_in_scope(&theirs.view(), None, &NoProgress)?
                     .scores)
             };
             let scores = self
@@ -458,7 +482,11 @@ impl Learner {
         objects: Option<&[String]>,
     ) -> Result<Vec<(&'static str, f64, scorer::Maps)>> {
         let (_, _, gh, gw) = x.features.dims4()?;
-        let size = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let whole = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let fused = match &self.cfg.tiles {
+            Some(_) => (self.map_size(), self.map_size()),
+            None => whole,
+        };
         let mut out = Vec::new();
         for s in &self.scorers {
             // A scorer joins only when it knows every image's object (a model file may hold
@@ -468,12 +496,20 @@ impl Learner {
                     continue;
                 }
             }
-            let maps = s.maps(&scorer::Batch {
+            let mut maps = s.maps(&scorer::Batch {
                 cfg: &self.cfg,
                 images: x,
                 objects,
-                size,
+                size: if s.tiled() { fused } else { whole },
             })?;
+            if !s.tiled() && fused != whole {
+                // The whole view's map, smoothed at its own scale, brought to the fused size.
+                maps.maps = maps
+                    .maps
+                    .unsqueeze(1)?
+                    .upsample_bilinear2d(fused.0, fused.1, true)?
+                    .squeeze(1)?;
+            }
             out.push((s.name(), s.weight(&self.cfg), maps));
         }
         Ok(out)
@@ -529,6 +565,24 @@ impl Learner {
         object: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<Predictions> {
+        let x = ImageFeatures {
+            align: features.clone(),
+            memory: memory.cloned(),
+            tiles: None,
+        };
+        self.predict_features(&x, object, progress)
+    }
+
+    /// Maps, scores and object probabilities of images given by their features in every view
+    /// the model reads (`feature_align`; the whole view's memory features for methods with a
+    /// memory; the tiles' for models with a tiled view), each judged as `object` when given,
+    /// else as the object the prototypes recognise. Reports finished images to `progress`.
+    pub fn predict_features(
+        &self,
+        x: &ImageFeatures,
+        object: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Predictions> {
         if let Some(o) = object {
             if !self.meta.learned.iter().any(|l| l.class == o) {
                 return Err(Error::Msg(format!(
@@ -537,7 +591,7 @@ impl Learner {
                 )));
             }
         }
-        let x = StepData::to_score(features, memory, self.features(), self.strategy)?;
+        let x = StepData::to_score(x, self.features(), self.tiling().is_some(), self.strategy)?;
         let cpu = self.cfg.precision.resolve()?;
         iuf_bf16::scoped(cpu, || self.predict_in_scope(&x, object, progress))
     }
@@ -551,14 +605,17 @@ impl Learner {
     ) -> Result<Predictions> {
         let n = x.features.dim(0)?;
         let (_, _, gh, gw) = x.features.dims4()?;
-        let (h, w) = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
+        let (h, w) = match &self.cfg.tiles {
+            Some(_) => (self.map_size(), self.map_size()),
+            None => (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE),
+        };
         let k = self.cfg.model.num_classes;
         let (mut maps, mut scores, mut objects) = (Vec::new(), Vec::with_capacity(n), Vec::new());
         let (mut class_probs, mut object_probs) = (Vec::new(), Vec::new());
         for start in (0..n).step_by(EVAL_BATCH) {
             let len = EVAL_BATCH.min(n - start);
             let batch = x.narrow(start, len)?;
-            let probs = self.object_probs(&batch.0)?;
+            let probs = self.object_probs(&batch.align)?;
             let names = match (object, &probs) {
                 (Some(o), _) => Some(vec![o.to_string(); len]),
                 (None, Some(p)) => Some(prototypes::recognised(p, &self.meta.class_names)?),
@@ -569,7 +626,7 @@ impl Learner {
                     "the model has not learned any object yet".into(),
                 ));
             }
-            let outputs = self.scorer_outputs(&images(&batch), names.as_deref())?;
+            let outputs = self.scorer_outputs(&batch.view(), names.as_deref())?;
             let discriminator = outputs.iter().find_map(|(_, _, m)| m.class_probs.clone());
             let parts: Vec<(&str, f64, Tensor)> = outputs
                 .into_iter()

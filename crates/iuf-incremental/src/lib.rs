@@ -34,4 +34,4 @@ pub use learner::{Learner, Predictions, StepData, StepRecord};
 pub use progress::{NoProgress, Progress};
 pub use runner::{learn_classes, run_protocol, RunResults, RunSpec};
 pub use scorer::Scorer;
-pub use step::FeatureKind;
+pub use step::{FeatureKind, ImageFeatures};

@@ -28,7 +28,8 @@ impl FeatureKind {
 pub(crate) const EVAL_BATCH: usize = 16;
 
 /// Images given to a learner: `feature_align`, the memory features when the method needs them,
-/// and (for training) the class id of every image.
+/// the tiled view's memory features when the model has one, and (for training) the class id of
+/// every image.
 pub struct StepData<'a> {
     /// `[N, C, g, g]`, unstandardised, on the learner's device.
     pub features: &'a Tensor,
@@ -36,21 +37,74 @@ pub struct StepData<'a> {
     /// [`Learner::features`](crate::Learner::features) is
     /// [`FeatureKind::AlignAndMemory`](crate::FeatureKind::AlignAndMemory)).
     pub memory: Option<&'a Tensor>,
+    /// The memory features of each image's tiles `[N, T, C_m, 2g, 2g]`, in the order of the
+    /// model's [`Tiling::origins`](iuf_data::image::tiles::Tiling::origins) (models with a
+    /// tiled view).
+    pub tiles: Option<&'a Tensor>,
     /// Class id of every image (empty when only scoring).
     pub class_ids: &'a [u32],
 }
 
+/// The backbone features of some images, owned: `feature_align`, and the memory features of the
+/// whole view and of the tiles when the model reads them.
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// `feature_align` `[N, C, g, g]`.
+    pub align: Tensor,
+    /// The whole view's memory features `[N, C_m, 2g, 2g]`.
+    pub memory: Option<Tensor>,
+    /// The tiles' memory features `[N, T, C_m, 2g, 2g]`.
+    pub tiles: Option<Tensor>,
+}
+
+impl ImageFeatures {
+    /// Only `feature_align`.
+    pub fn align(align: Tensor) -> Self {
+        Self {
+            align,
+            memory: None,
+            tiles: None,
+        }
+    }
+
+    /// Images in the batch.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.align.dim(0)?)
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Borrowed as scoring input (no class ids).
+    pub fn view(&self) -> StepData<'_> {
+        self.with_ids(&[])
+    }
+
+    /// Borrowed as training input with each image's class id.
+    pub fn with_ids<'a>(&'a self, class_ids: &'a [u32]) -> StepData<'a> {
+        StepData {
+            features: &self.align,
+            memory: self.memory.as_ref(),
+            tiles: self.tiles.as_ref(),
+            class_ids,
+        }
+    }
+}
+
 impl<'a> StepData<'a> {
-    /// Images to score: `features` and, when the method reads them (`kind`), their memory
-    /// features, one per image (a clear error otherwise).
+    /// Images to score: `x`, with the memory features when the method reads them (`kind`) and
+    /// the tiles' when the model has a tiled view (`tiled`), one per image (a clear error
+    /// otherwise).
     pub(crate) fn to_score(
-        features: &'a Tensor,
-        memory: Option<&'a Tensor>,
+        x: &'a ImageFeatures,
         kind: FeatureKind,
+        tiled: bool,
         method: Strategy,
     ) -> Result<Self> {
-        let n = features.dim(0)?;
-        let memory = match (kind, memory) {
+        let n = x.align.dim(0)?;
+        let memory = match (kind, &x.memory) {
             (FeatureKind::AlignAndMemory, Some(m)) if m.dim(0)? == n => Some(m),
             (FeatureKind::AlignAndMemory, Some(m)) => {
                 return Err(Error::Msg(format!(
@@ -65,9 +119,26 @@ impl<'a> StepData<'a> {
             }
             (FeatureKind::Align, _) => None,
         };
+        let tiles = match (tiled, &x.tiles) {
+            (true, Some(t)) if t.dim(0)? == n => Some(t),
+            (true, Some(t)) => {
+                return Err(Error::Msg(format!(
+                    "{n} images but the tiles of {}",
+                    t.dim(0)?
+                )))
+            }
+            (true, None) => {
+                return Err(Error::Msg(
+                    "the model has a tiled view and needs the features of each image's tiles"
+                        .into(),
+                ))
+            }
+            (false, _) => None,
+        };
         Ok(Self {
-            features,
+            features: &x.align,
             memory,
+            tiles,
             class_ids: &[],
         })
     }
@@ -91,28 +162,21 @@ impl<'a> StepData<'a> {
     }
 
     /// Images `rows` (a `u32` index tensor) of these, without class ids.
-    pub(crate) fn select(&self, rows: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((
-            self.features.index_select(rows, 0)?,
-            self.memory.map(|m| m.index_select(rows, 0)).transpose()?,
-        ))
+    pub(crate) fn select(&self, rows: &Tensor) -> Result<ImageFeatures> {
+        Ok(ImageFeatures {
+            align: self.features.index_select(rows, 0)?,
+            memory: self.memory.map(|m| m.index_select(rows, 0)).transpose()?,
+            tiles: self.tiles.map(|m| m.index_select(rows, 0)).transpose()?,
+        })
     }
 
     /// Images `start..start + len`, without class ids.
-    pub(crate) fn narrow(&self, start: usize, len: usize) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((
-            self.features.narrow(0, start, len)?,
-            self.memory.map(|m| m.narrow(0, start, len)).transpose()?,
-        ))
-    }
-}
-
-/// Borrows `(features, memory)` as scoring input.
-pub(crate) fn images<'a>(x: &'a (Tensor, Option<Tensor>)) -> StepData<'a> {
-    StepData {
-        features: &x.0,
-        memory: x.1.as_ref(),
-        class_ids: &[],
+    pub(crate) fn narrow(&self, start: usize, len: usize) -> Result<ImageFeatures> {
+        Ok(ImageFeatures {
+            align: self.features.narrow(0, start, len)?,
+            memory: self.memory.map(|m| m.narrow(0, start, len)).transpose()?,
+            tiles: self.tiles.map(|m| m.narrow(0, start, len)).transpose()?,
+        })
     }
 }
 

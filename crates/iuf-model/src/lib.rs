@@ -32,7 +32,7 @@ pub use file::{
     LearnedClass, LoadedModel, MissingTensors, ModelMeta, FORMAT_VERSION, STATE_PREFIX,
 };
 pub use gaussian::{GaussianConfig, PositionGaussian};
-pub use map::{anomaly_map, gaussian_blur, image_scores, MAP_STRIDE, SCORE_POOL};
+pub use map::{anomaly_map, gaussian_blur, image_scores, stitch, MAP_STRIDE, SCORE_POOL};
 pub use memory::{MemoryConfig, PatchMemory};
 pub use model::{IufModel, ModelOutput};
 pub use precision::Precision;

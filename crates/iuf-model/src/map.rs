@@ -23,6 +23,64 @@ pub fn anomaly_map(pred: &Tensor, out: (usize, usize)) -> Result<Tensor> {
     Ok(pred.upsample_bilinear2d(out.0, out.1, true)?)
 }
 
+/// The maps of a tiled view stitched into one map per image: `tiles` `[B, T, h, w]` holds each
+/// tile's token-level map, `origins` the tiles' `(top, left)` and `tile` their side, both in
+/// pixels of the `input x input` working image. Each tile map is upsampled (bilinear,
+/// align_corners = True, as [`anomaly_map`]) to the tile's footprint in an `out x out` map;
+/// where tiles overlap their values are averaged. Returns `[B, out, out]`.
+pub fn stitch(
+    tiles: &Tensor,
+    origins: &[(usize, usize)],
+    tile: usize,
+    input: usize,
+    out: usize,
+) -> Result<Tensor> {
+    let (b, t, _, _) = tiles.dims4()?;
+    if t != origins.len() || t == 0 || tile == 0 || tile > input || out == 0 {
+        return Err(ModelError::Input {
+            name: "tile maps".into(),
+            expected: format!(
+                "[B, {}, h, w] maps of tiles of {tile} px inside {input} px",
+                origins.len()
+            ),
+            found: format!("{:?}", tiles.dims()),
+        });
+    }
+    // A working pixel p maps to p * out / input; rounding both ends keeps neighbours seamless.
+    let at = |p: usize| ((p * out) as f64 / input as f64).round() as usize;
+    let mut sum: Option<Tensor> = None;
+    let mut count = vec![0f32; out * out];
+    for (i, &(y, x)) in origins.iter().enumerate() {
+        let (y0, y1, x0, x1) = (at(y), at(y + tile).min(out), at(x), at(x + tile).min(out));
+        if y1 <= y0 || x1 <= x0 {
+            continue;
+        }
+        let placed = tiles
+            .narrow(1, i, 1)?
+            .upsample_bilinear2d(y1 - y0, x1 - x0, true)?
+            .squeeze(1)?
+            .pad_with_zeros(1, y0, out - y1)?
+            .pad_with_zeros(2, x0, out - x1)?;
+        sum = Some(match sum {
+            None => placed,
+            Some(s) => (s + placed)?,
+        });
+        for r in y0..y1 {
+            count[r * out + x0..r * out + x1]
+                .iter_mut()
+                .for_each(|c| *c += 1.0);
+        }
+    }
+    let sum = sum.ok_or_else(|| ModelError::Input {
+        name: "tile maps".into(),
+        expected: "tiles that cover part of the map".into(),
+        found: format!("{b} images, {t} tiles of {tile} px in {input} px, map {out} px"),
+    })?;
+    let inv: Vec<f32> = count.iter().map(|&c| 1.0 / c.max(1.0)).collect();
+    let inv = Tensor::from_vec(inv, (1, out, out), tiles.device())?.to_dtype(sum.dtype())?;
+    Ok(sum.broadcast_mul(&inv)?)
+}
+
 /// Section 6: per image, the maximum of the map after a `kernel` x `kernel` average pool with
 /// stride 1 and no padding. `map` [B, 1, H, W] or [B, H, W]; returns [B].
 ///
@@ -116,6 +174,29 @@ fn band(n: usize, k: usize, device: &candle_core::Device) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn stitched_tiles_land_where_they_were_cut_and_overlaps_average() {
+        let dev = Device::Cpu;
+        // Two tiles side by side plus one overlapping both: constant maps 1, 3 and 5.
+        let maps = Tensor::from_vec(
+            [1f32, 3.0, 5.0]
+                .iter()
+                .flat_map(|&v| std::iter::repeat_n(v, 4))
+                .collect::<Vec<_>>(),
+            (1, 3, 2, 2),
+            &dev,
+        )
+        .unwrap();
+        let out = stitch(&maps, &[(0, 0), (0, 32), (0, 16)], 32, 64, 8).unwrap();
+        assert_eq!(out.dims(), [1, 8, 8]);
+        let row: Vec<f32> = out.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
+        assert_eq!(row, [1.0, 1.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0]);
+        // The lower half is covered by no tile: zero.
+        let low: Vec<f32> = out.get(0).unwrap().get(7).unwrap().to_vec1().unwrap();
+        assert_eq!(low, [0.0; 8]);
+        assert!(stitch(&maps, &[(0, 0)], 32, 64, 8).is_err());
+    }
 
     #[test]
     fn image_scores_match_a_direct_average_pool() {

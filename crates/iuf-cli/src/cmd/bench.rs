@@ -129,10 +129,15 @@ pub fn run_plan(
         );
         // Each method's peak memory is its own (the mark is process-wide otherwise).
         setup::reset_peak_rss();
+        let mut config = plan.config.clone();
+        if !method.uses_memory() {
+            // The tiled view is a memory; methods without one look at the whole image.
+            config.tiles = None;
+        }
         let spec = RunSpec {
             method,
             protocol: plan.protocol.clone(),
-            config: plan.config.clone(),
+            config,
             dir: dir.clone(),
         };
         let results = run_protocol(&spec, plan.data, store, bars).with_context(|| {
@@ -346,7 +351,8 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     let variant = EfficientNetVariant::parse(&a.backbone).context("fix --backbone")?;
     let loaded = setup::backbone(g, variant, &device)?;
     let k = a.num_classes.unwrap_or(protocol.all_classes().len());
-    let config = setup::train_config(&a.config, loaded.backbone.out_channels(), k)?;
+    let mut config = setup::train_config(&a.config, loaded.backbone.out_channels(), k)?;
+    setup::apply_tiles(&a.config.tiles, &mut config, &data, &protocol.all_classes())?;
     if protocol.all_classes().len() > config.model.num_classes {
         bail!(
             "the protocol has {} objects but the model has room for {} (raise --num-classes)",

@@ -120,7 +120,7 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     let bars = Bars::new(g.json);
     let mut metrics = Vec::new();
     for c in &classes {
-        let set = eval_set(&data, &store, c, learner.features(), &bars).with_context(|| {
+        let set = eval_set(&data, &store, c, &learner, &bars).with_context(|| {
             format!("loading the test images of `{c}` from {}", a.data.display())
         })?;
         let (m, _) =

@@ -68,7 +68,8 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
     setup::check_classes(&data, &classes)?;
     let variant = EfficientNetVariant::parse(&a.backbone).context("fix --backbone")?;
     let loaded = setup::backbone(g, variant, &device)?;
-    let cfg = setup::train_config(&a.config, loaded.backbone.out_channels(), a.num_classes)?;
+    let mut cfg = setup::train_config(&a.config, loaded.backbone.out_channels(), a.num_classes)?;
+    setup::apply_tiles(&a.config.tiles, &mut cfg, &data, &classes)?;
     if classes.len() > cfg.model.num_classes {
         bail!(
             "{} objects requested but the model has room for {} (raise --num-classes)",

@@ -2,6 +2,7 @@
 //! antialiased bilinear filter, scale to [0, 1] and normalise with the ImageNet mean/std; masks are
 //! resized nearest and are positive where > 0.
 mod resample;
+pub mod tiles;
 
 use std::path::Path;
 

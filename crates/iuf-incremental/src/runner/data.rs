@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Tensor;
 use iuf_data::{DatasetRoot, Sample};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -14,7 +13,7 @@ use crate::eval::EvalSet;
 use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, StepData};
 use crate::progress::Progress;
-use crate::step::FeatureKind;
+use crate::step::ImageFeatures;
 
 /// Splits a class's training images into (train, held-out) deterministically.
 pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec<Sample>) {
@@ -43,35 +42,36 @@ pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec
     (tr, ho)
 }
 
-/// Loads the features a method reads (`kind`), labels and masks of an object's test set.
+/// Loads the features `learner` reads (its method's, and its tiled view's), labels, defect types
+/// and masks (at the learner's map size) of an object's test set.
 pub fn eval_set(
     dataset: &DatasetRoot,
     store: &FeatureStore,
     class: &str,
-    kind: FeatureKind,
+    learner: &Learner,
     progress: &dyn Progress,
 ) -> Result<EvalSet> {
     let index = dataset.index_class(class)?;
     let paths: Vec<PathBuf> = index.test.iter().map(|s| s.path.clone()).collect();
-    let (features, memory) = store.features_for(&paths, kind, progress)?;
+    let tiling = learner.tiling();
+    let x = store.features_for(&paths, learner.features(), tiling.as_ref(), progress)?;
     let masks: Vec<Option<PathBuf>> = index.test.iter().map(|s| s.mask.clone()).collect();
-    let masks = iuf_data::batch::load_masks(&masks, store.image_size())?;
+    let masks = iuf_data::batch::load_masks(&masks, learner.map_size())?;
     Ok(EvalSet {
         class: class.to_string(),
-        features,
-        memory,
+        features: x.align,
+        memory: x.memory,
+        tiles: x.tiles,
         labels: index.test.iter().map(|s| s.is_anomalous).collect(),
+        defect_types: index.test.iter().map(|s| s.defect_type.clone()).collect(),
         masks,
     })
 }
 
-/// Feature maps `[N, C, g, g]`, memory features (methods with a memory), and the class id of
-/// every image.
+/// The features the learner reads of some images, and the class id of every image.
 pub struct Labelled {
-    /// `feature_align`.
-    pub features: Tensor,
-    /// Memory features, when the method keeps a memory.
-    pub memory: Option<Tensor>,
+    /// `feature_align`, and the memory features of the whole view and the tiles when read.
+    pub features: ImageFeatures,
     /// Class id of every image.
     pub class_ids: Vec<u32>,
 }
@@ -79,11 +79,7 @@ pub struct Labelled {
 impl Labelled {
     /// As the learner takes it.
     pub fn step_data(&self) -> StepData<'_> {
-        StepData {
-            features: &self.features,
-            memory: self.memory.as_ref(),
-            class_ids: &self.class_ids,
-        }
+        self.features.with_ids(&self.class_ids)
     }
 }
 
@@ -114,17 +110,16 @@ pub fn train_data(
         tp.extend(tr.into_iter().map(|s| s.path));
         hp.extend(ho.into_iter().map(|s| s.path));
     }
-    let (tf, tm) = store.features_for(&tp, learner.features(), progress)?;
-    let (hf, hm) = store.features_for(&hp, learner.features(), progress)?;
+    let tiling = learner.tiling();
+    let train = store.features_for(&tp, learner.features(), tiling.as_ref(), progress)?;
+    let held = store.features_for(&hp, learner.features(), tiling.as_ref(), progress)?;
     Ok((
         Labelled {
-            features: tf,
-            memory: tm,
+            features: train,
             class_ids: tid,
         },
         Labelled {
-            features: hf,
-            memory: hm,
+            features: held,
             class_ids: hid,
         },
     ))

@@ -174,7 +174,7 @@ fn evaluate_seen(
 ) -> Result<Vec<ClassMetrics>> {
     let mut metrics = Vec::new();
     for c in seen {
-        let set = eval_set(dataset, store, c, learner.features(), progress)?;
+        let set = eval_set(dataset, store, c, learner, progress)?;
         let (m, _) = evaluate(learner, &set, progress)?;
         tracing::info!(class = %c, image_auroc = m.image_auroc, pixel_auroc = ?m.pixel_auroc, "evaluated");
         if let Some(w) = &m.warning {

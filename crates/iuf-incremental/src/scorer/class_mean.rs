@@ -129,6 +129,7 @@ mod tests {
         let train = StepData {
             features: &good,
             memory: None,
+            tiles: None,
             class_ids: &[0; 4],
         };
         cm.learn(&step, &train).unwrap();
@@ -141,6 +142,7 @@ mod tests {
         let images = StepData {
             features: &x,
             memory: None,
+            tiles: None,
             class_ids: &[],
         };
         let a = vec!["a".to_string(); 2];

@@ -66,7 +66,8 @@ pub struct Batch<'a> {
     /// Each image's object (`None` when the model cannot tell: scorers that need no object map
     /// the batch all the same, per-object scorers fail).
     pub objects: Option<&'a [String]>,
-    /// `(H, W)` of the maps: the input image size.
+    /// `(H, W)` of the maps: the whole view's input image size, or for a tiled scorer the fused
+    /// map's size.
     pub size: (usize, usize),
 }
 
@@ -96,6 +97,12 @@ pub trait Scorer: Send + Sync {
     /// The backbone features it reads.
     fn features(&self) -> FeatureKind {
         FeatureKind::Align
+    }
+
+    /// Whether it reads the tiled view (its maps come at the fused map's size; the whole view's
+    /// scorers map at the whole image's size and the learner brings them to the fused size).
+    fn tiled(&self) -> bool {
+        false
     }
 
     /// Its weight in the fused map (methods that normalise and fuse their maps).

@@ -8,6 +8,7 @@
 //! - [`Reconstruction`]: the UniAD/IUF transformer; its training step lives in [`trainer`].
 //! - [`NearestNeighbour`]: per object, a coreset of normal patch features (section 10).
 //! - [`Gaussians`]: per object, a Gaussian of `feature_align` at every position (section 10).
+//! - [`TiledMemory`]: per object, a coreset of the patches of the image's tiles (issue 22).
 //! - [`ClassMeans`]: per object, the mean feature at every position (the floor of issue 6).
 //!
 //! A method is the list [`scorers`] builds; the [`Calibrator`](crate::calibrate::Calibrator) fuses
@@ -25,6 +26,7 @@ mod interface;
 mod nearest;
 mod network;
 mod reconstruction;
+mod tiles;
 pub mod trainer;
 
 pub use class_mean::ClassMeans;
@@ -33,6 +35,7 @@ pub(crate) use interface::find_state;
 pub use interface::{Batch, FeatureKind, Maps, Scorer, Step, Trained};
 pub use nearest::NearestNeighbour;
 pub use reconstruction::Reconstruction;
+pub use tiles::TiledMemory;
 
 /// The scorers of `strategy`, new (`from: None`) or read back from a model file. The one place
 /// where a method says what it is made of; adding a scorer adds a line here.
@@ -47,6 +50,9 @@ pub fn scorers(
         list.push(Box::new(NearestNeighbour::new(device, from)?));
         if cfg.fusion.gaussian > 0.0 {
             list.push(Box::new(Gaussians::new(from)?));
+        }
+        if let Some(t) = &cfg.tiles {
+            list.push(Box::new(TiledMemory::new(t, device, from)?));
         }
     }
     if strategy.trains_network() {

@@ -41,36 +41,48 @@ impl NearestNeighbour {
                 "the memory of `{class}` exists already; an object is learned once"
             )));
         }
-        let n = features.dim(0)?;
-        if n == 0 {
-            return Err(Error::Msg(format!(
-                "memory of `{class}`: no training images (put defect-free images in {class}/train/good)"
-            )));
-        }
-        if n < 6 {
-            tracing::warn!(
-                "`{class}` has only {n} training image(s): its memory covers little of the normal \
-                 variation, expect false alarms; more defect-free images make it better"
-            );
-        }
-        // The seed depends on the object, so two objects never share a draw by accident.
-        let seed = cfg.seed ^ fnv1a(class.as_bytes());
-        let memory = PatchMemory::build(
-            features,
-            &MemoryConfig {
-                seed,
-                ..cfg.clone()
-            },
-        )?;
-        // Stored as f16: round now, so the model in memory scores exactly as the file will.
-        let memory = if cfg.f16 {
-            PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
-        } else {
-            memory
-        };
+        let memory = build_memory(class, class, features, cfg)?;
         self.banks.insert(class.to_string(), memory);
         Ok(())
     }
+}
+
+/// The memory of `class` from its training images' memory features `[N, C_m, h, w]`, its draws
+/// seeded by `key` (the object, or the object and a tile position), rounded to f16 when the
+/// model file stores it so.
+pub(crate) fn build_memory(
+    class: &str,
+    key: &str,
+    features: &Tensor,
+    cfg: &MemoryConfig,
+) -> Result<PatchMemory> {
+    let n = features.dim(0)?;
+    if n == 0 {
+        return Err(Error::Msg(format!(
+            "memory of `{class}`: no training images (put defect-free images in {class}/train/good)"
+        )));
+    }
+    if n < 6 {
+        tracing::warn!(
+            "`{class}` has only {n} training image(s): its memory covers little of the normal \
+             variation, expect false alarms; more defect-free images make it better"
+        );
+    }
+    // The seed depends on the object, so two objects never share a draw by accident.
+    let seed = cfg.seed ^ fnv1a(key.as_bytes());
+    let memory = PatchMemory::build(
+        features,
+        &MemoryConfig {
+            seed,
+            ..cfg.clone()
+        },
+    )?;
+    // Stored as f16: round now, so the model in memory scores exactly as the file will.
+    Ok(if cfg.f16 {
+        PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+    } else {
+        memory
+    })
 }
 
 impl Scorer for NearestNeighbour {

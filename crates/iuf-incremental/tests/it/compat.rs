@@ -97,11 +97,13 @@ fn learn(l: &mut Learner, index: usize, name: &str, class: u32) {
         &StepData {
             features: &f,
             memory: m.as_ref(),
+            tiles: None,
             class_ids: &ids,
         },
         Some(&StepData {
             features: &hf,
             memory: hm.as_ref(),
+            tiles: None,
             class_ids: &hids,
         }),
         &NoProgress,

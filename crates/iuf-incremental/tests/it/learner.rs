@@ -67,6 +67,7 @@ fn step_data((features, memory, class_ids): Images<'_>) -> StepData<'_> {
     StepData {
         features,
         memory,
+        tiles: None,
         class_ids,
     }
 }

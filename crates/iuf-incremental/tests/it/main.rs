@@ -5,3 +5,4 @@
 mod compat;
 mod learner;
 mod real_data;
+mod tiles;
