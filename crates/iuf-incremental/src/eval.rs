@@ -62,6 +62,30 @@ pub struct ClassMetrics {
     /// computed all the same. `None` when every metric has a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// Per defect type (test folder), in name order: its images against every good image
+    /// (absent when the test set names no defect types).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_defect: Vec<DefectMetrics>,
+    /// Of the good test images, the fraction flagged at the calibrated threshold (the
+    /// calibration quantile of `TrainConfig`); absent without a threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub good_flagged: Option<f64>,
+}
+
+/// The metrics of one defect type of a test set: what `iuf bench` reports by defect size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefectMetrics {
+    /// The defect type (its folder name, e.g. `scratch` or `spot-16px`).
+    pub defect: String,
+    /// Its images.
+    pub images: usize,
+    /// Image AUROC of its images against every good test image.
+    pub image_auroc: f64,
+    /// Pixel AUROC over its images' pixels; `None` when their masks are empty.
+    pub pixel_auroc: Option<f64>,
+    /// Fraction of its images scored above the object's calibrated threshold; `None` without a
+    /// threshold.
+    pub recall: Option<f64>,
 }
 
 impl ClassMetrics {
@@ -91,14 +115,86 @@ pub fn evaluate(
         .strategy()
         .oracle_object()
         .then_some(set.class.as_str());
-    evaluate_with(set, progress, |features, p| {
+    let (mut m, pred) = evaluate_with(set, progress, |features, p| {
         let x = crate::ImageFeatures {
             align: features.clone(),
             memory: set.memory.clone(),
             tiles: set.tiles.clone(),
         };
         learner.predict_features(&x, given, p)
-    })
+    })?;
+    let threshold = learner.threshold(&set.class, learner.config().calibration.quantile);
+    m.by_defect = by_defect(set, &pred, threshold)?;
+    m.good_flagged = threshold.map(|t| {
+        let good: Vec<f32> = pred
+            .scores
+            .iter()
+            .zip(&set.labels)
+            .filter(|(_, &l)| !l)
+            .map(|(&s, _)| s)
+            .collect();
+        good.iter().filter(|&&s| s > t).count() as f64 / good.len().max(1) as f64
+    });
+    Ok((m, pred))
+}
+
+/// The metrics of each defect type of `set` (none when its images name no types).
+pub fn by_defect(
+    set: &EvalSet,
+    pred: &Predictions,
+    threshold: Option<f32>,
+) -> Result<Vec<DefectMetrics>> {
+    if set.defect_types.len() != set.labels.len() {
+        return Ok(Vec::new());
+    }
+    let mut types: Vec<&str> = set
+        .defect_types
+        .iter()
+        .zip(&set.labels)
+        .filter(|(_, &l)| l)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    let (_, h, w) = pred.maps.dims3()?;
+    let flat: Vec<f32> = pred.maps.flatten_all()?.to_vec1()?;
+    let c = set.class.as_str();
+    let mut out = Vec::new();
+    for t in types {
+        let mine: Vec<usize> = (0..set.labels.len())
+            .filter(|&i| set.labels[i] && set.defect_types[i] == t)
+            .collect();
+        let rows: Vec<usize> = (0..set.labels.len())
+            .filter(|&i| !set.labels[i] || set.defect_types[i] == t)
+            .collect();
+        let scores: Vec<f32> = rows.iter().map(|&i| pred.scores[i]).collect();
+        let labels: Vec<bool> = rows.iter().map(|&i| set.labels[i]).collect();
+        let image_auroc = metric(c, iuf_metrics::RankedScores::new(&scores, &labels))?;
+        let image_auroc = metric(c, image_auroc.auroc())?;
+        let has_pixels = mine.iter().any(|&i| set.masks[i].iter().any(|&x| x));
+        let pixel_auroc = if has_pixels {
+            let maps: Vec<&[f32]> = mine
+                .iter()
+                .map(|&i| &flat[i * h * w..(i + 1) * h * w])
+                .collect();
+            let masks: Vec<&[bool]> = mine.iter().map(|&i| set.masks[i].as_slice()).collect();
+            let px = metric(c, iuf_metrics::RankedScores::from_parts(&maps, &masks))?;
+            px.auroc().ok()
+        } else {
+            None
+        };
+        let recall = threshold.map(|th| {
+            mine.iter().filter(|&&i| pred.scores[i] > th).count() as f64 / mine.len() as f64
+        });
+        out.push(DefectMetrics {
+            defect: t.to_string(),
+            images: mine.len(),
+            image_auroc,
+            pixel_auroc,
+            recall,
+        });
+    }
+    Ok(out)
 }
 
 /// [`evaluate`] for any scorer: `predict` maps the set's features to predictions (and may report
@@ -176,6 +272,8 @@ pub fn metrics_of(
         pro: None,
         seconds_per_image: 0.0,
         warning: None,
+        by_defect: Vec::new(),
+        good_flagged: None,
     };
     if !masks.iter().any(|m| m.iter().any(|&x| x)) {
         // The image labels come from the folders, so the image-level metrics stand.
@@ -287,5 +385,44 @@ mod tests {
             (old.pixel_auroc, old.pixel_ap, old.pro, old.warning),
             (Some(0.95), Some(0.5), Some(0.85), None)
         );
+    }
+
+    /// Each defect type is ranked against every good image, its recall is the share of its
+    /// images above the threshold, and a type whose masks are empty has no pixel AUROC.
+    #[test]
+    fn defect_types_are_ranked_against_the_good_images_with_their_recall() {
+        // Scores 0..6: good 0, 1, 4; spot-8px 2, 5 (one below a good image); scratch 3 (masks
+        // empty); threshold 3.5.
+        let p = predictions(6);
+        let labels = vec![false, false, true, true, false, true];
+        let types = ["good", "good", "spot-8px", "scratch", "good", "spot-8px"];
+        let mut masks = vec![vec![false; 4]; 6];
+        masks[2][0] = true;
+        masks[5][3] = true;
+        let set = EvalSet {
+            class: "pcb".into(),
+            features: Tensor::zeros((6, 1, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            memory: None,
+            tiles: None,
+            labels,
+            defect_types: types.iter().map(|t| t.to_string()).collect(),
+            masks,
+        };
+        let d = by_defect(&set, &p, Some(3.5)).unwrap();
+        assert_eq!(
+            d.iter().map(|d| d.defect.as_str()).collect::<Vec<_>>(),
+            ["scratch", "spot-8px"]
+        );
+        assert_eq!(
+            (d[0].images, d[0].pixel_auroc, d[0].recall),
+            (1, None, Some(0.0))
+        );
+        // scratch (3) beats good 0 and 1, not 4.
+        assert!((d[0].image_auroc - 2.0 / 3.0).abs() < 1e-9);
+        // spot: 2 beats 0, 1; 5 beats all three: 5 of 6 pairs.
+        assert!((d[1].image_auroc - 5.0 / 6.0).abs() < 1e-9);
+        assert_eq!((d[1].images, d[1].recall), (2, Some(0.5)));
+        assert!(d[1].pixel_auroc.is_some());
+        assert!(by_defect(&set, &p, None).unwrap()[1].recall.is_none());
     }
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use iuf_backbone::EfficientNetVariant;
 use iuf_data::protocol::Protocol;
 use iuf_data::DatasetRoot;
-use iuf_incremental::runner::{comparison_markdown, run_protocol, write_atomic};
+use iuf_incremental::runner::{by_size_markdown, comparison_markdown, run_protocol, write_atomic};
 use iuf_incremental::{FeatureStore, Progress, RunResults, RunSpec, Strategy, TrainConfig};
 use serde_json::json;
 
@@ -189,6 +189,22 @@ fn report(plan: &BenchPlan<'_>, store: &FeatureStore, runs: &[RunResults]) -> St
         c.model.num_classes,
         store.backbone_id().name
     );
+    if let Some(t) = &c.tiles {
+        let tl = &t.tiling;
+        let _ = writeln!(
+            s,
+            "Views: the whole image at {0} px, and {1} x {1} tiles of {2} px (overlap at least {3}) \
+             cut from the image resized to {4} px, each at {0} px, with {5} memory (memory \
+             methods); maps fused at {6} px.\n",
+            c.model.image_size(),
+            tl.per_side(),
+            tl.tile,
+            tl.overlap,
+            tl.input,
+            if t.per_position { "a per-position" } else { "one shared" },
+            t.map_side(c.model.image_size()),
+        );
+    }
     let _ = writeln!(s, "## Comparison\n");
     let _ = writeln!(
         s,
@@ -202,6 +218,18 @@ fn report(plan: &BenchPlan<'_>, store: &FeatureStore, runs: &[RunResults]) -> St
          last step (backbone features come from the cache); peak memory is the process's resident \
          set while the method ran; model size is the file after the last step.\n"
     );
+    let sizes = by_size_markdown(runs);
+    if !sizes.is_empty() {
+        let _ = writeln!(
+            s,
+            "## By defect size\n\nAfter the last step, averaged over objects and defect kinds: \
+             image AUROC of the size's images against the good ones, pixel AUROC over them, and \
+             the share flagged at the calibrated threshold. Per object and kind: each method's \
+             report.md.\n"
+        );
+        s.push_str(&sizes);
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Per-step AUROC\n");
     let _ = writeln!(
         s,
@@ -376,6 +404,10 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
         super::print_json(&summary_json(&a.out, &runs))?;
     } else {
         print!("{}", comparison_table(&runs));
+        let sizes = by_size_markdown(&runs);
+        if !sizes.is_empty() {
+            print!("\nby defect size (after the last step):\n{sizes}");
+        }
         println!(
             "(ACC and FM in percent)\nreport: {}\nplot:   {}",
             a.out.join("report.md").display(),

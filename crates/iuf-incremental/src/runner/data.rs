@@ -104,7 +104,13 @@ pub fn train_data(
             (known + earlier_new) as u32
         });
         let index = dataset.index_class(c)?;
-        let (tr, ho) = split_holdout(&index.train, learner.config());
+        // A dataset with its own validation images (MVTec AD 2) calibrates on them and trains on
+        // every training image; otherwise a seeded part of the training images is held out.
+        let (tr, ho) = if index.has_validation() {
+            (index.train.clone(), index.validation.clone())
+        } else {
+            split_holdout(&index.train, learner.config())
+        };
         tid.extend(std::iter::repeat_n(id, tr.len()));
         hid.extend(std::iter::repeat_n(id, ho.len()));
         tp.extend(tr.into_iter().map(|s| s.path));

@@ -41,6 +41,7 @@ pub fn report_markdown(r: &RunResults) -> String {
     );
     s.push_str(&absent_pixel_note(r));
     s.push_str(&efficiency_markdown(r));
+    s.push_str(&defects_markdown(r));
     for name in METRICS {
         let Some(rows) = r.metrics.get(name) else {
             continue;
@@ -70,6 +71,85 @@ pub fn report_markdown(r: &RunResults) -> String {
                 "| {i} | {} | {} |",
                 cells.join(" | "),
                 mean.map_or("-".into(), |m| format!("{m:.3}"))
+            );
+        }
+    }
+    s
+}
+
+/// The table by defect type after the last step (defect sizes, for the small-defect benchmark),
+/// or nothing when no object's test set names defect types.
+pub fn defects_markdown(r: &RunResults) -> String {
+    if r.by_defect.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## By defect type (after the last step)\n\nImage AUROC of each defect type's images \
+         against every good image of the object, pixel AUROC over its images, and the share of \
+         its images flagged at the calibrated threshold (recall); the last column of each \
+         object's first row is the share of its good images flagged.\n\n\
+         | object | defect | images | image AUROC | pixel AUROC | recall | good flagged |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (object, rep) in &r.by_defect {
+        for (i, d) in rep.defects.iter().enumerate() {
+            let flagged = if i == 0 {
+                pct(rep.good_flagged)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "| {object} | {} | {} | {:.3} | {} | {} | {flagged} |",
+                d.defect,
+                d.images,
+                d.image_auroc,
+                d.pixel_auroc.map_or("-".into(), |v| format!("{v:.3}")),
+                pct(d.recall),
+            );
+        }
+    }
+    s
+}
+
+/// The size in pixels a defect type's name ends with (`spot-16px` -> 16), if any.
+pub fn defect_size(defect: &str) -> Option<usize> {
+    defect.strip_suffix("px")?.rsplit('-').next()?.parse().ok()
+}
+
+/// Results by defect size, averaged over objects and defect kinds, one row per method and size
+/// (the small-defect benchmark's table); nothing when no defect type names its size.
+pub fn by_size_markdown(runs: &[RunResults]) -> String {
+    let mut s = String::new();
+    for r in runs {
+        let mut sizes: std::collections::BTreeMap<usize, Vec<&crate::eval::DefectMetrics>> =
+            Default::default();
+        for d in r.by_defect.values().flat_map(|rep| &rep.defects) {
+            if let Some(px) = defect_size(&d.defect) {
+                sizes.entry(px).or_default().push(d);
+            }
+        }
+        if sizes.is_empty() {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str(
+                "| method | defect size | types | image AUROC | pixel AUROC | recall at threshold |\n|---|---:|---:|---:|---:|---:|\n",
+            );
+        }
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        for (px, ds) in sizes {
+            let image = mean(ds.iter().map(|d| d.image_auroc).collect());
+            let pixel = mean(ds.iter().filter_map(|d| d.pixel_auroc).collect());
+            let recall = mean(ds.iter().filter_map(|d| d.recall).collect());
+            let _ = writeln!(
+                s,
+                "| {} | {px} px | {} | {} | {} | {} |",
+                r.method,
+                ds.len(),
+                image.map_or("-".into(), |v| format!("{v:.3}")),
+                pixel.map_or("-".into(), |v| format!("{v:.3}")),
+                pct(recall),
             );
         }
     }

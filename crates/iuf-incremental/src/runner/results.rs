@@ -10,7 +10,7 @@ use iuf_data::protocol::Protocol;
 
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{Error, Result};
-use crate::eval::ClassMetrics;
+use crate::eval::{ClassMetrics, DefectMetrics};
 use crate::learner::StepRecord;
 
 /// Everything measured about one finished step.
@@ -86,6 +86,20 @@ pub struct RunResults {
     pub peak_rss_bytes: Option<u64>,
     /// True when every step of the protocol has finished.
     pub complete: bool,
+    /// After the last finished step, per object: its metrics by defect type (image AUROC
+    /// against the good images, pixel AUROC, recall at the calibrated threshold) and the
+    /// fraction of its good images flagged (absent in older files).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_defect: BTreeMap<String, DefectReport>,
+}
+
+/// One object's results by defect type after the last step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefectReport {
+    /// Per defect type.
+    pub defects: Vec<DefectMetrics>,
+    /// Fraction of the good test images flagged at the calibrated threshold.
+    pub good_flagged: Option<f64>,
 }
 
 pub(crate) const METRICS: [&str; 6] = [
@@ -253,6 +267,22 @@ pub(crate) fn assemble(
         model_bytes: done.iter().map(|r| r.model_bytes).collect(),
         peak_rss_bytes: done.iter().filter_map(|r| r.peak_rss_bytes).max(),
         complete: done.len() == steps.len(),
+        by_defect: done
+            .last()
+            .map(|r| {
+                r.metrics
+                    .iter()
+                    .filter(|m| !m.by_defect.is_empty())
+                    .map(|m| {
+                        let report = DefectReport {
+                            defects: m.by_defect.clone(),
+                            good_flagged: m.good_flagged,
+                        };
+                        (m.class.clone(), report)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -278,6 +308,8 @@ mod tests {
             warning: pixel
                 .is_none()
                 .then(|| format!("class `{class}`: masks all empty")),
+            by_defect: Vec::new(),
+            good_flagged: None,
         }
     }
 
