@@ -3,7 +3,8 @@
 
 use image::{Rgb, RgbImage};
 
-/// Longest side of a written heatmap; larger images are shrunk (the map is 224x224 anyway).
+/// Longest side of a written heatmap, unless the map itself is finer (a tiled view's map):
+/// larger images are shrunk to it.
 pub const MAX_SIDE: u32 = 512;
 
 /// How map values become colours.
@@ -24,13 +25,16 @@ pub fn jet(t: f32) -> [u8; 3] {
     [channel(3.0), channel(2.0), channel(1.0)]
 }
 
-/// Output size for an image of `w x h`: at most [`MAX_SIDE`] on the long side, aspect kept.
-pub fn output_size(w: u32, h: u32) -> (u32, u32) {
+/// Output size for an image of `w x h` whose map's long side is `map_side`: the image's own
+/// size, at most [`MAX_SIDE`] or the map's side (whichever is larger) on the long side, aspect
+/// kept.
+pub fn output_size(w: u32, h: u32, map_side: usize) -> (u32, u32) {
+    let cap = MAX_SIDE.max(map_side as u32);
     let long = w.max(h);
-    if long <= MAX_SIDE {
+    if long <= cap {
         return (w.max(1), h.max(1));
     }
-    let s = MAX_SIDE as f64 / long as f64;
+    let s = cap as f64 / long as f64;
     (
         ((w as f64 * s).round() as u32).max(1),
         ((h as f64 * s).round() as u32).max(1),
@@ -188,8 +192,10 @@ mod tests {
 
     #[test]
     fn sizes_are_capped_with_aspect() {
-        assert_eq!(output_size(256, 256), (256, 256));
-        assert_eq!(output_size(1024, 512), (512, 256));
+        assert_eq!(output_size(256, 256, 224), (256, 256));
+        assert_eq!(output_size(1024, 512, 224), (512, 256));
+        // A tiled view's finer map is drawn at its own resolution.
+        assert_eq!(output_size(2048, 2048, 896), (896, 896));
     }
 
     #[test]

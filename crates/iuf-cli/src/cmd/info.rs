@@ -119,6 +119,21 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
             );
         }
     }
+    if let Some(t) = &cfg.tiles {
+        let tl = &t.tiling;
+        println!(
+            "views      whole image at {0} px; {1} x {1} tiles of {2} px (overlap >= {3}) from the \
+             image resized to {4} px, {5} memory of at most {6} patches; maps at {7} px",
+            learner.image_size(),
+            tl.per_side(),
+            tl.tile,
+            tl.overlap,
+            tl.input,
+            if t.per_position { "per-position" } else { "one shared" },
+            t.patches,
+            learner.map_size()
+        );
+    }
     println!(
         "objects    {} of {} slots used: {}",
         meta.learned.len(),

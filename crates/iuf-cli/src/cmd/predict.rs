@@ -376,7 +376,8 @@ impl Predictor<'_> {
             )?;
             let t = Instant::now();
             for ((index, it, img), s) in good.into_iter().zip(scored) {
-                let (ow, oh) = heatmap::output_size(img.width(), img.height());
+                let (ow, oh) =
+                    heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
                 let shown = if (ow, oh) == img.dimensions() {
                     img
                 } else {

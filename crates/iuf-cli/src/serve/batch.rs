@@ -391,7 +391,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
 
 /// The image's heatmap as a `data:image/png;base64,` URL (drawn as `iuf predict` draws it).
 fn heatmap_url(img: &RgbImage, s: &crate::inspect::Inspection) -> String {
-    let (ow, oh) = heatmap::output_size(img.width(), img.height());
+    let (ow, oh) = heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
     let shown = if (ow, oh) == img.dimensions() {
         img.clone()
     } else {

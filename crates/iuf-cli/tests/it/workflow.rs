@@ -313,3 +313,53 @@ fn the_class_mean_floor_is_a_model_that_predict_judges() {
         assert!(l["object"] == "fabric" || l["object"] == "mesh", "{l}");
     }
 }
+
+/// Guarantee (issue 22): a model with a tiled view trains, learns a new object, says what its
+/// views are, and predicts with maps at the tiles' scale; impossible tilings are refused before
+/// any work, naming the numbers.
+#[test]
+fn a_tiled_model_trains_learns_and_predicts_with_shared_lite0_weights() {
+    let (s, data) = Scratch::with_demo_data();
+    let (m0, m1) = (s.path("t0.safetensors"), s.path("t1.safetensors"));
+    // 64-pixel demo images: 2 x 2 tiles of 32 px, each seen at 224.
+    s.train(&data, "fabric")
+        .args(["--tile", "32"])
+        .out(&m0)
+        .ok();
+    s.iuf("learn")
+        .model(&m0)
+        .data(&data)
+        .classes("washer")
+        .out(&m1)
+        .ok();
+    let text = s.iuf("info").model(&m1).ok().stdout;
+    assert!(
+        text.contains("2 x 2 tiles of 32 px") && text.contains("resized to 64 px"),
+        "{text}"
+    );
+    let lines = s
+        .iuf_json("predict")
+        .model(&m1)
+        .arg(data.join("washer/test"))
+        .out(s.path("pred"))
+        .ok()
+        .json_lines();
+    assert_eq!(lines.len(), 8);
+    for l in &lines {
+        assert!(l["score"].as_f64().unwrap().is_finite(), "{l}");
+        assert_eq!(l["object"], "washer", "{l}");
+    }
+    s.train(&data, "fabric")
+        .args(["--tile", "128"])
+        .out(s.path("x.safetensors"))
+        .fails_with(&["128", "64"]);
+    s.train(&data, "fabric")
+        .args(["--tile", "auto"])
+        .out(s.path("x.safetensors"))
+        .fails_with(&["--tile auto", "64 px"]);
+    s.train(&data, "fabric")
+        .args(["--tile", "32", "--method", "iuf"])
+        .preset("tiny")
+        .out(s.path("x.safetensors"))
+        .fails_with(&["tiled view", "memory"]);
+}
