@@ -5,6 +5,7 @@ mod bench;
 mod download;
 mod loadtest;
 mod perf;
+mod small_defects;
 mod tidy;
 mod weights;
 
@@ -32,6 +33,8 @@ enum Command {
     Bench(bench::Args),
     /// Drive `iuf serve` with concurrent clients and faults; report throughput and latency.
     Loadtest(loadtest::Args),
+    /// Write the procedural small-defect benchmark (defect sizes 4-64 px on 1024/2048 px images).
+    SmallDefects(small_defects::Args),
     /// Check formatting, clippy (-D warnings) and that every .rs file starts with a `//!` line.
     Tidy(tidy::Args),
 }
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         Command::Convert(args) => weights::run_convert(args),
         Command::Perf(args) => perf::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::SmallDefects(args) => small_defects::run(args),
         Command::Tidy(args) => tidy::run(args),
         Command::Loadtest(args) => loadtest::run(args),
     }

@@ -129,7 +129,8 @@ fn shape(rng: &mut StdRng, kind: DefectKind, d: f32, (cx, cy): (f32, f32)) -> (S
         DefectKind::Spot => {
             let r = d / 2.0;
             let blob = Blob::random(rng, cx, cy, r, 0.12);
-            // Dirt or a burn mark (dark), a splash or polished point (bright).
+            // Dirt or a burn mark (dark), a splash or polished point (bright, toward white so it
+            // is not the colour of a trace).
             let effect = if rng.gen_bool(0.6) {
                 Effect::Toward {
                     scale: 0.5,
@@ -138,8 +139,8 @@ fn shape(rng: &mut StdRng, kind: DefectKind, d: f32, (cx, cy): (f32, f32)) -> (S
                 }
             } else {
                 Effect::Toward {
-                    scale: 1.3,
-                    add: [40.0; 3],
+                    scale: 0.8,
+                    add: [90.0; 3],
                     amount: rng.gen_range(0.7..0.85),
                 }
             };
@@ -147,14 +148,15 @@ fn shape(rng: &mut StdRng, kind: DefectKind, d: f32, (cx, cy): (f32, f32)) -> (S
             (Shape::Blob(blob, r * 1.34 + 1.0), effect)
         }
         DefectKind::Scratch => {
+            // Bright bare material, toward white.
             let len = rng.gen_range(3.0..5.0) * d;
             let half_width = (d / 4.0).max(1.0) / 2.0;
             let a = (cx - dx * len / 2.0, cy - dy * len / 2.0);
             let b = (cx + dx * len / 2.0, cy + dy * len / 2.0);
             let bow = rng.gen_range(-0.12..0.12) * len;
             let effect = Effect::Toward {
-                scale: 1.3,
-                add: [45.0; 3],
+                scale: 0.7,
+                add: [110.0; 3],
                 amount: rng.gen_range(0.7..0.85),
             };
             (
