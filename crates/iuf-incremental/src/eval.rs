@@ -138,6 +138,11 @@ pub fn evaluate(
     Ok((m, pred))
 }
 
+/// The size in pixels a defect type's name ends with (`spot-16px` -> 16), if any.
+pub fn defect_size(defect: &str) -> Option<usize> {
+    defect.strip_suffix("px")?.rsplit('-').next()?.parse().ok()
+}
+
 /// The metrics of each defect type of `set` (none when its images name no types).
 pub fn by_defect(
     set: &EvalSet,
@@ -154,7 +159,11 @@ pub fn by_defect(
         .filter(|(_, &l)| l)
         .map(|(t, _)| t.as_str())
         .collect();
-    types.sort_unstable();
+    // By kind, then by size (`crack-4px` before `crack-16px`).
+    types.sort_unstable_by_key(|t| match defect_size(t) {
+        Some(px) => (t.rsplit_once('-').map_or(*t, |(k, _)| k), px),
+        None => (*t, 0),
+    });
     types.dedup();
     let (_, h, w) = pred.maps.dims3()?;
     let flat: Vec<f32> = pred.maps.flatten_all()?.to_vec1()?;

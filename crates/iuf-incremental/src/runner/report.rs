@@ -112,11 +112,6 @@ pub fn defects_markdown(r: &RunResults) -> String {
     s
 }
 
-/// The size in pixels a defect type's name ends with (`spot-16px` -> 16), if any.
-pub fn defect_size(defect: &str) -> Option<usize> {
-    defect.strip_suffix("px")?.rsplit('-').next()?.parse().ok()
-}
-
 /// Results by defect size, averaged over objects and defect kinds, one row per method and size
 /// (the small-defect benchmark's table); nothing when no defect type names its size.
 pub fn by_size_markdown(runs: &[RunResults]) -> String {
@@ -125,7 +120,7 @@ pub fn by_size_markdown(runs: &[RunResults]) -> String {
         let mut sizes: std::collections::BTreeMap<usize, Vec<&crate::eval::DefectMetrics>> =
             Default::default();
         for d in r.by_defect.values().flat_map(|rep| &rep.defects) {
-            if let Some(px) = defect_size(&d.defect) {
+            if let Some(px) = crate::eval::defect_size(&d.defect) {
                 sizes.entry(px).or_default().push(d);
             }
         }

@@ -275,6 +275,58 @@ fn real_data_feature_cache_detects_corrupt_entries() {
     assert_eq!((s5.hits, s5.rejected), (1, 0));
 }
 
+/// Guarantee (issue 22): the tiles' features are the backbone's memory features of each tile as
+/// `Tiling::cut` makes it, cached under a key that includes the tiling (another tiling never
+/// reads them), and a damaged entry is recomputed.
+#[test]
+fn real_data_tile_features_are_each_tiles_memory_features_and_cached_per_tiling() {
+    use iuf_data::image::tiles::Tiling;
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let store = store(&cache);
+    let path = shared().join("datasets/mvtec-mini/bottle/test/broken_large/000.png");
+    let img = [path.clone()];
+    let tiling = Tiling {
+        input: 448,
+        tile: 256,
+        overlap: 32,
+    };
+    let (tiles, s1) = store.tile_features(&img, &tiling, &NoProgress).unwrap();
+    assert_eq!(s1.computed, 1);
+    assert_eq!(tiles.dims(), &[1, 4, 152, 28, 28]);
+    // Tile 3 (bottom right) is the backbone's memory features of that crop, resized to 224.
+    let rgb = iuf_data::image::load_rgb(&path).unwrap();
+    let cut = tiling.cut(&rgb, 224);
+    let batch = iuf_data::images_to_tensor(&cut[3..], &Device::Cpu).unwrap();
+    let (_, direct) = store.backbone().extract(&batch).unwrap();
+    assert_eq!(
+        values(&tiles.get(0).unwrap().get(3).unwrap()),
+        values(&direct.get(0).unwrap())
+    );
+    let (again, s2) = store.tile_features(&img, &tiling, &NoProgress).unwrap();
+    assert_eq!((s2.hits, s2.computed), (1, 0));
+    assert_eq!(values(&tiles), values(&again));
+    let other = Tiling {
+        overlap: 0,
+        ..tiling
+    };
+    let (_, s3) = store.tile_features(&img, &other, &NoProgress).unwrap();
+    assert_eq!(
+        (s3.hits, s3.computed),
+        (0, 1),
+        "another tiling reused an entry"
+    );
+    for e in walk(&cache) {
+        let mut b = std::fs::read(&e).unwrap();
+        let last = b.len() - 4;
+        b[last] ^= 1;
+        std::fs::write(&e, b).unwrap();
+    }
+    let (fixed, s4) = store.tile_features(&img, &tiling, &NoProgress).unwrap();
+    assert_eq!((s4.computed, s4.rejected), (1, 1));
+    assert_eq!(values(&tiles), values(&fixed));
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(dir).unwrap() {
