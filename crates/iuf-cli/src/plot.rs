@@ -84,7 +84,7 @@ pub fn auroc_svg(runs: &[RunResults]) -> String {
                 r#"<text x="{}" y="{}" font-weight="bold">{}: {label}</text>"#,
                 ox,
                 oy - 10.0,
-                escape(&run.method)
+                escape(&run.name())
             );
             let _ = writeln!(
                 s,

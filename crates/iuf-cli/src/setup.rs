@@ -317,7 +317,9 @@ pub struct TileArgs {
     /// to the working resolution (--tile-input), cut into tiles of this many pixels, each tile
     /// goes through the backbone at 224 and has its own memory; the tiles' maps are stitched
     /// and fused with the whole view's. `auto`: 2 to 8 tiles a side of about 512 pixels, from the
-    /// training images' size. Memory methods only; fixed when the model is created.
+    /// training images' size. Memory methods only; fixed when the model is created. `iuf bench`
+    /// runs each memory method twice, on the whole view (`memory/`) and with the tiles
+    /// (`memory-tiles/`), side by side.
     #[arg(long, value_name = "PX|auto")]
     pub tile: Option<String>,
     /// Least overlap of neighbouring tiles, in working pixels (their maps are averaged there).

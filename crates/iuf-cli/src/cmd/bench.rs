@@ -13,7 +13,9 @@ use clap::Args;
 use iuf_backbone::EfficientNetVariant;
 use iuf_data::protocol::Protocol;
 use iuf_data::DatasetRoot;
-use iuf_incremental::runner::{by_size_markdown, comparison_markdown, run_protocol, write_atomic};
+use iuf_incremental::runner::{
+    by_size_markdown, comparison_markdown, run_name, run_protocol, write_atomic,
+};
 use iuf_incremental::{FeatureStore, Progress, RunResults, RunSpec, Strategy, TrainConfig};
 use serde_json::json;
 
@@ -103,6 +105,21 @@ pub fn command_line() -> String {
         .join(" ")
 }
 
+impl BenchPlan<'_> {
+    /// The runs, in order: every method on the whole view, and with a tiled view in the
+    /// configuration, every memory method again with it (`<method>-tiles`).
+    pub fn runs(&self) -> Vec<(Strategy, bool)> {
+        let mut out = Vec::new();
+        for &m in &self.methods {
+            out.push((m, false));
+            if self.config.tiles.is_some() && m.uses_memory() {
+                out.push((m, true));
+            }
+        }
+        out
+    }
+}
+
 /// Runs every method of `plan` in turn (each resumable) and writes the combined outputs.
 pub fn run_plan(
     plan: &BenchPlan<'_>,
@@ -117,12 +134,13 @@ pub fn run_plan(
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("creating --out {}", plan.out.display()))?;
     let mut runs = Vec::new();
-    for &method in &plan.methods {
-        let dir = plan.out.join(method.name());
+    for (method, tiled) in plan.runs() {
+        let name = run_name(method.name(), tiled);
+        let dir = plan.out.join(&name);
         progress::status(
             quiet,
             &format!(
-                "== {method}: protocol `{}` -> {}",
+                "== {name}: protocol `{}` -> {}",
                 plan.protocol.name,
                 dir.display()
             ),
@@ -130,8 +148,7 @@ pub fn run_plan(
         // Each method's peak memory is its own (the mark is process-wide otherwise).
         setup::reset_peak_rss();
         let mut config = plan.config.clone();
-        if !method.uses_memory() {
-            // The tiled view is a memory; methods without one look at the whole image.
+        if !tiled {
             config.tiles = None;
         }
         let spec = RunSpec {
@@ -142,7 +159,7 @@ pub fn run_plan(
         };
         let results = run_protocol(&spec, plan.data, store, bars).with_context(|| {
             format!(
-                "running {method} in {} (an interrupted run resumes; delete the folder to start over)",
+                "running {name} in {} (an interrupted run resumes; delete the folder to start over)",
                 dir.display()
             )
         })?;
@@ -237,7 +254,7 @@ fn report(plan: &BenchPlan<'_>, store: &FeatureStore, runs: &[RunResults]) -> St
     );
     let _ = writeln!(s, "Per-method details (every metric, every step):\n");
     for r in runs {
-        let _ = writeln!(s, "- [{}]({}/report.md)", r.method, r.method);
+        let _ = writeln!(s, "- [{}]({}/report.md)", r.name(), r.name());
     }
     let _ = writeln!(s, "\nReproduce:\n\n    {}", plan.command);
     s
@@ -251,7 +268,7 @@ pub fn comparison_table(runs: &[RunResults]) -> String {
         .iter()
         .map(|r| {
             vec![
-                r.method.clone(),
+                r.name(),
                 o(r.acc.image),
                 o(r.acc.pixel),
                 o(r.fm.image),
@@ -299,13 +316,14 @@ pub fn summary_json(out: &Path, runs: &[RunResults]) -> serde_json::Value {
         "plot": out.join("auroc.svg"),
         "methods": runs.iter().map(|r| json!({
             "method": r.method,
+            "run": r.name(),
             "acc": r.acc,
             "fm": r.fm,
             "train_seconds": r.train_seconds,
             "infer_ms_per_image": r.infer_ms_per_image,
             "peak_rss_bytes": r.peak_rss_bytes,
             "model_bytes": r.model_bytes,
-            "results": out.join(&r.method).join("results.json"),
+            "results": out.join(r.name()).join("results.json"),
             "warnings": r.warnings,
         })).collect::<Vec<_>>(),
     })
@@ -318,14 +336,15 @@ const COMBINED: [&str; 3] = ["report.md", "results.json", "auroc.svg"];
 /// of bench (its `run.json` says which run; resuming checks it is this one) or hold nothing yet;
 /// the combined files may be replaced only in a folder bench recognises as its own, one holding a
 /// run folder.
-fn check_own_files(out: &Path, methods: &[Strategy]) -> Result<()> {
+fn check_own_files(out: &Path, runs: &[(Strategy, bool)]) -> Result<()> {
     if !out.is_dir() {
         return Ok(());
     }
-    let is_run_dir = |m: &Strategy| out.join(m.name()).join("run.json").is_file();
-    for m in methods {
-        let dir = out.join(m.name());
-        if dir.symlink_metadata().is_err() || is_run_dir(m) {
+    let is_run_dir = |name: &str| out.join(name).join("run.json").is_file();
+    for &(m, tiled) in runs {
+        let name = run_name(m.name(), tiled);
+        let dir = out.join(&name);
+        if dir.symlink_metadata().is_err() || is_run_dir(&name) {
             continue;
         }
         // Hidden entries are at most the temporaries of a killed run (removed when it resumes).
@@ -343,7 +362,11 @@ fn check_own_files(out: &Path, methods: &[Strategy]) -> Result<()> {
             );
         }
     }
-    if Strategy::ALL.iter().any(is_run_dir) {
+    if Strategy::ALL
+        .iter()
+        .flat_map(|m| [run_name(m.name(), false), run_name(m.name(), true)])
+        .any(|n| is_run_dir(&n))
+    {
         return Ok(());
     }
     for name in COMBINED {
@@ -372,7 +395,13 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     setup::check_output("--out", &a.out, true, &inputs)?;
     setup::check_writable("--out", &a.out, true)?;
     let methods = parse_methods(&a.method)?;
-    check_own_files(&a.out, &methods)?;
+    let tiled = a.config.tiles.tile.is_some();
+    let planned: Vec<(Strategy, bool)> = methods
+        .iter()
+        .flat_map(|&m| [(m, false), (m, true)])
+        .filter(|&(m, t)| !t || (tiled && m.uses_memory()))
+        .collect();
+    check_own_files(&a.out, &planned)?;
     let device = setup::device(g)?;
     let data = setup::dataset(&a.data)?;
     let protocol = Protocol::parse(&a.protocol, data.classes()).context("fix --protocol")?;

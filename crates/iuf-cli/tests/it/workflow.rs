@@ -349,6 +349,23 @@ fn a_tiled_model_trains_learns_and_predicts_with_shared_lite0_weights() {
         assert!(l["score"].as_f64().unwrap().is_finite(), "{l}");
         assert_eq!(l["object"], "washer", "{l}");
     }
+    // bench shows the whole view and the tiled view side by side.
+    let bench = s.path("bench");
+    let out = s
+        .iuf("bench")
+        .data(&data)
+        .protocol("fabric")
+        .method("memory")
+        .args(["--tile", "32"])
+        .out(&bench)
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("memory-tiles") && bench.join("memory/results.json").is_file(),
+        "{out}"
+    );
+    let report = std::fs::read_to_string(bench.join("report.md")).unwrap();
+    assert!(report.contains("2 x 2 tiles of 32 px"), "{report}");
     s.train(&data, "fabric")
         .args(["--tile", "128"])
         .out(s.path("x.safetensors"))

@@ -33,7 +33,7 @@ pub mod run_dir;
 
 pub use data::{eval_set, split_holdout, train_data, Labelled};
 pub use report::{by_size_markdown, comparison_markdown, report_markdown};
-pub use results::{peak_rss_bytes, ImagePixel, ProtocolInfo, RunResults, StepResult};
+pub use results::{peak_rss_bytes, run_name, ImagePixel, ProtocolInfo, RunResults, StepResult};
 pub use run_dir::{step_model_path, write_atomic};
 
 /// What to run.

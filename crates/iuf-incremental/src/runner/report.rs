@@ -140,7 +140,7 @@ pub fn by_size_markdown(runs: &[RunResults]) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {px} px | {} | {} | {} | {} |",
-                r.method,
+                r.name(),
                 ds.len(),
                 image.map_or("-".into(), |v| format!("{v:.3}")),
                 pixel.map_or("-".into(), |v| format!("{v:.3}")),
@@ -199,7 +199,7 @@ pub fn comparison_markdown(runs: &[RunResults]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} | {} |",
-            r.method,
+            r.name(),
             pct(r.acc.image),
             pct(r.acc.pixel),
             pct(r.fm.image),
@@ -217,7 +217,7 @@ pub fn comparison_markdown(runs: &[RunResults]) -> String {
                 s,
                 "\n{}: no pixel metrics for {} (masks without defect pixels); its pixel ACC and FM \
                  average over the other objects.",
-                r.method,
+                r.name(),
                 absent.join(", ")
             );
         }

@@ -122,7 +122,22 @@ fn metric_value(m: &ClassMetrics, name: &str) -> Option<f64> {
     }
 }
 
+/// The name of a run of `method` (its folder in `iuf bench`'s output and its label in tables):
+/// the method, with `-tiles` when the model has a tiled view.
+pub fn run_name(method: &str, tiled: bool) -> String {
+    if tiled {
+        format!("{method}-tiles")
+    } else {
+        method.to_string()
+    }
+}
+
 impl RunResults {
+    /// [`run_name`] of this run.
+    pub fn name(&self) -> String {
+        run_name(&self.method, self.config.tiles.is_some())
+    }
+
     /// The objects that have learned cells without a pixel AUROC (their masks hold no defect
     /// pixel): left out of the pixel ACC and FM. A cell counts as learned from the step whose
     /// classes (`steps`) include the object.
