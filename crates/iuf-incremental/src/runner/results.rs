@@ -279,7 +279,7 @@ mod tests {
             pixel_ap: pixel,
             pro: pixel,
             seconds_per_image: 0.01,
-            border_peaks: None,
+            border_peaks: Some(0.25),
             warning: pixel
                 .is_none()
                 .then(|| format!("class `{class}`: masks all empty")),
