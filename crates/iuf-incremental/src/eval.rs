@@ -58,6 +58,13 @@ pub struct ClassMetrics {
     pub pro: Option<f64>,
     /// Seconds spent in the model (forward, map, score) per image.
     pub seconds_per_image: f64,
+    /// Of the good test images, the fraction whose map peaks in the border band: the argmax of
+    /// the (fused, full-size) map itself, not of the pooled image score, lies within
+    /// [`BORDER_BAND`] of the width or height from an edge (a diagnostic of border artefacts;
+    /// about 0.37 if the peak fell anywhere at random). Absent in files written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub border_peaks: Option<f64>,
     /// Why some metrics are absent: names the class, what its test set lacks and what was
     /// computed all the same. `None` when every metric has a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +100,39 @@ impl ClassMetrics {
     pub fn has_pixel_metrics(&self) -> bool {
         self.pixel_auroc.is_some() && self.pixel_ap.is_some() && self.pro.is_some()
     }
+}
+
+/// Width of the border band of [`ClassMetrics::border_peaks`], as a fraction of the map's width
+/// (columns) and height (rows).
+pub const BORDER_BAND: f64 = 0.1;
+
+/// Whether a `w` x `h` map (row-major) peaks in the border band: its first maximum (NaN ignored)
+/// lies less than `band` x `w` columns from the left or right edge, or less than `band` x `h`
+/// rows from the top or bottom (distances from the pixel's index to 0 and to `w - 1`, `h - 1`).
+/// `None` for a map without a finite value.
+pub fn peaks_in_border(map: &[f32], w: usize, h: usize, band: f64) -> Option<bool> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in map.iter().enumerate().take(w * h) {
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    let (i, _) = best?;
+    let (y, x) = (i / w, i % w);
+    let near = |p: usize, n: usize| (p.min(n - 1 - p) as f64) < band * n as f64;
+    Some(near(x, w) || near(y, h))
+}
+
+/// [`ClassMetrics::border_peaks`] of maps (`w` x `h` each) and their labels: the fraction of the
+/// good images (`false`) whose map peaks in the border band; `None` without a good image.
+pub fn border_peaks(maps: &[&[f32]], labels: &[bool], w: usize, h: usize) -> Option<f64> {
+    let good: Vec<bool> = maps
+        .iter()
+        .zip(labels)
+        .filter(|(_, &l)| !l)
+        .filter_map(|(m, _)| peaks_in_border(m, w, h, BORDER_BAND))
+        .collect();
+    (!good.is_empty()).then(|| good.iter().filter(|&&b| b).count() as f64 / good.len() as f64)
 }
 
 fn metric<T>(class: &str, r: iuf_metrics::Result<T>) -> Result<T> {
@@ -280,6 +320,7 @@ pub fn metrics_of(
         pixel_ap: None,
         pro: None,
         seconds_per_image: 0.0,
+        border_peaks: border_peaks(&maps, labels, w, h),
         warning: None,
         by_defect: Vec::new(),
         good_flagged: None,
@@ -320,6 +361,45 @@ mod tests {
             object_probs: probs,
             objects: Vec::new(),
         }
+    }
+
+    /// The border band: 10% of 224 is 22.4, so columns 0..=22 and 201..=223 are in it (and rows
+    /// likewise); the first maximum counts; NaN is ignored; only good images count.
+    #[test]
+    fn border_band_takes_the_outer_tenth_of_each_side() {
+        let (w, h) = (224, 100);
+        let at = |x: usize, y: usize| {
+            let mut m = vec![0f32; w * h];
+            m[y * w + x] = 1.0;
+            peaks_in_border(&m, w, h, BORDER_BAND).unwrap()
+        };
+        for (x, inside) in [
+            (0, true),
+            (22, true),
+            (23, false),
+            (200, false),
+            (201, true),
+        ] {
+            assert_eq!(at(x, 50), inside, "x {x}");
+        }
+        assert!(at(223, 50));
+        // Rows: 10% of 100 is 10, so rows 0..=9 and 90..=99.
+        for (y, inside) in [(9, true), (10, false), (89, false), (90, true), (99, true)] {
+            assert_eq!(at(100, y), inside, "y {y}");
+        }
+        let mut m = vec![0f32; w * h];
+        m[50 * w + 100] = 2.0;
+        m[0] = 2.0; // the first of two equal maxima
+        m[1] = f32::NAN;
+        assert_eq!(peaks_in_border(&m, w, h, BORDER_BAND), Some(true));
+        assert_eq!(peaks_in_border(&[f32::NAN; 4], 2, 2, 0.1), None);
+        let centre = vec![0., 0., 0., 0., 1., 0., 0., 0., 0.];
+        let corner = vec![1., 0., 0., 0., 0., 0., 0., 0., 0.];
+        // 3 x 3: 0.3 of a row is under one pixel, so only the outer ring is in the band.
+        let maps = [&centre[..], &corner[..], &corner[..], &centre[..]];
+        let labels = [false, false, true, false];
+        assert_eq!(border_peaks(&maps, &labels, 3, 3), Some(1.0 / 3.0));
+        assert_eq!(border_peaks(&maps, &[true; 4], 3, 3), None);
     }
 
     /// Guarantee: a test set without good or without defective images, where no metric is

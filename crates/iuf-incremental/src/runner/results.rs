@@ -63,7 +63,9 @@ pub struct RunResults {
     pub classes: Vec<String>,
     /// `metrics[name][step][class]`, null where a class was not yet learned, and for the pixel
     /// metrics also where the class's masks hold no defect pixel (see `warnings`). Names:
-    /// image_auroc, pixel_auroc, pixel_ap, pro, image_ap, image_f1_max.
+    /// image_auroc, pixel_auroc, pixel_ap, pro, image_ap, image_f1_max, and border_peaks (the
+    /// fraction of good test images whose map peaks in the outer tenth, `ClassMetrics`; absent in
+    /// files written before it was recorded).
     pub metrics: BTreeMap<String, Vec<Vec<Option<f64>>>>,
     /// ACC after the last step: the mean over the objects with the metric (objects without pixel
     /// metrics are left out of the pixel ACC).
@@ -102,13 +104,14 @@ pub struct DefectReport {
     pub good_flagged: Option<f64>,
 }
 
-pub(crate) const METRICS: [&str; 6] = [
+pub(crate) const METRICS: [&str; 7] = [
     "image_auroc",
     "pixel_auroc",
     "pixel_ap",
     "pro",
     "image_ap",
     "image_f1_max",
+    "border_peaks",
 ];
 
 fn metric_value(m: &ClassMetrics, name: &str) -> Option<f64> {
@@ -118,6 +121,7 @@ fn metric_value(m: &ClassMetrics, name: &str) -> Option<f64> {
         "pixel_ap" => m.pixel_ap,
         "pro" => m.pro,
         "image_ap" => Some(m.image_ap),
+        "border_peaks" => m.border_peaks,
         _ => Some(m.image_f1_max),
     }
 }
@@ -320,6 +324,7 @@ mod tests {
             pixel_ap: pixel,
             pro: pixel,
             seconds_per_image: 0.01,
+            border_peaks: Some(0.25),
             warning: pixel
                 .is_none()
                 .then(|| format!("class `{class}`: masks all empty")),
