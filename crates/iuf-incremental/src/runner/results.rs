@@ -378,6 +378,53 @@ mod tests {
         .unwrap()
     }
 
+    /// The last step's metrics by defect type land in `by_defect`, and the by-size table
+    /// averages each size over objects and kinds (types without a size stay out of it); a tiled
+    /// run is named `<method>-tiles`.
+    #[test]
+    fn defect_types_are_reported_by_size_after_the_last_step() {
+        use crate::eval::DefectMetrics;
+        let d = |defect: &str, auroc: f64, recall: f64| DefectMetrics {
+            defect: defect.into(),
+            images: 2,
+            image_auroc: auroc,
+            pixel_auroc: Some(0.9),
+            recall: Some(recall),
+        };
+        let mut a = metrics("a", 0.9, Some(0.9));
+        a.by_defect = vec![
+            d("spot-8px", 0.6, 0.5),
+            d("crack-8px", 0.8, 1.0),
+            d("stain", 1.0, 1.0),
+        ];
+        a.good_flagged = Some(0.25);
+        let mut b = metrics("b", 0.9, Some(0.9));
+        b.by_defect = vec![d("spot-16px", 1.0, 1.0)];
+        let mut r = results(&[&["a", "b"]], &[step(0, &["a", "b"], vec![a, b])]);
+        assert_eq!(r.by_defect["a"].defects.len(), 3);
+        assert_eq!(r.by_defect["a"].good_flagged, Some(0.25));
+        let table = crate::runner::by_size_markdown(std::slice::from_ref(&r));
+        assert!(
+            table.contains("| iuf | 8 px | 2 | 0.700 | 0.900 | 75.0 |"),
+            "{table}"
+        );
+        assert!(table.contains("| iuf | 16 px | 1 | 1.000 |"), "{table}");
+        assert!(!table.contains("stain"), "{table}");
+        let report = report_markdown(&r);
+        assert!(report.contains("| a | spot-8px | 2 | 0.600 |"), "{report}");
+        assert_eq!(r.name(), "iuf");
+        r.config.tiles = Some(crate::config::TileConfig::new(
+            1024,
+            512,
+            0,
+            &r.config.memory,
+        ));
+        assert_eq!(r.name(), "iuf-tiles");
+        assert!(crate::runner::by_size_markdown(&[r]).contains("| iuf-tiles | 8 px"));
+        assert_eq!(crate::eval::defect_size("crack-16px"), Some(16));
+        assert_eq!(crate::eval::defect_size("broken_large"), None);
+    }
+
     #[test]
     fn results_files_give_back_every_metric_bit_for_bit() {
         // A resumed run reads earlier steps' metrics back from JSON and must get the same bits:
