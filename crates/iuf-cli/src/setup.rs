@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant};
-use iuf_data::DatasetRoot;
+use iuf_data::{DatasetRoot, FileKind};
 use iuf_incremental::config::TileConfig;
 use iuf_incremental::{BackboneId, FeatureStore, Learner, TrainConfig};
 
@@ -227,17 +227,38 @@ pub fn dataset(root: &Path) -> Result<DatasetRoot> {
 
 /// Loads a model file with an error that names the file and what it should be.
 pub fn load_model(path: &Path, device: &Device) -> Result<Learner> {
-    if !path.is_file() {
-        bail!(
-            "model {}: no such file; pass --model with a file written by `iuf train` or `iuf learn`",
-            path.display()
-        );
-    }
+    refuse_non_model(path, FileKind::of(path))?;
     Learner::load(path, device).with_context(|| cannot_load(path))
+}
+
+/// Refuses a `--model` that is plainly no model (missing, a folder, empty, an image, a zip
+/// archive), saying what it is instead of a parser's "header too large".
+fn refuse_non_model(path: &Path, kind: FileKind) -> Result<()> {
+    let fix =
+        "pass --model a model file (a .safetensors file written by `iuf train` or `iuf learn`)";
+    match kind {
+        FileKind::Missing => bail!("model {}: no such file; {fix}", path.display()),
+        FileKind::Folder => bail!("model {} is a folder, not a model file; {fix}", path.display()),
+        FileKind::Empty => bail!(
+            "model {} is empty (0 bytes), not a model file; {fix}; a damaged file must be re-created",
+            path.display()
+        ),
+        kind @ FileKind::Image(_) => bail!(
+            "model {} is {kind}, not a model file (models are .safetensors files written by `iuf train` or `iuf learn`)",
+            path.display()
+        ),
+        FileKind::Zip => bail!(
+            "model {} is a zip archive (a PyTorch .pth checkpoint?), not a model file; {fix} \
+             (backbone weights go to --weights)",
+            path.display()
+        ),
+        FileKind::Other => Ok(()),
+    }
 }
 
 /// [`load_model`] on the file's bytes, already read.
 pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Learner> {
+    refuse_non_model(path, FileKind::of_bytes(bytes))?;
     Learner::load_bytes(path, bytes, device).with_context(|| cannot_load(path))
 }
 

@@ -48,6 +48,17 @@ pub enum Error {
         source: ::image::ImageError,
     },
 
+    /// The path holds no image at all (an empty file, a folder).
+    #[error("cannot decode image {}: the file is {kind}; expected a PNG, JPEG, BMP or TIFF image", path.display())]
+    NotImage {
+        path: PathBuf,
+        kind: crate::file_kind::FileKind,
+    },
+
+    /// A valid image too large for the decoder's memory limit; `reason` gives its size and the limit.
+    #[error("cannot decode image {}: {reason}", path.display())]
+    TooLarge { path: PathBuf, reason: String },
+
     #[error("cannot write image {}: {source}", path.display())]
     Encode {
         path: PathBuf,

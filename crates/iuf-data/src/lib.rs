@@ -17,6 +17,7 @@ pub mod classes;
 mod dataset;
 pub mod demo;
 mod error;
+pub mod file_kind;
 pub mod image;
 pub mod protocol;
 #[cfg(feature = "candle")]
@@ -24,5 +25,6 @@ mod tensor;
 
 pub use dataset::{ClassIndex, DatasetRoot, Layout, Sample, GOOD, IMAGE_EXTENSIONS};
 pub use error::{Error, Problem, Result};
+pub use file_kind::FileKind;
 #[cfg(feature = "candle")]
 pub use tensor::{images_to_tensor, masks_to_tensor};

@@ -102,9 +102,18 @@ impl PositionGaussian {
             let m = faer::Mat::<f64>::from_fn(k, k, |i, j| {
                 block[i * k + j] + if i == j { cfg.shrinkage } else { 0.0 }
             });
-            let llt = m.llt(faer::Side::Lower).map_err(|e| {
+            let llt = m.llt(faer::Side::Lower).map_err(|_| {
+                let at = if s == 1 {
+                    format!("grid position {pos}")
+                } else {
+                    format!("block {pos} of {s}x{s} grid positions")
+                };
                 Error::Fit(format!(
-                    "gaussian: covariance at position {pos} is not positive definite ({e:?}); raise the shrinkage"
+                    "gaussian: the covariance at {at} is not positive definite even with shrinkage {}: \
+                     the object's training images vary too little there, or their features are damaged \
+                     (wrong backbone weights?); check the images and --weights, or raise \
+                     `gaussian.shrinkage` in a --config JSON file",
+                    cfg.shrinkage
                 ))
             })?;
             let inv = llt.inverse();
@@ -318,6 +327,29 @@ mod tests {
         assert!(PositionGaussian::from_state(&state, "other.")
             .unwrap()
             .is_none());
+    }
+
+    /// Guarantee: a covariance that cannot be inverted is reported with its likely causes and the
+    /// setting that fixes it (`gaussian.shrinkage`), not with the solver's debug output.
+    #[test]
+    fn a_singular_covariance_names_the_causes_and_the_shrinkage_setting() {
+        // Identical training images: every covariance is 0; without shrinkage it is singular.
+        let train = Tensor::ones((5, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let cfg = GaussianConfig {
+            dims: 0,
+            shrinkage: 0.0,
+            share: 1,
+        };
+        let err = PositionGaussian::fit(&train, &cfg).unwrap_err().to_string();
+        for wanted in [
+            "covariance at grid position 0 is not positive definite even with shrinkage 0",
+            "vary too little",
+            "wrong backbone weights",
+            "`gaussian.shrinkage` in a --config JSON file",
+        ] {
+            assert!(err.contains(wanted), "no {wanted:?} in: {err}");
+        }
+        assert!(!err.contains("Pivot"), "{err}");
     }
 
     #[test]

@@ -480,6 +480,11 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
     if let Some(w) = &g.weights {
         inputs.push(("--weights", w));
     }
+    if a.panel_max == 0 {
+        bail!(
+            "--panel-max must be at least 1; found 0 (a panel of no images would be blank; leave out --panel for no panel)"
+        );
+    }
     setup::check_output("--out", &a.out, true, &inputs)?;
     setup::check_writable("--out", &a.out, true)?;
     if let Some(panel) = &a.panel {

@@ -377,7 +377,19 @@ fn decode(u: &Upload) -> Result<RgbImage, String> {
     reader
         .decode()
         .map(|img| img.to_rgb8())
-        .map_err(|e| format!("{}: damaged or truncated {format:?} image: {e}", u.name))
+        .map_err(|e| match e {
+            image::ImageError::Limits(l)
+                if l.kind() == image::error::LimitErrorKind::InsufficientMemory =>
+            {
+                use image::ImageDecoder as _;
+                let size = image::ImageReader::with_format(Cursor::new(&u.bytes[..]), format)
+                    .into_decoder()
+                    .ok()
+                    .map(|d| (d.dimensions(), d.total_bytes()));
+                format!("{}: {}", u.name, iuf_data::image::too_large(size))
+            }
+            e => format!("{}: damaged or truncated {format:?} image: {e}", u.name),
+        })
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {

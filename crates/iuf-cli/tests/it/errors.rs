@@ -234,3 +234,165 @@ fn learning_into_a_full_model_names_its_room_before_any_work_with_shared_lite0_w
         ]);
     assert!(!out.exists());
 }
+
+/// A valid black 1-bit grayscale PNG of `side` x `side` pixels, written by hand so that it stays
+/// small on disk (about 0.8 MB at 24000 px) however large it is decoded: one fixed-Huffman deflate
+/// block of runs of zeros.
+fn blank_png(side: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    // Deflate bits go least significant first; Huffman codes most significant first.
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, v: u32, n: u32) {
+            self.acc |= (v as u64) << self.n;
+            self.n += n;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        fn code(&mut self, v: u32, n: u32) {
+            self.put(v.reverse_bits() >> (32 - n), n);
+        }
+    }
+    // Every row: filter byte 0, then ceil(side / 8) bytes of zero pixels.
+    let raw = side as u64 * (1 + side.div_ceil(8) as u64);
+    let mut z = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        n: 0,
+    };
+    z.put(1, 1); // final block
+    z.put(1, 2); // fixed Huffman codes
+    z.code(0x30, 8); // literal 0
+    let runs = (raw - 1) / 258;
+    for _ in 0..runs {
+        z.code(0xc5, 8); // length 258 (symbol 285)
+        z.code(0, 5); // distance 1
+    }
+    for _ in 0..(raw - 1) % 258 {
+        z.code(0x30, 8);
+    }
+    z.code(0, 7); // end of block
+    if z.n > 0 {
+        z.out.push(z.acc as u8); // the last bits, padded to a byte
+    }
+    let adler = (((raw % 65521) as u32) << 16) | 1;
+    let mut idat = z.out;
+    idat.extend(adler.to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([1, 0, 0, 0, 0]); // 1 bit, grayscale, deflate, no filter method, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &idat);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// Guarantee (issue 23 item 12): an image predict cannot decode says why in words a user can act
+/// on: an empty file is "empty (0 bytes)" (not "unexpected end of file"); a valid image over the
+/// decoder's memory limit gives its size, the limit and the fix (not "damaged or truncated ...
+/// Memory limit exceeded").
+#[test]
+fn predict_says_an_image_is_empty_or_too_large_with_shared_lite0_weights() {
+    let (s, data) = Scratch::with_demo_data();
+    let model = s.path("m.safetensors");
+    s.train_tiny(&data, "washer").epochs(1).out(&model).ok();
+    let images = s.folder("images");
+    std::fs::copy(
+        data.join("washer/test/good/000.png"),
+        images.join("good.png"),
+    )
+    .unwrap();
+    std::fs::write(images.join("empty.png"), b"").unwrap();
+    std::fs::write(images.join("huge.png"), blank_png(24000)).unwrap();
+    // The hand-written PNG is valid: its header reads back.
+    let dims = image::ImageReader::open(images.join("huge.png"))
+        .unwrap()
+        .with_guessed_format()
+        .unwrap()
+        .into_dimensions()
+        .unwrap();
+    assert_eq!(dims, (24000, 24000));
+    let err = s
+        .iuf("predict")
+        .model(&model)
+        .arg(&images)
+        .out(s.path("pred"))
+        .fails_with(&[
+            "empty.png: the file is empty (0 bytes); expected a PNG, JPEG, BMP or TIFF image",
+            "huge.png: the image is 24000x24000 pixels (550 MiB decoded), over the decoder's memory limit of 512 MiB",
+            "downscale the image",
+        ]);
+    assert!(!err.contains("unexpected end of file"), "{err}");
+    assert!(!err.contains("Memory limit exceeded"), "{err}");
+}
+
+/// Guarantee (issue 23 item 12): a `--model` that is plainly no model says what it is (a PNG
+/// image, a folder, an empty file, a zip archive) instead of a parser's "header too large" or "no
+/// such file".
+#[test]
+fn a_model_that_is_no_model_file_is_named_for_what_it_is() {
+    let s = Scratch::new();
+    let cases = [
+        (
+            s.file("photo.safetensors", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+            "photo.safetensors is a PNG image, not a model file (models are .safetensors files written by `iuf train`",
+        ),
+        (s.folder("models"), "models is a folder, not a model file"),
+        (
+            s.file("empty.safetensors", b""),
+            "empty.safetensors is empty (0 bytes), not a model file",
+        ),
+        (
+            s.file("backbone.pth", b"PK\x03\x04 archive"),
+            "backbone.pth is a zip archive (a PyTorch .pth checkpoint?), not a model file",
+        ),
+    ];
+    for (model, wanted) in cases {
+        s.iuf("info").model(&model).fails_with(&[wanted]);
+    }
+}
+
+/// Guarantee (issue 23 item 12): `--panel-max 0` (a blank panel) is refused before any work.
+#[test]
+fn panel_max_zero_is_refused_before_any_work() {
+    let (s, data) = Scratch::with_demo_data();
+    let model = s.file("m.safetensors", b"not read: the flags are checked first");
+    s.iuf("predict")
+        .model(&model)
+        .arg(data.join("mesh/test/good"))
+        .out(s.path("pred"))
+        .flag("--panel", s.path("panel.png"))
+        .flag("--panel-max", "0")
+        .fails_with(&["--panel-max must be at least 1; found 0"]);
+    assert!(!s.path("pred").exists());
+    assert!(!s.path("panel.png").exists());
+}

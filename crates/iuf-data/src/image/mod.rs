@@ -6,9 +6,11 @@ pub mod tiles;
 
 use std::path::Path;
 
-use ::image::{DynamicImage, ImageBuffer, ImageReader, Pixel, RgbImage};
+use ::image::error::LimitErrorKind;
+use ::image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Pixel, RgbImage};
 
 use crate::error::{Error, Result};
+use crate::file_kind::FileKind;
 
 /// The model input size of the reference (224x224).
 pub const DEFAULT_SIZE: usize = 224;
@@ -44,16 +46,73 @@ impl ImageTensor {
 }
 
 fn open(path: &Path) -> Result<DynamicImage> {
-    let decode = |source| Error::Decode {
-        path: path.to_path_buf(),
-        source,
+    let decoded = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| Error::io(path, e))
+        .and_then(|r| {
+            r.decode().map_err(|source| Error::Decode {
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    decoded.map_err(|e| explain(path, e))
+}
+
+/// Says what an image that failed to decode is when the decoder's own words would mislead: an
+/// empty file or a folder ("unexpected end of file"), or a valid image over the decoder's memory
+/// limit ("Memory limit exceeded").
+fn explain(path: &Path, e: Error) -> Error {
+    let kind = FileKind::of(path);
+    if matches!(kind, FileKind::Empty | FileKind::Folder) {
+        return Error::NotImage {
+            path: path.to_path_buf(),
+            kind,
+        };
+    }
+    if let Error::Decode {
+        source: ::image::ImageError::Limits(l),
+        ..
+    } = &e
+    {
+        if l.kind() == LimitErrorKind::InsufficientMemory {
+            let size = ImageReader::open(path)
+                .ok()
+                .and_then(|r| r.with_guessed_format().ok())
+                .and_then(|r| r.into_decoder().ok())
+                .map(|d| (d.dimensions(), d.total_bytes()));
+            return Error::TooLarge {
+                path: path.to_path_buf(),
+                reason: too_large(size),
+            };
+        }
+    }
+    e
+}
+
+/// The decoder's memory limit in bytes (the `image` crate's default, which nothing here changes).
+pub fn decoder_memory_limit() -> u64 {
+    ::image::Limits::default()
+        .max_alloc
+        .unwrap_or(512 * 1024 * 1024)
+}
+
+/// Why an image over the decoder's memory limit is refused, given its `(width, height)` and decoded
+/// size in bytes when they could be read: its size, the limit, and the fix (there is no setting to
+/// raise the limit).
+pub fn too_large(size: Option<((u32, u32), u64)>) -> String {
+    const MIB: u64 = 1024 * 1024;
+    let limit = decoder_memory_limit() / MIB;
+    let what = match size {
+        Some(((w, h), bytes)) => format!(
+            "the image is {w}x{h} pixels ({} MiB decoded)",
+            bytes.div_ceil(MIB)
+        ),
+        None => "the image is too large to decode".to_string(),
     };
-    ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(decode)
+    format!(
+        "{what}, over the decoder's memory limit of {limit} MiB (a fixed limit, no setting raises \
+         it); downscale the image (e.g. to 4096 pixels on its longer side) and retry"
+    )
 }
 
 /// Decodes a PNG, JPEG, BMP or TIFF file (format from its content) to 8-bit RGB: grayscale becomes
@@ -174,6 +233,24 @@ pub fn resize_bilinear_gray(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guarantee (issue 23 item 12): an empty image file or a folder is named for what it is, not
+    /// with the decoder's "unexpected end of file".
+    #[test]
+    fn an_empty_file_or_a_folder_is_named_for_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        let err = load_rgb(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.png: the file is empty (0 bytes); expected a PNG"),
+            "{err}"
+        );
+        let err = load_rgb(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("the file is a folder"), "{err}");
+        assert!(too_large(Some(((30000, 20000), 1_800_000_000)))
+            .starts_with("the image is 30000x20000 pixels (1717 MiB decoded), over the decoder's memory limit of 512 MiB"));
+    }
 
     #[test]
     fn preprocess_normalises_per_channel() {
