@@ -49,8 +49,8 @@ memory_torch_peer's numpy PNG reader and Pillow port, which is exact but much sl
 filtered with Paeth/Average are undone in Python), so its decode times mean little.
 
     pip install torch numpy scikit-learn pillow
-    cargo xtask small-defects --out /tmp/sd1024 --size 1024 --train 40 --test-good 10 --per-size 2
-    nice -n 10 python3 xtask/scripts/tiles_torch_peer.py --data /tmp/sd1024 \
+    cargo xtask small-defects --out ../small-defects-1024 --size 1024 --train 40 --test-good 10 --per-size 2
+    nice -n 10 python3 xtask/scripts/tiles_torch_peer.py --data ../small-defects-1024 \
         [--classes brushed_metal,pcb --input 1024 --tile 512 --overlap 0 --patches 4096 \
         --candidates 65536 --projection 32 --threads 2 --holdout 4 --limit-train N \
         --limit-test N --batch 8 --batch-groups N --warmup 2 --markdown out.md --json out.json]
