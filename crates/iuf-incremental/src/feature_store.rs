@@ -189,6 +189,46 @@ impl FeatureStore {
         Ok(())
     }
 
+    /// Looks every image up in the cache (`key` of its bytes, `read` of its entry): the entries
+    /// found, the `(index, key)` of those to compute (missing, stale or corrupt; the latter
+    /// reported), and the counts so far. Starts `progress` as `phase` and counts the hits.
+    fn lookup<T>(
+        &self,
+        paths: &[PathBuf],
+        phase: &str,
+        key: impl Fn(&[u8]) -> String,
+        read: impl Fn(&Path, &str) -> Option<T>,
+        progress: &dyn Progress,
+    ) -> Result<Lookup<T>> {
+        let mut stats = StoreStats::default();
+        let mut out: Vec<Option<T>> = (0..paths.len()).map(|_| None).collect();
+        let mut missing = Vec::new();
+        progress.start(phase, paths.len() as u64);
+        for (i, p) in paths.iter().enumerate() {
+            let bytes = std::fs::read(p).map_err(io_err(p))?;
+            let key = key(&bytes);
+            match self.entry_path(&key) {
+                Some(entry) if entry.exists() => match read(&entry, &key) {
+                    Some(t) => {
+                        out[i] = Some(t);
+                        stats.hits += 1;
+                        progress.inc(1);
+                    }
+                    None => {
+                        tracing::warn!(
+                            "feature cache entry {} is stale or corrupt; recomputing",
+                            entry.display()
+                        );
+                        stats.rejected += 1;
+                        missing.push((i, key));
+                    }
+                },
+                _ => missing.push((i, key)),
+            }
+        }
+        Ok((out, missing, stats))
+    }
+
     /// The cache key of an image's tiles: the whole view's key material plus the tiling.
     fn tile_key(&self, bytes: &[u8], tiling: &Tiling) -> String {
         let mut h = Sha256::new();
@@ -214,34 +254,13 @@ impl FeatureStore {
         let t = tiling.count();
         let mg = self.memory_grid();
         let shape = vec![t, self.memory_channels(), mg, mg];
-        let mut stats = StoreStats::default();
-        let mut out: Vec<Option<Tensor>> = vec![None; paths.len()];
-        let mut missing: Vec<(usize, String)> = Vec::new();
-        progress.start("tile features", paths.len() as u64);
-        for (i, p) in paths.iter().enumerate() {
-            let bytes = std::fs::read(p).map_err(io_err(p))?;
-            let key = self.tile_key(&bytes, tiling);
-            match self.entry_path(&key) {
-                Some(entry) if entry.exists() => {
-                    match read_tensors(&entry, &key, &[("tiles", shape.clone())]) {
-                        Some(mut v) => {
-                            out[i] = v.pop();
-                            stats.hits += 1;
-                            progress.inc(1);
-                        }
-                        None => {
-                            tracing::warn!(
-                                "feature cache entry {} is stale or corrupt; recomputing",
-                                entry.display()
-                            );
-                            stats.rejected += 1;
-                            missing.push((i, key));
-                        }
-                    }
-                }
-                _ => missing.push((i, key)),
-            }
-        }
+        let (mut out, missing, mut stats) = self.lookup(
+            paths,
+            "tile features",
+            |bytes| self.tile_key(bytes, tiling),
+            |entry, key| read_tensors(entry, key, &[("tiles", shape.clone())])?.pop(),
+            progress,
+        )?;
         // At most 32 tiles per backbone pass.
         let per_pass = (32 / t).max(1);
         for chunk in missing.chunks(per_pass) {
@@ -333,32 +352,13 @@ impl FeatureStore {
         want_memory: bool,
         progress: &dyn Progress,
     ) -> Result<(Tensor, Option<Tensor>, StoreStats)> {
-        let mut stats = StoreStats::default();
-        let mut out: Vec<Option<Entry>> = (0..paths.len()).map(|_| None).collect();
-        let mut missing: Vec<(usize, String)> = Vec::new();
-        progress.start("features", paths.len() as u64);
-        for (i, p) in paths.iter().enumerate() {
-            let bytes = std::fs::read(p).map_err(io_err(p))?;
-            let key = self.key(&bytes);
-            match self.entry_path(&key) {
-                Some(entry) if entry.exists() => match self.read_entry(&entry, &key, want_memory) {
-                    Some(t) => {
-                        out[i] = Some(t);
-                        stats.hits += 1;
-                        progress.inc(1);
-                    }
-                    None => {
-                        tracing::warn!(
-                            "feature cache entry {} is stale or corrupt; recomputing",
-                            entry.display()
-                        );
-                        stats.rejected += 1;
-                        missing.push((i, key));
-                    }
-                },
-                _ => missing.push((i, key)),
-            }
-        }
+        let (mut out, missing, mut stats) = self.lookup(
+            paths,
+            "features",
+            |bytes| self.key(bytes),
+            |entry, key| self.read_entry(entry, key, want_memory),
+            progress,
+        )?;
         for chunk in missing.chunks(EXTRACT_BATCH) {
             let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(i, _)| paths[*i].clone()).collect();
             let images = iuf_data::batch::load_images(&chunk_paths, self.image_size)?;
@@ -441,6 +441,9 @@ fn read_tensors(path: &Path, key: &str, wanted: &[(&str, Vec<usize>)]) -> Option
         })
         .collect()
 }
+
+/// What a cache lookup found: entries by image, the `(index, key)` of those to compute, counts.
+type Lookup<T> = (Vec<Option<T>>, Vec<(usize, String)>, StoreStats);
 
 /// One image's cached features.
 struct Entry {
