@@ -1,11 +1,13 @@
 //! Speed of the data pipeline: demo dataset generation (default config: 3 classes x 90 images at
 //! 256x256), PIL-exact preprocessing of one image, and parallel decoding of a batch of real images
-//! (../shared/datasets/mvtec-mini, skipped when absent).
+//! (../shared/datasets/mvtec-mini, skipped when absent); the views of a 1024 px line-camera image
+//! (whole view at 224, 2 x 2 tiles of 512 each at 224).
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use iuf_data::batch::load_images;
 use iuf_data::demo::{generate, DemoConfig};
+use iuf_data::image::tiles::Tiling;
 use iuf_data::image::{load_rgb, preprocess};
 use iuf_data::DatasetRoot;
 
@@ -52,5 +54,27 @@ fn pipeline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, demo, pipeline);
+fn views(c: &mut Criterion) {
+    // A busy deterministic 1024 x 1024 picture (what the resampler reads does not change its work).
+    let img = image::RgbImage::from_fn(1024, 1024, |x, y| {
+        let v = x
+            .wrapping_mul(2654435761)
+            .wrapping_add(y.wrapping_mul(40503))
+            >> 7;
+        image::Rgb([v as u8, (v >> 8) as u8, (x ^ y) as u8])
+    });
+    let tiling = Tiling {
+        input: 1024,
+        tile: 512,
+        overlap: 0,
+    };
+    let mut group = c.benchmark_group("views_1024px");
+    group.bench_function("whole_view_to_224", |b| b.iter(|| preprocess(&img, 224)));
+    group.bench_function("tiles_2x2_of_512_to_224", |b| {
+        b.iter(|| tiling.cut(&img, 224))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, demo, pipeline, views);
 criterion_main!(benches);

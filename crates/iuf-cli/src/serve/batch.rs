@@ -376,7 +376,7 @@ fn decode(u: &Upload) -> Result<RgbImage, String> {
     }
     reader
         .decode()
-        .map(|img| img.to_rgb8())
+        .map(|img| img.into_rgb8())
         .map_err(|e| match e {
             image::ImageError::Limits(l)
                 if l.kind() == image::error::LimitErrorKind::InsufficientMemory =>

@@ -119,7 +119,7 @@ pub fn too_large(size: Option<((u32, u32), u64)>) -> String {
 /// three equal channels, 16-bit samples are scaled to 8 bits, alpha is dropped (as PIL's
 /// `convert("RGB")` does).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    Ok(open(path)?.to_rgb8())
+    Ok(open(path)?.into_rgb8())
 }
 
 /// PIL's `resize((w, h), BILINEAR)`, bit-exact: antialiased when shrinking. Returns the image
@@ -153,14 +153,53 @@ fn resize_bilinear<P: Pixel<Subpixel = u8>>(
 /// the ImageNet mean/std: exactly torchvision's `Resize` + `ToTensor` + `Normalize` on a PIL image.
 pub fn preprocess(img: &RgbImage, size: usize) -> ImageTensor {
     let resized = resize_bilinear_rgb(img, size as u32, size as u32);
-    let (w, h) = (resized.width() as usize, resized.height() as usize);
+    normalise(
+        resized.as_raw(),
+        resized.width() as usize,
+        resized.height() as usize,
+    )
+}
+
+/// [`preprocess`] of the `w x h` rectangle of `img` at `(x, y)`, as of `img.crop(box)` in PIL,
+/// without copying the crop. Panics when the rectangle is empty or leaves the image.
+pub fn preprocess_crop(
+    img: &RgbImage,
+    (x, y): (usize, usize),
+    (w, h): (usize, usize),
+    size: usize,
+) -> ImageTensor {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    assert!(
+        w > 0 && h > 0 && x + w <= iw && y + h <= ih && size > 0,
+        "crop {w}x{h} at ({x}, {y}) of a {iw}x{ih} image"
+    );
+    let region = resample::Region {
+        src: img.as_raw(),
+        stride: iw,
+        x0: x,
+        y0: y,
+        w,
+        h,
+        c: 3,
+    };
+    normalise(&resample::bilinear_region(region, size, size), size, size)
+}
+
+/// Interleaved RGB bytes to a normalised planar tensor: the same f32 operations as torchvision's
+/// ToTensor (x / 255) then Normalize ((x - mean) / std).
+/// The 256 values of each channel are computed once (the same operations, so the same bits).
+fn normalise(rgb: &[u8], w: usize, h: usize) -> ImageTensor {
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+    });
     let plane = w * h;
     let mut data = vec![0f32; 3 * plane];
-    for (i, px) in resized.pixels().enumerate() {
-        for c in 0..3 {
-            // Same f32 operations as ToTensor (x / 255) then Normalize ((x - mean) / std).
-            data[c * plane + i] = (px.0[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
+    let (r, rest) = data.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (((px, r), g), b) in rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = lut[0][px[0] as usize];
+        *g = lut[1][px[1] as usize];
+        *b = lut[2][px[2] as usize];
     }
     ImageTensor {
         data,
@@ -233,6 +272,51 @@ pub fn resize_bilinear_gray(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deterministic busy test image.
+    fn pattern(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let v = x
+                .wrapping_mul(2654435761)
+                .wrapping_add(y.wrapping_mul(40503))
+                >> 7;
+            ::image::Rgb([v as u8, (v >> 8) as u8, (x * 7 + y * 3) as u8])
+        })
+    }
+
+    #[test]
+    fn a_crop_is_preprocessed_as_the_cropped_image() {
+        let img = pattern(97, 61);
+        for ((x, y), (w, h), size) in [
+            ((5, 7), (40, 30), 24),
+            ((0, 0), (97, 61), 33),
+            ((50, 1), (47, 60), 47),
+        ] {
+            let crop = ::image::imageops::crop_imm(&img, x as u32, y as u32, w as u32, h as u32)
+                .to_image();
+            let want = preprocess(&crop, size);
+            let got = preprocess_crop(&img, (x, y), (w, h), size);
+            assert_eq!(got.data, want.data, "crop {w}x{h} at ({x}, {y}) to {size}");
+        }
+    }
+
+    #[test]
+    fn gray_and_rgb_resizes_agree_channel_by_channel() {
+        // The one- and three-channel passes are separate code: each RGB channel resized must
+        // equal that channel resized as a gray image (shrinking and enlarging, both pass orders).
+        let img = pattern(83, 129);
+        for (w, h) in [(31, 17), (83, 40), (20, 129), (150, 200)] {
+            let rgb = resize_bilinear_rgb(&img, w, h);
+            for ch in 0..3 {
+                let gray = ::image::GrayImage::from_fn(83, 129, |x, y| {
+                    ::image::Luma([img.get_pixel(x, y).0[ch]])
+                });
+                let got = resize_bilinear_gray(&gray, w, h);
+                let want: Vec<u8> = rgb.pixels().map(|p| p.0[ch]).collect();
+                assert_eq!(got.as_raw(), &want, "{w}x{h} channel {ch}");
+            }
+        }
+    }
 
     /// Guarantee (issue 23 item 12): an empty image file or a folder is named for what it is, not
     /// with the decoder's "unexpected end of file".

@@ -68,49 +68,120 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Horizontal pass over rows `first_row .. first_row + rows` of `src` (`in_w` wide, `c` channels).
-fn horizontal(
-    src: &[u8],
-    in_w: usize,
-    c: usize,
-    first_row: usize,
-    rows: usize,
-    co: &Coefficients,
-) -> Vec<u8> {
-    let out_w = co.bounds.len();
+/// A rectangle of an interleaved 8-bit image: `w x h` pixels starting at pixel `(x0, y0)` of a
+/// buffer whose rows are `stride` pixels long, `c` channels a pixel.
+#[derive(Clone, Copy)]
+pub(crate) struct Region<'a> {
+    pub src: &'a [u8],
+    pub stride: usize,
+    pub x0: usize,
+    pub y0: usize,
+    pub w: usize,
+    pub h: usize,
+    pub c: usize,
+}
+
+impl<'a> Region<'a> {
+    /// The whole of a `w x h` image.
+    pub fn whole(src: &'a [u8], w: usize, h: usize, c: usize) -> Self {
+        Self {
+            src,
+            stride: w,
+            x0: 0,
+            y0: 0,
+            w,
+            h,
+            c,
+        }
+    }
+
+    /// Row `y` of the rectangle (`w * c` bytes).
+    fn row(&self, y: usize) -> &'a [u8] {
+        let start = ((self.y0 + y) * self.stride + self.x0) * self.c;
+        &self.src[start..start + self.w * self.c]
+    }
+
+    /// The rectangle as a packed `w x h` buffer.
+    fn to_vec(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.w * self.h * self.c);
+        for y in 0..self.h {
+            out.extend_from_slice(self.row(y));
+        }
+        out
+    }
+}
+
+/// Horizontal pass over rows `first_row .. first_row + rows` of `src`. The sums are integers, so
+/// any order of the taps gives Pillow's result exactly.
+fn horizontal(src: Region<'_>, first_row: usize, rows: usize, co: &Coefficients) -> Vec<u8> {
+    let (out_w, c) = (co.bounds.len(), src.c);
     let mut out = vec![0u8; out_w * rows * c];
-    for y in 0..rows {
-        let line = &src[(first_row + y) * in_w * c..(first_row + y + 1) * in_w * c];
-        let out_line = &mut out[y * out_w * c..(y + 1) * out_w * c];
-        for (xx, &(xmin, taps)) in co.bounds.iter().enumerate() {
-            let k = &co.weights[xx * co.ksize..xx * co.ksize + taps];
-            for ch in 0..c {
-                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                for (x, &w) in k.iter().enumerate() {
-                    acc += line[(xmin + x) * c + ch] as i32 * w;
-                }
-                out_line[xx * c + ch] = clip8(acc);
-            }
+    for (y, out_line) in out.chunks_exact_mut(out_w * c).enumerate() {
+        let line = src.row(first_row + y);
+        match c {
+            3 => horizontal_line::<3>(line, out_line, co),
+            1 => horizontal_line::<1>(line, out_line, co),
+            4 => horizontal_line::<4>(line, out_line, co),
+            _ => horizontal_line_any(line, out_line, c, co),
         }
     }
     out
 }
 
-/// Vertical pass: output row `yy` mixes input rows `bounds[yy].0 - row_offset ..`.
-fn vertical(src: &[u8], w: usize, c: usize, row_offset: usize, co: &Coefficients) -> Vec<u8> {
-    let out_h = co.bounds.len();
-    let stride = w * c;
-    let mut out = vec![0u8; out_h * stride];
-    for (yy, &(ymin, taps)) in co.bounds.iter().enumerate() {
-        let k = &co.weights[yy * co.ksize..yy * co.ksize + taps];
-        let ymin = ymin - row_offset;
-        let out_line = &mut out[yy * stride..(yy + 1) * stride];
-        for (i, o) in out_line.iter_mut().enumerate() {
-            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-            for (y, &wt) in k.iter().enumerate() {
-                acc += src[(ymin + y) * stride + i] as i32 * wt;
+/// One row of the horizontal pass for `C` channels: all channels of a tap at once.
+#[inline(always)]
+fn horizontal_line<const C: usize>(line: &[u8], out: &mut [u8], co: &Coefficients) {
+    for (xx, (&(xmin, taps), o)) in co.bounds.iter().zip(out.chunks_exact_mut(C)).enumerate() {
+        let k = &co.weights[xx * co.ksize..xx * co.ksize + taps];
+        let px = &line[xmin * C..(xmin + taps) * C];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); C];
+        for (p, &w) in px.chunks_exact(C).zip(k) {
+            for ch in 0..C {
+                acc[ch] += p[ch] as i32 * w;
             }
-            *o = clip8(acc);
+        }
+        for ch in 0..C {
+            o[ch] = clip8(acc[ch]);
+        }
+    }
+}
+
+/// [`horizontal_line`] for any channel count.
+fn horizontal_line_any(line: &[u8], out: &mut [u8], c: usize, co: &Coefficients) {
+    for (xx, &(xmin, taps)) in co.bounds.iter().enumerate() {
+        let k = &co.weights[xx * co.ksize..xx * co.ksize + taps];
+        for ch in 0..c {
+            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+            for (x, &w) in k.iter().enumerate() {
+                acc += line[(xmin + x) * c + ch] as i32 * w;
+            }
+            out[xx * c + ch] = clip8(acc);
+        }
+    }
+}
+
+/// Vertical pass: output row `yy` mixes rows `bounds[yy].0 - row_offset ..` of `src`. Each tap adds
+/// a whole row into an integer accumulator row (vectorised); exact for the same reason as above.
+fn vertical(src: Region<'_>, row_offset: usize, co: &Coefficients) -> Vec<u8> {
+    let stride = src.w * src.c;
+    let mut out = vec![0u8; co.bounds.len() * stride];
+    let mut acc = vec![0i32; stride];
+    for ((yy, &(ymin, taps)), out_line) in co
+        .bounds
+        .iter()
+        .enumerate()
+        .zip(out.chunks_exact_mut(stride))
+    {
+        let k = &co.weights[yy * co.ksize..yy * co.ksize + taps];
+        acc.fill(1 << (PRECISION_BITS - 1));
+        for (y, &wt) in k.iter().enumerate() {
+            let row = src.row(ymin - row_offset + y);
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * wt;
+            }
+        }
+        for (o, &a) in out_line.iter_mut().zip(&acc) {
+            *o = clip8(a);
         }
     }
     out
@@ -127,6 +198,13 @@ pub(crate) fn bilinear(
     out_w: usize,
     out_h: usize,
 ) -> Vec<u8> {
+    bilinear_region(Region::whole(src, in_w, in_h, c), out_w, out_h)
+}
+
+/// [`bilinear`] of a rectangle of a larger image, as Pillow resizes `img.crop(box)`: the same
+/// bytes without copying the crop first.
+pub(crate) fn bilinear_region(src: Region<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
+    let (in_w, in_h) = (src.w, src.h);
     let need_horizontal = out_w != in_w;
     let need_vertical = out_h != in_h;
     if !need_horizontal && !need_vertical {
@@ -139,25 +217,25 @@ pub(crate) fn bilinear(
     let vert = precompute(in_h, out_h);
     if horizontal_first {
         if !need_horizontal {
-            return vertical(src, in_w, c, 0, &vert);
+            return vertical(src, 0, &vert);
         }
         let horiz = precompute(in_w, out_w);
         // Only the rows the vertical pass will read are resampled horizontally.
         let first = vert.bounds[0].0;
         let (last_min, last_taps) = vert.bounds[out_h - 1];
         let rows = last_min + last_taps - first;
-        let tmp = horizontal(src, in_w, c, first, rows, &horiz);
+        let tmp = horizontal(src, first, rows, &horiz);
         if !need_vertical {
             return tmp;
         }
-        vertical(&tmp, out_w, c, first, &vert)
+        vertical(Region::whole(&tmp, out_w, rows, src.c), first, &vert)
     } else {
-        let tmp = vertical(src, in_w, c, 0, &vert);
+        let tmp = vertical(src, 0, &vert);
         if !need_horizontal {
             return tmp;
         }
         let horiz = precompute(in_w, out_w);
-        horizontal(&tmp, in_w, c, 0, out_h, &horiz)
+        horizontal(Region::whole(&tmp, in_w, out_h, src.c), 0, out_h, &horiz)
     }
 }
 

@@ -9,7 +9,9 @@
 use ::image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::{preprocess, resize_bilinear_rgb, ImageTensor};
+use std::borrow::Cow;
+
+use super::{preprocess_crop, resize_bilinear_rgb, ImageTensor};
 use crate::error::{Error, Result};
 
 /// Where the tiles of a working image lie.
@@ -92,31 +94,26 @@ impl Tiling {
             .collect()
     }
 
-    /// The working image: `img` resized to `input x input` (PIL's bilinear, as the whole view).
-    pub fn working(&self, img: &RgbImage) -> RgbImage {
+    /// The working image: `img` resized to `input x input` (PIL's bilinear, as the whole view);
+    /// `img` itself when it has that size.
+    pub fn working<'a>(&self, img: &'a RgbImage) -> Cow<'a, RgbImage> {
         if img.width() as usize == self.input && img.height() as usize == self.input {
-            return img.clone();
+            return Cow::Borrowed(img);
         }
-        resize_bilinear_rgb(img, self.input as u32, self.input as u32)
+        Cow::Owned(resize_bilinear_rgb(
+            img,
+            self.input as u32,
+            self.input as u32,
+        ))
     }
 
     /// The tiles of `img`, each resized to `size x size` and normalised like the whole view
-    /// ([`preprocess`]), in the order of [`Tiling::origins`].
+    /// ([`super::preprocess`]), in the order of [`Tiling::origins`].
     pub fn cut(&self, img: &RgbImage, size: usize) -> Vec<ImageTensor> {
         let work = self.working(img);
         self.origins()
             .into_iter()
-            .map(|(y, x)| {
-                let tile = ::image::imageops::crop_imm(
-                    &work,
-                    x as u32,
-                    y as u32,
-                    self.tile as u32,
-                    self.tile as u32,
-                )
-                .to_image();
-                preprocess(&tile, size)
-            })
+            .map(|(y, x)| preprocess_crop(&work, (x, y), (self.tile, self.tile), size))
             .collect()
     }
 }
