@@ -375,57 +375,93 @@ impl Predictor<'_> {
                 &mut run.timings,
             )?;
             let t = Instant::now();
-            for ((index, it, img), s) in good.into_iter().zip(scored) {
-                let (ow, oh) =
-                    heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
-                let shown = if (ow, oh) == img.dimensions() {
-                    img
-                } else {
-                    iuf_data::image::resize_bilinear_rgb(&img, ow, oh)
-                };
-                let mut error = None;
-                let mask = match &it.mask {
-                    Some(m) => match load_outline_mask(m, ow, oh) {
-                        Ok(bits) => Some(bits),
-                        Err(e) => {
-                            // The image itself is fine: score it, draw no outline, say why.
-                            error = Some(format!("{e:#}; heatmap drawn without the outline"));
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                let scale = s
-                    .verdict
-                    .threshold
-                    .map_or(MapScale::ImageMax, MapScale::Threshold);
-                let heat =
-                    heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, mask.as_deref());
+            // Folders first (one thread: the stale-temporary clean-up is once per folder), then
+            // every image's heatmap drawn and written in parallel, then the outcomes in order.
+            for (_, it, _) in &good {
                 let heat_path = self.out_dir.join(&it.heatmap);
                 if let Some(parent) = heat_path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
                     if cleaned.insert(parent.to_path_buf()) {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
                         iuf_model::remove_stale_temps(parent);
                     }
                 }
-                save_atomically(&heat, &heat_path, image::ImageFormat::Png)
-                    .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
-                if picks.contains(&index) {
-                    run.panel.push((shown, heat));
+            }
+            let drawn: Vec<Result<Drawn>> = good
+                .into_par_iter()
+                .zip(scored)
+                .map(|((index, it, img), s)| self.draw(index, it, img, s))
+                .collect();
+            for d in drawn {
+                let d = d?;
+                if picks.contains(&d.index) {
+                    run.panel.push((d.shown, d.heat));
                 }
-                let mut o = Outcome::scored(&it.path, &s, self.quantile);
-                o.error = error;
-                o.heatmap = Some(heat_path.to_string_lossy().into_owned());
-                o.mask = it.mask.clone().filter(|_| mask.is_some());
-                each(&o)?;
-                run.outcomes.push(o);
+                each(&d.outcome)?;
+                run.outcomes.push(d.outcome);
                 progress.inc(1);
             }
             run.timings.heatmaps += t.elapsed();
         }
         progress.finish();
         Ok(run)
+    }
+}
+
+/// One image's heatmap, drawn and written, with its outcome.
+struct Drawn {
+    index: usize,
+    outcome: Outcome,
+    /// The image as shown on the heatmap, and the heatmap (for a panel).
+    shown: RgbImage,
+    heat: RgbImage,
+}
+
+impl Predictor<'_> {
+    /// Draws the heatmap of item `index` (its folder exists) and writes it atomically.
+    fn draw(
+        &self,
+        index: usize,
+        it: &Item,
+        img: RgbImage,
+        s: crate::inspect::Inspection,
+    ) -> Result<Drawn> {
+        let (ow, oh) = heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
+        let shown = if (ow, oh) == img.dimensions() {
+            img
+        } else {
+            iuf_data::image::resize_bilinear_rgb(&img, ow, oh)
+        };
+        let mut error = None;
+        let mask = match &it.mask {
+            Some(m) => match load_outline_mask(m, ow, oh) {
+                Ok(bits) => Some(bits),
+                Err(e) => {
+                    // The image itself is fine: score it, draw no outline, say why.
+                    error = Some(format!("{e:#}; heatmap drawn without the outline"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let scale = s
+            .verdict
+            .threshold
+            .map_or(MapScale::ImageMax, MapScale::Threshold);
+        let heat = heatmap::overlay(&shown, &s.map, s.map_w, s.map_h, scale, mask.as_deref());
+        let heat_path = self.out_dir.join(&it.heatmap);
+        save_atomically(&heat, &heat_path, image::ImageFormat::Png)
+            .with_context(|| format!("writing heatmap {}", heat_path.display()))?;
+        let mut outcome = Outcome::scored(&it.path, &s, self.quantile);
+        outcome.error = error;
+        outcome.heatmap = Some(heat_path.to_string_lossy().into_owned());
+        outcome.mask = it.mask.clone().filter(|_| mask.is_some());
+        Ok(Drawn {
+            index,
+            outcome,
+            shown,
+            heat,
+        })
     }
 }
 
