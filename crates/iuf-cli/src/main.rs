@@ -78,6 +78,11 @@ pub struct Global {
     /// .pth (zip or legacy format) converted on the fly. Must match the model's backbone.
     #[arg(long, value_name = "FILE", global = true)]
     pub weights: Option<PathBuf>,
+    /// Refuse --weights that are not a published checkpoint iuf knows by its tensor digest
+    /// (without it, weights with a published checkpoint's tensor names and shapes but other
+    /// values, fine-tuned or damaged, are used with a warning).
+    #[arg(long, global = true)]
+    pub strict_weights: bool,
     /// Do not read or write the on-disk cache of backbone features (slower, writes nothing).
     #[arg(long, global = true)]
     pub no_feature_cache: bool,

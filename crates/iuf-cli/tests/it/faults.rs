@@ -815,3 +815,100 @@ fn predict_removes_the_temporaries_of_a_killed_run() {
     }
     assert!(keep.exists());
 }
+
+/// Writes to `dest` a copy of the shared Lite0 `.pth` with `bits` bits flipped inside the data of
+/// its largest tensor stored row by row, found by searching the file for that tensor's bytes: the
+/// lowest mantissa bit of spread-out values, so the file still reads and trains (the damage of a
+/// bad disk or copy, which nothing else notices).
+fn lite0_with_flipped_bits(dest: &Path, bits: usize) {
+    let mut bytes = std::fs::read(lite0_pth()).unwrap();
+    let mut tensors = iuf_backbone::fetch::read_weights_file(&lite0_pth())
+        .unwrap()
+        .tensors;
+    tensors.sort_by_key(|(_, t)| std::cmp::Reverse(t.elem_count()));
+    // Where a tensor's values lie in the file, if stored as they are read (row-major f32).
+    let stored = |t: &candle_core::Tensor| -> Option<(usize, usize)> {
+        let data: Vec<u8> = t
+            .flatten_all()
+            .ok()?
+            .to_vec1::<f32>()
+            .ok()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mid = data.len() / 8 * 4;
+        let window = data.get(mid..mid + 64)?;
+        let start = bytes.windows(window.len()).position(|w| w == window)? - mid;
+        (bytes.get(start..start + data.len())? == &data[..]).then_some((start, data.len()))
+    };
+    let (start, len) = tensors
+        .iter()
+        .find_map(|(_, t)| stored(t))
+        .expect("a tensor of the .pth is stored as it is read");
+    for i in 0..bits {
+        let value = (i * len / 4) / bits;
+        bytes[start + 4 * value] ^= 1 << (i % 8);
+    }
+    std::fs::write(dest, bytes).unwrap();
+}
+
+/// Guarantee (issue 23 item 5): `--weights` with the published Lite0 checkpoint's tensor names
+/// and shapes but other values (12 flipped bits in a tensor's data) are used only with a warning
+/// that names the file, the digest they have and the published one; the model records their
+/// digest; `--strict-weights` refuses them before any work. The intact file gives no warning.
+#[test]
+fn weights_with_flipped_bits_are_named_with_their_digest() {
+    let (s, data) = Scratch::with_demo_data();
+    let flipped = s.path("lite0-flipped.pth");
+    lite0_with_flipped_bits(&flipped, 12);
+    let digest = iuf_backbone::fetch::read_weights_file(&flipped)
+        .unwrap()
+        .digest;
+    let published = iuf_backbone::fetch::LITE0_TENSORS_SHA256;
+    assert_ne!(digest, published);
+    let train = |weights: &Path, out: &Path| {
+        Iuf::bare()
+            .flag("--weights", weights)
+            .flag("--cache-dir", s.path("cache"))
+            .args(["--threads", "2"])
+            .arg("train")
+            .data(&data)
+            .classes("fabric")
+            .preset("tiny")
+            .out(out)
+    };
+    let m = s.path("m.safetensors");
+    let o = train(&flipped, &m).ok();
+    let warning = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("not the published efficientnet-lite0 weights"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", o.stderr));
+    eprintln!("{warning}");
+    for want in [
+        format!("--weights {}", flipped.display()),
+        format!("tensor digest {digest}, expected {published}"),
+        "--strict-weights".to_string(),
+    ] {
+        assert!(warning.contains(&want), "no {want:?} in {warning}");
+    }
+    assert_tidy(warning);
+    let info = s.iuf_json("info").model(&m).ok().json();
+    assert_eq!(info["backbone_weights_sha256"], digest.as_str());
+
+    let strict = s.path("strict.safetensors");
+    let err = train(&flipped, &strict)
+        .arg("--strict-weights")
+        .fails_with(&[
+            "--strict-weights refuses them",
+            &format!("tensor digest {digest}"),
+        ]);
+    assert_tidy(&err);
+    assert!(!strict.exists(), "work was done");
+
+    // The published file: no warning, with or without --strict-weights.
+    let o = train(&lite0_pth(), &s.path("intact.safetensors"))
+        .arg("--strict-weights")
+        .ok();
+    assert!(!o.stderr.contains("not the published"), "{}", o.stderr);
+}
