@@ -94,6 +94,9 @@ pub struct ServeArgs {
     pub drain_s: u64,
     #[command(flatten)]
     pub precision: setup::PrecisionArg,
+    /// Also checked on every reload.
+    #[command(flatten)]
+    pub signed: crate::cmd::sign::RequireSigned,
 }
 
 /// What every handler shares.
@@ -105,6 +108,8 @@ struct AppState {
     global: Global,
     device: Device,
     precision: setup::PrecisionArg,
+    /// The key every model must be signed with (`--require-signed`).
+    signed_by: Option<ed25519_dalek::VerifyingKey>,
     path: PathBuf,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -147,9 +152,10 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
             a.max_batch
         );
     }
+    let signed_by = a.signed.key()?;
     let device = setup::device(g)?;
     let t = Instant::now();
-    let served = model::load(g, &a.model, &device, &a.precision, None)?;
+    let served = model::load(g, &a.model, &device, &a.precision, signed_by.as_ref(), None)?;
     let metrics = Arc::new(Metrics::new());
     metrics.serving(&model::file_name(&a.model), &served.sha256);
     eprintln!(
@@ -177,6 +183,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         global: g.clone(),
         device,
         precision: a.precision,
+        signed_by,
         path: a.model.clone(),
         reloading: Mutex::new(()),
         max_body: a.max_body_mib.max(1) << 20,
@@ -671,6 +678,7 @@ async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
             &state.path,
             &state.device,
             &state.precision,
+            state.signed_by.as_ref(),
             Some(&current),
         )
     })

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use ed25519_dalek::VerifyingKey;
 use iuf_data::FileKind;
 use iuf_incremental::Learner;
 use serde_json::Value;
@@ -42,14 +43,15 @@ impl From<Refusal> for anyhow::Error {
     }
 }
 
-/// Loads and checks `path`: a readable model whose digests hold, which has learned at least one
-/// object, with backbone weights it was trained on. `current` lends its backbone when the weights
-/// are the same.
+/// Loads and checks `path`: a readable model whose digests hold, signed by `signed_by` when
+/// given, which has learned at least one object, with backbone weights it was trained on.
+/// `current` lends its backbone when the weights are the same.
 pub fn load(
     g: &Global,
     path: &Path,
     device: &Device,
     precision: &PrecisionArg,
+    signed_by: Option<&VerifyingKey>,
     current: Option<&Served>,
 ) -> Result<Served, Refusal> {
     let name = file_name(path);
@@ -80,6 +82,12 @@ pub fn load(
         };
         refuse(api)(e)
     })?;
+    if let Some(key) = signed_by {
+        crate::cmd::sign::verify(path, &bytes, key).map_err(|r| Refusal {
+            cause: anyhow::anyhow!(r.message(&path.display().to_string(), key, false)),
+            api: r.message(&name, key, true),
+        })?;
+    }
     let size = bytes.len();
     drop(bytes);
     precision.apply(&mut learner).map_err(|e| {

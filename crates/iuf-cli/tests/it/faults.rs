@@ -912,3 +912,111 @@ fn weights_with_flipped_bits_are_named_with_their_digest() {
         .ok();
     assert!(!o.stderr.contains("not the published"), "{}", o.stderr);
 }
+
+/// The model file at `from` edited as someone with the file but not the key could: a threshold
+/// changed and every digest recomputed (`iuf_model::save_model`), the signature of `from` copied
+/// back into the header. Written to `to`.
+fn edit_keeping_the_signature(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let header = iuf_model::file::header(from, &bytes).unwrap();
+    let mut m = iuf_model::load_model(from, &candle_core::Device::Cpu).unwrap();
+    for t in m.meta.thresholds.values_mut() {
+        *t *= 10.0;
+    }
+    let state = m.state.clone();
+    iuf_model::save_model(to, &m.varmap, &m.meta, &state).unwrap();
+    let keep: Vec<(&str, String)> = [
+        iuf_model::file::KEY_SIGNATURE,
+        iuf_model::file::KEY_SIGNATURE_KEY,
+    ]
+    .into_iter()
+    .map(|k| (k, header[k].clone()))
+    .collect();
+    let edited = iuf_model::file::with_header(to, &std::fs::read(to).unwrap(), &keep).unwrap();
+    std::fs::write(to, edited).unwrap();
+}
+
+/// Guarantee (issue 23, beyond the list): with `--require-signed PUBKEY`, predict takes only a
+/// model signed with that key's private key (`iuf sign`): an unsigned model, a signed model
+/// edited with its digests recomputed, and a model signed with another key are refused before
+/// any work, each with what is wrong. Signing changes no score; a new private key is readable by
+/// its owner only and never replaces a file.
+#[test]
+fn predict_require_signed_takes_only_models_signed_with_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, data, m) = demo_model();
+    let key = s.path("keys/line7.key");
+    std::fs::create_dir_all(s.path("keys")).unwrap();
+    let public = s.iuf("sign").flag("--generate-key", &key).ok().stdout;
+    let public = public.trim();
+    assert_eq!(public.len(), 64, "{public}");
+    let pubfile = s.path("keys/line7.key.pub");
+    assert!(std::fs::read_to_string(&pubfile).unwrap().contains(public));
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    s.iuf("sign")
+        .flag("--generate-key", &key)
+        .fails_with(&["already exists", "never replaces a key"]);
+    let other = s.path("keys/other.key");
+    s.iuf("sign").flag("--generate-key", &other).ok();
+
+    let signed = s.path("signed.safetensors");
+    s.iuf("sign")
+        .model(&m)
+        .flag("--key", &key)
+        .out(&signed)
+        .ok();
+    s.iuf("sign")
+        .model(&m)
+        .flag("--key", &key)
+        .out(&m)
+        .fails_with(&["--out", "is the input --model"]);
+    let image = data.join("fabric/test/good/000.png");
+    let predict = |model: &Path, out: &str| {
+        s.iuf_json("predict")
+            .model(model)
+            .arg(&image)
+            .out(s.path(out))
+    };
+    let plain = predict(&m, "p-plain").ok().json_lines();
+    let checked = predict(&signed, "p-signed")
+        .flag("--require-signed", &pubfile)
+        .ok()
+        .json_lines();
+    assert_eq!(plain[0]["score"], checked[0]["score"]);
+    assert_eq!(plain[0]["decision"], checked[0]["decision"]);
+    // The key itself in hex works as well as its file.
+    predict(&signed, "p-hex")
+        .flag("--require-signed", public)
+        .ok();
+
+    let edited = s.path("edited.safetensors");
+    edit_keeping_the_signature(&signed, &edited);
+    // Without --require-signed the edited file loads: its digests hold.
+    predict(&edited, "p-edited-unchecked").ok();
+    let other_pub = s.path("keys/other.key.pub");
+    for (model, pubkey, wanted, out) in [
+        (&m, &pubfile, "is not signed", "p-unsigned"),
+        (&edited, &pubfile, "changed after it was signed", "p-edited"),
+        (
+            &signed,
+            &other_pub,
+            "not by the key --require-signed gives",
+            "p-other",
+        ),
+    ] {
+        let err = predict(model, out)
+            .flag("--require-signed", pubkey)
+            .fails_with(&[wanted, &model.display().to_string()]);
+        assert_tidy(&err);
+        assert!(!s.path(out).exists(), "{out}: work was done");
+    }
+    s.iuf("predict")
+        .model(&signed)
+        .arg(&image)
+        .out(s.path("p-private"))
+        .flag("--require-signed", &key)
+        .fails_with(&["is a private key"]);
+}

@@ -1139,3 +1139,59 @@ fn serve_is_not_ready_while_it_drains_after_sigterm() {
     let took = svc.exits_within(Duration::from_secs(15).saturating_sub(t.elapsed()));
     eprintln!("exited {took:?} after the request in flight was answered");
 }
+
+/// Guarantee (issue 23, beyond the list): `serve --require-signed PUBKEY` starts only with a
+/// model signed with that key, and a reload of an unsigned model is refused in the API's terms
+/// while the signed one keeps serving; a signed new model is swapped in.
+#[test]
+fn serve_require_signed_refuses_unsigned_models_at_start_and_on_reload() {
+    let m = models();
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("line.key");
+    m.scratch.iuf("sign").flag("--generate-key", &key).ok();
+    let pubkey = t.path().join("line.key.pub");
+    let served = t.path().join("served.safetensors");
+    m.scratch
+        .iuf("sign")
+        .model(&m.a)
+        .flag("--key", &key)
+        .out(&served)
+        .ok();
+    let unsigned_start = m
+        .scratch
+        .iuf("serve")
+        .flag("--bind", "127.0.0.1:0")
+        .model(&m.a)
+        .flag("--require-signed", &pubkey)
+        .fails_with(&["is not signed"]);
+    assert!(unsigned_start.contains(&m.a.display().to_string()));
+
+    let svc = Service::start(&served, &["--require-signed", pubkey.to_str().unwrap()]);
+    let good = image("bottle/test/good/000.png");
+    let (status, o) = svc.inspect(&good);
+    assert_eq!(status, 200, "{o}");
+    let signed_sha = sha256(&served);
+    let replace = |from: &Path| {
+        std::fs::copy(from, t.path().join(".tmp")).unwrap();
+        std::fs::rename(t.path().join(".tmp"), &served).unwrap();
+    };
+    replace(&m.b);
+    let (status, e) = svc.call("POST", "/v1/reload", &[], None).json();
+    assert_eq!(status, 422, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    for want in ["served.safetensors is not signed", "keeps serving"] {
+        assert!(msg.contains(want), "no {want:?} in {msg:?}");
+    }
+    assert!(!msg.contains("--"), "{msg}");
+    assert_eq!(svc.inspect(&good).1["model_sha256"], signed_sha.as_str());
+    let b_signed = t.path().join("b-signed.safetensors");
+    m.scratch
+        .iuf("sign")
+        .model(&m.b)
+        .flag("--key", &key)
+        .out(&b_signed)
+        .ok();
+    replace(&b_signed);
+    let (status, r) = svc.call("POST", "/v1/reload", &[], None).json();
+    assert_eq!((status, &r["reloaded"]), (200, &Value::Bool(true)), "{r}");
+}
