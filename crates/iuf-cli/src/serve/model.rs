@@ -74,8 +74,7 @@ pub fn load(
     let mut learner = setup::load_model_bytes(path, &bytes, device).map_err(|e| {
         let api = match FileKind::of_bytes(&bytes) {
             FileKind::Other => format!(
-                "the model file {name} cannot be loaded: {} (a damaged file must be re-created \
-                 by `iuf train` or `iuf learn`)",
+                "the model file {name} cannot be loaded (damaged, or not a model file): {}",
                 reason(&e)
             ),
             kind => format!("the model file {name} is {kind}, not a model"),
@@ -136,7 +135,11 @@ pub fn load(
     Inspector::new(&learner, &backbone.backbone)
         .with_context(|| format!("model {} cannot be served", path.display()))
         .map_err(|e| {
-            let api = format!("the model file {name} cannot be served: {}", reason(&e));
+            let api = if learner.learned_classes().is_empty() {
+                format!("the model file {name} has learned no object yet: it cannot inspect")
+            } else {
+                format!("the model file {name} cannot be served: {}", reason(&e))
+            };
             refuse(api)(e)
         })?;
     let mut info = crate::cmd::info::model_json(path, &learner).map_err(|e| {

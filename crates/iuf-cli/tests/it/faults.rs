@@ -895,6 +895,13 @@ fn weights_with_flipped_bits_are_named_with_their_digest() {
     assert_tidy(warning);
     let info = s.iuf_json("info").model(&m).ok().json();
     assert_eq!(info["backbone_weights_sha256"], digest.as_str());
+    let info = s.iuf("info").model(&m).ok().stdout;
+    assert!(
+        info.contains(&format!(
+            "{digest} (not the published efficientnet-lite0-57934424.pth"
+        )),
+        "{info}"
+    );
 
     let strict = s.path("strict.safetensors");
     let err = train(&flipped, &strict)
@@ -911,6 +918,17 @@ fn weights_with_flipped_bits_are_named_with_their_digest() {
         .arg("--strict-weights")
         .ok();
     assert!(!o.stderr.contains("not the published"), "{}", o.stderr);
+    let info = s
+        .iuf("info")
+        .model(s.path("intact.safetensors"))
+        .ok()
+        .stdout;
+    assert!(
+        info.contains(&format!(
+            "{published} (the published efficientnet-lite0-57934424.pth)"
+        )),
+        "{info}"
+    );
 }
 
 /// The model file at `from` edited as someone with the file but not the key could: a threshold
