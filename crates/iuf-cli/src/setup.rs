@@ -71,14 +71,16 @@ pub fn weights(g: &Global, variant: EfficientNetVariant) -> Result<iuf_backbone:
                 variant.model_name()
             );
         }
-        return iuf_backbone::fetch::read_weights_file(w).with_context(|| {
+        let weights = iuf_backbone::fetch::read_weights_file(w).with_context(|| {
             format!(
                 "--weights {}: expected intact {} weights (.safetensors or .pth); replace the file \
                  with an intact copy",
                 w.display(),
                 variant.model_name()
             )
-        });
+        })?;
+        check_published(&weights, g.strict_weights)?;
+        return Ok(weights);
     }
     let cache = cache_dir(g)?;
     let weights = iuf_backbone::fetch::cached_weights(variant, &cache).with_context(|| {
@@ -93,6 +95,58 @@ pub fn weights(g: &Global, variant: EfficientNetVariant) -> Result<iuf_backbone:
         tracing::warn!("{damage}; fetched them again");
     }
     Ok(weights)
+}
+
+/// Says loudly when `--weights` hold the tensor names and shapes of a published checkpoint but
+/// other values: a damaged copy (a few flipped bits) moves every score and threshold without any
+/// other sign, and a fine-tuned backbone should be a choice the user knows of. Models record the
+/// digest of the weights they used either way. With `strict`, anything but a published
+/// checkpoint iuf knows is refused.
+fn check_published(w: &iuf_backbone::fetch::Weights, strict: bool) -> Result<()> {
+    use iuf_backbone::fetch::{Provenance, PUBLISHED};
+    let path = w.path.display();
+    match w.provenance() {
+        Provenance::Published(_) => Ok(()),
+        Provenance::Altered(p) => {
+            let what = format!(
+                "--weights {path}: not the published {} weights: tensor digest {}, expected {} \
+                 ({}); same tensor names and shapes, other values",
+                p.variant.model_name(),
+                w.digest,
+                p.tensors_sha256,
+                p.file
+            );
+            if strict {
+                bail!(
+                    "{what}; --strict-weights refuses them: replace the file with an intact copy \
+                     of {}",
+                    p.file
+                );
+            }
+            tracing::warn!(
+                "{what}. A damaged copy (a few flipped bits) gives wrong scores and no other \
+                 error: replace it with an intact copy, unless it is your own fine-tuned \
+                 backbone (models record its digest; --strict-weights refuses such weights)"
+            );
+            Ok(())
+        }
+        Provenance::Unknown => {
+            if strict {
+                let known: Vec<&str> = PUBLISHED.iter().map(|p| p.file).collect();
+                bail!(
+                    "--weights {path}: not a published checkpoint iuf knows (tensor digest {}); \
+                     --strict-weights accepts only {}",
+                    w.digest,
+                    known.join(", ")
+                );
+            }
+            tracing::info!(
+                "--weights {path}: not a checkpoint iuf knows the digest of (tensor digest {})",
+                w.digest
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Loads the backbone `variant` on `device`.

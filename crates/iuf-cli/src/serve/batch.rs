@@ -246,8 +246,12 @@ impl Worker {
             .collect();
         for (j, job) in jobs.iter().enumerate() {
             if let Some(o) = &job.object {
-                if let Err(e) = inspector.check_object(o) {
-                    results[j] = Err(JobError::BadRequest(format!("object: {e:#}")));
+                if inspector.check_object(o).is_err() {
+                    results[j] = Err(JobError::BadRequest(format!(
+                        "object={o}: not an object the model knows ({}); leave `object` out to \
+                         judge each image as the object it shows",
+                        model.learner.learned_classes().join(", ")
+                    )));
                 }
             }
         }

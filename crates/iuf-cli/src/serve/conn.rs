@@ -140,9 +140,12 @@ impl Drop for Busy {
     }
 }
 
-/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then calls `on_stop`, stops accepting,
-/// closes the idle connections, lets the requests in progress finish for at most `limits.drain`
-/// (a second signal cuts it short) and closes whatever is left.
+/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then calls `on_stop` (after which the app
+/// answers readiness checks and new work with 503), closes the idle connections, lets the
+/// requests in progress finish for at most `limits.drain` (a second signal cuts it short) and
+/// closes whatever is left. Connections opened during the drain get one answer each (a load
+/// balancer's readiness check sees the 503; a client, 503 with Retry-After rather than a refused
+/// connection) and are closed; the drain does not wait for them.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, on_stop: impl FnOnce()) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -191,18 +194,43 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, on_stop: 
             permit,
         ));
     }
-    drop(listener);
     on_stop();
     let _ = stop_tx.send(true);
     registry.close_idle();
+    // One request per connection opened during the drain; never stopped by the signal, which
+    // would close them before their request is read.
+    let mut late_http = http.clone();
+    late_http.keep_alive(false);
+    let (_late_stop_tx, late_stop_rx) = watch::channel(false);
+    let mut late = JoinSet::new();
     let drained = {
-        let all = async { while tasks.join_next().await.is_some() {} };
-        tokio::select! {
-            () = all => true,
-            () = tokio::time::sleep(limits.drain) => false,
-            () = super::shutdown() => false,
+        let mut all = pin!(async { while tasks.join_next().await.is_some() {} });
+        let mut deadline = pin!(tokio::time::sleep(limits.drain));
+        let mut second = pin!(super::shutdown());
+        loop {
+            while late.try_join_next().is_some() {}
+            tokio::select! {
+                () = &mut all => break true,
+                () = &mut deadline => break false,
+                () = &mut second => break false,
+                r = listener.accept() => {
+                    let Ok((stream, _)) = r else { continue };
+                    // At the limit, a new connection is simply closed.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+                    late.spawn(connection(
+                        late_http.clone(),
+                        stream,
+                        app.clone(),
+                        registry.add(),
+                        late_stop_rx.clone(),
+                        permit,
+                    ));
+                }
+            }
         }
     };
+    drop(listener);
+    late.abort_all();
     if !drained {
         eprintln!(
             "closing {} connection(s) with requests still in progress",
@@ -211,6 +239,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, on_stop: 
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    while late.join_next().await.is_some() {}
 }
 
 /// Serves one connection until it ends, is closed to make room or by the shutdown's deadline, or

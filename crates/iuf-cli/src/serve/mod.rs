@@ -24,14 +24,13 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
 use clap::Args;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{oneshot, Mutex};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -87,13 +86,17 @@ pub struct ServeArgs {
     /// one is busy, new connections wait until one ends.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections: usize,
-    /// On SIGTERM or Ctrl-C the service stops accepting connections, /readyz answers 503, idle
-    /// connections are closed and the requests in progress get S seconds to finish; the process
-    /// exits at most S + 5 seconds after the signal (a second signal: at once).
+    /// On SIGTERM or Ctrl-C the service stops taking work: /readyz and new images get 503 (on
+    /// connections opened meanwhile, each answered once and closed), idle connections are closed
+    /// and the requests in progress get S seconds to finish; the process exits at most S + 5
+    /// seconds after the signal (a second signal: at once).
     #[arg(long, value_name = "S", default_value_t = 10)]
     pub drain_s: u64,
     #[command(flatten)]
     pub precision: setup::PrecisionArg,
+    /// Also checked on every reload.
+    #[command(flatten)]
+    pub signed: crate::cmd::sign::RequireSigned,
 }
 
 /// What every handler shares.
@@ -105,11 +108,15 @@ struct AppState {
     global: Global,
     device: Device,
     precision: setup::PrecisionArg,
+    /// The key every model must be signed with (`--require-signed`).
+    signed_by: Option<ed25519_dalek::VerifyingKey>,
     path: PathBuf,
     /// One reload at a time.
     reloading: Mutex<()>,
     /// Largest request body in bytes.
     max_body: usize,
+    /// How long a request may take in all.
+    timeout: Duration,
     started: SystemTime,
     /// Set once a stop signal came: readiness answers 503.
     stopping: AtomicBool,
@@ -145,9 +152,10 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
             a.max_batch
         );
     }
+    let signed_by = a.signed.key()?;
     let device = setup::device(g)?;
     let t = Instant::now();
-    let served = model::load(g, &a.model, &device, &a.precision, None)?;
+    let served = model::load(g, &a.model, &device, &a.precision, signed_by.as_ref(), None)?;
     let metrics = Arc::new(Metrics::new());
     metrics.serving(&model::file_name(&a.model), &served.sha256);
     eprintln!(
@@ -175,9 +183,11 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         global: g.clone(),
         device,
         precision: a.precision,
+        signed_by,
         path: a.model.clone(),
         reloading: Mutex::new(()),
         max_body: a.max_body_mib.max(1) << 20,
+        timeout: Duration::from_secs(a.timeout_s.max(1)),
         started: SystemTime::now(),
         stopping: AtomicBool::new(false),
     });
@@ -225,6 +235,7 @@ fn router(state: Shared, a: &ServeArgs) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(a.max_body_mib.max(1) << 20))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -239,6 +250,7 @@ fn router(state: Shared, a: &ServeArgs) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(a.timeout_s.max(1)),
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
 }
@@ -262,7 +274,7 @@ async fn serve(state: Shared, a: &ServeArgs) -> Result<()> {
     conn::serve(listener, app, limits, || {
         state.stopping.store(true, Ordering::Release);
         eprintln!(
-            "stopping: no new connections, finishing the requests in flight (at most {} s; a second signal stops at once)",
+            "stopping: no new work, finishing the requests in flight (at most {} s; a second signal stops at once)",
             a.drain_s
         );
     })
@@ -309,8 +321,92 @@ async fn record(State(s): State<Shared>, req: Request, next: Next) -> Response {
     response
 }
 
+/// Every route and the method it takes, for the answers to requests outside them.
+const ROUTES: [(&str, &str); 7] = [
+    ("POST", "/v1/inspect"),
+    ("GET", "/v1/model"),
+    ("POST", "/v1/reload"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+];
+
+fn routes() -> String {
+    let all: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
+    all.join(", ")
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} {}: no such route; this service answers {}",
+            req.method(),
+            req.uri().path(),
+            routes()
+        ),
+    )
+}
+
+/// Every error answer is JSON `{"error": ...}` in the API's terms, also those that axum and
+/// tower give on their own (a method a route does not take, the time limit, the body limit),
+/// which come with an empty or plain-text body.
+async fn json_errors(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let request = format!("{} {path}", req.method());
+    let response = next.run(req).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let allow = ROUTES.iter().find(|(_, p)| *p == path).map(|(m, _)| *m);
+    let msg = match (status, allow) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) => {
+            format!("{request}: method not allowed; {path} takes {allow}")
+        }
+        (StatusCode::REQUEST_TIMEOUT, _) => format!(
+            "{request}: not complete within {} s, this service's limit for a request (upload \
+             included)",
+            s.timeout.as_secs()
+        ),
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => format!(
+            "{request}: the body is larger than this service takes ({} MiB)",
+            s.max_body >> 20
+        ),
+        _ if !text.is_empty() => format!("{request}: {text}"),
+        _ => format!(
+            "{request}: {}",
+            status.canonical_reason().unwrap_or("failed")
+        ),
+    };
+    let mut answer = ApiError(status, msg).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
+}
+
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+/// The answer to new work once a stop signal came (503 with Retry-After).
+fn stopping() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service is stopping and takes no new work; send it to another instance".into(),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -358,7 +454,7 @@ async fn model_info(State(s): State<Shared>) -> Json<serde_json::Value> {
     Json(info)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 struct InspectQuery {
     /// `png`: include each image's heatmap as a PNG data URL.
     heatmap: Option<String>,
@@ -366,21 +462,45 @@ struct InspectQuery {
     object: Option<String>,
 }
 
-async fn inspect(
-    State(s): State<Shared>,
-    Query(q): Query<InspectQuery>,
-    req: Request,
-) -> Result<Response, ApiError> {
+/// The query of `POST /v1/inspect`: each parameter at most once, no other parameter.
+fn inspect_query(uri: &Uri) -> Result<InspectQuery, ApiError> {
+    let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, msg);
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).map_err(|e| {
+        bad(format!(
+            "the query `{}` cannot be read: {}",
+            uri.query().unwrap_or_default(),
+            e.body_text()
+        ))
+    })?;
+    let mut q = InspectQuery::default();
+    for (key, value) in pairs {
+        let slot = match key.as_str() {
+            "heatmap" => &mut q.heatmap,
+            "object" => &mut q.object,
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter `{other}`; /v1/inspect takes `heatmap` (png or \
+                     none) and `object` (an object the model knows)"
+                )))
+            }
+        };
+        if slot.is_some() {
+            return Err(bad(format!(
+                "the query parameter `{key}` is given more than once; give it once"
+            )));
+        }
+        *slot = Some(value);
+    }
+    Ok(q)
+}
+
+async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiError> {
     // A bad query is answered only after the body is read: answering first and closing a
     // connection whose body is still arriving makes the client see a broken pipe, not the 400.
-    let heatmap = match q.heatmap.as_deref() {
-        None | Some("none") => Ok(false),
-        Some("png") => Ok(true),
-        Some(other) => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("heatmap={other}: expected `png` or `none`"),
-        )),
-    };
+    let q = inspect_query(req.uri());
+    // New work is refused once a stop signal came (after the body, as above); a request that
+    // came before it is in flight and finishes.
+    let stopping_at_start = s.stopping.load(Ordering::Acquire);
     // Refuse a body announced too large before reading any of it.
     let announced = req
         .headers()
@@ -391,7 +511,7 @@ async fn inspect(
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the body is {len} bytes; this service takes at most {} MiB (--max-body-mib)",
+                "the body is {len} bytes; this service takes at most {} MiB",
                 s.max_body >> 20
             ),
         ));
@@ -412,7 +532,20 @@ async fn inspect(
             bytes: body,
         }]
     };
-    let heatmap = heatmap?;
+    if stopping_at_start {
+        return Err(stopping());
+    }
+    let q = q?;
+    let heatmap = match q.heatmap.as_deref() {
+        None | Some("none") => false,
+        Some("png") => true,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("heatmap={other}: expected `png` or `none`"),
+            ))
+        }
+    };
     if images.iter().all(|u| u.bytes.is_empty()) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -433,7 +566,7 @@ async fn inspect(
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{n} images in one request; this service queues at most {} (--queue)",
+                "{n} images in one request; this service queues at most {}: send fewer at a time",
                 s.queue.capacity()
             ),
         ));
@@ -519,10 +652,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn reload(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if s.stopping.load(Ordering::Acquire) {
+        return Err(stopping());
+    }
     if !authorised(&s, &headers) {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "reload needs `Authorization: Bearer <token>` with the service's --token".into(),
+            "reload needs the header `Authorization: Bearer <token>` with this service's token"
+                .into(),
         ));
     }
     let (status, body) = reload_now(&s).await;
@@ -541,6 +678,7 @@ async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
             &state.path,
             &state.device,
             &state.precision,
+            state.signed_by.as_ref(),
             Some(&current),
         )
     })
@@ -571,13 +709,20 @@ async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
                 json!({ "reloaded": true, "sha256": sha, "previous_sha256": previous }),
             )
         }
-        Ok(Err(e)) => {
+        Ok(Err(refused)) => {
             s.metrics.reload("refused");
-            let msg = format!(
-                "{e:#}; the model with sha256 {} keeps serving",
+            // The log gets the whole story, with the flags that fix it; the client the API's.
+            tracing::warn!(
+                "reload of {} refused: {:#}; the model with sha256 {} keeps serving",
+                s.path.display(),
+                refused.cause,
                 &previous[..16]
             );
-            tracing::warn!("reload refused: {msg}");
+            let msg = format!(
+                "reload refused: {}; the model with sha256 {} keeps serving",
+                refused.api,
+                &previous[..16]
+            );
             (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": msg }))
         }
         Err(e) => {

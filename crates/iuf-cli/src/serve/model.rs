@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use ed25519_dalek::VerifyingKey;
+use iuf_data::FileKind;
 use iuf_incremental::Learner;
 use serde_json::Value;
 
@@ -27,25 +29,80 @@ pub struct Served {
     pub quantile: f64,
 }
 
-/// Loads and checks `path`: a readable model whose digests hold, which has learned at least one
-/// object, with backbone weights it was trained on. `current` lends its backbone when the weights
-/// are the same.
+/// Why a model file cannot be served, said twice: `cause` for the person who runs the service
+/// (the startup error, the log), with the flags that fix it; `api` for an HTTP client (a refused
+/// reload), in the API's terms and naming the file by its name only.
+pub struct Refusal {
+    pub cause: anyhow::Error,
+    pub api: String,
+}
+
+impl From<Refusal> for anyhow::Error {
+    fn from(r: Refusal) -> Self {
+        r.cause
+    }
+}
+
+/// Loads and checks `path`: a readable model whose digests hold, signed by `signed_by` when
+/// given, which has learned at least one object, with backbone weights it was trained on.
+/// `current` lends its backbone when the weights are the same.
 pub fn load(
     g: &Global,
     path: &Path,
     device: &Device,
     precision: &PrecisionArg,
+    signed_by: Option<&VerifyingKey>,
     current: Option<&Served>,
-) -> Result<Served> {
+) -> Result<Served, Refusal> {
+    let name = file_name(path);
+    // The innermost cause in words, the file named by its name only.
+    let reason = |e: &anyhow::Error| {
+        e.root_cause()
+            .to_string()
+            .replace(&path.display().to_string(), &name)
+    };
+    let refuse = |api: String| move |cause: anyhow::Error| Refusal { cause, api };
     // One read: the digest and the model come from the same bytes, even when `iuf learn`
     // renames a new file into place meanwhile.
-    let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading model {}", path.display()))
+        .map_err(|e| {
+            let api = format!("the model file {name} cannot be read ({})", reason(&e));
+            refuse(api)(e)
+        })?;
     let sha256 = iuf_backbone::fetch::sha256_hex(&bytes);
-    let mut learner = setup::load_model_bytes(path, &bytes, device)?;
+    let mut learner = setup::load_model_bytes(path, &bytes, device).map_err(|e| {
+        let api = match FileKind::of_bytes(&bytes) {
+            FileKind::Other => format!(
+                "the model file {name} cannot be loaded (damaged, or not a model file): {}",
+                reason(&e)
+            ),
+            kind => format!("the model file {name} is {kind}, not a model"),
+        };
+        refuse(api)(e)
+    })?;
+    if let Some(key) = signed_by {
+        crate::cmd::sign::verify(path, &bytes, key).map_err(|r| Refusal {
+            cause: anyhow::anyhow!(r.message(&path.display().to_string(), key, false)),
+            api: r.message(&name, key, true),
+        })?;
+    }
     let size = bytes.len();
     drop(bytes);
-    precision.apply(&mut learner)?;
-    let variant = setup::model_backbone(&learner, path)?;
+    precision.apply(&mut learner).map_err(|e| {
+        let api = format!(
+            "the model file {name} cannot run at this service's precision: {}",
+            reason(&e)
+        );
+        refuse(api)(e)
+    })?;
+    let variant = setup::model_backbone(&learner, path).map_err(|e| {
+        let api = format!(
+            "the model file {name} needs the backbone `{}`, which this service does not know",
+            learner.meta().backbone
+        );
+        refuse(api)(e)
+    })?;
     let backbone = match current {
         Some(c)
             if c.learner.meta().backbone == learner.meta().backbone
@@ -54,14 +111,41 @@ pub fn load(
             c.backbone.clone()
         }
         _ => {
-            let loaded = Arc::new(setup::backbone(g, variant, device)?);
-            setup::check_backbone_weights(&learner, path, &loaded)?;
-            loaded
+            let loaded = setup::backbone(g, variant, device).map_err(|e| {
+                let api = format!(
+                    "the model file {name} needs {} backbone weights, which this service cannot \
+                     load (its log says why)",
+                    variant.model_name()
+                );
+                refuse(api)(e)
+            })?;
+            setup::check_backbone_weights(&learner, path, &loaded).map_err(|e| {
+                let short = |d: &str| d[..d.len().min(16)].to_string();
+                let api = format!(
+                    "the model file {name} was trained on backbone weights with tensor digest {}, \
+                     but this service runs weights with digest {}: its scores would mean nothing",
+                    short(learner.backbone_weights().unwrap_or_default()),
+                    short(&loaded.id.weights_digest)
+                );
+                refuse(api)(e)
+            })?;
+            Arc::new(loaded)
         }
     };
     Inspector::new(&learner, &backbone.backbone)
-        .with_context(|| format!("model {} cannot be served", path.display()))?;
-    let mut info = crate::cmd::info::model_json(path, &learner)?;
+        .with_context(|| format!("model {} cannot be served", path.display()))
+        .map_err(|e| {
+            let api = if learner.learned_classes().is_empty() {
+                format!("the model file {name} has learned no object yet: it cannot inspect")
+            } else {
+                format!("the model file {name} cannot be served: {}", reason(&e))
+            };
+            refuse(api)(e)
+        })?;
+    let mut info = crate::cmd::info::model_json(path, &learner).map_err(|e| {
+        let api = format!("the model file {name} cannot be described: {}", reason(&e));
+        refuse(api)(e)
+    })?;
     // The size of the bytes read, not of whatever file is at `path` now.
     info["bytes"] = size.into();
     info["model"] = Value::String(file_name(path));

@@ -815,3 +815,226 @@ fn predict_removes_the_temporaries_of_a_killed_run() {
     }
     assert!(keep.exists());
 }
+
+/// Writes to `dest` a copy of the shared Lite0 `.pth` with `bits` bits flipped inside the data of
+/// its largest tensor stored row by row, found by searching the file for that tensor's bytes: the
+/// lowest mantissa bit of spread-out values, so the file still reads and trains (the damage of a
+/// bad disk or copy, which nothing else notices).
+fn lite0_with_flipped_bits(dest: &Path, bits: usize) {
+    let mut bytes = std::fs::read(lite0_pth()).unwrap();
+    let mut tensors = iuf_backbone::fetch::read_weights_file(&lite0_pth())
+        .unwrap()
+        .tensors;
+    tensors.sort_by_key(|(_, t)| std::cmp::Reverse(t.elem_count()));
+    // Where a tensor's values lie in the file, if stored as they are read (row-major f32).
+    let stored = |t: &candle_core::Tensor| -> Option<(usize, usize)> {
+        let data: Vec<u8> = t
+            .flatten_all()
+            .ok()?
+            .to_vec1::<f32>()
+            .ok()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mid = data.len() / 8 * 4;
+        let window = data.get(mid..mid + 64)?;
+        let start = bytes.windows(window.len()).position(|w| w == window)? - mid;
+        (bytes.get(start..start + data.len())? == &data[..]).then_some((start, data.len()))
+    };
+    let (start, len) = tensors
+        .iter()
+        .find_map(|(_, t)| stored(t))
+        .expect("a tensor of the .pth is stored as it is read");
+    for i in 0..bits {
+        let value = (i * len / 4) / bits;
+        bytes[start + 4 * value] ^= 1 << (i % 8);
+    }
+    std::fs::write(dest, bytes).unwrap();
+}
+
+/// Guarantee (issue 23 item 5): `--weights` with the published Lite0 checkpoint's tensor names
+/// and shapes but other values (12 flipped bits in a tensor's data) are used only with a warning
+/// that names the file, the digest they have and the published one; the model records their
+/// digest; `--strict-weights` refuses them before any work. The intact file gives no warning.
+#[test]
+fn weights_with_flipped_bits_are_named_with_their_digest() {
+    let (s, data) = Scratch::with_demo_data();
+    let flipped = s.path("lite0-flipped.pth");
+    lite0_with_flipped_bits(&flipped, 12);
+    let digest = iuf_backbone::fetch::read_weights_file(&flipped)
+        .unwrap()
+        .digest;
+    let published = iuf_backbone::fetch::LITE0_TENSORS_SHA256;
+    assert_ne!(digest, published);
+    let train = |weights: &Path, out: &Path| {
+        Iuf::bare()
+            .flag("--weights", weights)
+            .flag("--cache-dir", s.path("cache"))
+            .args(["--threads", "2"])
+            .arg("train")
+            .data(&data)
+            .classes("fabric")
+            .preset("tiny")
+            .out(out)
+    };
+    let m = s.path("m.safetensors");
+    let o = train(&flipped, &m).ok();
+    let warning = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("not the published efficientnet-lite0 weights"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", o.stderr));
+    eprintln!("{warning}");
+    for want in [
+        format!("--weights {}", flipped.display()),
+        format!("tensor digest {digest}, expected {published}"),
+        "--strict-weights".to_string(),
+    ] {
+        assert!(warning.contains(&want), "no {want:?} in {warning}");
+    }
+    assert_tidy(warning);
+    let info = s.iuf_json("info").model(&m).ok().json();
+    assert_eq!(info["backbone_weights_sha256"], digest.as_str());
+    let info = s.iuf("info").model(&m).ok().stdout;
+    assert!(
+        info.contains(&format!(
+            "{digest} (not the published efficientnet-lite0-57934424.pth"
+        )),
+        "{info}"
+    );
+
+    let strict = s.path("strict.safetensors");
+    let err = train(&flipped, &strict)
+        .arg("--strict-weights")
+        .fails_with(&[
+            "--strict-weights refuses them",
+            &format!("tensor digest {digest}"),
+        ]);
+    assert_tidy(&err);
+    assert!(!strict.exists(), "work was done");
+
+    // The published file: no warning, with or without --strict-weights.
+    let o = train(&lite0_pth(), &s.path("intact.safetensors"))
+        .arg("--strict-weights")
+        .ok();
+    assert!(!o.stderr.contains("not the published"), "{}", o.stderr);
+    let info = s
+        .iuf("info")
+        .model(s.path("intact.safetensors"))
+        .ok()
+        .stdout;
+    assert!(
+        info.contains(&format!(
+            "{published} (the published efficientnet-lite0-57934424.pth)"
+        )),
+        "{info}"
+    );
+}
+
+/// The model file at `from` edited as someone with the file but not the key could: a threshold
+/// changed and every digest recomputed (`iuf_model::save_model`), the signature of `from` copied
+/// back into the header. Written to `to`.
+fn edit_keeping_the_signature(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let header = iuf_model::file::header(from, &bytes).unwrap();
+    let mut m = iuf_model::load_model(from, &candle_core::Device::Cpu).unwrap();
+    for t in m.meta.thresholds.values_mut() {
+        *t *= 10.0;
+    }
+    let state = m.state.clone();
+    iuf_model::save_model(to, &m.varmap, &m.meta, &state).unwrap();
+    let keep: Vec<(&str, String)> = [
+        iuf_model::file::KEY_SIGNATURE,
+        iuf_model::file::KEY_SIGNATURE_KEY,
+    ]
+    .into_iter()
+    .map(|k| (k, header[k].clone()))
+    .collect();
+    let edited = iuf_model::file::with_header(to, &std::fs::read(to).unwrap(), &keep).unwrap();
+    std::fs::write(to, edited).unwrap();
+}
+
+/// Guarantee (issue 23, beyond the list): with `--require-signed PUBKEY`, predict takes only a
+/// model signed with that key's private key (`iuf sign`): an unsigned model, a signed model
+/// edited with its digests recomputed, and a model signed with another key are refused before
+/// any work, each with what is wrong. Signing changes no score; a new private key is readable by
+/// its owner only and never replaces a file.
+#[test]
+fn predict_require_signed_takes_only_models_signed_with_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, data, m) = demo_model();
+    let key = s.path("keys/line7.key");
+    std::fs::create_dir_all(s.path("keys")).unwrap();
+    let public = s.iuf("sign").flag("--generate-key", &key).ok().stdout;
+    let public = public.trim();
+    assert_eq!(public.len(), 64, "{public}");
+    let pubfile = s.path("keys/line7.key.pub");
+    assert!(std::fs::read_to_string(&pubfile).unwrap().contains(public));
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    s.iuf("sign")
+        .flag("--generate-key", &key)
+        .fails_with(&["already exists", "never replaces a key"]);
+    let other = s.path("keys/other.key");
+    s.iuf("sign").flag("--generate-key", &other).ok();
+
+    let signed = s.path("signed.safetensors");
+    s.iuf("sign")
+        .model(&m)
+        .flag("--key", &key)
+        .out(&signed)
+        .ok();
+    s.iuf("sign")
+        .model(&m)
+        .flag("--key", &key)
+        .out(&m)
+        .fails_with(&["--out", "is the input --model"]);
+    let image = data.join("fabric/test/good/000.png");
+    let predict = |model: &Path, out: &str| {
+        s.iuf_json("predict")
+            .model(model)
+            .arg(&image)
+            .out(s.path(out))
+    };
+    let plain = predict(&m, "p-plain").ok().json_lines();
+    let checked = predict(&signed, "p-signed")
+        .flag("--require-signed", &pubfile)
+        .ok()
+        .json_lines();
+    assert_eq!(plain[0]["score"], checked[0]["score"]);
+    assert_eq!(plain[0]["decision"], checked[0]["decision"]);
+    // The key itself in hex works as well as its file.
+    predict(&signed, "p-hex")
+        .flag("--require-signed", public)
+        .ok();
+
+    let edited = s.path("edited.safetensors");
+    edit_keeping_the_signature(&signed, &edited);
+    // Without --require-signed the edited file loads: its digests hold.
+    predict(&edited, "p-edited-unchecked").ok();
+    let other_pub = s.path("keys/other.key.pub");
+    for (model, pubkey, wanted, out) in [
+        (&m, &pubfile, "is not signed", "p-unsigned"),
+        (&edited, &pubfile, "changed after it was signed", "p-edited"),
+        (
+            &signed,
+            &other_pub,
+            "not by the key --require-signed gives",
+            "p-other",
+        ),
+    ] {
+        let err = predict(model, out)
+            .flag("--require-signed", pubkey)
+            .fails_with(&[wanted, &model.display().to_string()]);
+        assert_tidy(&err);
+        assert!(!s.path(out).exists(), "{out}: work was done");
+    }
+    s.iuf("predict")
+        .model(&signed)
+        .arg(&image)
+        .out(s.path("p-private"))
+        .flag("--require-signed", &key)
+        .fails_with(&["is a private key"]);
+}

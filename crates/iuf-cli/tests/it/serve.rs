@@ -265,6 +265,25 @@ fn read_status(c: &mut TcpStream) -> u16 {
         .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
 }
 
+/// The status and JSON body of the HTTP answer read to the end of `c`.
+fn read_json_answer(c: &mut TcpStream) -> (u16, Value) {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer in {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"));
+    let json = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("answer {status} with no JSON body ({e}): {answer:?}"));
+    (status, json)
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -531,7 +550,10 @@ fn real_data_serve_sheds_load_with_503_when_its_queue_is_full() {
         .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
         .json();
     assert_eq!(status, 413, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("--queue"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("queues at most 1"),
+        "{e}"
+    );
     let url = format!("{}/v1/inspect", svc.url);
     // All clients start together, so a busy machine cannot spread them out to one at a time.
     let start = std::sync::Barrier::new(12);
@@ -953,4 +975,223 @@ fn serve_watch_stops_on_sigterm_and_sigint() {
         let took = svc.exits_within(Duration::from_secs(15));
         eprintln!("--watch: exited {took:?} after SIG{signal}");
     }
+}
+
+/// Guarantee (issue 23 item 12): every HTTP error is JSON `{"error": ...}` in the API's terms,
+/// naming the request and what was wrong, with no flag of the command line (`--object`,
+/// `--weights`, `--token`, `--max-body-mib`) and no folder of the service's machine: a
+/// duplicated or unknown query parameter, an unknown object, an unknown route, a method a route
+/// does not take, a body over the size limit, a request over the time limit, a reload without
+/// the token, and reloads of a PNG and of a model trained on other backbone weights.
+#[test]
+fn serve_answers_every_error_as_json_in_the_api_terms() {
+    let t = tempfile::tempdir().unwrap();
+    let served = t.path().join("served.safetensors");
+    std::fs::copy(&models().a, &served).unwrap();
+    let svc = Service::start(&served, &["--token", "s3cret", "--max-body-mib", "1"]);
+    let folder = t.path().to_str().unwrap().to_string();
+    let in_api_terms = |what: &str, (status, e): (u16, Value), want: u16, words: &[&str]| {
+        assert_eq!(status, want, "{what}: {e}");
+        let msg = e["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error in {e}"));
+        assert!(
+            !msg.contains("--"),
+            "{what}: a command-line flag in {msg:?}"
+        );
+        assert!(
+            !msg.contains(&folder),
+            "{what}: the service's folder in {msg:?}"
+        );
+        for w in words {
+            assert!(msg.contains(w), "{what}: no {w:?} in {msg:?}");
+        }
+    };
+    let good = image("bottle/test/good/000.png");
+    in_api_terms(
+        "a duplicated query parameter",
+        svc.post("/v1/inspect?heatmap=png&heatmap=none", &good),
+        400,
+        &["`heatmap`", "more than once"],
+    );
+    in_api_terms(
+        "an unknown query parameter",
+        svc.post("/v1/inspect?heatmapp=png", &good),
+        400,
+        &["`heatmapp`", "`heatmap`", "`object`"],
+    );
+    in_api_terms(
+        "an unknown object",
+        svc.post("/v1/inspect?object=tire", &good),
+        400,
+        &["object=tire", "bottle"],
+    );
+    in_api_terms(
+        "an unknown route",
+        svc.call("GET", "/v1/nothing", &[], None).json(),
+        404,
+        &["GET /v1/nothing", "POST /v1/inspect"],
+    );
+    in_api_terms(
+        "a method the route does not take",
+        svc.call("GET", "/v1/inspect", &[], None).json(),
+        405,
+        &["GET /v1/inspect", "POST"],
+    );
+    in_api_terms(
+        "a reload without the token",
+        svc.call("POST", "/v1/reload", &[], None).json(),
+        401,
+        &["Authorization: Bearer"],
+    );
+    let mut big = svc.post_head("/v1/inspect", 3 << 20);
+    big.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    in_api_terms(
+        "a body over the limit",
+        read_json_answer(&mut big),
+        413,
+        &["1 MiB"],
+    );
+    let hurried = Service::start(&models().a, &["--timeout-s", "1"]);
+    let mut slow = hurried.post_head("/v1/inspect", good.len());
+    slow.write_all(&good[..100]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    in_api_terms(
+        "a request over the time limit",
+        read_json_answer(&mut slow),
+        408,
+        &["POST /v1/inspect", "1 s"],
+    );
+
+    // Reloads that are refused say why in the API's terms; the old model keeps serving.
+    let auth = [("Authorization", "Bearer s3cret")];
+    let replace = |bytes: &[u8]| {
+        std::fs::write(t.path().join(".tmp"), bytes).unwrap();
+        std::fs::rename(t.path().join(".tmp"), &served).unwrap();
+    };
+    replace(&good);
+    in_api_terms(
+        "a reload of a PNG",
+        svc.call("POST", "/v1/reload", &auth, None).json(),
+        422,
+        &["served.safetensors is a PNG image", "keeps serving"],
+    );
+    let other = t.path().join("other.safetensors");
+    let mut m = iuf_model::load_model(&models().a, &candle_core::Device::Cpu).unwrap();
+    m.meta.extra["backbone_weights"] = Value::String("0".repeat(64));
+    let state = m.state.clone();
+    iuf_model::save_model(&other, &m.varmap, &m.meta, &state).unwrap();
+    replace(&std::fs::read(&other).unwrap());
+    in_api_terms(
+        "a reload of a model trained on other backbone weights",
+        svc.call("POST", "/v1/reload", &auth, None).json(),
+        422,
+        &["served.safetensors", "0000000000000000", "keeps serving"],
+    );
+    let (status, o) = svc.inspect(&good);
+    assert_eq!(
+        (status, &o["model_sha256"]),
+        (200, &Value::String(sha256(&models().a)))
+    );
+}
+
+/// Guarantee (issue 23 item 9): after SIGTERM, while a request is still in flight, `/readyz`
+/// answers 503 (a load balancer takes the instance out) and new images get 503 with
+/// Retry-After, while liveness stays 200; the request in flight is answered, and the process
+/// exits within its stated bound (--drain-s 10 + 5 s).
+#[test]
+fn serve_is_not_ready_while_it_drains_after_sigterm() {
+    let mut svc = Service::start(&models().a, &[]);
+    assert_eq!(svc.call("GET", "/readyz", &[], None).json().0, 200);
+    let body = image("bottle/test/good/000.png");
+    let mut busy = svc.post_head("/v1/inspect", body.len());
+    busy.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    svc.signal("TERM");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, e) = svc.call("GET", "/readyz", &[], None).json();
+    assert_eq!(status, 503, "readiness while draining: {e}");
+    assert!(e["error"].as_str().unwrap().contains("stopping"), "{e}");
+    let refused = ureq::post(&format!("{}/v1/inspect", svc.url)).send_bytes(&body);
+    match refused {
+        Err(ureq::Error::Status(503, r)) => {
+            assert_eq!(r.header("Retry-After"), Some("1"));
+            let e: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            assert!(e["error"].as_str().unwrap().contains("stopping"), "{e}");
+        }
+        other => panic!("new work while draining: {other:?}"),
+    }
+    assert_eq!(svc.call("GET", "/healthz", &[], None).text().0, 200);
+    assert!(
+        svc.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    busy.write_all(&body[body.len() / 2..]).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(
+        read_status(&mut busy),
+        200,
+        "the request in flight is answered"
+    );
+    let took = svc.exits_within(Duration::from_secs(15).saturating_sub(t.elapsed()));
+    eprintln!("exited {took:?} after the request in flight was answered");
+}
+
+/// Guarantee (issue 23, beyond the list): `serve --require-signed PUBKEY` starts only with a
+/// model signed with that key, and a reload of an unsigned model is refused in the API's terms
+/// while the signed one keeps serving; a signed new model is swapped in.
+#[test]
+fn serve_require_signed_refuses_unsigned_models_at_start_and_on_reload() {
+    let m = models();
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("line.key");
+    m.scratch.iuf("sign").flag("--generate-key", &key).ok();
+    let pubkey = t.path().join("line.key.pub");
+    let served = t.path().join("served.safetensors");
+    m.scratch
+        .iuf("sign")
+        .model(&m.a)
+        .flag("--key", &key)
+        .out(&served)
+        .ok();
+    let unsigned_start = m
+        .scratch
+        .iuf("serve")
+        .flag("--bind", "127.0.0.1:0")
+        .model(&m.a)
+        .flag("--require-signed", &pubkey)
+        .fails_with(&["is not signed"]);
+    assert!(unsigned_start.contains(&m.a.display().to_string()));
+
+    let svc = Service::start(&served, &["--require-signed", pubkey.to_str().unwrap()]);
+    let good = image("bottle/test/good/000.png");
+    let (status, o) = svc.inspect(&good);
+    assert_eq!(status, 200, "{o}");
+    let signed_sha = sha256(&served);
+    let replace = |from: &Path| {
+        std::fs::copy(from, t.path().join(".tmp")).unwrap();
+        std::fs::rename(t.path().join(".tmp"), &served).unwrap();
+    };
+    replace(&m.b);
+    let (status, e) = svc.call("POST", "/v1/reload", &[], None).json();
+    assert_eq!(status, 422, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    for want in ["served.safetensors is not signed", "keeps serving"] {
+        assert!(msg.contains(want), "no {want:?} in {msg:?}");
+    }
+    assert!(!msg.contains("--"), "{msg}");
+    assert_eq!(svc.inspect(&good).1["model_sha256"], signed_sha.as_str());
+    let b_signed = t.path().join("b-signed.safetensors");
+    m.scratch
+        .iuf("sign")
+        .model(&m.b)
+        .flag("--key", &key)
+        .out(&b_signed)
+        .ok();
+    replace(&b_signed);
+    let (status, r) = svc.call("POST", "/v1/reload", &[], None).json();
+    assert_eq!((status, &r["reloaded"]), (200, &Value::Bool(true)), "{r}");
 }

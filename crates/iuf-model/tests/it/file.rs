@@ -372,3 +372,47 @@ fn inconsistent_class_fields_name_the_file_and_the_field() {
         "{msg}"
     );
 }
+
+/// Guarantee: the content digest a signature covers is the same before and after header entries
+/// are added (a signed file loads as before, tensors byte for byte), and changes with any edit
+/// of the metadata or the tensors, even with the stored digests recomputed; a file whose data no
+/// longer matches its digests has none.
+#[test]
+fn the_content_digest_ignores_added_header_entries_and_follows_every_edit() {
+    use iuf_model::file::{content_digest, with_header, KEY_SIGNATURE};
+    let dir = tempfile::tempdir().unwrap();
+    let (path, varmap, _, meta) = saved_model(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let digest = content_digest(&path, &bytes).unwrap();
+    let signed = with_header(&path, &bytes, &[(KEY_SIGNATURE, "ab".repeat(64))]).unwrap();
+    assert_eq!(content_digest(&path, &signed).unwrap(), digest);
+    let signed_path = dir.path().join("signed.safetensors");
+    std::fs::write(&signed_path, &signed).unwrap();
+    let loaded = load_model(&signed_path, &Device::Cpu).unwrap();
+    assert_eq!(loaded.meta, meta);
+    assert_eq!(
+        iuf_model::file::header(&signed_path, &signed).unwrap()[KEY_SIGNATURE],
+        "ab".repeat(64)
+    );
+
+    let mut edited = meta.clone();
+    edited.thresholds.insert("bottle".into(), 0.5);
+    let other = dir.path().join("edited.safetensors");
+    save_model(&other, &varmap, &edited, &loaded.state).unwrap();
+    assert_ne!(
+        content_digest(&other, &std::fs::read(&other).unwrap()).unwrap(),
+        digest
+    );
+    let mut state = loaded.state.clone();
+    state[0].1 = (&state[0].1 + 1.0).unwrap();
+    save_model(&other, &varmap, &meta, &state).unwrap();
+    assert_ne!(
+        content_digest(&other, &std::fs::read(&other).unwrap()).unwrap(),
+        digest
+    );
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 1;
+    let err = content_digest(&path, &flipped).unwrap_err().to_string();
+    assert!(err.contains("altered or damaged"), "{err}");
+}
