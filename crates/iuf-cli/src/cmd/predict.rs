@@ -350,8 +350,9 @@ impl Predictor<'_> {
         // The temporaries a killed run left, removed once from every folder this run writes.
         let mut cleaned: HashSet<PathBuf> = HashSet::new();
         progress.start("predict", n as u64);
-        // Items whose size is known but that did not fit in the batch before, with their pixels.
+        // The next item whose size is still to be read.
         let mut next = 0;
+        // An item whose size is known but that did not fit in the batch before, with its pixels.
         let mut pending: Option<(usize, u64)> = None;
         while next < n || pending.is_some() {
             let t = Instant::now();
