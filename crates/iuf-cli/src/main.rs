@@ -2,6 +2,7 @@
 //! the old products' data, evaluate, predict with heatmaps, benchmark methods side by side, inspect a
 //! model file, and a self-contained demo.
 
+mod budget;
 mod cmd;
 mod heatmap;
 mod inspect;

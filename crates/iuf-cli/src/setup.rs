@@ -293,6 +293,9 @@ fn refuse_non_model(path: &Path, kind: FileKind) -> Result<()> {
     match kind {
         FileKind::Missing => bail!("model {}: no such file; {fix}", path.display()),
         FileKind::Folder => bail!("model {} is a folder, not a model file; {fix}", path.display()),
+        kind @ FileKind::Special(_) => {
+            bail!("model {} is {kind}, not a model file; {fix}", path.display())
+        }
         FileKind::Empty => bail!(
             "model {} is empty (0 bytes), not a model file; {fix}; a damaged file must be re-created",
             path.display()
@@ -430,7 +433,7 @@ pub fn apply_tiles(
             .train
             .first()
             .with_context(|| format!("`{class}` has no training image"))?;
-        let (w, h) = image::image_dimensions(&first.path)
+        let (w, h) = iuf_data::image::dimensions(&first.path)
             .with_context(|| format!("reading the size of {}", first.path.display()))?;
         Ok(w.max(h) as usize)
     };

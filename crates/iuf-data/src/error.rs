@@ -59,6 +59,46 @@ pub enum Error {
     #[error("cannot decode image {}: {reason}", path.display())]
     TooLarge { path: PathBuf, reason: String },
 
+    /// The path is (or leads through a link to) no regular file: a named pipe, a device, a
+    /// socket, a folder. Nothing was read from it.
+    #[error("cannot read {}: {}", path.display(), not_regular(kind, target.as_deref()))]
+    NotRegular {
+        path: PathBuf,
+        kind: crate::file_kind::FileKind,
+        /// Where the link leads, when the path is one.
+        target: Option<PathBuf>,
+    },
+
+    /// A regular file over the size limit for what it should be; nothing was read from it.
+    #[error(
+        "cannot read {}: the file is {}, over the limit of {} for an image or mask file (the \
+         decoder's memory limit: a larger file would not decode within it); downscale or \
+         recompress it",
+        path.display(),
+        bytes(*size),
+        bytes(*limit)
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+
+    /// An image whose header gives more pixels than the caller may decode at once; nothing was
+    /// decoded.
+    #[error(
+        "cannot decode image {}: the image is {width}x{height} pixels ({}), over the decode budget of {}",
+        path.display(),
+        megapixels(*width as u64 * *height as u64),
+        megapixels(*limit)
+    )]
+    OverBudget {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
+
     #[error("cannot write image {}: {source}", path.display())]
     Encode {
         path: PathBuf,
@@ -107,6 +147,38 @@ pub enum Error {
         expected: String,
         found: String,
     },
+}
+
+fn not_regular(kind: &crate::file_kind::FileKind, target: Option<&std::path::Path>) -> String {
+    let what = match target {
+        Some(t) => format!(
+            "it leads through a link to {}, which is {kind}",
+            t.display()
+        ),
+        None => format!("the file is {kind}"),
+    };
+    format!(
+        "{what}, not a regular file; images and masks are read only from regular files (a pipe \
+         or a device could block or never end)"
+    )
+}
+
+/// `144 MP`, `0.3 MP`: a pixel count in megapixels, for messages.
+pub fn megapixels(pixels: u64) -> String {
+    if pixels.is_multiple_of(1_000_000) {
+        format!("{} MP", pixels / 1_000_000)
+    } else {
+        format!("{:.1} MP", pixels as f64 / 1e6)
+    }
+}
+
+/// `1000 bytes`, or `629145600 bytes (600 MiB)` from 1 MiB up.
+fn bytes(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    match n >= MIB {
+        true => format!("{n} bytes ({} MiB)", n.div_ceil(MIB)),
+        false => format!("{n} bytes"),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

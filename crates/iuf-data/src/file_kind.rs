@@ -13,6 +13,10 @@ pub enum FileKind {
     Folder,
     /// A file of 0 bytes.
     Empty,
+    /// Something that is neither a folder nor a regular file (its description: "a named pipe
+    /// (FIFO)", "a character device", ...): never opened, since reading it could block or never
+    /// end.
+    Special(&'static str),
     /// An image file of this format (PNG, JPEG, BMP, TIFF, GIF, WebP).
     Image(&'static str),
     /// A zip archive (a PyTorch `.pth` checkpoint is one).
@@ -27,13 +31,15 @@ impl FileKind {
         let Ok(meta) = std::fs::metadata(path) else {
             return FileKind::Missing;
         };
-        if meta.is_dir() {
-            return FileKind::Folder;
+        if !meta.is_file() {
+            return FileKind::of_meta(&meta);
         }
         if meta.len() == 0 {
             return FileKind::Empty;
         }
         let mut head = [0u8; 16];
+        // A regular file (a pipe swapped in since the check above would block here; the readers
+        // of data go through `input_file`, which opens without waiting).
         let n = std::fs::File::open(path)
             .and_then(|f| f.take(head.len() as u64).read(&mut head))
             .unwrap_or(0);
@@ -41,6 +47,35 @@ impl FileKind {
             return FileKind::Other;
         }
         FileKind::of_bytes(&head[..n])
+    }
+
+    /// What a path is from its metadata alone, for what is no regular file (a folder, a named pipe,
+    /// a device, a socket); a regular file is `Other` here (its bytes tell more: [`FileKind::of`]).
+    pub fn of_meta(meta: &std::fs::Metadata) -> FileKind {
+        let t = meta.file_type();
+        if t.is_dir() {
+            return FileKind::Folder;
+        }
+        if t.is_file() {
+            return FileKind::Other;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if t.is_fifo() {
+                return FileKind::Special("a named pipe (FIFO)");
+            }
+            if t.is_char_device() {
+                return FileKind::Special("a character device");
+            }
+            if t.is_block_device() {
+                return FileKind::Special("a block device");
+            }
+            if t.is_socket() {
+                return FileKind::Special("a socket");
+            }
+        }
+        FileKind::Special("a special file")
     }
 
     /// Sniffs a file's first bytes (at least 12 of them to tell every kind).
@@ -67,6 +102,7 @@ impl fmt::Display for FileKind {
             FileKind::Missing => write!(f, "missing (no such file)"),
             FileKind::Folder => write!(f, "a folder"),
             FileKind::Empty => write!(f, "empty (0 bytes)"),
+            FileKind::Special(what) => write!(f, "{what}"),
             FileKind::Image(format) => write!(f, "a {format} image"),
             FileKind::Zip => write!(f, "a zip archive"),
             FileKind::Other => write!(f, "a file of unknown kind"),

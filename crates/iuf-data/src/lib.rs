@@ -19,6 +19,7 @@ pub mod demo;
 mod error;
 pub mod file_kind;
 pub mod image;
+pub mod input_file;
 pub mod protocol;
 #[cfg(feature = "candle")]
 mod tensor;

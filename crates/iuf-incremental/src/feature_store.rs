@@ -205,7 +205,9 @@ impl FeatureStore {
         let mut missing = Vec::new();
         progress.start(phase, paths.len() as u64);
         for (i, p) in paths.iter().enumerate() {
-            let bytes = std::fs::read(p).map_err(io_err(p))?;
+            // Read as every image is: a regular file under the image size limit (a link to
+            // /dev/zero or a named pipe among the data is refused, not read for ever).
+            let bytes = iuf_data::input_file::read(p, iuf_data::image::file_limit())?;
             let key = key(&bytes);
             match self.entry_path(&key) {
                 Some(entry) if entry.exists() => match read(&entry, &key) {

@@ -179,6 +179,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     let items = heatmap_items(&data, &classes)?;
     let last = plan.protocol.steps.len() - 1;
     let mut panels = Vec::new();
+    let budget = crate::budget::DecodeBudgetArg::default().resolve()?;
     for m in &methods {
         let model = step_model_path(&a.out.join(m.name()), last);
         let mut learner = setup::load_model(&model, &device)?;
@@ -191,6 +192,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
             object: None,
             out_dir: out_dir.clone(),
             panel_max: items.len(),
+            budget,
         };
         let result = predictor.run(&items, &bars, |_| Ok(()))?;
         let panel = a.out.join("heatmaps").join(format!("{}.png", m.name()));

@@ -17,6 +17,7 @@ use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Progress};
 use rayon::prelude::*;
 
+use crate::budget::{DecodeBudget, DecodeBudgetArg};
 use crate::heatmap::{self, MapScale};
 pub use crate::inspect::Outcome;
 use crate::inspect::{Inspector, Timings};
@@ -24,7 +25,8 @@ use crate::progress::{self, Bars};
 use crate::setup;
 use crate::Global;
 
-/// Images decoded and sent through the backbone at once.
+/// Images decoded and sent through the backbone at once, at most (fewer when their pixels would
+/// exceed the decode budget together).
 const CHUNK: usize = 8;
 /// Side of one tile of a panel.
 const PANEL_TILE: u32 = 192;
@@ -70,6 +72,8 @@ pub struct PredictArgs {
     pub precision: setup::PrecisionArg,
     #[command(flatten)]
     pub signed: super::sign::RequireSigned,
+    #[command(flatten)]
+    pub decode_budget: DecodeBudgetArg,
 }
 
 /// One image to score.
@@ -275,11 +279,8 @@ pub fn collect_items(paths: &[PathBuf], masks: Option<&Path>) -> Result<Vec<Item
 
 /// A binary mask at `w x h` (positive where > 0, resized nearest).
 fn load_outline_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
-    let img = image::open(path)
-        .with_context(|| format!("cannot read mask {}", path.display()))?
-        .to_luma8();
-    let (mw, mh) = (img.width() as usize, img.height() as usize);
-    let bits: Vec<bool> = img.as_raw().iter().map(|&v| v > 0).collect();
+    let (mw, mh, bits) = iuf_data::image::load_mask_pixels(path)
+        .with_context(|| format!("cannot read mask {}", path.display()))?;
     Ok(heatmap::resize_mask(&bits, mw, mh, w as usize, h as usize))
 }
 
@@ -293,6 +294,8 @@ pub struct Predictor<'a> {
     pub out_dir: PathBuf,
     /// Keep (original, heatmap) pairs of this many images, spread evenly over the items, for a panel.
     pub panel_max: usize,
+    /// Pixels decoded at once: a batch takes images while they fit in it together.
+    pub budget: DecodeBudget,
 }
 
 /// What [`Predictor::run`] produced.
@@ -300,22 +303,26 @@ pub struct PredictRun {
     pub outcomes: Vec<Outcome>,
     pub panel: Vec<(RgbImage, RgbImage)>,
     pub timings: Timings,
+    /// Images in the largest batch run.
+    pub largest_batch: usize,
 }
 
-/// One line such as `per image: 31.0 ms = decode 3.1 + backbone 12.0 + model 6.2 + heatmap 9.7`.
-pub fn timing_summary(t: &Timings) -> Option<String> {
+/// One line such as `per image: 31.0 ms = decode 3.1 + backbone 12.0 + model 6.2 + heatmap 9.7
+/// (batches of up to 8 images; decode budget 100 MP (--decode-budget-mp))`.
+pub fn timing_summary(t: &Timings, largest_batch: usize, budget: &DecodeBudget) -> Option<String> {
     if t.images == 0 {
         return None;
     }
     let ms = |d: Duration| 1e3 * d.as_secs_f64() / t.images as f64;
     let total = t.decode + t.backbone + t.model + t.heatmaps;
     Some(format!(
-            "per image: {:.1} ms = decode {:.1} + backbone {:.1} + model {:.1} + heatmap {:.1} (batches of up to {CHUNK})",
+            "per image: {:.1} ms = decode {:.1} + backbone {:.1} + model {:.1} + heatmap {:.1} (batches of up to {largest_batch} image(s); decode budget {})",
         ms(total),
         ms(t.decode),
         ms(t.backbone),
         ms(t.model),
-        ms(t.heatmaps)
+        ms(t.heatmaps),
+        budget.describe()
     ))
 }
 
@@ -335,6 +342,7 @@ impl Predictor<'_> {
             outcomes: Vec::with_capacity(items.len()),
             panel: Vec::new(),
             timings: Timings::default(),
+            largest_batch: 0,
         };
         // Evenly spread over the items, so a panel of a whole test set shows every defect type.
         let n = items.len();
@@ -344,16 +352,64 @@ impl Predictor<'_> {
         // The temporaries a killed run left, removed once from every folder this run writes.
         let mut cleaned: HashSet<PathBuf> = HashSet::new();
         progress.start("predict", n as u64);
-        for (c, chunk) in items.chunks(CHUNK).enumerate() {
+        // The next item whose size is still to be read.
+        let mut next = 0;
+        // An item whose size is known but that did not fit in the batch before, with its pixels.
+        let mut pending: Option<(usize, u64)> = None;
+        while next < n || pending.is_some() {
             let t = Instant::now();
-            let decoded: Vec<_> = chunk
+            // The next batch: at most CHUNK images whose pixels, read from their headers, fit in
+            // the budget together. An image over the budget alone, or with no readable header, is
+            // reported and skipped.
+            let mut batch: Vec<(usize, u64)> = Vec::new();
+            let mut used = 0u64;
+            while batch.len() < CHUNK {
+                let item = match pending.take() {
+                    Some(p) => p,
+                    None if next < n => {
+                        let i = next;
+                        next += 1;
+                        let path = &items[i].path;
+                        let why = match iuf_data::image::dimensions(path) {
+                            Ok((w, h)) => match self.budget.refuse(w, h) {
+                                None => Ok((i, w as u64 * h as u64)),
+                                Some(why) => {
+                                    Err(format!("{}: {why}; the file is skipped", path.display()))
+                                }
+                            },
+                            Err(e) => Err(format!("{e}; the file is skipped (is it an image?)")),
+                        };
+                        match why {
+                            Ok(item) => item,
+                            Err(why) => {
+                                let o = Outcome::failed(path, why);
+                                each(&o)?;
+                                run.outcomes.push(o);
+                                progress.inc(1);
+                                continue;
+                            }
+                        }
+                    }
+                    None => break,
+                };
+                if !batch.is_empty() && used + item.1 > self.budget.pixels {
+                    pending = Some(item);
+                    break;
+                }
+                used += item.1;
+                batch.push(item);
+            }
+            // Each image decoded within the room its header reserved (a file changed since is
+            // refused, not decoded larger).
+            let decoded: Vec<_> = batch
                 .par_iter()
-                .map(|it| iuf_data::image::load_rgb(&it.path))
+                .map(|&(i, pixels)| iuf_data::image::load_rgb_within(&items[i].path, pixels))
                 .collect();
             let mut good: Vec<(usize, &Item, RgbImage)> = Vec::new();
-            for (j, (it, d)) in chunk.iter().zip(decoded).enumerate() {
+            for (&(i, _), d) in batch.iter().zip(decoded) {
+                let it = &items[i];
                 match d {
-                    Ok(img) => good.push((c * CHUNK + j, it, img)),
+                    Ok(img) => good.push((i, it, img)),
                     Err(e) => {
                         let o = Outcome::failed(
                             &it.path,
@@ -368,6 +424,7 @@ impl Predictor<'_> {
             if good.is_empty() {
                 continue;
             }
+            run.largest_batch = run.largest_batch.max(good.len());
             run.timings.decode += t.elapsed();
             let images: Vec<&RgbImage> = good.iter().map(|(_, _, img)| img).collect();
             let scored = inspector.inspect(
@@ -523,6 +580,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
             "--panel-max must be at least 1; found 0 (a panel of no images would be blank; leave out --panel for no panel)"
         );
     }
+    let budget = a.decode_budget.resolve()?;
     setup::check_output("--out", &a.out, true, &inputs)?;
     setup::check_writable("--out", &a.out, true)?;
     if let Some(panel) = &a.panel {
@@ -591,6 +649,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         object: a.object.clone(),
         out_dir: a.out.clone(),
         panel_max: if a.panel.is_some() { a.panel_max } else { 0 },
+        budget,
     };
     let bars = Bars::new(g.json);
     let json_out = g.json;
@@ -639,7 +698,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         result.outcomes.len(),
         a.out.display()
     );
-    let timing = timing_summary(&result.timings);
+    let timing = timing_summary(&result.timings, result.largest_batch, &budget);
     if g.json {
         eprintln!("{summary}");
     } else {

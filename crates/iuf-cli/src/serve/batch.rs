@@ -28,6 +28,31 @@ pub struct Upload {
     /// The client's file name, or `body` for a raw request body.
     pub name: String,
     pub bytes: axum::body::Bytes,
+    /// Width and height from its header ([`header_size`]), when it has a readable one.
+    pub size: Option<(u32, u32)>,
+}
+
+impl Upload {
+    /// An upload, its size read from its header (nothing is decoded).
+    pub fn new(name: String, bytes: axum::body::Bytes) -> Self {
+        let size = header_size(&bytes);
+        Self { name, bytes, size }
+    }
+
+    /// Pixels it decodes to, as far as its header tells (0 without one: it fails to decode
+    /// before any pixel is allocated).
+    fn pixels(&self) -> u64 {
+        self.size.map_or(0, |(w, h)| w as u64 * h as u64)
+    }
+}
+
+/// Width and height of an encoded image from its header, nothing decoded.
+pub fn header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// Why a whole request failed.
@@ -54,6 +79,9 @@ pub struct Job {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
     pub max_batch: usize,
+    /// Pixels decoded at once: a batch takes images while they fit in it together (an image
+    /// over it alone is refused before it is queued).
+    pub pixel_budget: u64,
     pub wait: Duration,
     /// Images the queue may hold; more are refused with 503.
     pub queue: usize,
@@ -217,8 +245,8 @@ impl Worker {
         }
     }
 
-    /// Decodes every job's images, runs the model on them in chunks of `max_batch`, and builds
-    /// each job's outcomes.
+    /// Runs the model on every job's images in chunks of at most `max_batch` images within the
+    /// pixel budget, each chunk decoded only when it runs, and builds each job's outcomes.
     fn score(
         &self,
         model: &Served,
@@ -229,17 +257,11 @@ impl Worker {
             Ok(i) => i,
             Err(e) => return jobs.iter().map(|_| Err(internal(&e))).collect(),
         };
-        // Decode in parallel on the compute pool.
-        let t = Instant::now();
         let flat: Vec<(usize, &Upload)> = jobs
             .iter()
             .enumerate()
             .flat_map(|(j, job)| job.images.iter().map(move |u| (j, u)))
             .collect();
-        let decoded: Vec<Result<RgbImage, String>> =
-            flat.par_iter().map(|(_, u)| decode(u)).collect();
-        let decode_each = t.elapsed().as_secs_f64() / flat.len().max(1) as f64;
-
         let mut results: Vec<Result<Vec<Outcome>, JobError>> = jobs
             .iter()
             .map(|j| Ok(Vec::with_capacity(j.images.len())))
@@ -257,51 +279,65 @@ impl Worker {
         }
         // Each image's outcome, by its index in `flat`, once known.
         let mut slots: Vec<Option<Outcome>> = (0..flat.len()).map(|_| None).collect();
-        let mut todo: Vec<usize> = Vec::new();
-        for (i, ((j, u), d)) in flat.iter().zip(&decoded).enumerate() {
-            if results[*j].is_err() {
-                continue;
-            }
-            match d {
-                Ok(_) => todo.push(i),
-                Err(e) => {
-                    self.metrics.image("undecodable");
-                    slots[i] = Some(Outcome::failed(Path::new(&u.name), e.clone()));
-                }
-            }
-        }
-        // Images of one object override run together; chunks never exceed max_batch.
+        let mut todo: Vec<usize> = (0..flat.len())
+            .filter(|&i| results[flat[i].0].is_ok())
+            .collect();
+        // Images of one object override run together. A chunk holds at most max_batch images
+        // whose pixels (from their headers) fit in the budget together, and is decoded only when
+        // it runs: no more than one chunk's images are ever decoded at once.
         todo.sort_by(|&x, &y| jobs[flat[x].0].object.cmp(&jobs[flat[y].0].object));
         let mut i0 = 0;
         while i0 < todo.len() {
             let key = &jobs[flat[todo[i0]].0].object;
             let mut i1 = i0;
+            let mut pixels = 0u64;
             while i1 < todo.len()
                 && i1 - i0 < self.cfg.max_batch
                 && &jobs[flat[todo[i1]].0].object == key
             {
+                let more = flat[todo[i1]].1.pixels();
+                if i1 > i0 && pixels + more > self.cfg.pixel_budget {
+                    break;
+                }
+                pixels += more;
                 i1 += 1;
             }
             let chunk = &todo[i0..i1];
-            let object = jobs[flat[chunk[0]].0].object.as_deref();
-            let images: Vec<&RgbImage> = chunk
-                .iter()
-                .map(|&i| decoded[i].as_ref().expect("decoded"))
-                .collect();
+            i0 = i1;
+            // Decode in parallel on the compute pool, each image within the room its header
+            // reserved.
+            let t = Instant::now();
+            let decoded: Vec<Result<RgbImage, String>> =
+                chunk.par_iter().map(|&i| decode(flat[i].1)).collect();
+            let decode_each = t.elapsed().as_secs_f64() / chunk.len().max(1) as f64;
+            let mut ran: Vec<(usize, RgbImage)> = Vec::with_capacity(chunk.len());
+            for (&i, d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok(img) => ran.push((i, img)),
+                    Err(e) => {
+                        self.metrics.image("undecodable");
+                        slots[i] = Some(Outcome::failed(Path::new(&flat[i].1.name), e));
+                    }
+                }
+            }
+            if ran.is_empty() {
+                continue;
+            }
+            let object = jobs[flat[ran[0].0].0].object.as_deref();
+            let images: Vec<&RgbImage> = ran.iter().map(|(_, img)| img).collect();
             let mut timings = Timings::default();
             match inspector.inspect(&images, object, model.quantile, &mut timings) {
                 Ok(scored) => {
-                    self.metrics.batch(chunk.len());
-                    let per = |d: Duration| d.as_secs_f64() / chunk.len() as f64;
-                    for (&i, s) in chunk.iter().zip(scored) {
-                        let (j, u) = flat[i];
+                    self.metrics.batch(ran.len());
+                    let per = |d: Duration| d.as_secs_f64() / ran.len() as f64;
+                    for ((i, img), s) in ran.iter().zip(scored) {
+                        let (j, u) = flat[*i];
                         let job = &jobs[j];
                         let mut o = Outcome::scored(Path::new(&u.name), &s, model.quantile);
                         o.model_sha256 = Some(model.sha256.clone());
                         let t = Instant::now();
                         if job.heatmap {
-                            o.heatmap =
-                                Some(heatmap_url(decoded[i].as_ref().expect("decoded"), &s));
+                            o.heatmap = Some(heatmap_url(img, &s));
                         }
                         let stage = StageMs {
                             queue: 1e3 * started.duration_since(job.enqueued).as_secs_f64(),
@@ -309,7 +345,7 @@ impl Worker {
                             backbone: 1e3 * per(timings.backbone),
                             model: 1e3 * per(timings.model),
                             heatmap: 1e3 * t.elapsed().as_secs_f64(),
-                            batch: chunk.len(),
+                            batch: ran.len(),
                         };
                         for (name, ms) in [
                             ("queue", stage.queue),
@@ -322,17 +358,16 @@ impl Worker {
                         }
                         o.time_ms = Some(stage);
                         self.metrics.image("scored");
-                        slots[i] = Some(o);
+                        slots[*i] = Some(o);
                     }
                 }
                 Err(e) => {
-                    for &i in chunk {
+                    for (i, _) in &ran {
                         self.metrics.image("failed");
-                        results[flat[i].0] = Err(internal(&e));
+                        results[flat[*i].0] = Err(internal(&e));
                     }
                 }
             }
-            i0 = i1;
         }
         for (i, slot) in slots.into_iter().enumerate() {
             if let (Some(o), Ok(list)) = (slot, &mut results[flat[i].0]) {
@@ -378,6 +413,7 @@ fn decode(u: &Upload) -> Result<RgbImage, String> {
             u.name
         ));
     }
+    // The same bytes as `header_size` read: the size the budget counted.
     reader
         .decode()
         .map(|img| img.into_rgb8())

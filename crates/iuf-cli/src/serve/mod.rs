@@ -39,6 +39,7 @@ use tower_http::timeout::TimeoutLayer;
 use self::batch::{BatchConfig, Job, JobError, Queue, Upload};
 use self::metrics::Metrics;
 use self::model::Served;
+use crate::budget::{DecodeBudget, DecodeBudgetArg};
 use crate::{setup, Global};
 
 /// The page at `/`: one static file, plain JavaScript, nothing fetched from elsewhere.
@@ -97,6 +98,8 @@ pub struct ServeArgs {
     /// Also checked on every reload.
     #[command(flatten)]
     pub signed: crate::cmd::sign::RequireSigned,
+    #[command(flatten)]
+    pub decode_budget: DecodeBudgetArg,
 }
 
 /// What every handler shares.
@@ -117,6 +120,8 @@ struct AppState {
     max_body: usize,
     /// How long a request may take in all.
     timeout: Duration,
+    /// Pixels decoded at once; an uploaded image larger alone is refused (413).
+    budget: DecodeBudget,
     started: SystemTime,
     /// Set once a stop signal came: readiness answers 503.
     stopping: AtomicBool,
@@ -153,22 +158,25 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         );
     }
     let signed_by = a.signed.key()?;
+    let budget = a.decode_budget.resolve()?;
     let device = setup::device(g)?;
     let t = Instant::now();
     let served = model::load(g, &a.model, &device, &a.precision, signed_by.as_ref(), None)?;
     let metrics = Arc::new(Metrics::new());
     metrics.serving(&model::file_name(&a.model), &served.sha256);
     eprintln!(
-        "model {} (sha256 {}, {} object(s)) loaded in {:.2} s",
+        "model {} (sha256 {}, {} object(s)) loaded in {:.2} s; decode budget {}",
         a.model.display(),
         &served.sha256[..16],
         served.learner.learned_classes().len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        budget.describe()
     );
     let model = Arc::new(ArcSwap::from_pointee(served));
     let (queue, worker) = batch::start(
         BatchConfig {
             max_batch: a.max_batch,
+            pixel_budget: budget.pixels,
             wait: Duration::from_millis(a.batch_wait_ms),
             queue: a.queue,
         },
@@ -188,6 +196,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         reloading: Mutex::new(()),
         max_body: a.max_body_mib.max(1) << 20,
         timeout: Duration::from_secs(a.timeout_s.max(1)),
+        budget,
         started: SystemTime::now(),
         stopping: AtomicBool::new(false),
     });
@@ -527,10 +536,7 @@ async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
         let body = Bytes::from_request(req, &s)
             .await
             .map_err(|e| ApiError(e.status(), format!("reading the body: {}", e.body_text())))?;
-        vec![Upload {
-            name: "body".into(),
-            bytes: body,
-        }]
+        vec![Upload::new("body".into(), body)]
     };
     if stopping_at_start {
         return Err(stopping());
@@ -551,6 +557,17 @@ async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
             StatusCode::BAD_REQUEST,
             "no image: send one as the request body, or several as multipart/form-data".into(),
         ));
+    }
+    // Each image's size was read from its header, nothing decoded: one that alone exceeds the
+    // decode budget could never be decoded (413); the worker decodes the others a batch at a
+    // time, within the budget.
+    for u in &images {
+        if let Some(why) = u.size.and_then(|(w, h)| s.budget.refuse_upload(w, h)) {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{}: {why}", u.name),
+            ));
+        }
     }
     let (tx, rx) = oneshot::channel();
     let job = Job {
@@ -625,7 +642,7 @@ async fn read_multipart(req: Request, s: &Shared) -> Result<Vec<Upload>, ApiErro
                 format!("reading part `{name}`: {}", e.body_text()),
             )
         })?;
-        images.push(Upload { name, bytes });
+        images.push(Upload::new(name, bytes));
     }
     if images.is_empty() {
         return Err(ApiError(

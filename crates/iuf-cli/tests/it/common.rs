@@ -101,6 +101,54 @@ impl Iuf {
         self.cmd
     }
 
+    /// Runs the command to its end, killing it (and failing the test) if it runs longer than
+    /// `limit`: for cases that used to hang. Gives its outcome and its peak resident memory in
+    /// bytes (Linux's VmHWM, sampled every 20 ms while it runs).
+    pub fn run_within(mut self, limit: std::time::Duration) -> (Outcome, u64) {
+        use std::io::Read;
+        use std::process::Stdio;
+        let line = format!("{:?}", self.cmd);
+        let mut child = self
+            .cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the iuf binary");
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = Vec::new();
+                let _ = r.read_to_end(&mut s);
+                String::from_utf8_lossy(&s).into_owned()
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let t = std::time::Instant::now();
+        let mut peak = 0;
+        let status = loop {
+            peak = peak.max(peak_rss(child.id()).unwrap_or(0));
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{line} still running after {limit:?}; stderr:\n{}",
+                    err.join().unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let o = Outcome {
+            line,
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        };
+        (o, peak)
+    }
+
     /// Runs the command to its end.
     pub fn run(mut self) -> Outcome {
         let line = format!("{:?}", self.cmd);
@@ -152,6 +200,101 @@ impl Iuf {
         }
         err
     }
+}
+
+/// The peak resident memory of process `pid` so far, in bytes (Linux's VmHWM).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// A valid black 1-bit grayscale PNG of `side` x `side` pixels, written by hand so that it stays
+/// small on disk (about 0.8 MB at 24000 px) however large it is decoded: one fixed-Huffman deflate
+/// block of runs of zeros.
+pub fn blank_png(side: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    // Deflate bits go least significant first; Huffman codes most significant first.
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, v: u32, n: u32) {
+            self.acc |= (v as u64) << self.n;
+            self.n += n;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        fn code(&mut self, v: u32, n: u32) {
+            self.put(v.reverse_bits() >> (32 - n), n);
+        }
+    }
+    // Every row: filter byte 0, then ceil(side / 8) bytes of zero pixels.
+    let raw = side as u64 * (1 + side.div_ceil(8) as u64);
+    let mut z = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        n: 0,
+    };
+    z.put(1, 1); // final block
+    z.put(1, 2); // fixed Huffman codes
+    z.code(0x30, 8); // literal 0
+    let runs = (raw - 1) / 258;
+    for _ in 0..runs {
+        z.code(0xc5, 8); // length 258 (symbol 285)
+        z.code(0, 5); // distance 1
+    }
+    for _ in 0..(raw - 1) % 258 {
+        z.code(0x30, 8);
+    }
+    z.code(0, 7); // end of block
+    if z.n > 0 {
+        z.out.push(z.acc as u8); // the last bits, padded to a byte
+    }
+    let adler = (((raw % 65521) as u32) << 16) | 1;
+    let mut idat = z.out;
+    idat.extend(adler.to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([1, 0, 0, 0, 0]); // 1 bit, grayscale, deflate, no filter method, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &idat);
+    chunk(&mut png, b"IEND", &[]);
+    png
 }
 
 /// What a finished `iuf` left: its exit status, stdout and stderr.

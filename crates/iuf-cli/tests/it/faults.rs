@@ -1038,3 +1038,89 @@ fn predict_require_signed_takes_only_models_signed_with_its_key() {
         .flag("--require-signed", &key)
         .fails_with(&["is a private key"]);
 }
+
+/// Makes a named pipe (FIFO) at `path`.
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.unwrap().success(), "mkfifo {}", path.display());
+}
+
+/// Guarantee (issue 23 item 6): images are read only from regular files, after links are
+/// resolved, under a size limit checked before reading. `predict` on a folder holding a FIFO
+/// named `f.png` blocked for ever and `x.jpg -> /dev/zero` grew it to 8 GB; now each is reported
+/// by name with what it is (and a sparse 513 MiB `big.png` with its size and the limit) while the
+/// good image is scored. `train` on data holding them stops before any work, naming each, where
+/// it blocked on the FIFO before.
+#[cfg(unix)]
+#[test]
+fn pipes_device_links_and_oversized_files_are_refused_not_read() {
+    use std::time::Duration;
+    let (s, data, m) = demo_model();
+    let images = s.folder("images");
+    std::fs::copy(
+        data.join("fabric/test/good/000.png"),
+        images.join("good.png"),
+    )
+    .unwrap();
+    mkfifo(&images.join("f.png"));
+    std::os::unix::fs::symlink("/dev/zero", images.join("x.jpg")).unwrap();
+    let big = std::fs::File::create(images.join("big.png")).unwrap();
+    big.set_len(513 << 20).unwrap(); // sparse: no disk used
+    let (o, peak) = s
+        .iuf_json("predict")
+        .model(&m)
+        .arg(&images)
+        .out(s.path("pred"))
+        .run_within(Duration::from_secs(120));
+    assert!(
+        !o.status.success(),
+        "three files are unreadable: {}",
+        o.stderr
+    );
+    assert!(peak < 2 << 30, "predict peaked at {} MiB", peak >> 20);
+    let lines = o.json_lines();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let error = |name: &str| {
+        let l = lines
+            .iter()
+            .find(|l| l["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {lines:?}"));
+        assert!(l["score"].is_null(), "{l}");
+        l["error"].as_str().unwrap().to_string()
+    };
+    for (name, wanted) in [
+        ("f.png", "f.png: the file is a named pipe (FIFO), not a regular file"),
+        (
+            "x.jpg",
+            "x.jpg: it leads through a link to /dev/zero, which is a character device, not a regular file",
+        ),
+        (
+            "big.png",
+            "big.png: the file is 537919488 bytes (513 MiB), over the limit of 536870912 bytes (512 MiB) for an image or mask file",
+        ),
+    ] {
+        let e = error(name);
+        assert!(e.contains(wanted), "{e}");
+        assert_tidy(&e);
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l["path"].as_str().unwrap().ends_with("good.png") && l["score"].is_number()));
+
+    // Training data: the index names every such file before any work; no model is written.
+    mkfifo(&data.join("fabric/train/good/f.png"));
+    std::os::unix::fs::symlink("/dev/zero", data.join("fabric/train/good/x.jpg")).unwrap();
+    let out = s.path("bad.safetensors");
+    let (o, _) = s
+        .train_tiny(&data, "fabric")
+        .out(&out)
+        .run_within(Duration::from_secs(120));
+    assert!(!o.status.success(), "{}", o.stderr);
+    for wanted in [
+        "f.png: expected a regular image file; found a named pipe (FIFO)",
+        "x.jpg: expected a regular image file; found a link to /dev/zero, which is a character device",
+    ] {
+        assert!(o.stderr.contains(wanted), "no {wanted:?} in:\n{}", o.stderr);
+    }
+    assert!(!out.exists());
+}

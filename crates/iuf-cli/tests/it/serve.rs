@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{mvtec_mini, Scratch};
+use crate::common::{blank_png, mvtec_mini, peak_rss, Scratch};
 
 /// Two real models, trained once for every test here: `a` knows bottle; `b` is `a` after
 /// `iuf learn` of pill.
@@ -535,6 +535,79 @@ fn serve_shows_clients_the_model_file_name_never_its_folder() {
     let metrics = svc.call("GET", "/metrics", &[], None).text().1;
     assert!(metrics.contains("path=\"line7.safetensors\""), "{metrics}");
     assert!(!metrics.contains(folder), "{metrics}");
+}
+
+/// Guarantee (issue 23 item 7): the service reads each uploaded image's size from its header
+/// before decoding anything; an image that alone exceeds `--decode-budget-mp` gets 413 with a
+/// JSON error naming the part, its size and the limit; the images of a request are decoded a
+/// batch at a time within the budget (three 9 MP images under 10 MP run one by one, where all of
+/// a request's images were decoded at once before), and the service goes on serving.
+#[test]
+fn serve_decodes_within_its_budget_and_answers_413_for_an_image_over_it() {
+    let m = models();
+    let svc = Service::start(&m.a, &["--decode-budget-mp", "10"]);
+    let huge = blank_png(12000);
+    let (status, e) = svc.inspect(&huge);
+    assert_eq!(status, 413, "{e}");
+    assert_eq!(
+        e["error"],
+        "body: the image is 12000x12000 pixels (144 MP), over the 10 MP this service decodes at \
+         once; send a smaller image"
+    );
+    let mid = blank_png(3000);
+    let good = image("bottle/test/good/000.png");
+    let (ct, body) = multipart(&[("a.png", &mid), ("huge.png", &huge), ("b.png", &good)]);
+    let (status, e) = svc
+        .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
+        .json();
+    assert_eq!(status, 413, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("huge.png: the image is 12000x12000 pixels (144 MP)"),
+        "{e}"
+    );
+    let (ct, body) = multipart(&[("a.png", &mid), ("b.png", &mid), ("c.png", &mid)]);
+    let (status, v) = svc
+        .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
+        .json();
+    assert_eq!(status, 200, "{v}");
+    let outcomes = v.as_array().unwrap();
+    assert_eq!(outcomes.len(), 3, "{v}");
+    for o in outcomes {
+        assert!(o["score"].is_number(), "{o}");
+        assert_eq!(o["time_ms"]["batch"], 1, "{o}");
+    }
+    let (status, v) = svc.inspect(&good);
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Guarantee (issue 23 item 7), measured: 8 parts of a 12000 x 12000 PNG (0.6 GB each decoded)
+/// keep the service under 2 GB with a budget of 150 MP, where it decoded all 8 at once (4.3 GB)
+/// before. Slow: the fast version above checks the batches.
+#[test]
+#[ignore = "decodes 8 images of 144 MP; the fast version runs always"]
+fn serve_memory_stays_within_the_decode_budget() {
+    let m = models();
+    let svc = Service::start(&m.a, &["--decode-budget-mp", "150", "--timeout-s", "600"]);
+    let huge = blank_png(12000);
+    let parts: Vec<(String, &[u8])> = (0..8).map(|i| (format!("{i}.png"), &huge[..])).collect();
+    let parts: Vec<(&str, &[u8])> = parts.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let (ct, body) = multipart(&parts);
+    let before = peak_rss(svc.child.id()).unwrap();
+    let (status, v) = svc
+        .call("POST", "/v1/inspect", &[("Content-Type", &ct)], Some(&body))
+        .json();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 8);
+    let peak = peak_rss(svc.child.id()).unwrap();
+    eprintln!(
+        "serve peak resident memory: {} MiB ({} MiB before the request)",
+        peak >> 20,
+        before >> 20
+    );
+    assert!(peak < 2 << 30, "the service peaked at {} MiB", peak >> 20);
 }
 
 /// Guarantee: a full queue answers 503 with Retry-After at once (the clients refused may retry)

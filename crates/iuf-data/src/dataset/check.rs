@@ -1,12 +1,12 @@
 //! Cheap per-file checks used while indexing: listing image files, reading image headers (never the
 //! pixels) and detecting truncated files from their last bytes.
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ::image::{ImageFormat, ImageReader};
 
-use crate::error::Problem;
+use crate::error::{Error, Problem};
 
 /// File name extensions accepted as images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -93,8 +93,11 @@ pub(crate) fn list_images(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBu
 /// (PNG ends with its IEND chunk, JPEG with its end-of-image marker, BMP is as long as its header
 /// says). Nothing is decoded.
 pub(crate) fn image_dimensions(path: &Path) -> Result<(u32, u32), Problem> {
-    let reader = ImageReader::open(path)
-        .map_err(|e| problem(path, "a readable image file", e.to_string()))?
+    let mut reader = ImageReader::new(BufReader::new(open_image_file(path)?));
+    if let Ok(format) = ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
         .with_guessed_format()
         .map_err(|e| problem(path, "a readable image file", e.to_string()))?;
     let Some(format) = reader.format() else {
@@ -115,6 +118,24 @@ pub(crate) fn image_dimensions(path: &Path) -> Result<(u32, u32), Problem> {
     Ok(dims)
 }
 
+/// The image or mask file at `path`, opened only if it is a regular file (after links) under the
+/// image file size limit: a named pipe or a link to a device is a problem, never read.
+fn open_image_file(path: &Path) -> Result<fs::File, Problem> {
+    crate::input_file::open(path, crate::image::file_limit()).map_err(|e| {
+        let found = match e {
+            Error::NotRegular { kind, target, .. } => match target {
+                Some(t) => format!("a link to {}, which is {kind}", t.display()),
+                None => kind.to_string(),
+            },
+            Error::FileTooLarge { size, limit, .. } => {
+                format!("a file of {size} bytes, over the limit of {limit} bytes for an image")
+            }
+            other => other.to_string(),
+        };
+        problem(path, "a regular image file", found)
+    })
+}
+
 fn format_name(format: ImageFormat) -> &'static str {
     match format {
         ImageFormat::Png => "PNG",
@@ -130,7 +151,7 @@ fn format_name(format: ImageFormat) -> &'static str {
 fn check_complete(path: &Path, format: ImageFormat) -> Result<(), Problem> {
     const TAIL: u64 = 64;
     let io_problem = |e: std::io::Error| problem(path, "a readable image file", e.to_string());
-    let mut file = fs::File::open(path).map_err(io_problem)?;
+    let mut file = open_image_file(path)?;
     let len = file.metadata().map_err(io_problem)?.len();
     match format {
         ImageFormat::Png | ImageFormat::Jpeg => {

@@ -4,11 +4,13 @@
 mod resample;
 pub mod tiles;
 
+use std::io::BufReader;
 use std::path::Path;
 
 use ::image::error::LimitErrorKind;
 use ::image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Pixel, RgbImage};
 
+pub use crate::error::megapixels;
 use crate::error::{Error, Result};
 use crate::file_kind::FileKind;
 
@@ -45,17 +47,58 @@ impl ImageTensor {
     }
 }
 
-fn open(path: &Path) -> Result<DynamicImage> {
-    let decoded = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::io(path, e))
-        .and_then(|r| {
-            r.decode().map_err(|source| Error::Decode {
-                path: path.to_path_buf(),
-                source,
-            })
+/// The largest image or mask file read, in bytes: the decoder's memory limit (a file larger than
+/// what it may decode to would not decode within it). Checked before the first byte is read.
+pub fn file_limit() -> u64 {
+    decoder_memory_limit()
+}
+
+/// An image decoder for the file at `path` (a regular file under [`file_limit`], format from
+/// its content, else from its extension), with nothing decoded yet.
+fn decoder(path: &Path) -> Result<impl ImageDecoder> {
+    let file = crate::input_file::open(path, file_limit())?;
+    let mut reader = ImageReader::new(BufReader::new(file));
+    if let Ok(format) = ::image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let decoder = reader.into_decoder().map_err(|source| Error::Decode {
+        path: path.to_path_buf(),
+        source,
+    });
+    decoder.map_err(|e| explain(path, e))
+}
+
+/// Decodes the image at `path`, refusing it before decoding when its header gives more than
+/// `max_pixels` pixels.
+fn open(path: &Path, max_pixels: Option<u64>) -> Result<DynamicImage> {
+    let decoder = decoder(path)?;
+    let (width, height) = decoder.dimensions();
+    if let Some(limit) = max_pixels.filter(|&l| width as u64 * height as u64 > l) {
+        return Err(Error::OverBudget {
+            path: path.to_path_buf(),
+            width,
+            height,
+            limit,
         });
-    decoded.map_err(|e| explain(path, e))
+    }
+    // The decoder's memory limit, checked before the buffer is allocated (as `decode` does).
+    ::image::Limits::default()
+        .reserve(decoder.total_bytes())
+        .and_then(|()| DynamicImage::from_decoder(decoder))
+        .map_err(|source| Error::Decode {
+            path: path.to_path_buf(),
+            source,
+        })
+        .map_err(|e| explain(path, e))
+}
+
+/// Width and height of the image at `path` from its header, nothing decoded (read as every image
+/// is: a regular file under [`file_limit`]).
+pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
+    Ok(decoder(path)?.dimensions())
 }
 
 /// Says what an image that failed to decode is when the decoder's own words would mislead: an
@@ -75,9 +118,13 @@ fn explain(path: &Path, e: Error) -> Error {
     } = &e
     {
         if l.kind() == LimitErrorKind::InsufficientMemory {
-            let size = ImageReader::open(path)
+            let size = crate::input_file::open(path, file_limit())
                 .ok()
-                .and_then(|r| r.with_guessed_format().ok())
+                .and_then(|f| {
+                    ImageReader::new(BufReader::new(f))
+                        .with_guessed_format()
+                        .ok()
+                })
                 .and_then(|r| r.into_decoder().ok())
                 .map(|d| (d.dimensions(), d.total_bytes()));
             return Error::TooLarge {
@@ -119,7 +166,14 @@ pub fn too_large(size: Option<((u32, u32), u64)>) -> String {
 /// three equal channels, 16-bit samples are scaled to 8 bits, alpha is dropped (as PIL's
 /// `convert("RGB")` does).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    Ok(open(path)?.into_rgb8())
+    Ok(open(path, None)?.into_rgb8())
+}
+
+/// [`load_rgb`], refusing the image before it is decoded when its header gives more than
+/// `max_pixels` pixels ([`Error::OverBudget`]): a caller that has reserved room for the image
+/// from its [`dimensions`] never decodes more, even if the file changed since.
+pub fn load_rgb_within(path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    Ok(open(path, Some(max_pixels))?.into_rgb8())
 }
 
 /// PIL's `resize((w, h), BILINEAR)`, bit-exact: antialiased when shrinking. Returns the image
@@ -255,9 +309,14 @@ pub fn resize_mask_nearest(
 /// Loads a ground-truth mask as `size * size` booleans, row-major: resized nearest, positive
 /// where > 0 after the resize (ALGORITHM.md section 1).
 pub fn load_mask(path: &Path, size: usize) -> Result<Vec<bool>> {
-    let img = open(path)?;
-    let (w, h, positive) = mask_pixels(&img);
+    let (w, h, positive) = load_mask_pixels(path)?;
     resize_mask_nearest(&positive, w, h, size, size)
+}
+
+/// A ground-truth mask at its own size: `(width, height, positive)`, row-major, positive where
+/// any channel is > 0.
+pub fn load_mask_pixels(path: &Path) -> Result<(usize, usize, Vec<bool>)> {
+    Ok(mask_pixels(&open(path, None)?))
 }
 
 /// Resizes any 8-bit grayscale image with PIL's bilinear filter (heatmaps, masks as soft maps).
@@ -334,6 +393,68 @@ mod tests {
         assert!(err.contains("the file is a folder"), "{err}");
         assert!(too_large(Some(((30000, 20000), 1_800_000_000)))
             .starts_with("the image is 30000x20000 pixels (1717 MiB decoded), over the decoder's memory limit of 512 MiB"));
+    }
+
+    /// Guarantee (issue 23 item 6): images and masks are read only from regular files (after
+    /// links), under the file size limit checked before reading: a FIFO named `f.png` blocked
+    /// for ever, and `x.jpg -> /dev/zero` was decoded as an endless JPEG.
+    #[cfg(unix)]
+    #[test]
+    fn images_and_masks_are_read_only_from_regular_files_under_the_size_limit() {
+        use crate::input_file::tests::within;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let zero = dir.path().join("x.jpg");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let big = dir.path().join("big.png");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(file_limit() + 1)
+            .unwrap();
+        let (f, z, b) = (fifo.clone(), zero.clone(), big.clone());
+        let errors = within("reading a FIFO, /dev/zero and a sparse file", move || {
+            [
+                load_rgb(&f).unwrap_err().to_string(),
+                load_mask(&f, 8).unwrap_err().to_string(),
+                load_rgb(&z).unwrap_err().to_string(),
+                load_mask(&z, 8).unwrap_err().to_string(),
+                dimensions(&z).unwrap_err().to_string(),
+                load_rgb(&b).unwrap_err().to_string(),
+            ]
+        });
+        for (err, wanted) in errors.iter().zip([
+            "f.png: the file is a named pipe (FIFO), not a regular file",
+            "f.png: the file is a named pipe (FIFO), not a regular file",
+            "x.jpg: it leads through a link to /dev/zero, which is a character device, not a regular file",
+            "x.jpg: it leads through a link to /dev/zero",
+            "x.jpg: it leads through a link to /dev/zero",
+            "big.png: the file is 536870913 bytes (513 MiB), over the limit of 536870912 bytes (512 MiB) for an image or mask file",
+        ]) {
+            assert!(err.contains(wanted), "{err}");
+        }
+    }
+
+    /// Guarantee (issue 23 item 7): an image's size is read from its header, and an image over
+    /// the caller's pixel budget is refused before it is decoded.
+    #[test]
+    fn an_image_over_the_pixel_budget_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.png");
+        ::image::GrayImage::new(3000, 2000).save(&path).unwrap();
+        assert_eq!(dimensions(&path).unwrap(), (3000, 2000));
+        let err = load_rgb_within(&path, 5_000_000).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "wide.png: the image is 3000x2000 pixels (6 MP), over the decode budget of 5 MP"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            load_rgb_within(&path, 6_000_000).unwrap().dimensions(),
+            (3000, 2000)
+        );
     }
 
     #[test]
