@@ -4,7 +4,6 @@
 
 mod cmd;
 mod heatmap;
-mod inspect;
 mod plot;
 mod progress;
 mod serve;

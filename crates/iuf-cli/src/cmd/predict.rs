@@ -18,8 +18,8 @@ use iuf_incremental::{Learner, Progress};
 use rayon::prelude::*;
 
 use crate::heatmap::{self, MapScale};
-pub use crate::inspect::Outcome;
-use crate::inspect::{Inspector, Timings};
+pub use iuf_inspect::Outcome;
+use iuf_inspect::{Inspector, Timings};
 use crate::progress::{self, Bars};
 use crate::setup;
 use crate::Global;

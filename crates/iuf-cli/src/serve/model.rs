@@ -8,7 +8,7 @@ use candle_core::Device;
 use iuf_incremental::Learner;
 use serde_json::Value;
 
-use crate::inspect::Inspector;
+use iuf_inspect::Inspector;
 use crate::setup::{self, LoadedBackbone, PrecisionArg};
 use crate::Global;
 
