@@ -15,11 +15,11 @@ use clap::Args;
 use image::RgbImage;
 use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Progress};
+pub use iuf_inspect::Outcome;
+use iuf_inspect::{Inspector, Timings};
 use rayon::prelude::*;
 
 use crate::heatmap::{self, MapScale};
-pub use iuf_inspect::Outcome;
-use iuf_inspect::{Inspector, Timings};
 use crate::progress::{self, Bars};
 use crate::setup;
 use crate::Global;

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use image::RgbImage;
+use iuf_inspect::{Inspector, Outcome, StageMs, Timings};
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
 use super::model::Served;
 use crate::heatmap::{self, MapScale};
-use iuf_inspect::{Inspector, Outcome, StageMs, Timings};
 
 /// One uploaded image.
 pub struct Upload {

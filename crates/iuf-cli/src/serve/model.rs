@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use iuf_incremental::Learner;
+use iuf_inspect::Inspector;
 use serde_json::Value;
 
-use iuf_inspect::Inspector;
 use crate::setup::{self, LoadedBackbone, PrecisionArg};
 use crate::Global;
 
