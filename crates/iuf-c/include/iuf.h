@@ -84,7 +84,7 @@ typedef struct {
   char object[IUF_OBJECT_NAME_CAPACITY];
   // Its position in the list of `iuf_model_objects`.
   uint32_t object_index;
-  // How sure the model is that the image shows `object` (0 to 1; 1 when the caller named it).
+  // How sure the model is that the image shows `object` (0 to 1), as `iuf predict` reports it.
   float object_probability;
   // The size of the anomaly map written to the caller's buffer: the image's width and height
   // (0 when no buffer was given).

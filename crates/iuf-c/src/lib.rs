@@ -86,7 +86,7 @@ pub struct iuf_result {
     pub object: [c_char; IUF_OBJECT_NAME_CAPACITY],
     /// Its position in the list of `iuf_model_objects`.
     pub object_index: u32,
-    /// How sure the model is that the image shows `object` (0 to 1; 1 when the caller named it).
+    /// How sure the model is that the image shows `object` (0 to 1), as `iuf predict` reports it.
     pub object_probability: f32,
     /// The size of the anomaly map written to the caller's buffer: the image's width and height
     /// (0 when no buffer was given).

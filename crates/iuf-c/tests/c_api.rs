@@ -391,7 +391,7 @@ fn threads_inspecting_one_handle_agree() {
 }
 
 fn open_fails(model: &Path, weights: Option<&Path>) -> (iuf_status, String) {
-    let mut handle: *mut iuf_model = 1usize as *mut iuf_model;
+    let mut handle: *mut iuf_model = std::ptr::dangling_mut();
     let w = weights.map(c);
     // SAFETY: valid C strings or NULL, a slot for the handle.
     let status = unsafe {
