@@ -2,6 +2,7 @@
 //! outline drawn on top, and panels of several images for reports.
 
 use image::{Rgb, RgbImage};
+use iuf_inspect::resize_map;
 
 /// Longest side of a written heatmap, unless the map itself is finer (a tiled view's map):
 /// larger images are shrunk to it.
@@ -40,28 +41,6 @@ pub fn output_size(w: u32, h: u32, map_side: usize) -> (u32, u32) {
         ((w as f64 * s).round() as u32).max(1),
         ((h as f64 * s).round() as u32).max(1),
     )
-}
-
-/// Bilinear resize of a row-major `w x h` float map to `ow x oh` (pixel centres aligned, as
-/// `align_corners=False`).
-pub fn resize_map(map: &[f32], w: usize, h: usize, ow: usize, oh: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(ow * oh);
-    let coord = |o: usize, n_in: usize, n_out: usize| -> (usize, usize, f32) {
-        let x = ((o as f32 + 0.5) * n_in as f32 / n_out as f32 - 0.5).clamp(0.0, (n_in - 1) as f32);
-        let x0 = x.floor() as usize;
-        let x1 = (x0 + 1).min(n_in - 1);
-        (x0, x1, x - x0 as f32)
-    };
-    let xs: Vec<(usize, usize, f32)> = (0..ow).map(|x| coord(x, w, ow)).collect();
-    for y in 0..oh {
-        let (y0, y1, ty) = coord(y, h, oh);
-        for &(x0, x1, tx) in &xs {
-            let top = map[y0 * w + x0] * (1.0 - tx) + map[y0 * w + x1] * tx;
-            let bottom = map[y1 * w + x0] * (1.0 - tx) + map[y1 * w + x1] * tx;
-            out.push(top * (1.0 - ty) + bottom * ty);
-        }
-    }
-    out
 }
 
 /// Nearest-neighbour resize of a row-major binary mask.
@@ -197,16 +176,6 @@ mod tests {
         assert_eq!(output_size(1024, 512, 224), (512, 256));
         // A tiled view's finer map is drawn at its own resolution.
         assert_eq!(output_size(2048, 2048, 896), (896, 896));
-    }
-
-    #[test]
-    fn resize_keeps_constant_maps_and_corners() {
-        let m = resize_map(&[1.0; 4], 2, 2, 5, 3);
-        assert!(m.iter().all(|&v| (v - 1.0).abs() < 1e-6));
-        let g = resize_map(&[0.0, 1.0, 0.0, 1.0], 2, 2, 4, 1);
-        assert_eq!(g[0], 0.0);
-        assert_eq!(g[3], 1.0);
-        assert!(g[1] > 0.0 && g[1] < g[2]);
     }
 
     #[test]

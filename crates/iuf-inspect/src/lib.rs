@@ -1,0 +1,14 @@
+//! The scoring path that `iuf predict`, `iuf serve` and the C and Python bindings share: open a
+//! model file with its backbone weights ([`Model::open`], the checks `iuf predict` makes), then
+//! score decoded RGB images ([`Inspector`]): the calibrator's verdict (object and its probability,
+//! score, threshold, decision) and the anomaly map, which [`resize_map`] brings to the image's
+//! size. There is no other copy of the preprocessing or of the thresholds: every front end calls
+//! this crate.
+
+mod inspect;
+mod map;
+pub mod open;
+
+pub use inspect::{Inspection, Inspector, Outcome, StageMs, Timings};
+pub use map::resize_map;
+pub use open::{LoadedBackbone, Model, OpenError};
