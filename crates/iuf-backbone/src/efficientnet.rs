@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::config::{Architecture, BlockSpec, EfficientNetVariant};
 use crate::error::{Error, Result};
@@ -354,9 +355,9 @@ impl EfficientNet {
     }
 
     /// [`Self::run_micro_batch`] over the whole batch. On CPU a batch is run one image at a time
-    /// and the results concatenated: one image's activations stay in the caches (the stem output
-    /// alone is 1.6 MB per 224x224 image), a batch's do not, which made batch 8 about three
-    /// times slower per image in the early blocks.
+    /// (images in parallel) and the results concatenated: one image's activations stay in a
+    /// core's caches (the stem output alone is 1.6 MB per 224x224 image), a batch's do not, which
+    /// made batch 8 about three times slower per image in the early blocks.
     fn run(&self, images: &Tensor, last: usize, keep: &[usize]) -> Result<(Vec<Tensor>, Tensor)> {
         Self::check_images(images)?;
         let batch = images.dim(0)?;
@@ -365,9 +366,21 @@ impl EfficientNet {
         }
         let mut kept: Vec<Vec<Tensor>> = vec![Vec::new(); keep.len()];
         let mut lasts = Vec::new();
-        for start in (0..batch).step_by(CPU_MICRO_BATCH) {
-            let micro = images.narrow(0, start, CPU_MICRO_BATCH.min(batch - start))?;
-            let (outs, out) = self.run_micro_batch(&micro, last, keep)?;
+        // The micro-batches run side by side on the rayon pool (each op inside one still splits
+        // its work too): per image the ops are small enough that two threads on one image spend
+        // a good part of the time waiting for each other, while two images on two threads keep
+        // both busy (the backbone of `iuf predict` with 2 x 2 tiles: 80-86 -> 51-55 ms per image
+        // on 2 cores). Each image's arithmetic is unchanged, so the features are bit-identical.
+        let results: Vec<Result<(Vec<Tensor>, Tensor)>> = (0..batch)
+            .into_par_iter()
+            .step_by(CPU_MICRO_BATCH)
+            .map(|start| {
+                let micro = images.narrow(0, start, CPU_MICRO_BATCH.min(batch - start))?;
+                self.run_micro_batch(&micro, last, keep)
+            })
+            .collect();
+        for r in results {
+            let (outs, out) = r?;
             for (all, one) in kept.iter_mut().zip(outs) {
                 all.push(one);
             }
