@@ -121,18 +121,21 @@ pub(crate) fn image_dimensions(path: &Path) -> Result<(u32, u32), Problem> {
 /// The image or mask file at `path`, opened only if it is a regular file (after links) under the
 /// image file size limit: a named pipe or a link to a device is a problem, never read.
 fn open_image_file(path: &Path) -> Result<fs::File, Problem> {
-    crate::input_file::open(path, crate::image::file_limit()).map_err(|e| {
-        let found = match e {
-            Error::NotRegular { kind, target, .. } => match target {
+    crate::input_file::open(path, crate::image::file_limit()).map_err(|e| match e {
+        Error::NotRegular { kind, target, .. } => {
+            let found = match target {
                 Some(t) => format!("a link to {}, which is {kind}", t.display()),
                 None => kind.to_string(),
-            },
-            Error::FileTooLarge { size, limit, .. } => {
-                format!("a file of {size} bytes, over the limit of {limit} bytes for an image")
-            }
-            other => other.to_string(),
-        };
-        problem(path, "a regular image file", found)
+            };
+            problem(path, "a regular image file", found)
+        }
+        Error::FileTooLarge { size, limit, .. } => problem(
+            path,
+            "a regular image file",
+            format!("a file of {size} bytes, over the limit of {limit} bytes for an image"),
+        ),
+        // Missing, unreadable: as before the regular-file check.
+        other => problem(path, "a readable image file", other.to_string()),
     })
 }
 
