@@ -18,14 +18,20 @@ fi
 echo "== pip install maturin numpy pytest scipy pillow"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check maturin numpy pytest scipy pillow
 
-echo "== cargo build -p iuf-cli (the iuf program the tests compare with)"
-cargo build -q -p iuf-cli
+# The iuf program the tests compare with. CI passes IUF_BIN=target/debug/iuf, which its
+# `cargo test --workspace` has just built: `cargo build -p iuf-cli` resolves features for iuf-cli
+# alone, which compiles the iuf crates once more.
+if [ -z "${IUF_BIN:-}" ]; then
+  echo "== cargo build -p iuf-cli (the iuf program the tests compare with)"
+  cargo build -q -p iuf-cli
+  IUF_BIN="$root/target/debug/iuf"
+fi
 
 echo "== maturin develop (crates/iuf-py)"
 VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" \
   maturin develop -q --manifest-path crates/iuf-py/Cargo.toml
 
 echo "== pytest crates/iuf-py/tests"
-IUF_BIN="${IUF_BIN:-$root/target/debug/iuf}" \
+IUF_BIN="$IUF_BIN" \
 IUF_SHARED="${IUF_SHARED:-$root/../shared}" \
   "$venv/bin/python" -m pytest -q -s -p no:cacheprovider crates/iuf-py/tests "$@"

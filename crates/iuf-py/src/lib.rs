@@ -272,6 +272,9 @@ impl Answer {
 }
 
 /// An iuf model file opened with its backbone, ready to inspect images.
+///
+/// Open once with Model.load (about a second) and keep it. Several Python threads may use one
+/// model at once: the GIL is released while images are decoded and scored.
 #[pyclass(frozen, module = "iuf", name = "Model")]
 struct Model {
     inner: iuf_inspect::Model,
@@ -279,7 +282,10 @@ struct Model {
 
 #[pymethods]
 impl Model {
-    /// Opens a model file as `iuf predict --model` does.
+    /// Opens the model file `path` (written by `iuf train` or `iuf learn`) with the backbone
+    /// weights it was trained on, as `iuf predict --model` does. `weights`: a .safetensors or
+    /// .pth file (as `iuf --weights`), or None for the download cache ($IUF_CACHE, else
+    /// ~/.cache/iuf). Raises FileNotFoundError, ModelError or WeightsError.
     #[staticmethod]
     #[pyo3(signature = (path, weights = None))]
     fn load(py: Python<'_>, path: PathBuf, weights: Option<PathBuf>) -> PyResult<Self> {
@@ -331,7 +337,10 @@ impl Model {
         py.import("json")?.call_method1("loads", (text,))
     }
 
-    /// Inspects one image.
+    /// Inspects one image as `iuf predict` does: `image` is a path, the bytes of a PNG, JPEG,
+    /// BMP or TIFF file, or an H x W x 3 uint8 RGB array. `object`: None to let the model
+    /// recognise the object, or one of `objects` to judge the image as that object. Returns an
+    /// Inspection (score, threshold, decision, object, object_probability, quantile, map).
     #[pyo3(signature = (image, object = None))]
     fn inspect(
         &self,
@@ -347,7 +356,9 @@ impl Model {
             .into_py(py)
     }
 
-    /// Inspects several images, in `iuf predict`'s batches of at most 8.
+    /// Inspects a list of images (each as for `inspect`) in `iuf predict`'s batches of at most
+    /// 8; returns one Inspection per image, in order. A failing image raises for the whole call,
+    /// its message starting `images[i]`.
     #[pyo3(signature = (images, object = None))]
     fn inspect_batch(
         &self,

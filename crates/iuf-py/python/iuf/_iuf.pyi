@@ -1,6 +1,7 @@
 """Type stubs of iuf's native module (``iuf._iuf``); everything here is re-exported by ``iuf``."""
 
 import os
+import pathlib
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -89,7 +90,7 @@ class Model:
     def objects(self) -> List[str]:
         """The objects the model has learned, in the order it learned them."""
     @property
-    def path(self) -> str:
+    def path(self) -> pathlib.Path:
         """The model file."""
     @property
     def quantile(self) -> float:
