@@ -5,6 +5,7 @@
 //! size. There is no other copy of the preprocessing or of the thresholds: every front end calls
 //! this crate.
 
+pub mod info;
 mod inspect;
 mod map;
 pub mod open;

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
 use iuf_incremental::Learner;
-use serde_json::{json, Value};
 
 use crate::setup;
 use crate::table;
@@ -30,30 +29,8 @@ fn size(path: &Path, learner: &Learner) -> Result<(usize, u64)> {
     Ok((learner.parameters(), bytes))
 }
 
-/// What `iuf info --json` prints for the model file `path`, already loaded as `learner` (also
-/// `iuf serve`'s `GET /v1/model`).
-pub fn model_json(path: &Path, learner: &Learner) -> Result<Value> {
-    let (parameters, bytes) = size(path, learner)?;
-    let meta = learner.meta();
-    let cfg = learner.config();
-    Ok(json!({
-        "model": path,
-        "bytes": bytes,
-        "parameters": parameters,
-        "method": learner.strategy().name(),
-        "backbone": meta.backbone,
-        "backbone_weights_sha256": learner.backbone_weights(),
-        "num_classes": meta.config.num_classes,
-        "class_names": meta.class_names,
-        "learned": meta.learned,
-        "thresholds": meta.thresholds,
-        "threshold_quantile": cfg.calibration.quantile,
-        "steps": learner.steps(),
-        "network": learner.has_network(),
-        "memory_patches": learner.memory_sizes(),
-        "config": cfg,
-    }))
-}
+/// What `iuf info --json` prints (also `iuf serve`'s `GET /v1/model`): shared with the bindings.
+pub use iuf_inspect::info::model_json;
 
 pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
     // Inspecting never needs a GPU.

