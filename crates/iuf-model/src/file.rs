@@ -250,22 +250,9 @@ pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Lo
     check_classes(&meta).map_err(|reason| corrupt(format!("model metadata: {reason}")))?;
 
     // Digest first: a corrupt payload must be reported as such, not as odd numbers.
+    let digest = tensors_digest(&st, &corrupt)?;
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
-    let mut hasher = Sha256::new();
-    for name in &names {
-        let view = st
-            .tensor(name)
-            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
-        let dtype = DType::try_from(view.dtype()).map_err(|_| {
-            corrupt(format!(
-                "tensor `{name}` has unsupported dtype {:?}",
-                view.dtype()
-            ))
-        })?;
-        digest_tensor(&mut hasher, name, view.shape(), dtype, view.data());
-    }
-    let digest = hex(&hasher.finalize());
     match header.get(KEY_DIGEST) {
         Some(d) if *d == digest => {}
         Some(_) => {
@@ -485,6 +472,30 @@ pub fn header(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// The digest stored under [`KEY_DIGEST`]: sha256 over every tensor (name, shape, dtype, data) in
+/// name order, as [`digest_tensor`] feeds them. `corrupt` words an unreadable tensor.
+fn tensors_digest(
+    st: &safetensors::SafeTensors<'_>,
+    corrupt: &dyn Fn(String) -> ModelError,
+) -> Result<String> {
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    let mut hasher = Sha256::new();
+    for name in names {
+        let view = st
+            .tensor(name)
+            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        let dtype = DType::try_from(view.dtype()).map_err(|_| {
+            corrupt(format!(
+                "tensor `{name}` has unsupported dtype {:?}",
+                view.dtype()
+            ))
+        })?;
+        digest_tensor(&mut hasher, name, view.shape(), dtype, view.data());
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 /// What a signature of a model file covers: a sha256 over its format, format version, metadata
 /// digest and tensor digest, each checked here against the file's content (a file whose data no
 /// longer matches its digests has none). The signature keys are not part of it: the same before
@@ -523,18 +534,7 @@ pub fn content_digest(path: &Path, bytes: &[u8]) -> Result<String> {
                 .into(),
         ));
     }
-    let mut names: Vec<&str> = st.names();
-    names.sort_unstable();
-    let mut hasher = Sha256::new();
-    for name in names {
-        let view = st
-            .tensor(name)
-            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
-        let dtype = DType::try_from(view.dtype())
-            .map_err(|_| corrupt(format!("tensor `{name}` has unsupported dtype")))?;
-        digest_tensor(&mut hasher, name, view.shape(), dtype, view.data());
-    }
-    if *digest != hex(&hasher.finalize()) {
+    if *digest != tensors_digest(&st, &corrupt)? {
         return Err(corrupt(
             "tensor data does not match the digest stored at save time (the file was altered or \
              damaged)"
