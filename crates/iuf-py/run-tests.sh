@@ -4,8 +4,9 @@
 # into it with `maturin develop` (the dev profile: it shares target/debug with `cargo build`,
 # whose dependencies are already optimised; a release build would compile candle again), the
 # `iuf` program the answers are compared with, then pytest. Needs ../shared beside the checkout
-# (or IUF_SHARED). From a warm target/ with IUF_BIN given: about 40 s on 2 cores (pytest 30-35 s,
-# most of it learning the test model and running `iuf predict`).
+# (or IUF_SHARED). From a warm target/ with IUF_BIN given: 27 tests in about 130 s on 2 cores
+# shared with other builds (most of it learning the test models with the `iuf` program and with
+# iuf.train/iuf.learn, and running `iuf predict`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"

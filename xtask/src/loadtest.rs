@@ -2,7 +2,9 @@
 //! concurrent clients, then a fault phase: a reload in the middle of the load, a corrupt model file
 //! offered for reload, oversized and garbage bodies, and a client that disconnects mid-upload. Every
 //! answer is checked against `iuf predict`'s score for the model the answer names: nothing may be
-//! wrong, mixed or lost. Prints a Markdown report (throughput, p50/p95/p99 latency).
+//! wrong, mixed or lost. Prints a Markdown report (throughput, p50/p95/p99 latency). `--replicas N`
+//! runs N services behind nginx and fails them under load (`replicas`); `--target URL` drives a
+//! service that is already running.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+
+mod replicas;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,8 +31,8 @@ pub struct Args {
         default_value = "../shared/weights/efficientnet-lite0/efficientnet-lite0-57934424.pth"
     )]
     weights: PathBuf,
-    /// Concurrent clients of each load phase.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    /// Concurrent clients of each load phase (default 1,4,16; with --replicas 4,16).
+    #[arg(long, value_delimiter = ',')]
     clients: Vec<usize>,
     /// Requests per client in each load phase.
     #[arg(long, default_value_t = 40)]
@@ -51,6 +55,16 @@ pub struct Args {
     /// Also write the report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Start this many replicas (at least 3) behind nginx (`deploy/nginx/iuf.conf`) and drive
+    /// them through it while one is killed with SIGKILL, one has its model replaced and reloaded,
+    /// and one is stopped with SIGTERM; needs nginx installed.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "target")]
+    replicas: usize,
+    /// Drive a service that is already running (a replica, or a load balancer in front of
+    /// several) instead of starting one: it must serve this test's model A or B (from --work),
+    /// since every answer is checked against them. No faults are injected.
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
 }
 
 fn iuf(args: &Args, bin: &Path) -> Command {
@@ -133,8 +147,20 @@ impl Service {
         max_batch: usize,
         wait_ms: u64,
     ) -> Result<Self> {
+        Self::start_at(args, bin, model, max_batch, wait_ms, "127.0.0.1:0")
+    }
+
+    /// `iuf serve` on `bind` (`127.0.0.1:0`: a free port); returns once it listens.
+    fn start_at(
+        args: &Args,
+        bin: &Path,
+        model: &Path,
+        max_batch: usize,
+        wait_ms: u64,
+        bind: &str,
+    ) -> Result<Self> {
         let mut child = iuf(args, bin)
-            .args(["serve", "--bind", "127.0.0.1:0", "--token", "loadtest"])
+            .args(["serve", "--bind", bind, "--token", "loadtest"])
             .args(precision(args))
             .arg("--model")
             .arg(model)
@@ -241,9 +267,20 @@ impl Truth {
 
 /// `clients` threads, each sending `requests` images; returns the tally and the wall time.
 fn load(svc: &Service, truth: &Truth, clients: usize, requests: usize) -> (Tally, f64) {
+    load_url(&svc.url(""), truth, clients, requests, &AtomicUsize::new(0))
+}
+
+/// [`load`] against any base URL (a service, or a load balancer in front of several); `next`
+/// counts the requests sent, so that another thread can act in the middle of the load.
+fn load_url(
+    base: &str,
+    truth: &Truth,
+    clients: usize,
+    requests: usize,
+    next: &AtomicUsize,
+) -> (Tally, f64) {
     let tally = Mutex::new(Tally::default());
-    let next = AtomicUsize::new(0);
-    let url = svc.url("/v1/inspect");
+    let url = format!("{}/v1/inspect", base.trim_end_matches('/'));
     let t = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..clients {
@@ -363,7 +400,14 @@ fn chaos(svc: &Service, served: &Path, a: &Path, b: &Path, tally: &Mutex<Tally>)
     Ok(())
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
+    if args.clients.is_empty() {
+        args.clients = if args.replicas > 0 {
+            vec![4, 16]
+        } else {
+            vec![1, 4, 16]
+        };
+    }
     std::fs::create_dir_all(&args.work)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
@@ -427,6 +471,21 @@ pub fn run(args: Args) -> Result<()> {
         by_model: vec![(sha256(&a)?, scores_a), (sha256(&b)?, scores_b)],
     };
 
+    if args.target.is_some() || args.replicas > 0 {
+        let (mut report, failures) = match &args.target {
+            Some(url) => target(&args, url, &truth)?,
+            None => replicas::run(&args, &bin, &a, &b, &truth)?,
+        };
+        report.insert_str(
+            0,
+            &format!(
+                "`iuf predict` with model A: {predict_ms:.1} ms per image on {} images.\n\n",
+                paths.len()
+            ),
+        );
+        return finish(&args, &report, &failures, true);
+    }
+
     let served = args.work.join("served.safetensors");
     let mut report = String::new();
     let mut total_failures = Vec::new();
@@ -456,15 +515,7 @@ pub fn run(args: Args) -> Result<()> {
         total_failures.extend(load(&svc, &truth, 2, 4).0.failures);
         for &c in &args.clients {
             let (t, wall) = load(&svc, &truth, c, args.requests);
-            let row = format!(
-                "| {mb} | {wait} | {c} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-                c * args.requests,
-                t.ok as f64 / wall,
-                percentile(&t.latencies, 0.5),
-                percentile(&t.latencies, 0.95),
-                percentile(&t.latencies, 0.99),
-                t.failures.len()
-            );
+            let row = format!("| {mb} | {wait} {}", row(c, args.requests, &t, wall, None));
             eprint!("{row}");
             report.push_str(&row);
             total_failures.extend(t.failures);
@@ -514,17 +565,64 @@ pub fn run(args: Args) -> Result<()> {
     total_failures.extend(load_tally.failures);
     total_failures.extend(chaos_tally.failures);
     total_failures.extend(after.failures);
+    finish(
+        &args,
+        &report,
+        &total_failures,
+        chaos_tally.refused_as_expected == 6 && panics == "0",
+    )
+}
+
+/// `--target URL`: the load phases against a running service; its report and failures.
+fn target(args: &Args, url: &str, truth: &Truth) -> Result<(String, Vec<String>)> {
+    let mut failures = load_url(url, truth, 2, 4, &AtomicUsize::new(0)).0.failures;
+    let mut report = format!(
+        "Target {url}:\n\n\
+         | clients | requests | images/s | p50 ms | p95 ms | p99 ms | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for &c in &args.clients {
+        let (t, wall) = load_url(url, truth, c, args.requests, &AtomicUsize::new(0));
+        let row = row(c, args.requests, &t, wall, None);
+        eprint!("{row}");
+        report.push_str(&row);
+        failures.extend(t.failures);
+    }
+    Ok((report, failures))
+}
+
+/// A report row of a load phase: clients, requests, throughput, latency percentiles, failures,
+/// and what happened during it when told.
+fn row(clients: usize, requests: usize, t: &Tally, wall: f64, events: Option<&str>) -> String {
+    let mut r = format!(
+        "| {clients} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+        clients * requests,
+        t.ok as f64 / wall,
+        percentile(&t.latencies, 0.5),
+        percentile(&t.latencies, 0.95),
+        percentile(&t.latencies, 0.99),
+        t.failures.len()
+    );
+    if let Some(e) = events {
+        r.push_str(&format!(" {e} |"));
+    }
+    r.push('\n');
+    r
+}
+
+/// Prints (and writes) the report, lists the failures; an error when there is any, or `ok` is false.
+fn finish(args: &Args, report: &str, failures: &[String], ok: bool) -> Result<()> {
     print!("{report}");
     if let Some(path) = &args.report {
-        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report).with_context(|| format!("writing {}", path.display()))?;
     }
-    for f in &total_failures {
+    for f in failures {
         eprintln!("FAILURE: {f}");
     }
     ensure!(
-        total_failures.is_empty() && chaos_tally.refused_as_expected == 6 && panics == "0",
+        failures.is_empty() && ok,
         "{} failure(s) in the load test",
-        total_failures.len()
+        failures.len()
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod download;
 mod loadtest;
+mod many_objects;
 mod perf;
 mod small_defects;
 mod tidy;
@@ -33,6 +34,9 @@ enum Command {
     Bench(bench::Args),
     /// Drive `iuf serve` with concurrent clients and faults; report throughput and latency.
     Loadtest(loadtest::Args),
+    /// A synthetic model of many objects: one-product models repeated under new names (merged as
+    /// `iuf merge` does), for the scale measurements (docs/results/scale).
+    ManyObjects(many_objects::Args),
     /// Write the procedural small-defect benchmark (defect sizes 4-64 px on 1024/2048 px images).
     SmallDefects(small_defects::Args),
     /// Check formatting, clippy (-D warnings) and that every .rs file starts with a `//!` line.
@@ -49,5 +53,6 @@ fn main() -> Result<()> {
         Command::SmallDefects(args) => small_defects::run(args),
         Command::Tidy(args) => tidy::run(args),
         Command::Loadtest(args) => loadtest::run(args),
+        Command::ManyObjects(args) => many_objects::run(args),
     }
 }

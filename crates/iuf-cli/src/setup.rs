@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use iuf_backbone::EfficientNetVariant;
 use iuf_data::DatasetRoot;
-use iuf_incremental::config::TileConfig;
 use iuf_incremental::{FeatureStore, Learner, TrainConfig};
-use iuf_inspect::open::{self, WeightsSource};
+use iuf_inspect::args::{self, Spelling};
+use iuf_inspect::learn::{self, ConfigOptions, Resources, TileOptions};
+use iuf_inspect::open;
 
 use crate::{DeviceKind, Global};
 
@@ -27,29 +28,16 @@ pub fn device(g: &Global) -> Result<Device> {
     }
 }
 
-/// The cache folder (weights and features), checked usable before any work: a folder (created
-/// when missing) that accepts new files.
-pub fn cache_dir(g: &Global) -> Result<PathBuf> {
-    let (dir, flag) = match &g.cache_dir {
-        Some(d) => (d.clone(), "--cache-dir"),
-        None => (
-            iuf_backbone::fetch::default_cache_dir()
-                .context("no cache folder: pass --cache-dir DIR or set IUF_CACHE")?,
-            "the cache folder (IUF_CACHE, else ~/.cache/iuf)",
-        ),
-    };
-    if dir.exists() && !dir.is_dir() {
-        bail!(
-            "{flag} {} is a file, not a folder; the cache folder holds the backbone weights and \
-             the feature cache: pass --cache-dir with a folder (created when missing)",
-            dir.display()
-        );
+/// What the global flags say about the backbone weights and the caches, on `device`.
+pub fn resources(g: &Global, device: &Device) -> Resources {
+    Resources {
+        device: device.clone(),
+        weights: g.weights.clone(),
+        strict_weights: g.strict_weights,
+        cache_dir: g.cache_dir.clone(),
+        feature_cache: !g.no_feature_cache,
+        spelling: Spelling::Flags,
     }
-    check_writable(flag, &dir, true).context(
-        "the cache folder holds the backbone weights and the feature cache; pass --cache-dir \
-         with a folder you can write to, or --weights FILE with --no-feature-cache",
-    )?;
-    Ok(dir)
 }
 
 pub use iuf_inspect::LoadedBackbone;
@@ -61,18 +49,7 @@ pub fn backbone(
     variant: EfficientNetVariant,
     device: &Device,
 ) -> Result<LoadedBackbone> {
-    match &g.weights {
-        Some(w) if g.strict_weights => {
-            open::backbone(variant, WeightsSource::StrictFile(w), &open::CLI, device)
-        }
-        Some(w) => open::backbone(variant, WeightsSource::File(w), &open::CLI, device),
-        None => open::backbone(
-            variant,
-            WeightsSource::Cache(&cache_dir(g)?),
-            &open::CLI,
-            device,
-        ),
-    }
+    resources(g, device).backbone(variant)
 }
 
 /// The backbone variant a model file names.
@@ -97,37 +74,12 @@ pub fn feature_store(
     image_size: usize,
     device: &Device,
 ) -> Result<FeatureStore> {
-    let dir = if g.no_feature_cache {
-        None
-    } else {
-        Some(cache_dir(g)?.join("features"))
-    };
-    FeatureStore::new(
-        dir.clone(),
-        loaded.backbone,
-        loaded.id,
-        image_size,
-        device.clone(),
-    )
-    .with_context(|| match dir {
-        Some(d) => format!(
-            "setting up the feature cache in {}; pass --cache-dir or --no-feature-cache",
-            d.display()
-        ),
-        None => "setting up the feature store".into(),
-    })
+    resources(g, device).feature_store(loaded, image_size)
 }
 
 /// Opens a dataset root with an error that says what layout is expected.
 pub fn dataset(root: &Path) -> Result<DatasetRoot> {
-    DatasetRoot::open(root).with_context(|| {
-        format!(
-            "cannot use {} as a dataset; pass --data with a folder in MVTec AD layout \
-             (<class>/train/good, <class>/test/<type>, <class>/ground_truth/<type>) or VisA layout \
-             (split_csv/1cls.csv)",
-            root.display()
-        )
-    })
+    args::dataset(root, Spelling::Flags)
 }
 
 /// Loads a model file, refusing one that is plainly something else with a message that names the
@@ -143,32 +95,12 @@ pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Le
 
 /// Splits `a,b , c` into class names (no empty names, no duplicates).
 pub fn parse_classes(list: &str) -> Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for raw in list.split(',') {
-        let c = raw.trim();
-        if c.is_empty() {
-            bail!("--classes `{list}`: empty class name; write names separated by commas, e.g. bottle,cable");
-        }
-        if out.iter().any(|x| x == c) {
-            bail!("--classes `{list}`: `{c}` is listed twice");
-        }
-        out.push(c.to_string());
-    }
-    Ok(out)
+    args::parse_classes(list, Spelling::Flags)
 }
 
 /// Checks that every class exists in the dataset (naming the dataset's classes otherwise).
 pub fn check_classes(data: &DatasetRoot, classes: &[String]) -> Result<()> {
-    for c in classes {
-        if !data.classes().iter().any(|k| k == c) {
-            bail!(
-                "class `{c}` is not in dataset {}; it has: {} (fix --classes)",
-                data.root().display(),
-                data.classes().join(", ")
-            );
-        }
-    }
-    Ok(())
+    args::check_classes(data, classes, Spelling::Flags)
 }
 
 /// Training-configuration flags shared by `train` and `bench`.
@@ -195,6 +127,12 @@ pub struct ConfigArgs {
     /// Seed of every random draw (overrides the preset).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Leave a band of this fraction of the map's side out of the image score on every side
+    /// (0-0.25; default 0: the whole map). For products whose edges vary between good images
+    /// and whose defects never lie there; the heatmaps keep the whole image. Fixed when the
+    /// model is created.
+    #[arg(long, value_name = "F")]
+    pub score_margin: Option<f64>,
     #[command(flatten)]
     pub precision: PrecisionArg,
     #[command(flatten)]
@@ -229,6 +167,35 @@ pub struct TileArgs {
     pub tile_memory: String,
 }
 
+impl TileArgs {
+    /// The tiled view these flags ask for, if any.
+    pub fn options(&self) -> Option<TileOptions> {
+        self.tile.as_ref().map(|tile| TileOptions {
+            tile: tile.clone(),
+            overlap: self.overlap,
+            input: self.tile_input,
+            per_position: self.tile_memory == "per-position",
+        })
+    }
+}
+
+impl ConfigArgs {
+    /// The recipe these flags describe.
+    pub fn options(&self) -> ConfigOptions {
+        ConfigOptions {
+            preset: self.preset.clone(),
+            config: self.config.clone(),
+            epochs: self.epochs,
+            incremental_epochs: self.incremental_epochs,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            score_margin: self.score_margin,
+            precision: self.precision.precision,
+            tiles: self.tiles.options(),
+        }
+    }
+}
+
 /// Sets `cfg.tiles` from `--tile` and its companions; the working resolution defaults to the
 /// size of the first training image of `classes` in `data`.
 pub fn apply_tiles(
@@ -237,49 +204,7 @@ pub fn apply_tiles(
     data: &iuf_data::DatasetRoot,
     classes: &[String],
 ) -> Result<()> {
-    let Some(tile) = &a.tile else {
-        return Ok(());
-    };
-    let native = || -> Result<usize> {
-        let class = classes.first().context("no object to learn")?;
-        let index = data.index_class(class)?;
-        let first = index
-            .train
-            .first()
-            .with_context(|| format!("`{class}` has no training image"))?;
-        let (w, h) = iuf_data::image::dimensions(&first.path)
-            .with_context(|| format!("reading the size of {}", first.path.display()))?;
-        Ok(w.max(h) as usize)
-    };
-    let input = match a.tile_input {
-        Some(px) => px,
-        None => native()?,
-    };
-    let tile = if tile == "auto" {
-        let whole = cfg.model.image_size();
-        if input < 2 * whole {
-            bail!(
-                "--tile auto: the images are {input} px, which the whole view already sees at \
-                 {whole} px; tiles help from about {} px (or give --tile and --tile-input)",
-                2 * whole
-            );
-        }
-        let per_side = ((input as f64 / 512.0).round() as usize).clamp(2, 8);
-        input.div_ceil(per_side)
-    } else {
-        tile.parse::<usize>()
-            .ok()
-            .filter(|&t| t > 0)
-            .with_context(|| {
-                format!("--tile expects a tile side in pixels or `auto`; found `{tile}`")
-            })?
-    };
-    let mut t = TileConfig::new(input, tile, a.overlap, &cfg.memory);
-    t.per_position = a.tile_memory == "per-position";
-    cfg.tiles = Some(t);
-    cfg.check()
-        .context("the tiled view is invalid; fix --tile, --overlap or --tile-input")?;
-    Ok(())
+    learn::apply_tiles(a.options().as_ref(), cfg, data, classes, Spelling::Flags)
 }
 
 /// `--precision`, on every command that runs a model.
@@ -299,7 +224,7 @@ impl PrecisionArg {
     /// Sets the precision of a configuration; `bf16` on a CPU without it is an error.
     pub fn apply_to_config(&self, cfg: &mut TrainConfig) -> Result<()> {
         if let Some(p) = self.precision {
-            p.resolve().context("--precision")?;
+            learn::check_precision(p, Spelling::Flags)?;
             cfg.precision = p;
         }
         Ok(())
@@ -318,45 +243,7 @@ impl PrecisionArg {
 /// The training configuration the flags describe, for a backbone of `in_channels` and room for
 /// `num_classes` objects.
 pub fn train_config(a: &ConfigArgs, in_channels: usize, num_classes: usize) -> Result<TrainConfig> {
-    let mut cfg = match &a.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading training config {}", path.display()))?;
-            let cfg: TrainConfig = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not a training configuration (JSON with the fields of a preset; start \
-                     from the `config` of `iuf info --json`)",
-                    path.display()
-                )
-            })?;
-            if cfg.model.transformer.in_channels != in_channels {
-                bail!(
-                    "{}: model.transformer.in_channels is {} but the backbone gives {in_channels} channels",
-                    path.display(),
-                    cfg.model.transformer.in_channels
-                );
-            }
-            cfg
-        }
-        None => TrainConfig::preset(&a.preset, in_channels, num_classes)?,
-    };
-    if let Some(e) = a.epochs {
-        cfg.base.epochs = e;
-    }
-    if let Some(e) = a.incremental_epochs {
-        cfg.incremental.epochs = e;
-        cfg.finetune_epochs = e;
-    }
-    if let Some(b) = a.batch_size {
-        cfg.batch_size = b;
-    }
-    if let Some(s) = a.seed {
-        cfg.seed = s;
-    }
-    a.precision.apply_to_config(&mut cfg)?;
-    cfg.check()
-        .context("the training configuration is invalid; fix the flags or the --config file")?;
-    Ok(cfg)
+    learn::train_config(&a.options(), in_channels, num_classes, Spelling::Flags)
 }
 
 /// Resets the process's peak-memory mark (Linux), so that the next method's peak is its own. The
@@ -372,112 +259,4 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// `p` as the file system resolves it (symlinks, `..`, relative spelling): canonical if it exists,
-/// else its canonical parent joined with its name (an output not written yet).
-pub fn resolved(p: &Path) -> Option<PathBuf> {
-    if let Ok(c) = p.canonicalize() {
-        return Some(c);
-    }
-    let parent = p
-        .parent()
-        .filter(|x| !x.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Some(resolved(parent)?.join(p.file_name()?))
-}
-
-/// Fails before any work if `out` cannot be written: a file expected where a folder stands (or
-/// the reverse), or a folder that refuses new files (read-only). Probes the nearest existing
-/// folder on the way to `out` with a temporary file it removes again.
-pub fn check_writable(flag: &str, out: &Path, out_is_dir: bool) -> Result<()> {
-    if out.is_dir() && !out_is_dir {
-        bail!(
-            "{flag} {} is a folder; a file name is expected (for example {}/model.safetensors)",
-            out.display(),
-            out.display()
-        );
-    }
-    if out.exists() && !out.is_dir() && out_is_dir {
-        bail!("{flag} {} is a file; a folder is expected", out.display());
-    }
-    let mut dir = if out_is_dir {
-        out
-    } else {
-        out.parent().unwrap_or(Path::new("."))
-    };
-    if dir.as_os_str().is_empty() {
-        dir = Path::new(".");
-    }
-    while !dir.exists() {
-        dir = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-    }
-    if !dir.is_dir() {
-        bail!(
-            "{flag} {}: {} is a file, not a folder",
-            out.display(),
-            dir.display()
-        );
-    }
-    let probe = dir.join(format!(".iuf-write-probe-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => bail!(
-            "{flag} {}: cannot write in {} ({e}); choose a folder you can write to",
-            out.display(),
-            dir.display()
-        ),
-    }
-}
-
-/// The one rule of every command that writes: no output may be one of its inputs, however either
-/// is spelled, nor lie inside an input folder (a file output included: a report written into the
-/// dataset could replace an image). An output folder (`out_is_dir`) also may not hold an input.
-/// Checked before any work starts. `inputs` are `(flag, path)` pairs for the message.
-pub fn check_output(
-    flag: &str,
-    out: &Path,
-    out_is_dir: bool,
-    inputs: &[(&str, &Path)],
-) -> Result<()> {
-    let Some(o) = resolved(out) else {
-        return Ok(());
-    };
-    for (name, input) in inputs {
-        let Some(i) = resolved(input) else {
-            continue;
-        };
-        let what = if o == i {
-            "is"
-        } else if i.is_dir() && o.starts_with(&i) {
-            "lies inside"
-        } else if out_is_dir && i.starts_with(&o) {
-            "contains"
-        } else {
-            continue;
-        };
-        bail!(
-            "{flag} {} {what} the input {name} {}: writing there could replace or mix with what \
-             the command reads; choose an {flag} outside every input",
-            out.display(),
-            input.display()
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn class_lists_are_checked() {
-        assert_eq!(parse_classes(" a, b ,c").unwrap(), ["a", "b", "c"]);
-        assert!(parse_classes("a,,b").is_err());
-        assert!(parse_classes("a,b,a").is_err());
-    }
-}
+pub use iuf_inspect::args::{check_output, check_writable, resolved};

@@ -93,6 +93,44 @@ pub struct Calibrator {
     pub(crate) norms: BTreeMap<String, ObjectNorms>,
     /// Per object, the 101 quantiles (0, 0.01, .., 1) of its held-out good images' scores.
     pub(crate) sketches: BTreeMap<String, Vec<f32>>,
+    /// Per object, a threshold set after learning (`iuf threshold`): it replaces the one read
+    /// at the caller's quantile.
+    pub(crate) settings: BTreeMap<String, ThresholdSetting>,
+    /// Fraction of the map's side left out on every side by the image score
+    /// (`calibration.score_margin`).
+    pub(crate) margin: f64,
+}
+
+/// How a threshold set after learning is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdRule {
+    /// This quantile of the object's held-out good scores (its sketch; read again when the
+    /// sketch changes, e.g. after good images are added).
+    Quantile(f64),
+    /// This value of the image score.
+    Value(f32),
+}
+
+impl std::fmt::Display for ThresholdRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThresholdRule::Quantile(q) => write!(f, "quantile {q} of the held-out good scores"),
+            ThresholdRule::Value(v) => write!(f, "value {v}"),
+        }
+    }
+}
+
+/// A threshold set after learning, and who set it when (kept in the model file's metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdSetting {
+    pub rule: ThresholdRule,
+    /// The threshold the rule gave when it was set.
+    pub value: f32,
+    /// When, as RFC 3339 UTC (`2026-12-07T08:15:00Z`).
+    pub set_at: String,
+    /// Who: a user name, `--by`, or the service's token client.
+    pub set_by: String,
 }
 
 impl Calibrator {
@@ -102,6 +140,12 @@ impl Calibrator {
             normalise,
             ..Self::default()
         }
+    }
+
+    /// These rules with the image score taken over the map without a band of `margin` (a
+    /// fraction of its side) on every side.
+    pub fn with_margin(self, margin: f64) -> Self {
+        Self { margin, ..self }
     }
 
     /// Whether maps are normalised per object and fused.
@@ -221,16 +265,118 @@ impl Calibrator {
         Ok(map.broadcast_sub(&med)?.broadcast_div(&scale)?)
     }
 
-    /// The section 6 image scores of fused maps `[n, H, W]`.
+    /// The section 6 image scores of fused maps `[n, H, W]` (over the map without its margin,
+    /// when the model has one).
     pub fn scores(&self, fused: &Tensor) -> Result<Vec<f32>> {
-        Ok(iuf_model::image_scores(fused, iuf_model::SCORE_POOL)?
+        let inner = if self.margin > 0.0 {
+            let (_, h, w) = fused.dims3()?;
+            let cut = |side: usize| {
+                let m = (self.margin * side as f64).round() as usize;
+                // Never below the score's pool.
+                m.min(side.saturating_sub(iuf_model::SCORE_POOL) / 2)
+            };
+            let (mh, mw) = (cut(h), cut(w));
+            fused.narrow(1, mh, h - 2 * mh)?.narrow(2, mw, w - 2 * mw)?
+        } else {
+            fused.clone()
+        };
+        Ok(iuf_model::image_scores(&inner, iuf_model::SCORE_POOL)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
     }
 
-    /// Threshold of `object` at quantile `q` of its held-out good scores.
+    /// Threshold of `object`: the one set after learning if any, else quantile `q` of its
+    /// held-out good scores.
     pub fn threshold(&self, object: &str, q: f64) -> Option<f32> {
-        linear_quantile(self.sketches.get(object)?, q)
+        match self.settings.get(object).map(|s| s.rule) {
+            Some(ThresholdRule::Value(v)) => Some(v),
+            Some(ThresholdRule::Quantile(q)) => linear_quantile(self.sketches.get(object)?, q),
+            None => linear_quantile(self.sketches.get(object)?, q),
+        }
+    }
+
+    /// The threshold set on `object` after learning, if any.
+    pub fn setting(&self, object: &str) -> Option<&ThresholdSetting> {
+        self.settings.get(object)
+    }
+
+    /// Every threshold set after learning, by object.
+    pub fn settings(&self) -> &BTreeMap<String, ThresholdSetting> {
+        &self.settings
+    }
+
+    /// The sketch of `object`'s held-out good image scores (101 quantiles).
+    pub fn sketch(&self, object: &str) -> Option<&[f32]> {
+        self.sketches.get(object).map(|v| &v[..])
+    }
+
+    /// Sets `object`'s threshold by `rule` (a quantile needs the object's sketch); returns the
+    /// setting recorded.
+    pub fn set_threshold(
+        &mut self,
+        object: &str,
+        rule: ThresholdRule,
+        set_at: String,
+        set_by: String,
+    ) -> Result<ThresholdSetting> {
+        let value = match rule {
+            ThresholdRule::Value(v) if v.is_finite() => v,
+            ThresholdRule::Value(v) => {
+                return Err(Error::Config(format!(
+                    "a threshold must be a finite number, found {v}"
+                )))
+            }
+            ThresholdRule::Quantile(q) if (0.0..=1.0).contains(&q) => {
+                linear_quantile(self.sketches.get(object).map_or(&[][..], |v| v), q).ok_or_else(
+                    || {
+                        Error::Config(format!(
+                            "`{object}` has no held-out good scores to read quantile {q} from \
+                             (it was learned without held-out images); set a --value instead"
+                        ))
+                    },
+                )?
+            }
+            ThresholdRule::Quantile(q) => {
+                return Err(Error::Config(format!(
+                    "a quantile must lie in [0, 1], found {q}"
+                )))
+            }
+        };
+        let setting = ThresholdSetting {
+            rule,
+            value,
+            set_at,
+            set_by,
+        };
+        self.settings.insert(object.to_string(), setting.clone());
+        Ok(setting)
+    }
+
+    /// Merges the held-out good scores of images added to `object` into its sketch, which
+    /// summarised `n_old` held-out images: the old images are stood for by `n_old` values read
+    /// from the sketch at evenly spaced quantiles (exactly the old scores when `n_old - 1`
+    /// divides 100, else their interpolation), pooled with the new scores and sketched again.
+    /// Returns the threshold at `q`.
+    pub fn merge_scores(
+        &mut self,
+        object: &str,
+        n_old: u64,
+        scores: &[f32],
+        q: f64,
+    ) -> Option<f32> {
+        let mut pooled: Vec<f32> = scores.to_vec();
+        if let Some(old) = self.sketches.get(object) {
+            let n = n_old.max(1) as usize;
+            pooled.extend((0..n).filter_map(|i| {
+                let at = if n == 1 {
+                    0.5
+                } else {
+                    i as f64 / (n - 1) as f64
+                };
+                linear_quantile(old, at)
+            }));
+        }
+        self.fit_scores(object, pooled, q)
     }
 
     /// The verdict on an image of `object` (probability `probability`) that scored `score`.
@@ -250,6 +396,30 @@ impl Calibrator {
             }),
         }
     }
+}
+
+/// `t` as RFC 3339 UTC to the second (`2026-12-07T08:15:00Z`).
+pub fn rfc3339_utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The value at quantile `q` (nearest rank on the sorted order), reordering `v`.
@@ -286,6 +456,74 @@ pub fn score_sketch(mut scores: Vec<f32>) -> Vec<f32> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_631_300);
+        assert_eq!(rfc3339_utc(t), "2026-12-07T08:15:00Z");
+        assert_eq!(rfc3339_utc(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    /// Guarantee: with a margin, the image score ignores a peak in the band and still sees one
+    /// inside; without, the border peak sets the score.
+    #[test]
+    fn a_score_margin_leaves_the_border_band_out() {
+        let (h, w) = (64, 64);
+        let mut v = vec![0f32; h * w];
+        // A 16 x 16 block of 5 in the top-left corner, a block of 2 in the middle.
+        for y in 0..16 {
+            for x in 0..16 {
+                v[y * w + x] = 5.0;
+                v[(y + 24) * w + x + 24] = 2.0;
+            }
+        }
+        let map = Tensor::from_vec(v, (1, h, w), &candle_core::Device::Cpu).unwrap();
+        let whole = Calibrator::new(true).scores(&map).unwrap()[0];
+        let inner = Calibrator::new(true)
+            .with_margin(0.125)
+            .scores(&map)
+            .unwrap()[0];
+        assert_eq!(whole, 5.0);
+        assert_eq!(inner, 2.0);
+        // A margin that would leave less than the pool is cut back to leave the pool.
+        let most = Calibrator::new(true)
+            .with_margin(0.45)
+            .scores(&map)
+            .unwrap()[0];
+        assert!(most.is_finite());
+    }
+
+    /// Guarantee: a set threshold replaces the quantile's, a quantile rule reads the sketch,
+    /// and merging new scores into a sketch of `n - 1 | 100` old scores is exact.
+    #[test]
+    fn set_thresholds_and_merged_sketches() {
+        let mut c = Calibrator::new(true);
+        let old: Vec<f32> = (0..21).map(|i| i as f32).collect();
+        c.fit_scores("a", old.clone(), 0.99);
+        assert_eq!(c.threshold("a", 0.5), Some(10.0));
+        let s = c
+            .set_threshold("a", ThresholdRule::Value(3.5), "t".into(), "me".into())
+            .unwrap();
+        assert_eq!(s.value, 3.5);
+        assert_eq!(c.threshold("a", 0.5), Some(3.5));
+        c.set_threshold("a", ThresholdRule::Quantile(0.25), "t".into(), "me".into())
+            .unwrap();
+        assert_eq!(c.threshold("a", 0.99), Some(5.0));
+        assert!(c
+            .set_threshold("b", ThresholdRule::Quantile(0.5), "t".into(), "me".into())
+            .unwrap_err()
+            .to_string()
+            .contains("no held-out good scores"));
+        assert!(c
+            .set_threshold("a", ThresholdRule::Quantile(1.5), "t".into(), "me".into())
+            .is_err());
+        // Merged: the same as sketching all 25 scores at once.
+        let new = [30.0, 31.0, 32.0, 33.0];
+        c.merge_scores("a", 21, &new, 0.99);
+        let mut all = old;
+        all.extend(new);
+        assert_eq!(c.sketch("a").unwrap(), &score_sketch(all)[..]);
+    }
 
     #[test]
     fn quantile_interpolates() {

@@ -7,23 +7,25 @@
 //! from the folder labels; its pixel metrics are absent (`None`, JSON `null`) and
 //! [`ClassMetrics::warning`] says which class, what is missing and what was computed.
 
-use candle_core::Tensor;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, Predictions};
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
+
+/// Test images whose features are held at once while evaluating: a 1024-pixel image's 4 x 4
+/// tiles are 13 MB of features, so a whole test set would be gigabytes; its maps are far smaller.
+const EVAL_CHUNK: usize = 32;
 
 /// One object's test set, ready for the model.
 pub struct EvalSet {
     /// Object name.
     pub class: String,
-    /// `[N, C, g, g]` features of the test images.
-    pub features: Tensor,
-    /// Their memory features (for models with a memory).
-    pub memory: Option<Tensor>,
-    /// Their tiles' memory features (models with a tiled view).
-    pub tiles: Option<Tensor>,
+    /// The test images; their features are read from the feature store a chunk at a time.
+    pub paths: Vec<PathBuf>,
     /// Image labels (from the folders: defective or good).
     pub labels: Vec<bool>,
     /// Each image's defect type (its folder: `good`, or e.g. `scratch`, `spot-16px`); empty
@@ -143,10 +145,13 @@ fn metric<T>(class: &str, r: iuf_metrics::Result<T>) -> Result<T> {
 }
 
 /// Runs the model on `set` and computes every metric; also returns the predictions (for heatmaps).
-/// `progress` sees one phase, `evaluating <class>`, counted in images.
+/// The features (of the method, and of the tiled view when the model has one) come from `store`
+/// [`EVAL_CHUNK`] images at a time, so only the maps of the whole set are held. `progress` sees
+/// one phase, `evaluating <class>`, counted in images; the time per image is the model's alone.
 pub fn evaluate(
     learner: &Learner,
     set: &EvalSet,
+    store: &FeatureStore,
     progress: &dyn Progress,
 ) -> Result<(ClassMetrics, Predictions)> {
     // A method defined with the oracle object (the class-mean reference) is told each image's
@@ -155,14 +160,26 @@ pub fn evaluate(
         .strategy()
         .oracle_object()
         .then_some(set.class.as_str());
-    let (mut m, pred) = evaluate_with(set, progress, |features, p| {
-        let x = crate::ImageFeatures {
-            align: features.clone(),
-            memory: set.memory.clone(),
-            tiles: set.tiles.clone(),
-        };
-        learner.predict_features(&x, given, p)
-    })?;
+    let tiling = learner.tiling();
+    progress.start(&format!("evaluating {}", set.class), set.paths.len() as u64);
+    let mut seconds = 0.0;
+    let mut parts = Vec::new();
+    for chunk in set.paths.chunks(EVAL_CHUNK) {
+        let x = store.features_for(chunk, learner.features(), tiling.as_ref(), &NoProgress)?;
+        let start = std::time::Instant::now();
+        parts.push(learner.predict_features(&x, given, progress)?);
+        seconds += start.elapsed().as_secs_f64();
+    }
+    progress.finish();
+    if parts.is_empty() {
+        return Err(Error::Msg(format!(
+            "class `{}`: its test set has no image",
+            set.class
+        )));
+    }
+    let pred = Predictions::concat(parts)?;
+    let mut m = metrics_of(&set.class, &pred, &set.labels, &set.masks)?;
+    m.seconds_per_image = seconds / set.paths.len().max(1) as f64;
     let threshold = learner.threshold(&set.class, learner.config().calibration.quantile);
     m.by_defect = by_defect(set, &pred, threshold)?;
     m.good_flagged = threshold.map(|t| {
@@ -246,32 +263,6 @@ pub fn by_defect(
     Ok(out)
 }
 
-/// [`evaluate`] for any scorer: `predict` maps the set's features to predictions (and may report
-/// finished images to the progress it is given); its time is the per-image inference time.
-pub fn evaluate_with(
-    set: &EvalSet,
-    progress: &dyn Progress,
-    predict: impl FnOnce(&Tensor, &dyn Progress) -> Result<Predictions>,
-) -> Result<(ClassMetrics, Predictions)> {
-    progress.start(
-        &format!("evaluating {}", set.class),
-        set.labels.len() as u64,
-    );
-    let start = std::time::Instant::now();
-    let pred = predict(&set.features, progress);
-    let seconds = start.elapsed().as_secs_f64();
-    progress.finish();
-    let pred = pred?;
-    let m = metrics_of(&set.class, &pred, &set.labels, &set.masks)?;
-    Ok((
-        ClassMetrics {
-            seconds_per_image: seconds / set.labels.len().max(1) as f64,
-            ..m
-        },
-        pred,
-    ))
-}
-
 /// The metrics of predictions against labels and masks.
 pub fn metrics_of(
     class: &str,
@@ -349,7 +340,7 @@ pub fn metrics_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     fn predictions(n: usize) -> Predictions {
         let maps: Vec<f32> = (0..n * 4).map(|i| (i % 7) as f32).collect();
@@ -361,6 +352,28 @@ mod tests {
             object_probs: probs,
             objects: Vec::new(),
         }
+    }
+
+    /// Predictions of consecutive chunks concatenate in order, every field.
+    #[test]
+    fn predictions_of_chunks_concatenate_in_order() {
+        let whole = predictions(5);
+        let mut a = predictions(5);
+        a.objects = (0..5).map(|i| (format!("o{i}"), i as f32)).collect();
+        let part = |p: &Predictions, s: usize, n: usize| Predictions {
+            maps: p.maps.narrow(0, s, n).unwrap(),
+            scores: p.scores[s..s + n].to_vec(),
+            class_probs: p.class_probs.narrow(0, s, n).unwrap(),
+            object_probs: p.object_probs.narrow(0, s, n).unwrap(),
+            objects: p.objects[s..s + n].to_vec(),
+        };
+        let c = Predictions::concat(vec![part(&a, 0, 2), part(&a, 2, 3)]).unwrap();
+        assert_eq!(c.scores, whole.scores);
+        assert_eq!(c.objects, a.objects);
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&c.maps), v(&whole.maps));
+        assert_eq!(c.maps.dims(), whole.maps.dims());
+        assert_eq!(c.object_probs.dims(), &[5, 2]);
     }
 
     /// The border band: 10% of 224 is 22.4, so columns 0..=22 and 201..=223 are in it (and rows
@@ -490,9 +503,7 @@ mod tests {
         masks[5][3] = true;
         let set = EvalSet {
             class: "pcb".into(),
-            features: Tensor::zeros((6, 1, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            memory: None,
-            tiles: None,
+            paths: (0..6).map(|i| PathBuf::from(format!("{i}.png"))).collect(),
             labels,
             defect_types: types.iter().map(|t| t.to_string()).collect(),
             masks,

@@ -14,7 +14,7 @@ use candle_nn::VarMap;
 use iuf_model::{LearnedClass, ModelMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{Calibrator, ObjectNorms, Verdict};
+use crate::calibrate::{Calibrator, ObjectNorms, ThresholdRule, ThresholdSetting, Verdict};
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{Error, Result};
 use crate::feature_store::BackboneId;
@@ -27,21 +27,56 @@ use crate::step::{ImageFeatures, EVAL_BATCH};
 pub use crate::step::{LossLog, Predictions, StepData, StepRecord};
 
 /// Everything the learner keeps in the model file besides tensors (`ModelMeta::extra`).
+/// (The merge of models learned apart, [`crate::merge`], reads and writes it too.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct LearnerState {
-    strategy: Strategy,
-    train_config: TrainConfig,
-    steps: Vec<StepRecord>,
+pub(crate) struct LearnerState {
+    pub(crate) strategy: Strategy,
+    pub(crate) train_config: TrainConfig,
+    pub(crate) steps: Vec<StepRecord>,
     /// Per object, the 101 quantiles (0, 0.01, .., 1) of its held-out good images' scores.
-    calibration: BTreeMap<String, Vec<f32>>,
+    pub(crate) calibration: BTreeMap<String, Vec<f32>>,
     /// Images accumulated in each Gram matrix.
-    gram_counts: Vec<u64>,
+    pub(crate) gram_counts: Vec<u64>,
     /// sha256 of the backbone weights the features came from (absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    backbone_weights: Option<String>,
+    pub(crate) backbone_weights: Option<String>,
     /// Per object, the normalisation of each scorer's map (methods with a memory).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    norms: BTreeMap<String, ObjectNorms>,
+    pub(crate) norms: BTreeMap<String, ObjectNorms>,
+    /// Per object, the good images its statistics and its calibration were computed from (absent
+    /// in files written before good images could be added).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) images: BTreeMap<String, ObjectImages>,
+    /// Per object, a threshold set after learning (`iuf threshold`), with who set it when.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) threshold_settings: BTreeMap<String, ThresholdSetting>,
+    /// Good images added to learned objects, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) good_added: Vec<GoodAdded>,
+}
+
+/// The good images an object was learned from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectImages {
+    /// Training images (its memory, Gaussian and prototype).
+    pub train: u64,
+    /// Held-out images (its normalisation and score sketch).
+    pub holdout: u64,
+}
+
+/// Good images added to a learned object ([`Learner::add_good`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoodAdded {
+    pub object: String,
+    /// Images added to its statistics, and held out to recalibrate it.
+    pub train: u64,
+    pub holdout: u64,
+    /// Its threshold (at the model's quantile, or its set rule) before and after.
+    pub threshold_before: Option<f32>,
+    pub threshold_after: Option<f32>,
+    pub seconds: f64,
+    /// RFC 3339 UTC.
+    pub at: String,
 }
 
 /// A model that learns objects step by step: prototypes, scorers and a calibrator.
@@ -93,9 +128,13 @@ impl Learner {
             gram_counts: vec![],
             backbone_weights: Some(backbone.weights_digest.clone()),
             norms: BTreeMap::new(),
+            images: BTreeMap::new(),
+            threshold_settings: BTreeMap::new(),
+            good_added: Vec::new(),
         };
         Ok(Self {
-            calibrator: Calibrator::new(strategy.normalises_maps()),
+            calibrator: Calibrator::new(strategy.normalises_maps())
+                .with_margin(cfg.calibration.score_margin),
             cfg,
             strategy,
             device: device.clone(),
@@ -129,9 +168,11 @@ impl Learner {
                 ),
             })?;
         // The calibration lives in the calibrator; the state gets it back when saved.
-        let mut calibrator = Calibrator::new(state.strategy.normalises_maps());
+        let mut calibrator = Calibrator::new(state.strategy.normalises_maps())
+            .with_margin(state.train_config.calibration.score_margin);
         calibrator.sketches = std::mem::take(&mut state.calibration);
         calibrator.norms = std::mem::take(&mut state.norms);
+        calibrator.settings = std::mem::take(&mut state.threshold_settings);
         Ok(Self {
             scorers: scorer::scorers(state.strategy, &state.train_config, device, Some(&loaded))?,
             prototypes: Prototypes::from_state(&loaded.state),
@@ -157,6 +198,7 @@ impl Learner {
         st.gram_counts = self.scorers.iter().flat_map(|s| s.gram_counts()).collect();
         st.calibration = self.calibrator.sketches.clone();
         st.norms = self.calibrator.norms.clone();
+        st.threshold_settings = self.calibrator.settings.clone();
         let mut meta = self.meta.clone();
         meta.extra = serde_json::to_value(&st)
             .map_err(|e| Error::Msg(format!("serialising learner state: {e}")))?;
@@ -363,11 +405,19 @@ impl Learner {
             train.features,
             train.class_ids,
         )?);
-        for c in new_classes {
+        for (c, id) in &new {
             self.meta.learned.push(LearnedClass {
                 class: c.clone(),
                 step,
             });
+            let count = |ids: &[u32]| ids.iter().filter(|&&i| i == *id).count() as u64;
+            self.state.images.insert(
+                c.clone(),
+                ObjectImages {
+                    train: count(train.class_ids),
+                    holdout: holdout.map_or(0, |h| count(h.class_ids)),
+                },
+            );
         }
         if let Some(h) = holdout {
             // Calibration is part of learning: f32 whatever the inference precision.
@@ -384,6 +434,166 @@ impl Learner {
         };
         self.state.steps.push(record.clone());
         Ok(record)
+    }
+
+    /// Adds good images to the learned object `object` (a memory method's): its memory becomes a
+    /// coreset of its old memory and the new images' patches (the tiled view's too), its
+    /// Gaussian and prototype are updated exactly from their stored statistics, and its
+    /// threshold is recalibrated from its old held-out scores (the sketch) pooled with the
+    /// scores of `holdout`, the added images held out (scored by the updated model). Its map
+    /// normalisation is kept: it is the unit the old held-out scores are in. No other object's
+    /// memory, Gaussian, normalisation or threshold changes.
+    ///
+    /// `train` and `holdout` hold only `object`'s images (their class ids are not read).
+    pub fn add_good(
+        &mut self,
+        object: &str,
+        train: &StepData<'_>,
+        holdout: Option<&StepData<'_>>,
+    ) -> Result<GoodAdded> {
+        let start = Instant::now();
+        let id = self.check_add_good(object)?;
+        let n = train.features.dim(0)?;
+        if n == 0 {
+            return Err(Error::Msg(format!("no good images to add to `{object}`")));
+        }
+        let before = self.threshold(object, self.cfg.calibration.quantile);
+        let old = self.state.images[object];
+        let cfg = self.cfg.clone();
+        for s in &mut self.scorers {
+            if s.knows(object) {
+                s.add_good(object, &cfg, train)?;
+            }
+        }
+        if let Some(p) = &self.prototypes {
+            self.prototypes = Some(p.merge(id, old.train, train.features)?);
+        }
+        let mut held = 0;
+        if let Some(h) = holdout {
+            held = h.features.dim(0)? as u64;
+            if held > 0 {
+                iuf_bf16::scoped(None, || self.recalibrate(object, old.holdout, h))?;
+            }
+        }
+        self.state.images.insert(
+            object.to_string(),
+            ObjectImages {
+                train: old.train + n as u64,
+                holdout: old.holdout + held,
+            },
+        );
+        let record = GoodAdded {
+            object: object.to_string(),
+            train: n as u64,
+            holdout: held,
+            threshold_before: before,
+            threshold_after: self.threshold(object, self.cfg.calibration.quantile),
+            seconds: start.elapsed().as_secs_f64(),
+            at: crate::calibrate::rfc3339_utc(std::time::SystemTime::now()),
+        };
+        self.state.good_added.push(record.clone());
+        Ok(record)
+    }
+
+    /// Why good images cannot be added to `object`, if they cannot: an object not learned, a
+    /// method with a network, a model written before the statistics were kept. Returns its
+    /// class id.
+    pub fn check_add_good(&self, object: &str) -> Result<u32> {
+        if !self.meta.learned.iter().any(|l| l.class == object) {
+            return Err(Error::Config(format!(
+                "the model has not learned `{object}` (it knows {:?}); learn it first",
+                self.learned_classes()
+            )));
+        }
+        if self.has_network() || !self.strategy.uses_memory() {
+            return Err(Error::Config(format!(
+                "adding good images is for the memory methods (`memory`): a `{}` model's maps come \
+                 from a trained network, which more good images would have to retrain; learn \
+                 the object again instead",
+                self.strategy
+            )));
+        }
+        if !self.state.images.contains_key(object) {
+            return Err(Error::Config(format!(
+                "the model does not record how many images `{object}` was learned from (it was \
+                 written before good images could be added): learn `{object}` again from all its \
+                 good images to add images later"
+            )));
+        }
+        for s in &self.scorers {
+            if s.knows(object) {
+                s.can_add_good(object)?;
+            }
+        }
+        self.class_id(object)
+            .ok_or_else(|| Error::Msg(format!("`{object}` has no class id")))
+    }
+
+    /// The good images each object's statistics and calibration come from (objects learned
+    /// before the counts were kept are missing).
+    pub fn object_images(&self) -> &BTreeMap<String, ObjectImages> {
+        &self.state.images
+    }
+
+    /// Good images added to learned objects, in order.
+    pub fn good_added(&self) -> &[GoodAdded] {
+        &self.state.good_added
+    }
+
+    /// Sets `object`'s threshold by `rule`, recording `by` and the time; the verdicts of every
+    /// caller use it from then on (in place of the quantile they ask for).
+    pub fn set_threshold(
+        &mut self,
+        object: &str,
+        rule: ThresholdRule,
+        by: &str,
+    ) -> Result<ThresholdSetting> {
+        if !self.meta.learned.iter().any(|l| l.class == object) {
+            return Err(Error::Config(format!(
+                "the model has not learned `{object}` (it knows {:?})",
+                self.learned_classes()
+            )));
+        }
+        let at = crate::calibrate::rfc3339_utc(std::time::SystemTime::now());
+        let setting = self
+            .calibrator
+            .set_threshold(object, rule, at, by.to_string())?;
+        self.meta
+            .thresholds
+            .insert(object.to_string(), setting.value);
+        Ok(setting)
+    }
+
+    /// The new threshold of `object` from its old sketch (of `n_old` held-out images) and the
+    /// scores of `holdout` (its added images held out), as inspection scores them.
+    fn recalibrate(&mut self, object: &str, n_old: u64, holdout: &StepData<'_>) -> Result<()> {
+        let n = holdout.features.dim(0)?;
+        let as_object = vec![object.to_string(); n];
+        let maps = self.scorer_maps(holdout, Some(&as_object))?;
+        if self.calibrator.norms(object).is_none() {
+            // Learned without held-out images: the added ones give the normalisation.
+            let named: Vec<(&str, &Tensor)> = maps.iter().map(|(s, _, m)| (*s, m)).collect();
+            self.calibrator.fit_norms(object, &named)?;
+        }
+        let recognised = match self.object_probs(holdout.features)? {
+            Some(p) => prototypes::recognised(&p, &self.meta.class_names)?,
+            None => as_object.clone(),
+        };
+        let rescore = |rows: &Tensor| -> Result<Vec<f32>> {
+            let theirs = holdout.select(rows)?;
+            Ok(self
+                .predict_in_scope(&theirs.view(), None, &NoProgress)?
+                .scores)
+        };
+        let scores = self
+            .calibrator
+            .holdout_scores(object, &maps, &recognised, rescore)?;
+        let q = self.cfg.calibration.quantile;
+        if let Some(t) = self.calibrator.merge_scores(object, n_old, &scores, q) {
+            let t = self.calibrator.threshold(object, q).unwrap_or(t);
+            self.meta.thresholds.insert(object.to_string(), t);
+        }
+        Ok(())
     }
 
     /// Checks that `new_classes` are new and gives each a class id (a new object takes the next

@@ -82,6 +82,74 @@ impl Prototypes {
         })
     }
 
+    /// `k` object slots holding, for each `(source, from, to)` of `rows`, slot `from` of `source`
+    /// in slot `to`, copied bit for bit (the merge of models learned apart; slots no row names
+    /// stay empty, as in a fresh model).
+    pub fn gather(k: usize, rows: &[(&Self, usize, usize)]) -> Result<Self> {
+        let c = match rows.first() {
+            Some((p, _, _)) => p.means.dim(1)?,
+            None => return Err(Error::Msg("no prototype to gather".into())),
+        };
+        let mut means = vec![vec![0f32; c]; k];
+        let mut spreads = vec![0f32; k];
+        for (p, from, to) in rows {
+            let (pk, pc) = p.means.dims2()?;
+            if pc != c {
+                return Err(Error::Msg(format!(
+                    "prototypes of {pc} channels cannot join prototypes of {c}"
+                )));
+            }
+            if *from >= pk || *to >= k {
+                return Err(Error::Msg(format!(
+                    "prototype slot {from} of {pk} cannot go to slot {to} of {k}"
+                )));
+            }
+            means[*to] = p.means.get(*from)?.to_vec1()?;
+            spreads[*to] = p.spreads.get(*from)?.to_scalar()?;
+        }
+        Ok(Self {
+            means: Tensor::new(means, &Device::Cpu)?,
+            spreads: Tensor::new(spreads, &Device::Cpu)?,
+        })
+    }
+
+    /// These prototypes with slot `id`'s, learned from `n_old` images, updated with more images
+    /// of that object (`features` `[N, C, g, g]`): the mean and mean squared distance of all
+    /// `n_old + N` images, from the stored ones (the pairwise update of means and sums of
+    /// squares). Other slots are unchanged.
+    pub fn merge(&self, id: u32, n_old: u64, features: &Tensor) -> Result<Self> {
+        let pooled = token_mean(features, DType::F64)?; // [N, C]
+        let nb = pooled.dim(0)?;
+        let mut means = self.means.to_vec2::<f32>()?;
+        let mut spreads = self.spreads.to_vec1::<f32>()?;
+        let id = id as usize;
+        if nb == 0 || id >= means.len() {
+            return Ok(self.clone());
+        }
+        let mean_b = pooled.mean_keepdim(0)?; // [1, C]
+        let ss_b = pooled
+            .broadcast_sub(&mean_b)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        let mean_b: Vec<f64> = mean_b.squeeze(0)?.to_vec1()?;
+        let (na, nb) = (n_old as f64, nb as f64);
+        let n = na + nb;
+        let ss_a = spreads[id] as f64 * na;
+        let mut d2 = 0.0;
+        for (m, b) in means[id].iter_mut().zip(&mean_b) {
+            let a = *m as f64;
+            let delta = b - a;
+            d2 += delta * delta;
+            *m = (a + delta * nb / n) as f32;
+        }
+        spreads[id] = ((ss_a + ss_b + d2 * na * nb / n) / n) as f32;
+        Ok(Self {
+            means: Tensor::new(means, &Device::Cpu)?,
+            spreads: Tensor::new(spreads, &Device::Cpu)?,
+        })
+    }
+
     /// `[N, K]` object probabilities of `features` over the `learned` class ids (others get 0);
     /// None when nothing is learned.
     pub fn probs(&self, features: &Tensor, learned: &[usize]) -> Result<Option<Tensor>> {

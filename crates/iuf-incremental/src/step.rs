@@ -254,3 +254,32 @@ pub struct Predictions {
     /// probability; empty when the model has learned nothing.
     pub objects: Vec<(String, f32)>,
 }
+
+impl Predictions {
+    /// The predictions of consecutive batches as one, in order (at least one part).
+    pub fn concat(parts: Vec<Predictions>) -> Result<Predictions> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let cat = |f: fn(&Predictions) -> &Tensor| -> Result<Tensor> {
+            let ts: Vec<&Tensor> = parts.iter().map(f).collect();
+            Ok(Tensor::cat(&ts, 0)?)
+        };
+        let maps = cat(|p| &p.maps)?;
+        let class_probs = cat(|p| &p.class_probs)?;
+        let object_probs = cat(|p| &p.object_probs)?;
+        let mut scores = Vec::new();
+        let mut objects = Vec::new();
+        for p in parts {
+            scores.extend(p.scores);
+            objects.extend(p.objects);
+        }
+        Ok(Predictions {
+            maps,
+            scores,
+            class_probs,
+            object_probs,
+            objects,
+        })
+    }
+}

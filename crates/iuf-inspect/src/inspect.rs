@@ -149,18 +149,14 @@ impl<'a> Inspector<'a> {
         )
     }
 
-    /// Scores `images` as one batch: preprocessing is added to `timings.decode`, the backbone and
-    /// the model to theirs. `object` judges every image as that object (checked by the caller).
-    pub fn inspect(
+    /// The backbone features of `images` in every view the model reads (what inspection scores,
+    /// and what good images added to an object are learned from): preprocessing is added to
+    /// `timings.decode`, the backbone to `timings.backbone`.
+    pub fn features(
         &self,
         images: &[&RgbImage],
-        object: Option<&str>,
-        quantile: f64,
         timings: &mut Timings,
-    ) -> Result<Vec<Inspection>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
+    ) -> Result<iuf_incremental::ImageFeatures> {
         let t = Instant::now();
         let size = self.learner.image_size();
         let tiling = self.learner.tiling();
@@ -200,12 +196,27 @@ impl<'a> Inspector<'a> {
             features.device().synchronize()?;
         }
         timings.backbone += t.elapsed();
-        let t = Instant::now();
-        let x = iuf_incremental::ImageFeatures {
+        Ok(iuf_incremental::ImageFeatures {
             align: features,
             memory,
             tiles,
-        };
+        })
+    }
+
+    /// Scores `images` as one batch: preprocessing is added to `timings.decode`, the backbone and
+    /// the model to theirs. `object` judges every image as that object (checked by the caller).
+    pub fn inspect(
+        &self,
+        images: &[&RgbImage],
+        object: Option<&str>,
+        quantile: f64,
+        timings: &mut Timings,
+    ) -> Result<Vec<Inspection>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.features(images, timings)?;
+        let t = Instant::now();
         let pred = self
             .learner
             .predict_features(&x, object, &iuf_incremental::NoProgress)

@@ -3,10 +3,15 @@
 //! score decoded RGB images ([`Inspector`]): the calibrator's verdict (object and its probability,
 //! score, threshold, decision) and the anomaly map, which [`resize_map`] brings to the image's
 //! size. There is no other copy of the preprocessing or of the thresholds: every front end calls
-//! this crate.
+//! this crate. Learning too ([`learn`]: `iuf train`, `iuf learn` and the bindings' `train` and
+//! `learn` make the same checks and run the same step), with the argument checks they share
+//! ([`args`]).
 
+pub mod args;
+pub mod drift;
 pub mod info;
 mod inspect;
+pub mod learn;
 mod map;
 pub mod open;
 

@@ -260,6 +260,14 @@ pub fn load_model_bytes(
     Learner::load_bytes(path, bytes, device).with_context(|| cannot_load(path))
 }
 
+/// A model file's content as stored (metadata, tensors in their stored dtype, not yet a
+/// [`Learner`]), refusing one that is plainly something else as [`load_model`] does: what
+/// `iuf merge` reads.
+pub fn read_model_file(path: &Path, names: &Names) -> Result<iuf_model::LoadedModel> {
+    refuse_non_model(path, FileKind::of(path), names)?;
+    iuf_model::load_model(path, &Device::Cpu).with_context(|| cannot_load(path))
+}
+
 /// Refuses a model that is plainly no model, saying what it is instead of a parser's "header too
 /// large".
 fn refuse_non_model(path: &Path, kind: FileKind, names: &Names) -> Result<()> {

@@ -1,5 +1,5 @@
 //! Criterion benchmarks of iuf-metrics at the sizes real evaluations reach: image metrics over
-//! 1M and 10M scores, pixel metrics over per-image 224x224 maps, PRO over 100 maps.
+//! 1M and 10M scores, pixel metrics over per-image 224x224 maps, PRO over 100 maps (224 and 256).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use iuf_metrics::{
@@ -40,18 +40,23 @@ fn scores_and_labels(n: usize, seed: u64) -> (Vec<f32>, Vec<bool>) {
 
 /// `count` 224x224 maps with `u8` masks: most images hold one rectangular defect scored higher.
 fn maps_and_masks(count: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<u8>>) {
+    maps_and_masks_of(count, SIDE, seed)
+}
+
+/// [`maps_and_masks`] of `side x side`.
+fn maps_and_masks_of(count: usize, side: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<u8>>) {
     let mut rng = Rng(seed);
     (0..count)
         .map(|i| {
-            let mut mask = vec![0u8; SIDE * SIDE];
+            let mut mask = vec![0u8; side * side];
             if !i.is_multiple_of(3) {
                 let (w, h) = (8 + rng.next() as usize % 40, 8 + rng.next() as usize % 40);
                 let (x0, y0) = (
-                    rng.next() as usize % (SIDE - w),
-                    rng.next() as usize % (SIDE - h),
+                    rng.next() as usize % (side - w),
+                    rng.next() as usize % (side - h),
                 );
                 for y in y0..y0 + h {
-                    mask[y * SIDE + x0..y * SIDE + x0 + w].fill(255);
+                    mask[y * side + x0..y * side + x0 + w].fill(255);
                 }
             }
             let map = mask
@@ -93,22 +98,26 @@ fn ranking(c: &mut Criterion) {
 fn pro(c: &mut Criterion) {
     let mut group = c.benchmark_group("pro");
     group.sample_size(10);
-    let (maps, masks) = maps_and_masks(100, 13);
-    let map_refs: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
-    let mask_refs: Vec<&[u8]> = masks.iter().map(Vec::as_slice).collect();
-    group.throughput(Throughput::Elements((100 * SIDE * SIDE) as u64));
-    group.bench_function("pro_auc/100x224x224", |b| {
-        b.iter(|| {
-            pro_auc(
-                black_box(&map_refs),
-                black_box(&mask_refs),
-                SIDE,
-                SIDE,
-                PRO_MAX_FPR,
-            )
-            .unwrap()
-        })
-    });
+    // 224: the backbone's maps; 256: the size the Python package's AU-PRO is measured at
+    // against the numpy/scipy reference (crates/iuf-py/bench/au_pro.py).
+    for side in [SIDE, 256] {
+        let (maps, masks) = maps_and_masks_of(100, side, 13);
+        let map_refs: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
+        let mask_refs: Vec<&[u8]> = masks.iter().map(Vec::as_slice).collect();
+        group.throughput(Throughput::Elements((100 * side * side) as u64));
+        group.bench_function(format!("pro_auc/100x{side}x{side}"), |b| {
+            b.iter(|| {
+                pro_auc(
+                    black_box(&map_refs),
+                    black_box(&mask_refs),
+                    side,
+                    side,
+                    PRO_MAX_FPR,
+                )
+                .unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

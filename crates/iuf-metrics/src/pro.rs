@@ -12,13 +12,31 @@
 //! is integrated with the trapezoid rule over FPR in [0, max_fpr], linearly interpolated at exactly
 //! max_fpr, and divided by max_fpr so a perfect map scores 1.
 //!
-//! Like the ranking metrics, all pixels are sorted once and the curve is traced by one sweep.
-//! Normal pixels only need their score (a `u32` key); anomalous pixels also carry the index of
-//! their region (packed into a `u64`), whose inverse size is what they add to the PRO sum.
+//! The curve is traced by one sweep over the pixels sorted by score, from the highest down, and
+//! the sweep stops at `max_fpr`: only the normal pixels above the `max_fpr` quantile of normal
+//! scores are ever reached (30% of them by default), so only those are sorted. A first pass over
+//! the maps labels the regions, collects the anomalous pixels and counts the normal pixels'
+//! score keys by their top 16 bits (65,536 buckets); the buckets from the top down that hold
+//! just more than `max_fpr` of the normal pixels are kept; a second pass writes each kept normal
+//! pixel's key straight into its bucket's place, and each bucket (a few thousand keys, in
+//! cache) is then sorted alone. Normal pixels only need their score (a `u32` key); anomalous
+//! pixels also carry the index of their region (packed into a `u64`), whose inverse size is
+//! what they add to the PRO sum. On 100 uniform-noise maps of 256 x 256 this takes half the CPU
+//! time of sorting every pixel (107-118 against 195-242 ms a call, debug test build, 2 shared
+//! cores under load), with the same curve. Running the passes on several maps at once (rayon)
+//! measured no faster on the shared 2-core machine and was left out.
 
 use crate::error::{MetricsError, Result};
 use crate::ranking::Label;
 use crate::sort::{radix_sort_by_key, score_key};
+
+/// Normal pixels' keys are bucketed by their top 16 bits (sign, exponent, 7 mantissa bits).
+const BUCKETS: usize = 1 << 16;
+
+#[inline]
+fn bucket(key: u32) -> usize {
+    (key >> 16) as usize
+}
 
 /// The false-positive-rate limit of the MVTec AD evaluation (30%).
 pub const PRO_MAX_FPR: f64 = 0.3;
@@ -86,7 +104,7 @@ pub fn pro_auc<M: Label>(
         anomalous_pixels += mask.iter().filter(|m| m.is_positive()).count();
     }
     // Region indices share a u64 with the 32-bit score key; there are never more regions than
-    // anomalous pixels.
+    // anomalous pixels. Normal pixels are counted in u32 per score bucket.
     if anomalous_pixels as u64 > u64::from(u32::MAX) {
         return Err(MetricsError::TooLarge {
             what: "anomalous pixels",
@@ -94,11 +112,21 @@ pub fn pro_auc<M: Label>(
             found: anomalous_pixels as u64,
         });
     }
-    let normal_pixels = maps.len() * pixels - anomalous_pixels;
-    let mut normal: Vec<u32> = Vec::with_capacity(normal_pixels);
+    let normal_pixels = (maps.len() * pixels - anomalous_pixels) as u64;
+    if normal_pixels > u64::from(u32::MAX) {
+        return Err(MetricsError::TooLarge {
+            what: "normal pixels",
+            max: u64::from(u32::MAX),
+            found: normal_pixels,
+        });
+    }
+    // Pass 1: regions, anomalous pixels, NaN check, and the normal keys' top-16-bit histogram.
     let mut anomalous: Vec<u64> = Vec::with_capacity(anomalous_pixels);
     let mut region_sizes: Vec<u32> = Vec::new();
     let mut components = Components::new(width, height);
+    // u32 counts (a 256 KiB table, half of usize's, stays in L2); more normal pixels than that
+    // are refused above.
+    let mut histogram = vec![0u32; BUCKETS];
     for (part, (map, mask)) in maps.iter().zip(masks).enumerate() {
         let first_region = region_sizes.len() as u32;
         components.label(mask, &mut region_sizes);
@@ -108,13 +136,14 @@ pub fn pro_auc<M: Label>(
             }
             let key = score_key(score);
             if region == 0 {
-                normal.push(key);
+                histogram[bucket(key)] += 1;
             } else {
                 let global = u64::from(first_region + region - 1);
                 anomalous.push((u64::from(key) << 32) | global);
             }
         }
     }
+    let normal_count = maps.len() * pixels - anomalous_pixels;
     if region_sizes.is_empty() {
         return Err(MetricsError::MissingClass {
             metric: "PRO",
@@ -122,19 +151,60 @@ pub fn pro_auc<M: Label>(
             total: (maps.len() * pixels) as u64,
         });
     }
-    if normal.is_empty() {
+    if normal_count == 0 {
         return Err(MetricsError::MissingClass {
             metric: "PRO",
             missing: crate::Class::Negative,
             total: (maps.len() * pixels) as u64,
         });
     }
-    radix_sort_by_key(&mut normal, &mut Vec::new(), |&k| k);
+    // The lowest bucket the sweep can reach: the highest one whose keys and those above hold
+    // more than max_fpr of the normal pixels (the sweep stops at the first threshold past
+    // max_fpr, which lies in it). At max_fpr = 1 the sweep reaches every pixel.
+    // (The same f64 expression as the sweep's FPR, so both agree on where it stops.)
+    let mut lowest = 0;
+    let mut above = 0usize;
+    for b in (0..BUCKETS).rev() {
+        above += histogram[b] as usize;
+        if above as f64 / normal_count as f64 > max_fpr {
+            lowest = b;
+            break;
+        }
+    }
+    // Pass 2: each kept normal key written into its bucket's place, then each bucket sorted.
+    let mut starts = vec![0usize; BUCKETS + 1];
+    for b in lowest..BUCKETS {
+        starts[b + 1] = starts[b] + histogram[b] as usize;
+    }
+    let kept = starts[BUCKETS];
+    let mut normal: Vec<u32> = vec![0; kept];
+    let mut next = starts.clone();
+    for (map, mask) in maps.iter().zip(masks) {
+        for (&score, &m) in map.iter().zip(mask.iter()) {
+            if m.is_positive() {
+                continue;
+            }
+            let key = score_key(score);
+            let b = bucket(key);
+            if b >= lowest {
+                normal[next[b]] = key;
+                next[b] += 1;
+            }
+        }
+    }
+    let mut scratch = Vec::new();
+    for b in lowest..BUCKETS {
+        let slice = &mut normal[starts[b]..starts[b + 1]];
+        if slice.len() > 1 {
+            radix_sort_by_key(slice, &mut scratch, |&k| k);
+        }
+    }
+    anomalous.retain(|&x| bucket((x >> 32) as u32) >= lowest);
     radix_sort_by_key(&mut anomalous, &mut Vec::new(), |&x| (x >> 32) as u32);
 
     let inverse_size: Vec<f64> = region_sizes.iter().map(|&s| 1.0 / f64::from(s)).collect();
     let regions = region_sizes.len() as f64;
-    let normal_count = normal.len() as f64;
+    let normal_count = normal_count as f64;
     let mut curve = TruncatedTrapezoid::new(max_fpr);
     let (mut i, mut j) = (normal.len(), anomalous.len());
     let (mut false_positives, mut overlap_sum) = (0u64, 0f64);

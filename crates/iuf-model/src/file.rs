@@ -181,13 +181,61 @@ pub fn save_model(
     write_atomically(path, &bytes)
 }
 
-/// Reads a model file, checking format, version, config, every tensor and the digest.
+/// A model file's bytes: the file mapped read-only (a regular, non-empty file), else read.
+///
+/// Mapped, the bytes are the page cache's: no private copy of the file is made, every process
+/// that maps the same file on one host shares its pages, and pages are read on first touch. The
+/// mapping stays valid when the file is replaced by a rename (every iuf writer writes a temporary
+/// file and renames it: the mapping keeps the old file's pages); a file truncated in place by
+/// another program while mapped would fault, which is why iuf never writes a model in place.
+pub enum ModelBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for ModelBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ModelBytes::Mapped(m) => m,
+            ModelBytes::Read(v) => v,
+        }
+    }
+}
+
+impl ModelBytes {
+    /// Maps `path` (read-only), or reads it when it cannot be mapped (empty, not a regular file).
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_file() && meta.len() > 0 {
+            // SAFETY: the mapping is read-only and private to this value; iuf replaces model
+            // files by renaming a new file over them, which leaves the mapped pages intact (see
+            // the type's documentation for a file truncated in place by another program).
+            if let Ok(m) = unsafe { memmap2::Mmap::map(&file) } {
+                return Ok(ModelBytes::Mapped(m));
+            }
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
+        Ok(ModelBytes::Read(bytes))
+    }
+
+    /// Whether the bytes are the mapped file (not a private copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, ModelBytes::Mapped(_))
+    }
+}
+
+/// Reads a model file, checking format, version, config, every tensor and the digest. The file is
+/// mapped ([`ModelBytes`]), not copied into a buffer first.
 pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = ModelBytes::open(path)?;
     load_model_bytes(path, &bytes, device)
 }
 

@@ -149,26 +149,45 @@ impl PatchMemory {
             });
         }
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x4D45_4D4F_5259);
-        // Candidates: a uniform random subset, in increasing order (the selection is then
-        // independent of how rows were drawn, only of which).
-        let candidates = if cfg.candidates == 0 || cfg.candidates >= total {
-            None
-        } else {
-            let mut idx = rand::seq::index::sample(&mut rng, total, cfg.candidates).into_vec();
-            idx.sort_unstable();
-            Some(idx)
+        let pool = draw_candidates(&patches, cfg.candidates, &mut rng)?;
+        Self::select(&pool, cfg, &mut rng)
+    }
+
+    /// The memory of the patches this memory holds and those of more good images' features
+    /// `[N, C, h, w]`: a greedy k-center coreset of both, with the same cap (`cfg.patches`).
+    /// Every patch held now is a candidate; the new images' patches are drawn at random when
+    /// all together would exceed `cfg.candidates`. The selection is seeded by `cfg.seed`.
+    pub fn extend(&self, features: &Tensor, cfg: &MemoryConfig) -> Result<Self> {
+        cfg.check()?;
+        let (_, c, _, _) = features.dims4()?;
+        if c != self.channels() {
+            return Err(ModelError::Input {
+                name: "memory features to add".into(),
+                expected: format!("{} channels", self.channels()),
+                found: format!("{:?}", features.dims()),
+            });
+        }
+        let patches = patches_of(features)?.to_device(self.bank.device())?;
+        if patches.dim(0)? == 0 {
+            return Err(ModelError::Input {
+                name: "memory features to add".into(),
+                expected: "at least one image".into(),
+                found: format!("{:?}", features.dims()),
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x4D4F_5245);
+        let room = match cfg.candidates {
+            0 => 0,
+            n => n.saturating_sub(self.len()).max(1),
         };
-        let pool = match &candidates {
-            Some(idx) => {
-                let idx_t = Tensor::from_vec(
-                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    idx.len(),
-                    patches.device(),
-                )?;
-                patches.index_select(&idx_t, 0)?
-            }
-            None => patches.clone(),
-        };
+        let new = draw_candidates(&patches, room, &mut rng)?;
+        let pool = Tensor::cat(&[&self.bank, &new], 0)?;
+        Self::select(&pool, cfg, &mut rng)
+    }
+
+    /// The greedy k-center coreset of `pool` `[P, C]` (at most `cfg.patches` rows), distances
+    /// measured on `cfg`'s random projection.
+    fn select(pool: &Tensor, cfg: &MemoryConfig, rng: &mut StdRng) -> Result<Self> {
         let (p, c) = pool.dims2()?;
         let k = cfg.patches.min(p);
         // Distances are measured on a random projection (scaled 1/sqrt(d)), or on the features
@@ -178,7 +197,7 @@ impl PatchMemory {
             let scale = 1.0 / (d as f32).sqrt();
             let r: Vec<f32> = (0..c * d)
                 .map(|_| {
-                    let v: f32 = StandardNormal.sample(&mut rng);
+                    let v: f32 = StandardNormal.sample(rng);
                     v * scale
                 })
                 .collect();
@@ -432,6 +451,23 @@ fn min_norm_minus_twice(dots: &[f32], norms: &[f32]) -> f32 {
     best
 }
 
+/// A uniform random subset of `n` rows of `patches` `[total, C]`, in increasing order (so the
+/// selection depends on which rows were drawn, not how); all of them when `n` is 0 or covers them.
+fn draw_candidates(patches: &Tensor, n: usize, rng: &mut StdRng) -> Result<Tensor> {
+    let total = patches.dim(0)?;
+    if n == 0 || n >= total {
+        return Ok(patches.clone());
+    }
+    let mut idx = rand::seq::index::sample(rng, total, n).into_vec();
+    idx.sort_unstable();
+    let idx_t = Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        idx.len(),
+        patches.device(),
+    )?;
+    Ok(patches.index_select(&idx_t, 0)?)
+}
+
 /// Greedy k-center selection: starting from row `first`, repeatedly adds the row farthest from the
 /// chosen set. `x` is `[n, d]` row-major with `d` a multiple of 16. Returns `k` distinct rows in
 /// selection order (fewer only when `n < k`).
@@ -584,6 +620,63 @@ mod tests {
         let mut sorted = all.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    /// Guarantee: extending a memory with images of another look (a new lighting) makes it
+    /// cover them, within the same cap, while it keeps covering what it covered.
+    #[test]
+    fn extend_covers_the_new_images_within_the_cap() {
+        let dev = Device::Cpu;
+        let old = Tensor::randn(0f32, 1f32, (6, 8, 6, 6), &dev).unwrap();
+        let new = (Tensor::randn(0f32, 1f32, (2, 8, 6, 6), &dev).unwrap() + 20.0).unwrap();
+        let cfg = MemoryConfig {
+            patches: 64,
+            candidates: 150,
+            projection: 16,
+            seed: 3,
+            f16: false,
+            blur_sigma: 0.0,
+        };
+        let max = |m: &PatchMemory, x: &Tensor| -> f32 {
+            let s: Vec<f32> = m
+                .score(x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            s.into_iter().fold(0.0, f32::max)
+        };
+        let first = PatchMemory::build(&old, &cfg).unwrap();
+        let far = max(&first, &new);
+        let grown = first.extend(&new, &cfg).unwrap();
+        assert_eq!(grown.len(), 64);
+        let near = max(&grown, &new);
+        assert!(near < far / 3.0, "new images: {near} after vs {far} before");
+        // The old images stay about as well covered (the cap is shared, so not exactly).
+        let (before, after) = (max(&first, &old), max(&grown, &old));
+        assert!(
+            after < before * 1.5,
+            "old images: {after} after vs {before} before"
+        );
+        // Deterministic, and the channels must match.
+        let again = first.extend(&new, &cfg).unwrap();
+        assert_eq!(
+            grown
+                .bank()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            again
+                .bank()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        let wrong = Tensor::zeros((1, 4, 6, 6), DType::F32, &dev).unwrap();
+        assert!(first.extend(&wrong, &cfg).is_err());
     }
 
     #[test]

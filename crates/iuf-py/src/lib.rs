@@ -9,11 +9,15 @@
 //! - [`Inspection`]: one image's answer, the fields of a line of `iuf predict --json` (built by
 //!   the same `iuf_inspect::Outcome::scored`) and the anomaly map at the image's size as a float32
 //!   numpy array.
+//! - `train` and `learn` ([`learning`]): the steps of `iuf train` and `iuf learn`, on a thread of
+//!   their own, reporting [`learning::Progress`] to an optional callback.
 //! - `metrics`: the sklearn-exact functions of iuf-metrics on numpy arrays.
 //!
 //! Errors are Python exceptions whose messages are those of the library the CLI prints: `IufError`
 //! and its subclasses `ModelError`, `WeightsError`, `ImageError`; `FileNotFoundError` for a missing
 //! model, weights or image file; `ValueError`/`TypeError` for arguments of the wrong kind.
+
+mod learning;
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -28,6 +32,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
+use rayon::prelude::*;
 
 create_exception!(
     iuf,
@@ -385,6 +390,34 @@ impl Model {
             .collect()
     }
 
+    /// Benchmark aid (crates/iuf-py/bench/inspect_timing.py): scores one image `repeat` times on the
+    /// Rust side only (the image taken out of Python once, the answers not turned into Python
+    /// values) and returns the seconds of each call, to set against `inspect`'s.
+    #[pyo3(signature = (image, repeat = 10))]
+    fn _rust_inspect_seconds(
+        &self,
+        py: Python<'_>,
+        image: &Bound<'_, PyAny>,
+        repeat: usize,
+    ) -> PyResult<Vec<f64>> {
+        let source = source("image", image)?;
+        let model = &self.inner;
+        py.detach(move || -> Result<Vec<f64>, Failure> {
+            let decoded = vec![decode("image", source)?];
+            let inspector = model
+                .inspector()
+                .map_err(|e| Failure::Image(format!("{e:#}")))?;
+            (0..repeat)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    score(model, &inspector, &decoded, &[PathBuf::new()], None)?;
+                    Ok(start.elapsed().as_secs_f64())
+                })
+                .collect()
+        })
+        .map_err(PyErr::from)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Model('{}', objects={:?})",
@@ -417,48 +450,80 @@ impl Model {
             let inspector = model
                 .inspector()
                 .map_err(|e| Failure::Image(format!("{e:#}")))?;
-            let quantile = model.quantile();
             let mut answers = Vec::with_capacity(sources.len());
             let mut sources = sources.into_iter().enumerate().peekable();
             while sources.peek().is_some() {
-                let mut decoded = Vec::with_capacity(CHUNK);
-                let mut paths = Vec::with_capacity(CHUNK);
-                for (i, s) in sources.by_ref().take(CHUNK) {
-                    let what = match batch {
-                        true => format!("images[{i}]"),
-                        false => "image".to_string(),
-                    };
-                    paths.push(match &s {
+                let chunk: Vec<(usize, Source)> = sources.by_ref().take(CHUNK).collect();
+                let paths: Vec<PathBuf> = chunk
+                    .iter()
+                    .map(|(_, s)| match s {
                         Source::Path(p) => p.clone(),
                         _ => PathBuf::new(),
-                    });
-                    decoded.push(decode(&what, s)?);
-                }
-                let refs: Vec<&RgbImage> = decoded.iter().collect();
-                let scored: Vec<Scored> = inspector
-                    .inspect(&refs, object.as_deref(), quantile, &mut Timings::default())
-                    .map_err(|e| Failure::Image(format!("{e:#}")))?;
-                if scored.len() != decoded.len() {
-                    return Err(Failure::Image(format!(
-                        "the model answered {} results for {} images",
-                        scored.len(),
-                        decoded.len()
-                    )));
-                }
-                for ((s, img), path) in scored.into_iter().zip(&decoded).zip(&paths) {
-                    let (w, h) = (img.width() as usize, img.height() as usize);
-                    answers.push(Answer {
-                        outcome: Outcome::scored(path, &s, quantile),
-                        map: iuf_inspect::resize_map(&s.map, s.map_w, s.map_h, w, h),
-                        width: w,
-                        height: h,
-                    });
-                }
+                    })
+                    .collect();
+                // Decoded in parallel, as `iuf predict` decodes a batch; the first failing image
+                // (in order) is the one reported.
+                let decoded: Vec<Result<RgbImage, Failure>> = chunk
+                    .into_par_iter()
+                    .map(|(i, s)| {
+                        let what = match batch {
+                            true => format!("images[{i}]"),
+                            false => "image".to_string(),
+                        };
+                        decode(&what, s)
+                    })
+                    .collect();
+                let decoded = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
+                answers.extend(score(
+                    model,
+                    &inspector,
+                    &decoded,
+                    &paths,
+                    object.as_deref(),
+                )?);
             }
             Ok(answers)
         })
         .map_err(PyErr::from)
     }
+}
+
+/// Scores decoded images (at most [`CHUNK`]) as `iuf predict` does: the inspector's verdicts,
+/// predict's outcomes and the maps at the images' sizes.
+fn score(
+    model: &iuf_inspect::Model,
+    inspector: &iuf_inspect::Inspector<'_>,
+    decoded: &[RgbImage],
+    paths: &[PathBuf],
+    object: Option<&str>,
+) -> Result<Vec<Answer>, Failure> {
+    let quantile = model.quantile();
+    let refs: Vec<&RgbImage> = decoded.iter().collect();
+    let scored: Vec<Scored> = inspector
+        .inspect(&refs, object, quantile, &mut Timings::default())
+        .map_err(|e| Failure::Image(format!("{e:#}")))?;
+    if scored.len() != decoded.len() {
+        return Err(Failure::Image(format!(
+            "the model answered {} results for {} images",
+            scored.len(),
+            decoded.len()
+        )));
+    }
+    // The maps brought to the images' sizes in parallel, as predict's heatmaps are.
+    Ok(scored
+        .into_par_iter()
+        .zip(decoded)
+        .zip(paths)
+        .map(|((s, img), path)| {
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            Answer {
+                outcome: Outcome::scored(path, &s, quantile),
+                map: iuf_inspect::resize_map(&s.map, s.map_w, s.map_h, w, h),
+                width: w,
+                height: h,
+            }
+        })
+        .collect())
 }
 
 fn metric_error(e: iuf_metrics::MetricsError) -> PyErr {
@@ -614,6 +679,9 @@ fn _iuf(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PRO_MAX_FPR", iuf_metrics::PRO_MAX_FPR)?;
     m.add_class::<Model>()?;
     m.add_class::<Inspection>()?;
+    m.add_class::<learning::Progress>()?;
+    m.add_function(wrap_pyfunction!(learning::train, m)?)?;
+    m.add_function(wrap_pyfunction!(learning::learn, m)?)?;
     m.add_function(wrap_pyfunction!(auroc, m)?)?;
     m.add_function(wrap_pyfunction!(average_precision, m)?)?;
     m.add_function(wrap_pyfunction!(f1_max, m)?)?;

@@ -1,6 +1,7 @@
 //! `iuf demo`: the two-minute tour. Fetches the backbone weights if missing, generates the procedural
 //! demo dataset, runs a short protocol (one object per step) with IUF and with plain fine-tuning,
-//! prints the comparison, and writes heatmaps of both final models.
+//! prints the comparison, and writes heatmaps of both final models. With `--small-defects`, also
+//! the tiled view beside the whole view on a 1024-pixel product with defects of 8-64 pixels.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,10 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use iuf_data::demo::small_defects::{self, DefectKind, Product, SmallDefectsConfig};
 use iuf_data::demo::DemoConfig;
 use iuf_data::protocol::Protocol;
-use iuf_incremental::runner::step_model_path;
-use iuf_incremental::{Strategy, TrainConfig};
+use iuf_incremental::runner::{by_size_markdown, run_name, step_model_path};
+use iuf_incremental::{FeatureStore, RunResults, Strategy, TrainConfig};
 
 use super::bench::{self, BenchPlan};
 use super::predict::{self, Item, Predictor};
@@ -32,8 +34,38 @@ pub struct DemoArgs {
     /// A seconds-long version for tests: tiny images, the `tiny` preset, one epoch per step.
     #[arg(long, hide = true)]
     pub quick: bool,
+    /// Also show what the tiled view adds on small defects: a 1024-pixel circuit board (the `pcb`
+    /// product of `cargo xtask small-defects`, with fewer images) with spots, scratches, cracks
+    /// and missing pieces of 8 to 64 pixels, learned by the memory on the whole view alone and
+    /// with 2 x 2 tiles of 512 beside it; prints image AUROC by defect size for both and writes
+    /// both heatmaps (one or two more minutes on 2 cores).
+    #[arg(long)]
+    pub small_defects: bool,
     #[command(flatten)]
     pub precision: setup::PrecisionArg,
+}
+
+/// The small-defect part's data: one product, the sizes that show where the views part.
+fn small_defects_data(quick: bool) -> SmallDefectsConfig {
+    if quick {
+        SmallDefectsConfig {
+            products: vec![Product::Pcb],
+            kinds: vec![DefectKind::Spot],
+            sizes: vec![8, 16],
+            ..SmallDefectsConfig::tiny()
+        }
+    } else {
+        SmallDefectsConfig {
+            seed: 0,
+            size: 1024,
+            train: 60,
+            test_good: 20,
+            per_size: 4,
+            sizes: vec![8, 16, 32, 64],
+            kinds: DefectKind::ALL.to_vec(),
+            products: vec![Product::Pcb],
+        }
+    }
 }
 
 /// The demo dataset: three procedural objects, 224-pixel images (the model's input size).
@@ -87,6 +119,168 @@ fn heatmap_items(data: &iuf_data::DatasetRoot, classes: &[String]) -> Result<Vec
         }
     }
     Ok(items)
+}
+
+/// Heatmaps of `items` with each (run name, model file) of `models`, under `out/heatmaps/<name>/`,
+/// and a panel per run; returns the panels.
+fn heatmaps(
+    a: &DemoArgs,
+    out: &Path,
+    models: &[(String, PathBuf)],
+    items: &[Item],
+    store: &FeatureStore,
+    device: &candle_core::Device,
+    bars: &Bars,
+) -> Result<Vec<PathBuf>> {
+    let budget = crate::budget::DecodeBudgetArg::default().resolve()?;
+    let mut panels = Vec::new();
+    for (name, model) in models {
+        let mut learner = setup::load_model(model, device)?;
+        a.precision.apply(&mut learner)?;
+        let out_dir = out.join("heatmaps").join(name);
+        let predictor = Predictor {
+            learner: &learner,
+            backbone: store.backbone(),
+            quantile: learner.config().calibration.quantile,
+            object: None,
+            out_dir: out_dir.clone(),
+            panel_max: items.len(),
+            budget,
+            heatmaps: predict::Heatmaps::Every,
+        };
+        let result = predictor.run(items, bars, |_| Ok(()))?;
+        let panel = out.join("heatmaps").join(format!("{name}.png"));
+        predict::write_panel(&result.panel, &panel)?;
+        panels.push(panel);
+    }
+    Ok(panels)
+}
+
+/// Each run's name with its model after step `last`.
+fn finals(out: &Path, runs: &[String], last: usize) -> Vec<(String, PathBuf)> {
+    runs.iter()
+        .map(|n| (n.clone(), step_model_path(&out.join(n), last)))
+        .collect()
+}
+
+/// `--small-defects`: the memory on the whole view and with tiles beside it, on a high-resolution
+/// product with defects of known sizes; its runs and heatmap panels.
+fn small_defects_part(
+    a: &DemoArgs,
+    store: &FeatureStore,
+    device: &candle_core::Device,
+    bars: &Bars,
+    quiet: bool,
+) -> Result<(Vec<RunResults>, Vec<PathBuf>)> {
+    let out = a.out.join("small-defects");
+    let data_dir = out.join("data");
+    let cfg = small_defects_data(a.quick);
+    if small_defects::existing(&data_dir, &cfg).is_some() {
+        progress::status(
+            quiet,
+            &format!("[small defects] reusing {}", data_dir.display()),
+        );
+    } else {
+        progress::status(
+            quiet,
+            &format!(
+                "[small defects] generating {} images of {} px in {}",
+                cfg.num_images(),
+                cfg.size,
+                data_dir.display()
+            ),
+        );
+        small_defects::generate(&data_dir, &cfg).with_context(|| {
+            format!(
+                "generating the small-defect data in {}; choose another --out",
+                data_dir.display()
+            )
+        })?;
+    }
+    let data = setup::dataset(&data_dir)?;
+    let classes: Vec<String> = cfg.products.iter().map(|p| p.name().to_string()).collect();
+    let protocol = Protocol::parse(&classes.join(","), data.classes())?;
+    let mut config = TrainConfig::cpu(store.backbone().out_channels(), classes.len());
+    a.precision.apply_to_config(&mut config)?;
+    let tiles = setup::TileArgs {
+        tile: Some((cfg.size / 2).to_string()),
+        overlap: 0,
+        tile_input: None,
+        tile_memory: "shared".into(),
+    };
+    setup::apply_tiles(&tiles, &mut config, &data, &classes)?;
+    let method = Strategy::Memory;
+    let names = [
+        run_name(method.name(), false),
+        run_name(method.name(), true),
+    ];
+    if a.fresh {
+        for n in &names {
+            remove_run(&out.join(n))?;
+        }
+    }
+    progress::status(
+        quiet,
+        &format!(
+            "[small defects] the memory on the whole view, then with {0} x {0} tiles of {1} px beside it",
+            2,
+            cfg.size / 2
+        ),
+    );
+    let plan = BenchPlan {
+        data: &data,
+        protocol,
+        methods: vec![method],
+        config,
+        out: out.clone(),
+        command: bench::command_line(),
+    };
+    let runs = bench::run_plan(&plan, store, bars, quiet).with_context(|| {
+        format!(
+            "running the small-defect part in {} (`iuf demo --fresh` starts its runs over)",
+            out.display()
+        )
+    })?;
+    // One defect of each kind at the smallest size of at least 16 px (where the views part), and a
+    // good image.
+    let index = data.index_class(&classes[0])?;
+    let size = cfg
+        .sizes
+        .iter()
+        .copied()
+        .filter(|&s| s >= 16)
+        .min()
+        .or_else(|| cfg.sizes.iter().copied().max())
+        .context("no defect size")?;
+    let mut items = Vec::new();
+    for &kind in &cfg.kinds {
+        let name = small_defects::defect_type(kind, size);
+        if let Some(s) = index.test.iter().find(|s| s.defect_type == name) {
+            items.push(Item {
+                path: s.path.clone(),
+                heatmap: PathBuf::from(format!("{name}.png")),
+                mask: s.mask.clone(),
+            });
+        }
+    }
+    if let Some(s) = index.test.iter().find(|s| !s.is_anomalous) {
+        items.push(Item {
+            path: s.path.clone(),
+            heatmap: PathBuf::from("good.png"),
+            mask: None,
+        });
+    }
+    progress::status(quiet, "[small defects] heatmaps of both views");
+    let panels = heatmaps(
+        a,
+        &out,
+        &finals(&out, &names, 0),
+        &items,
+        store,
+        device,
+        bars,
+    )?;
+    Ok((runs, panels))
 }
 
 pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
@@ -178,32 +372,31 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
     progress::status(quiet, "[4/4] heatmaps of every final model");
     let items = heatmap_items(&data, &classes)?;
     let last = plan.protocol.steps.len() - 1;
-    let mut panels = Vec::new();
-    let budget = crate::budget::DecodeBudgetArg::default().resolve()?;
-    for m in &methods {
-        let model = step_model_path(&a.out.join(m.name()), last);
-        let mut learner = setup::load_model(&model, &device)?;
-        a.precision.apply(&mut learner)?;
-        let out_dir = a.out.join("heatmaps").join(m.name());
-        let predictor = Predictor {
-            learner: &learner,
-            backbone: store.backbone(),
-            quantile: learner.config().calibration.quantile,
-            object: None,
-            out_dir: out_dir.clone(),
-            panel_max: items.len(),
-            budget,
-        };
-        let result = predictor.run(&items, &bars, |_| Ok(()))?;
-        let panel = a.out.join("heatmaps").join(format!("{}.png", m.name()));
-        predict::write_panel(&result.panel, &panel)?;
-        panels.push(panel);
-    }
+    let names: Vec<String> = methods.iter().map(|m| m.name().to_string()).collect();
+    let mut panels = heatmaps(
+        &a,
+        &a.out,
+        &finals(&a.out, &names, last),
+        &items,
+        &store,
+        &device,
+        &bars,
+    )?;
+    let small = if a.small_defects {
+        let (runs, p) = small_defects_part(&a, &store, &device, &bars, quiet)?;
+        panels.extend(p);
+        Some(runs)
+    } else {
+        None
+    };
     progress::clear();
     let seconds = start.elapsed().as_secs_f64();
     if g.json {
         let mut v = bench::summary_json(&a.out, &runs);
         v["heatmap_panels"] = serde_json::json!(panels);
+        if let Some(runs) = &small {
+            v["small_defects"] = bench::summary_json(&a.out.join("small-defects"), runs);
+        }
         v["seconds"] = serde_json::json!(seconds);
         super::print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
@@ -216,6 +409,23 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<ExitCode> {
          features and cannot forget; IUF learns each new object with the old objects' knowledge \
          protected; fine-tuning overwrites it."
     );
+    if let Some(runs) = &small {
+        let size = small_defects_data(a.quick).size;
+        println!(
+            "\nSmall defects on a {size}-pixel circuit board: image / pixel AUROC and recall at \
+             the threshold by defect size, the whole view alone (`memory`) and with 2 x 2 tiles of \
+             {} px beside it (`memory-tiles`):\n",
+            size / 2
+        );
+        print!("{}", by_size_markdown(runs));
+        println!(
+            "\nThe whole view sees the image at 224 px, so a 16-pixel defect is {:.1} pixels there; \
+             each tile sees it at {:.1}. Report: {}",
+            16.0 * 224.0 / size as f64,
+            16.0 * 448.0 / size as f64,
+            a.out.join("small-defects").join("report.md").display()
+        );
+    }
     println!("\nreport:   {}", a.out.join("report.md").display());
     println!("plot:     {}", a.out.join("auroc.svg").display());
     for p in &panels {

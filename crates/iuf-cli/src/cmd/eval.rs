@@ -120,11 +120,10 @@ pub fn run(g: &Global, a: EvalArgs) -> Result<ExitCode> {
     let bars = Bars::new(g.json);
     let mut metrics = Vec::new();
     for c in &classes {
-        let set = eval_set(&data, &store, c, &learner, &bars).with_context(|| {
-            format!("loading the test images of `{c}` from {}", a.data.display())
-        })?;
-        let (m, _) =
-            evaluate(&learner, &set, &bars).with_context(|| format!("evaluating `{c}`"))?;
+        let set = eval_set(&data, c, &learner)
+            .with_context(|| format!("loading the test set of `{c}` from {}", a.data.display()))?;
+        let (m, _) = evaluate(&learner, &set, &store, &bars)
+            .with_context(|| format!("evaluating `{c}` from {}", a.data.display()))?;
         if let Some(w) = &m.warning {
             progress::status(g.json, &format!("warning: {w}"));
         }

@@ -143,6 +143,16 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
                 meta.thresholds
                     .get(&l.class)
                     .map_or("-".into(), |t| format!("{t:.4}")),
+                learner
+                    .calibrator()
+                    .setting(&l.class)
+                    .map_or("calibrated".into(), |s| {
+                        format!("{} by {} at {}", s.rule, s.set_by, s.set_at)
+                    }),
+                learner
+                    .object_images()
+                    .get(&l.class)
+                    .map_or("-".into(), |n| format!("{} + {}", n.train, n.holdout)),
             ]
         })
         .collect();
@@ -150,7 +160,14 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
     print!(
         "{}",
         table::render(
-            &["object", "class id", "learned in step", &threshold_header],
+            &[
+                "object",
+                "class id",
+                "learned in step",
+                &threshold_header,
+                "threshold set",
+                "good images (train + held out)"
+            ],
             &rows
         )
     );
@@ -185,6 +202,38 @@ pub fn run(g: &Global, a: InfoArgs) -> Result<ExitCode> {
             &rows
         )
     );
+    if !learner.good_added().is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = learner
+            .good_added()
+            .iter()
+            .map(|r| {
+                let t = |v: Option<f32>| v.map_or("-".into(), |v| format!("{v:.4}"));
+                vec![
+                    r.at.clone(),
+                    r.object.clone(),
+                    r.train.to_string(),
+                    r.holdout.to_string(),
+                    format!("{} -> {}", t(r.threshold_before), t(r.threshold_after)),
+                    format!("{:.1}", r.seconds),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "good images added at",
+                    "object",
+                    "train",
+                    "held out",
+                    "threshold",
+                    "time (s)"
+                ],
+                &rows
+            )
+        );
+    }
     println!(
         "\nfull configuration: iuf info --json --model {}",
         a.model.display()

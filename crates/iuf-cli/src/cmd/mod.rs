@@ -5,9 +5,12 @@ pub mod demo;
 pub mod eval;
 pub mod info;
 pub mod learn;
+pub mod merge;
 pub mod predict;
 pub mod sign;
+pub mod threshold;
 pub mod train;
+pub mod watch;
 
 use std::io::Write;
 

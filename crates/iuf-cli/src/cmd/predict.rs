@@ -284,6 +284,17 @@ fn load_outline_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
     Ok(heatmap::resize_mask(&bits, mw, mh, w as usize, h as usize))
 }
 
+/// Which images get a heatmap file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Heatmaps {
+    /// Every scored image.
+    Every,
+    /// Only the images judged defective.
+    Defects,
+    /// None.
+    None,
+}
+
 /// Scores images with a model and writes their heatmaps.
 pub struct Predictor<'a> {
     pub learner: &'a Learner,
@@ -296,6 +307,8 @@ pub struct Predictor<'a> {
     pub panel_max: usize,
     /// Pixels decoded at once: a batch takes images while they fit in it together.
     pub budget: DecodeBudget,
+    /// Which images get a heatmap file.
+    pub heatmaps: Heatmaps,
 }
 
 /// What [`Predictor::run`] produced.
@@ -485,6 +498,21 @@ impl Predictor<'_> {
         img: RgbImage,
         s: iuf_inspect::Inspection,
     ) -> Result<Drawn> {
+        let wanted = match self.heatmaps {
+            Heatmaps::Every => true,
+            Heatmaps::Defects => s.verdict.decision == Some(iuf_incremental::Decision::Defect),
+            Heatmaps::None => false,
+        };
+        if !wanted {
+            let outcome = Outcome::scored(&it.path, &s, self.quantile);
+            let heat = RgbImage::new(0, 0);
+            return Ok(Drawn {
+                index,
+                outcome,
+                shown: img,
+                heat,
+            });
+        }
         let (ow, oh) = heatmap::output_size(img.width(), img.height(), s.map_w.max(s.map_h));
         let shown = if (ow, oh) == img.dimensions() {
             img
@@ -650,6 +678,7 @@ pub fn run(g: &Global, a: PredictArgs) -> Result<ExitCode> {
         out_dir: a.out.clone(),
         panel_max: if a.panel.is_some() { a.panel_max } else { 0 },
         budget,
+        heatmaps: Heatmaps::Every,
     };
     let bars = Bars::new(g.json);
     let json_out = g.json;
@@ -797,7 +826,7 @@ fn check_no_link_out(out: &Path, items: &[Item]) -> Result<()> {
     Ok(())
 }
 
-fn print_human(o: &Outcome) {
+pub fn print_human(o: &Outcome) {
     match (&o.error, o.score) {
         (Some(e), None) => eprintln!("FAILED  {}: {e}", o.path.display()),
         (_, Some(score)) => {

@@ -1,14 +1,13 @@
 //! `iuf train`: a new model on the first objects (the base step), with thresholds calibrated on
 //! held-out good images.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use iuf_backbone::EfficientNetVariant;
-use iuf_incremental::{learn_classes, Learner, StepRecord, Strategy};
-use serde_json::json;
+use iuf_incremental::Strategy;
+use iuf_inspect::learn::{Learned, Step, TrainRequest};
 
 use crate::progress::{self, Bars};
 use crate::setup::{self, ConfigArgs};
@@ -50,102 +49,46 @@ pub fn parse_method(s: &str) -> std::result::Result<Strategy, String> {
 }
 
 pub fn run(g: &Global, a: TrainArgs) -> Result<ExitCode> {
-    let mut inputs: Vec<(&str, &Path)> = vec![("--data", &a.data)];
-    if let Some(w) = &g.weights {
-        inputs.push(("--weights", w));
-    }
-    if let Some(c) = &a.config.config {
-        inputs.push(("--config", c));
-    }
-    setup::check_output("--out", &a.out, false, &inputs)?;
-    setup::check_writable("--out", &a.out, false)?;
     let device = setup::device(g)?;
-    let data = setup::dataset(&a.data)?;
-    let classes = match &a.classes {
-        Some(list) => setup::parse_classes(list)?,
-        None => data.classes().to_vec(),
+    let classes = a.classes.as_deref().map(setup::parse_classes).transpose()?;
+    let request = TrainRequest {
+        data: a.data,
+        classes,
+        out: a.out,
+        method: a.method,
+        num_classes: a.num_classes,
+        backbone: a.backbone,
+        config: a.config.options(),
     };
-    setup::check_classes(&data, &classes)?;
-    let variant = EfficientNetVariant::parse(&a.backbone).context("fix --backbone")?;
-    let loaded = setup::backbone(g, variant, &device)?;
-    let mut cfg = setup::train_config(&a.config, loaded.backbone.out_channels(), a.num_classes)?;
-    setup::apply_tiles(&a.config.tiles, &mut cfg, &data, &classes)?;
-    if classes.len() > cfg.model.num_classes {
-        bail!(
-            "{} objects requested but the model has room for {} (raise --num-classes)",
-            classes.len(),
-            cfg.model.num_classes
-        );
+    let step = Step::train(&request, &setup::resources(g, &device))?;
+    run_step(g, step)
+}
+
+/// Runs a checked `train` or `learn` step with progress bars and reports it.
+pub fn run_step(g: &Global, step: Step) -> Result<ExitCode> {
+    for note in &step.notes {
+        progress::status(g.json, note);
     }
-    let store = setup::feature_store(g, loaded, cfg.model.image_size(), &device)?;
-    let mut learner = Learner::new(
-        &cfg,
-        a.method,
-        store.backbone_id(),
-        classes.clone(),
-        &device,
-    )
-    .context("creating the model")?;
-    let what = if a.method.trains_network() {
-        format!(
-            "training {} on {} ({} preset, {} base epochs)",
-            a.method,
-            classes.join(", "),
-            cfg.preset,
-            learner.config().base.epochs
-        )
-    } else {
-        format!(
-            "building the memory of {} (at most {} patches each; no network to train)",
-            classes.join(", "),
-            learner.config().memory.patches
-        )
-    };
-    progress::status(g.json, &what);
-    let bars = Bars::new(g.json);
-    let record =
-        learn_classes(&mut learner, &data, &store, &classes, &bars).with_context(|| {
-            format!(
-                "training on {} from {}",
-                classes.join(", "),
-                a.data.display()
-            )
-        })?;
-    save(&learner, &a.out)?;
-    report_step(g, &learner, &record, &a.out)?;
+    progress::status(g.json, &step.description);
+    let learned = step.run(&Bars::new(g.json))?;
+    learned.save()?;
+    report_step(g, &learned)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the model, creating the folder.
-pub fn save(learner: &Learner, out: &Path) -> Result<()> {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the folder of --out {}", out.display()))?;
-    }
-    learner
-        .save(out)
-        .with_context(|| format!("writing the model to {}", out.display()))
-}
-
 /// What one `train` / `learn` step did, as text or JSON.
-pub fn report_step(g: &Global, learner: &Learner, record: &StepRecord, out: &Path) -> Result<()> {
+pub fn report_step(g: &Global, learned: &Learned) -> Result<()> {
+    if g.json {
+        return super::print_json(&learned.summary());
+    }
+    let Learned {
+        learner,
+        record,
+        out,
+    } = learned;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     let q = learner.config().calibration.quantile;
-    let thresholds: Vec<(String, Option<f32>)> = record
-        .classes
-        .iter()
-        .map(|c| (c.clone(), learner.threshold(c, q)))
-        .collect();
-    if g.json {
-        return super::print_json(&json!({
-            "model": out,
-            "model_bytes": bytes,
-            "step": record,
-            "learned": learner.learned_classes(),
-            "threshold_quantile": q,
-            "thresholds": thresholds.iter().map(|(c, t)| (c.clone(), *t)).collect::<std::collections::BTreeMap<_, _>>(),
-        }));
-    }
+    let thresholds = learned.thresholds();
     if record.epochs == 0 {
         let sizes = learner.memory_sizes();
         let what = if record.classes.iter().any(|c| sizes.contains_key(c)) {

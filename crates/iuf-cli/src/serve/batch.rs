@@ -358,6 +358,13 @@ impl Worker {
                         }
                         o.time_ms = Some(stage);
                         self.metrics.image("scored");
+                        self.metrics.drift(
+                            &model.learner,
+                            &model.sha256,
+                            &s.verdict.object,
+                            s.verdict.score,
+                            s.verdict.threshold,
+                        );
                         slots[*i] = Some(o);
                     }
                 }
@@ -383,7 +390,7 @@ fn internal(e: &anyhow::Error) -> JobError {
 }
 
 /// Decodes an uploaded image, or says what was wrong with it.
-fn decode(u: &Upload) -> Result<RgbImage, String> {
+pub(super) fn decode(u: &Upload) -> Result<RgbImage, String> {
     if u.bytes.is_empty() {
         return Err(format!(
             "{}: empty file; expected a PNG, JPEG, BMP or TIFF image",

@@ -2,7 +2,8 @@
 //! once, swapped atomically on reload (in-flight batches finish on the old one), and requests are
 //! gathered into batches run by one worker on the compute pool.
 //!
-//! Routes: `POST /v1/inspect`, `GET /v1/model`, `POST /v1/reload`, `GET /healthz`, `GET /readyz`,
+//! Routes: `POST /v1/inspect`, `GET /v1/model`, `POST /v1/reload`, `POST /v1/objects/{name}/good`
+//! and `PUT /v1/objects/{name}/threshold` ([`update`]), `GET /healthz`, `GET /readyz`,
 //! `GET /metrics`, and a page for a person at `/`.
 //!
 //! Connections are served by [`conn`]'s accept loop: a header-read timeout, a connection limit
@@ -11,7 +12,8 @@
 mod batch;
 mod conn;
 mod metrics;
-mod model;
+pub(crate) mod model;
+mod update;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use candle_core::Device;
 use clap::Args;
@@ -71,7 +73,8 @@ pub struct ServeArgs {
     /// Seconds a request may take in all, upload included (408 beyond it).
     #[arg(long, value_name = "S", default_value_t = 30)]
     pub timeout_s: u64,
-    /// Require `Authorization: Bearer TOKEN` on POST /v1/reload (also read from $IUF_TOKEN).
+    /// Require `Authorization: Bearer TOKEN` on POST /v1/reload and on the changes to the model
+    /// (POST /v1/objects/NAME/good, PUT /v1/objects/NAME/threshold) (also read from $IUF_TOKEN).
     #[arg(long, value_name = "TOKEN", env = "IUF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Reload the model when its file changes (checked every second).
@@ -100,6 +103,8 @@ pub struct ServeArgs {
     pub signed: crate::cmd::sign::RequireSigned,
     #[command(flatten)]
     pub decode_budget: DecodeBudgetArg,
+    #[command(flatten)]
+    pub sinks: crate::sink::SinkArgs,
 }
 
 /// What every handler shares.
@@ -125,6 +130,8 @@ struct AppState {
     started: SystemTime,
     /// Set once a stop signal came: readiness answers 503.
     stopping: AtomicBool,
+    /// Where every image's result is sent besides the answer (--mqtt, --webhook).
+    sinks: Arc<crate::sink::Sinks>,
 }
 
 type Shared = Arc<AppState>;
@@ -164,6 +171,11 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     let served = model::load(g, &a.model, &device, &a.precision, signed_by.as_ref(), None)?;
     let metrics = Arc::new(Metrics::new());
     metrics.serving(&model::file_name(&a.model), &served.sha256);
+    let sinks = Arc::new(a.sinks.start("serve", |name| metrics.sink_stats(name))?);
+    // Drift warnings and recoveries go to the sinks too, as events of kind `drift` / `recovered`
+    // (MQTT topic `<prefix>/<object>/drift`).
+    let drift_sinks = sinks.clone();
+    metrics.on_drift(Box::new(move |ev| drift_sinks.send(drift_event(ev))));
     eprintln!(
         "model {} (sha256 {}, {} object(s)) loaded in {:.2} s; decode budget {}",
         a.model.display(),
@@ -199,6 +211,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
         budget,
         started: SystemTime::now(),
         stopping: AtomicBool::new(false),
+        sinks,
     });
     if !a.bind.ip().is_loopback() && state.token.is_none() {
         tracing::warn!(
@@ -217,6 +230,8 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     // Every task still holding the state (the --watch poller, a reload, connections past the
     // deadline) ends with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // The results answered are sent within --sink-drain-s; what is left is counted and logged.
+    state.sinks.finish();
     served?;
     // Dropping the last state drops the queue's sender: the worker skips the jobs whose clients
     // are gone, finishes its batch and stops. Its batch gets a bounded wait, then the process
@@ -235,12 +250,25 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A drift watch's change as a sink event: its kind (`drift`, `recovered`), the object, the
+/// statistics and the log's message.
+fn drift_event(ev: &iuf_inspect::drift::DriftEvent) -> crate::sink::Event {
+    let mut fields = serde_json::to_value(ev).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("object".into(), ev.stats.object.clone().into());
+        m.insert("message".into(), ev.message().into());
+    }
+    crate::sink::Event::new(ev.kind, fields)
+}
+
 fn router(state: Shared, a: &ServeArgs) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/v1/inspect", post(inspect))
         .route("/v1/model", get(model_info))
         .route("/v1/reload", post(reload))
+        .route("/v1/objects/{name}/good", post(update::add_good))
+        .route("/v1/objects/{name}/threshold", put(update::set_threshold))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -331,10 +359,12 @@ async fn record(State(s): State<Shared>, req: Request, next: Next) -> Response {
 }
 
 /// Every route and the method it takes, for the answers to requests outside them.
-const ROUTES: [(&str, &str); 7] = [
+const ROUTES: [(&str, &str); 9] = [
     ("POST", "/v1/inspect"),
     ("GET", "/v1/model"),
     ("POST", "/v1/reload"),
+    ("POST", "/v1/objects/{name}/good"),
+    ("PUT", "/v1/objects/{name}/threshold"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -525,19 +555,7 @@ async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
             ),
         ));
     }
-    let multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let images = if multipart {
-        read_multipart(req, &s).await?
-    } else {
-        let body = Bytes::from_request(req, &s)
-            .await
-            .map_err(|e| ApiError(e.status(), format!("reading the body: {}", e.body_text())))?;
-        vec![Upload::new("body".into(), body)]
-    };
+    let (multipart, images) = read_uploads(req, &s).await?;
     if stopping_at_start {
         return Err(stopping());
     }
@@ -607,6 +625,9 @@ async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
             ))
         }
     };
+    for o in &outcomes {
+        s.sinks.verdict("serve", None, o);
+    }
     let failed = outcomes.iter().filter(|o| o.score.is_none()).count();
     let status = if failed == outcomes.len() {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -618,6 +639,23 @@ async fn inspect(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
     } else {
         (status, Json(json!(outcomes[0]))).into_response()
     })
+}
+
+/// The images of a request: its multipart/form-data file parts (`true`), or else the body as one
+/// image named `body` (`false`).
+async fn read_uploads(req: Request, s: &Shared) -> Result<(bool, Vec<Upload>), ApiError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if multipart {
+        return Ok((true, read_multipart(req, s).await?));
+    }
+    let body = Bytes::from_request(req, s)
+        .await
+        .map_err(|e| ApiError(e.status(), format!("reading the body: {}", e.body_text())))?;
+    Ok((false, vec![Upload::new("body".into(), body)]))
 }
 
 /// Every file part of a multipart body (parts without content are skipped).
@@ -687,6 +725,11 @@ async fn reload(State(s): State<Shared>, headers: HeaderMap) -> Result<Response,
 /// old model keeps serving.
 async fn reload_now(s: &Shared) -> (StatusCode, serde_json::Value) {
     let _one = s.reloading.lock().await;
+    reload_locked(s).await
+}
+
+/// [`reload_now`] for a caller that holds `s.reloading`.
+async fn reload_locked(s: &Shared) -> (StatusCode, serde_json::Value) {
     let current = s.model.load_full();
     let state = s.clone();
     let loaded = tokio::task::spawn_blocking(move || {

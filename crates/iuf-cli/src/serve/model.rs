@@ -62,16 +62,23 @@ pub fn load(
             .replace(&path.display().to_string(), &name)
     };
     let refuse = |api: String| move |cause: anyhow::Error| Refusal { cause, api };
-    // One read: the digest and the model come from the same bytes, even when `iuf learn`
-    // renames a new file into place meanwhile.
-    let bytes = std::fs::read(path)
+    // One mapping: the digest and the model come from the same bytes, even when `iuf learn`
+    // renames a new file into place meanwhile (the mapping keeps the old file's pages).
+    let bytes = iuf_model::ModelBytes::open(path)
+        .map_err(anyhow::Error::from)
         .with_context(|| format!("reading model {}", path.display()))
         .map_err(|e| {
             let api = format!("the model file {name} cannot be read ({})", reason(&e));
             refuse(api)(e)
         })?;
-    let sha256 = iuf_backbone::fetch::sha256_hex(&bytes);
-    let mut learner = setup::load_model_bytes(path, &bytes, device).map_err(|e| {
+    // The file's sha256 and the model (whose loading checks the tensors' own digest) are each
+    // a pass over every byte: run them side by side.
+    let (sha256, loaded) = std::thread::scope(|s| {
+        let sha = s.spawn(|| iuf_backbone::fetch::sha256_hex(&bytes));
+        let loaded = setup::load_model_bytes(path, &bytes, device);
+        (sha.join().expect("sha256 thread"), loaded)
+    });
+    let mut learner = loaded.map_err(|e| {
         let api = match FileKind::of_bytes(&bytes) {
             FileKind::Other => format!(
                 "the model file {name} cannot be loaded (damaged, or not a model file): {}",

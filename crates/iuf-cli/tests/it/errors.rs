@@ -43,7 +43,7 @@ fn corrupt_model_file_is_named_with_the_fix() {
 fn bad_flags_are_refused_before_any_work() {
     let (s, data) = Scratch::with_demo_data();
     let model = s.file("m.safetensors", b"x");
-    let cases: [(Iuf, &[&str]); 5] = [
+    let cases: [(Iuf, &[&str]); 6] = [
         (
             s.iuf("learn").model(&model).data(&data).out(&model),
             &["never modifies its input"],
@@ -73,6 +73,16 @@ fn bad_flags_are_refused_before_any_work() {
                 .out(s.path("m2.safetensors"))
                 .flag("--weights", s.path("no-weights.pth")),
             &["no-weights.pth: no such file"],
+        ),
+        (
+            s.iuf("train")
+                .data(&data)
+                .out(s.path("m3.safetensors"))
+                .flag("--score-margin", "0.4"),
+            &[
+                "calibration.score_margin must lie in [0, 0.25]",
+                "found 0.4",
+            ],
         ),
     ];
     for (cmd, wanted) in cases {

@@ -5,7 +5,11 @@
 mod common;
 mod errors;
 mod faults;
+mod merge;
+mod more;
 mod mvtec_mini;
 mod readonly;
 mod serve;
+mod sinks;
+mod watch;
 mod workflow;

@@ -1268,3 +1268,114 @@ fn serve_require_signed_refuses_unsigned_models_at_start_and_on_reload() {
     let (status, r) = svc.call("POST", "/v1/reload", &[], None).json();
     assert_eq!((status, &r["reloaded"]), (200, &Value::Bool(true)), "{r}");
 }
+
+/// Guarantees (issue 25): `POST /v1/objects/{name}/good` and `PUT /v1/objects/{name}/threshold`
+/// need the token; they change the served model file (the previous one kept beside it) and swap
+/// it in like a reload, answering with its sha256; the other object's scores do not move; bad
+/// requests are refused with the reason; `/metrics` shows the drift watch's per-object figures.
+#[test]
+fn real_data_serve_adds_good_images_and_sets_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served.safetensors");
+    std::fs::copy(&models().b, &served).unwrap();
+    let first = sha256(&served);
+    let svc = Service::start(&served, &["--token", "s3cret"]);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let bottle = image("bottle/test/good/000.png");
+    let (_, before) = svc.inspect(&bottle);
+    assert_eq!(before["object"], "bottle");
+
+    let pills: Vec<Vec<u8>> = (0..6)
+        .map(|i| image(&format!("pill/train/good/{i:03}.png")))
+        .collect();
+    let parts: Vec<(String, &[u8])> = pills
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("p{i}.png"), &b[..]))
+        .collect();
+    let parts: Vec<(&str, &[u8])> = parts.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let (ctype, body) = multipart(&parts);
+    let path = "/v1/objects/pill/good";
+    let (status, err) = svc
+        .call("POST", path, &[("Content-Type", &ctype)], Some(&body))
+        .json();
+    assert_eq!(status, 401, "{err}");
+    let (status, ans) = svc
+        .call(
+            "POST",
+            path,
+            &[auth[0], ("Content-Type", &ctype)],
+            Some(&body),
+        )
+        .json();
+    assert_eq!(status, 200, "{ans}");
+    assert_eq!(ans["object"], "pill");
+    assert_eq!(
+        ans["added"]["train"].as_u64().unwrap() + ans["added"]["holdout"].as_u64().unwrap(),
+        6
+    );
+    let new = ans["model_sha256"].as_str().unwrap().to_string();
+    assert_ne!(new, first);
+    assert_eq!(sha256(&served), new, "the served file is the new model");
+    assert_eq!(ans["previous_sha256"], first);
+    let kept = dir.path().join(ans["previous_kept_as"].as_str().unwrap());
+    assert_eq!(sha256(&kept), first, "the previous model is kept beside it");
+    let (_, after) = svc.inspect(&bottle);
+    assert_eq!(after["model_sha256"], new);
+    assert_eq!(after["score"], before["score"], "bottle's score moved");
+    assert_eq!(after["threshold"], before["threshold"]);
+    let (_, info) = svc.call("GET", "/v1/model", &[], None).json();
+    assert_eq!(info["good_added"][0]["object"], "pill", "{info}");
+
+    // Thresholds: by value, recorded with who set it; bad bodies and objects refused.
+    let put = |body: &str, headers: &[(&str, &str)]| {
+        svc.call(
+            "PUT",
+            "/v1/objects/bottle/threshold",
+            headers,
+            Some(body.as_bytes()),
+        )
+        .json()
+    };
+    let (status, _) = put(r#"{"value": 9.5}"#, &[]);
+    assert_eq!(status, 401);
+    let (status, ans) = put(r#"{"value": 9.5, "by": "line-3"}"#, &auth);
+    assert_eq!(status, 200, "{ans}");
+    assert_eq!(ans["threshold"]["set_by"], "api:line-3");
+    let (_, judged) = svc.inspect(&bottle);
+    assert_eq!(judged["threshold"], 9.5, "{judged}");
+    assert_eq!(judged["model_sha256"], ans["model_sha256"]);
+    for (body, wanted) in [
+        (r#"{"value": 1, "quantile": 0.5}"#, "exactly one"),
+        (r#"{"quantile": 2}"#, "quantile must lie in [0, 1]"),
+        ("not json", "must be JSON"),
+    ] {
+        let (status, e) = put(body, &auth);
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(wanted), "{body}: {e}");
+    }
+    let (status, e) = svc
+        .call(
+            "PUT",
+            "/v1/objects/tire/threshold",
+            &auth,
+            Some(br#"{"value": 1}"#),
+        )
+        .json();
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("has not learned `tire`"),
+        "{e}"
+    );
+    let (_, metrics) = svc.call("GET", "/metrics", &[], None).text();
+    for wanted in [
+        "iuf_drift_score{object=\"bottle\",quantile=\"0.5\"}",
+        "iuf_drift_rate_above_threshold{object=\"bottle\"}",
+        "iuf_drift_state{object=\"bottle\"} 0",
+    ] {
+        assert!(metrics.contains(wanted), "no {wanted} in:\n{metrics}");
+    }
+}

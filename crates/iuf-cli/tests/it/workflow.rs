@@ -211,7 +211,12 @@ fn bench_two_methods_writes_reports_and_plot_with_shared_lite0_weights() {
 fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
     let s = Scratch::new();
     let out = s.path("demo-out");
-    let v = s.iuf_json("demo").arg("--quick").out(&out).ok().json();
+    let v = s
+        .iuf_json("demo")
+        .args(["--quick", "--small-defects"])
+        .out(&out)
+        .ok()
+        .json();
     let methods: Vec<&str> = v["methods"]
         .as_array()
         .unwrap()
@@ -219,13 +224,29 @@ fn demo_quick_runs_end_to_end_with_shared_lite0_weights() {
         .map(|m| m["method"].as_str().unwrap())
         .collect();
     assert_eq!(methods, ["memory", "iuf+memory", "iuf", "finetune"]);
-    assert_eq!(v["heatmap_panels"].as_array().unwrap().len(), 4);
+    // Four methods, and the small-defect part's two views.
+    assert_eq!(v["heatmap_panels"].as_array().unwrap().len(), 6);
     for p in v["heatmap_panels"].as_array().unwrap() {
         assert!(std::path::Path::new(p.as_str().unwrap()).is_file(), "{p}");
     }
     assert!(out.join("report.md").is_file());
     assert!(out.join("heatmaps/iuf/fabric").is_dir());
     assert!(out.join("heatmaps/memory/fabric").is_dir());
+    // --small-defects: the memory on the whole view and with tiles beside it, side by side.
+    let small: Vec<&str> = v["small_defects"]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["run"].as_str().unwrap())
+        .collect();
+    assert_eq!(small, ["memory", "memory-tiles"], "{}", v["small_defects"]);
+    for view in ["memory", "memory-tiles"] {
+        let dir = out.join("small-defects/heatmaps").join(view);
+        assert!(dir.join("spot-16px.png").is_file(), "{}", dir.display());
+        assert!(dir.join("good.png").is_file(), "{}", dir.display());
+    }
+    let report = std::fs::read_to_string(out.join("small-defects/report.md")).unwrap();
+    assert!(report.contains("tiles"), "{report}");
 }
 
 /// The default method is the per-object memory: no network in the file, a memory per object, a new

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use iuf_data::demo::small_defects::{
-    defect_type, generate, parse_defect_type, DefectKind, Product, SmallDefectsConfig, MARKER_FILE,
+    defect_type, existing, generate, parse_defect_type, DefectKind, Product, SmallDefectsConfig,
+    MARKER_FILE,
 };
 use iuf_data::{DatasetRoot, Error};
 
@@ -48,6 +49,16 @@ fn small_defects_index_as_mvtec_with_one_folder_per_kind_and_size() {
     assert_eq!(summary.images, cfg.num_images());
     assert_eq!(summary.images, 2 * (3 + 2 + 2 * 3 * 4));
     assert_eq!(summary.masks, 2 * 2 * 3 * 4);
+    // A finished set is recognised for reuse; another config, or a missing file, is not.
+    assert_eq!(
+        existing(dir.path(), &cfg).unwrap(),
+        ["brushed_metal", "pcb"]
+    );
+    let other = SmallDefectsConfig {
+        seed: 1,
+        ..cfg.clone()
+    };
+    assert!(existing(dir.path(), &other).is_none());
     let root = DatasetRoot::open(dir.path()).unwrap();
     assert_eq!(root.classes(), ["brushed_metal", "pcb"]);
     let mut expected: Vec<String> = DefectKind::ALL
@@ -73,6 +84,9 @@ fn small_defects_index_as_mvtec_with_one_folder_per_kind_and_size() {
             assert!(parse_defect_type(&s.defect_type).is_some());
         }
     }
+    let one = root.index_class("pcb").unwrap().train[0].path.clone();
+    fs::remove_file(&one).unwrap();
+    assert!(existing(dir.path(), &cfg).is_none());
 }
 
 #[test]

@@ -17,10 +17,24 @@ use crate::step::ImageFeatures;
 
 /// Splits a class's training images into (train, held-out) deterministically.
 pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec<Sample>) {
-    let n = samples.len();
+    let hold = holdout_mask(samples.len(), cfg);
+    let (mut tr, mut ho) = (Vec::new(), Vec::new());
+    for (s, h) in samples.iter().zip(hold) {
+        if h {
+            ho.push(s.clone());
+        } else {
+            tr.push(s.clone());
+        }
+    }
+    (tr, ho)
+}
+
+/// Which of `n` training images are held out for calibration (seeded by `cfg.seed`): a
+/// `holdout_fraction` of them, at least `holdout_min`, never more than a fifth of a small class
+/// nor leaving fewer than 2 to train on.
+pub fn holdout_mask(n: usize, cfg: &TrainConfig) -> Vec<bool> {
     let c = &cfg.calibration;
     let want = ((n as f64 * c.holdout_fraction).round() as usize).max(c.holdout_min);
-    // Never hold out more than a fifth of a small class, nor leave fewer than 2 to train on.
     let k = if c.holdout_fraction == 0.0 {
         0
     } else {
@@ -30,38 +44,22 @@ pub fn split_holdout(samples: &[Sample], cfg: &TrainConfig) -> (Vec<Sample>, Vec
     idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
         cfg.seed ^ 0x5EED_CA11,
     ));
-    let hold: std::collections::HashSet<usize> = idx[..k].iter().copied().collect();
-    let (mut tr, mut ho) = (Vec::new(), Vec::new());
-    for (i, s) in samples.iter().enumerate() {
-        if hold.contains(&i) {
-            ho.push(s.clone());
-        } else {
-            tr.push(s.clone());
-        }
+    let mut hold = vec![false; n];
+    for &i in &idx[..k] {
+        hold[i] = true;
     }
-    (tr, ho)
+    hold
 }
 
-/// Loads the features `learner` reads (its method's, and its tiled view's), labels, defect types
-/// and masks (at the learner's map size) of an object's test set.
-pub fn eval_set(
-    dataset: &DatasetRoot,
-    store: &FeatureStore,
-    class: &str,
-    learner: &Learner,
-    progress: &dyn Progress,
-) -> Result<EvalSet> {
+/// An object's test set: its images, labels, defect types and masks (at the learner's map size).
+/// [`crate::eval::evaluate`] reads the images' features from the feature store as it goes.
+pub fn eval_set(dataset: &DatasetRoot, class: &str, learner: &Learner) -> Result<EvalSet> {
     let index = dataset.index_class(class)?;
-    let paths: Vec<PathBuf> = index.test.iter().map(|s| s.path.clone()).collect();
-    let tiling = learner.tiling();
-    let x = store.features_for(&paths, learner.features(), tiling.as_ref(), progress)?;
     let masks: Vec<Option<PathBuf>> = index.test.iter().map(|s| s.mask.clone()).collect();
     let masks = iuf_data::batch::load_masks(&masks, learner.map_size())?;
     Ok(EvalSet {
         class: class.to_string(),
-        features: x.align,
-        memory: x.memory,
-        tiles: x.tiles,
+        paths: index.test.iter().map(|s| s.path.clone()).collect(),
         labels: index.test.iter().map(|s| s.is_anomalous).collect(),
         defect_types: index.test.iter().map(|s| s.defect_type.clone()).collect(),
         masks,

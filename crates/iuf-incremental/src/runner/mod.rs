@@ -25,6 +25,7 @@ use crate::eval::{evaluate, ClassMetrics};
 use crate::feature_store::FeatureStore;
 use crate::learner::{Learner, StepRecord};
 use crate::progress::Progress;
+use crate::step::ImageFeatures;
 
 pub mod data;
 pub mod report;
@@ -67,6 +68,51 @@ pub fn learn_classes(
         Some(&holdout.step_data()),
         progress,
     )
+}
+
+/// Adds the good training images of `object` in `dataset` (`<object>/train/good`, or its
+/// MVTec AD 2 validation images as the hold-out) to the learned object `object` of `learner`
+/// ([`Learner::add_good`]): the same seeded hold-out split as learning, the features from the
+/// store. Used by `iuf learn --more`.
+pub fn learn_more(
+    learner: &mut Learner,
+    dataset: &DatasetRoot,
+    store: &FeatureStore,
+    object: &str,
+    progress: &dyn Progress,
+) -> Result<crate::learner::GoodAdded> {
+    learner.check_add_good(object)?;
+    let (train, holdout) = train_data(learner, dataset, store, &[object.to_string()], progress)?;
+    learner.add_good(
+        object,
+        &train.features.view(),
+        Some(&holdout.features.view()),
+    )
+}
+
+/// Adds good images of `object`, given by their features in every view the model reads, to the
+/// learned object `object` ([`Learner::add_good`]), holding out the same seeded share as
+/// learning does to recalibrate its threshold. Used by `iuf serve`'s
+/// `POST /v1/objects/{name}/good`.
+pub fn add_good_images(
+    learner: &mut Learner,
+    object: &str,
+    x: &ImageFeatures,
+) -> Result<crate::learner::GoodAdded> {
+    learner.check_add_good(object)?;
+    let n = x.align.dim(0)?;
+    let hold = data::holdout_mask(n, learner.config());
+    let rows = |want: bool| -> Result<candle_core::Tensor> {
+        let idx: Vec<u32> = (0..n as u32)
+            .filter(|&i| hold[i as usize] == want)
+            .collect();
+        let len = idx.len();
+        Ok(candle_core::Tensor::from_vec(idx, len, x.align.device())?)
+    };
+    let view = x.view();
+    let train = view.select(&rows(false)?)?;
+    let held = view.select(&rows(true)?)?;
+    learner.add_good(object, &train.view(), Some(&held.view()))
 }
 
 /// Runs (or resumes) a protocol for one method. Returns the results written to `results.json`.
@@ -174,8 +220,8 @@ fn evaluate_seen(
 ) -> Result<Vec<ClassMetrics>> {
     let mut metrics = Vec::new();
     for c in seen {
-        let set = eval_set(dataset, store, c, learner, progress)?;
-        let (m, _) = evaluate(learner, &set, progress)?;
+        let set = eval_set(dataset, c, learner)?;
+        let (m, _) = evaluate(learner, &set, store, progress)?;
         tracing::info!(class = %c, image_auroc = m.image_auroc, pixel_auroc = ?m.pixel_auroc, "evaluated");
         if let Some(w) = &m.warning {
             if new.contains(&m.class) {

@@ -37,6 +37,16 @@ impl Gaussians {
     }
 }
 
+/// `g` as the model file will hold it: with f16 model files, the precision matrices rounded now,
+/// so that the model in memory scores exactly as the file will.
+fn as_stored(g: PositionGaussian, cfg: &TrainConfig) -> Result<PositionGaussian> {
+    Ok(if cfg.memory.f16 {
+        PositionGaussian::from_state(&g.to_state("", DType::F16)?, "")?.expect("written just now")
+    } else {
+        g
+    })
+}
+
 impl Scorer for Gaussians {
     fn name(&self) -> &'static str {
         "gaussian"
@@ -56,17 +66,32 @@ impl Scorer for Gaussians {
             }
             let align = train.features.index_select(&rows, 0)?;
             let g = PositionGaussian::fit(&align, &step.cfg.gaussian)?;
-            // With f16 model files, the precision matrices are rounded now, as the file stores
-            // them, so the model in memory scores exactly as the file will.
-            let g = if step.cfg.memory.f16 {
-                PositionGaussian::from_state(&g.to_state("", DType::F16)?, "")?
-                    .expect("written just now")
-            } else {
-                g
-            };
-            self.fitted.insert(c.to_string(), g);
+            self.fitted.insert(c.to_string(), as_stored(g, step.cfg)?);
         }
         Ok(None)
+    }
+
+    fn can_add_good(&self, object: &str) -> Result<()> {
+        match self.fitted.get(object) {
+            None => Err(Error::Msg(format!(
+                "no per-position Gaussian for `{object}` to add images to"
+            ))),
+            Some(g) if !g.updatable() => Err(Error::Config(format!(
+                "the per-position Gaussian of `{object}` was written without the statistics an \
+                 exact update needs (image count and scatter matrices: model files written \
+                 before they were stored, or with `gaussian.keep_statistics: false`): learn \
+                 `{object}` again from all its good images (`iuf train` or `iuf learn` on a model \
+                 without it, keeping the statistics) to add images later"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn add_good(&mut self, object: &str, cfg: &TrainConfig, train: &StepData<'_>) -> Result<()> {
+        self.can_add_good(object)?;
+        let g = self.fitted[object].update(train.features, &cfg.gaussian)?;
+        self.fitted.insert(object.to_string(), as_stored(g, cfg)?);
+        Ok(())
     }
 
     fn knows(&self, object: &str) -> bool {
@@ -92,7 +117,12 @@ impl Scorer for Gaussians {
         let dtype = cfg.memory.stored_dtype();
         let mut out = Vec::new();
         for (c, g) in &self.fitted {
-            out.extend(g.to_state(&format!("{GAUSSIAN_PREFIX}{c}."), dtype)?);
+            let prefix = format!("{GAUSSIAN_PREFIX}{c}.");
+            if cfg.gaussian.keep_statistics {
+                out.extend(g.to_state(&prefix, dtype)?);
+            } else {
+                out.extend(g.without_statistics().to_state(&prefix, dtype)?);
+            }
         }
         Ok(out)
     }

@@ -117,6 +117,23 @@ pub trait Scorer: Send + Sync {
     /// learned before a model file had this scorer).
     fn knows(&self, object: &str) -> bool;
 
+    /// Whether [`Scorer::add_good`] can update `object` (an error saying why not). Checked for
+    /// every scorer before any is updated.
+    fn can_add_good(&self, object: &str) -> Result<()> {
+        Err(Error::Config(format!(
+            "the {} cannot add good images to `{object}`: it is a trained network, not a \
+             statistic of the good images (adding good images is for the memory methods)",
+            self.name()
+        )))
+    }
+
+    /// Updates the statistics of the learned object `object` with more of its good images
+    /// (`train`: only that object's images). Touches no other object's state.
+    fn add_good(&mut self, object: &str, cfg: &TrainConfig, train: &StepData<'_>) -> Result<()> {
+        let _ = (cfg, train);
+        self.can_add_good(object)
+    }
+
     /// Maps of a batch, each image scored as its object.
     fn maps(&self, batch: &Batch<'_>) -> Result<Maps>;
 

@@ -37,6 +37,16 @@ pub use nearest::NearestNeighbour;
 pub use reconstruction::Reconstruction;
 pub use tiles::TiledMemory;
 
+/// The prefixes of the state tensors that belong to one object each (`<prefix><object>`, then
+/// possibly `.` or `/` and more): the scorers without a network. [`crate::merge`] moves them
+/// between model files by object.
+pub(crate) const PER_OBJECT_PREFIXES: [&str; 4] = [
+    nearest::MEMORY_PREFIX,
+    gaussian::GAUSSIAN_PREFIX,
+    tiles::TILES_PREFIX,
+    class_mean::CLASS_MEAN_PREFIX,
+];
+
 /// The scorers of `strategy`, new (`from: None`) or read back from a model file. The one place
 /// where a method says what it is made of; adding a scorer adds a line here.
 pub fn scorers(

@@ -85,6 +85,33 @@ pub(crate) fn build_memory(
     })
 }
 
+/// `old` grown with the patches of more good images' memory features `[N, C_m, h, w]` (a
+/// coreset of both, same cap), seeded by `key` as [`build_memory`] is, rounded like it.
+pub(crate) fn extend_memory(
+    class: &str,
+    key: &str,
+    old: &PatchMemory,
+    features: &Tensor,
+    cfg: &MemoryConfig,
+) -> Result<PatchMemory> {
+    if features.dim(0)? == 0 {
+        return Err(Error::Msg(format!("no good images to add to `{class}`")));
+    }
+    let seed = cfg.seed ^ fnv1a(key.as_bytes());
+    let memory = old.extend(
+        &features.to_device(old.bank().device())?,
+        &MemoryConfig {
+            seed,
+            ..cfg.clone()
+        },
+    )?;
+    Ok(if cfg.f16 {
+        PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+    } else {
+        memory
+    })
+}
+
 impl Scorer for NearestNeighbour {
     fn name(&self) -> &'static str {
         "memory"
@@ -123,6 +150,34 @@ impl Scorer for NearestNeighbour {
 
     fn knows(&self, object: &str) -> bool {
         self.banks.contains_key(object)
+    }
+
+    fn can_add_good(&self, object: &str) -> Result<()> {
+        if self.knows(object) {
+            Ok(())
+        } else {
+            Err(Error::Msg(format!(
+                "no memory for `{object}` to add images to"
+            )))
+        }
+    }
+
+    fn add_good(&mut self, object: &str, cfg: &TrainConfig, train: &StepData<'_>) -> Result<()> {
+        self.can_add_good(object)?;
+        let memory = train.memory.ok_or_else(|| {
+            Error::Msg("adding to the memory needs the new images' memory features".into())
+        })?;
+        let t = std::time::Instant::now();
+        let grown = extend_memory(object, object, &self.banks[object], memory, &cfg.memory)?;
+        tracing::info!(
+            class = %object,
+            images = memory.dim(0)?,
+            patches = grown.len(),
+            seconds = t.elapsed().as_secs_f64(),
+            "memory extended"
+        );
+        self.banks.insert(object.to_string(), grown);
+        Ok(())
     }
 
     fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {

@@ -14,7 +14,7 @@ use iuf_model::{LoadedModel, MemoryConfig, PatchMemory};
 use super::interface::{
     by_object, per_object_state, Batch, FeatureKind, Maps, Scorer, Step, Trained,
 };
-use super::nearest::build_memory;
+use super::nearest::{build_memory, extend_memory};
 use crate::config::{TileConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::step::StepData;
@@ -126,6 +126,53 @@ impl Scorer for TiledMemory {
             object.to_string()
         };
         self.banks.contains_key(&key)
+    }
+
+    fn can_add_good(&self, object: &str) -> Result<()> {
+        if self.knows(object) {
+            Ok(())
+        } else {
+            Err(Error::Msg(format!(
+                "the tiled view has no memory for `{object}` to add images to"
+            )))
+        }
+    }
+
+    fn add_good(&mut self, object: &str, cfg: &TrainConfig, train: &StepData<'_>) -> Result<()> {
+        self.can_add_good(object)?;
+        let tiles = train.tiles.ok_or_else(|| {
+            Error::Msg("adding to the tiled view needs the new images' tile features".into())
+        })?;
+        let (n, t, c, h, w) = tiles.dims5()?;
+        let memory = MemoryConfig {
+            patches: self.cfg.patches,
+            ..cfg.memory.clone()
+        };
+        if self.cfg.per_position {
+            for p in 0..t {
+                let key = Self::key(object, Some(p));
+                let at = tiles.narrow(1, p, 1)?.squeeze(1)?.contiguous()?;
+                let grown = extend_memory(
+                    object,
+                    &format!("tiles:{key}"),
+                    &self.banks[&key],
+                    &at,
+                    &memory,
+                )?;
+                self.banks.insert(key, grown);
+            }
+        } else {
+            let all = tiles.reshape((n * t, c, h, w))?;
+            let grown = extend_memory(
+                object,
+                &format!("tiles:{object}"),
+                &self.banks[object],
+                &all,
+                &memory,
+            )?;
+            self.banks.insert(object.to_string(), grown);
+        }
+        Ok(())
     }
 
     fn maps(&self, batch: &Batch<'_>) -> Result<Maps> {

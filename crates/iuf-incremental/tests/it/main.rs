@@ -4,5 +4,6 @@
 
 mod compat;
 mod learner;
+mod more;
 mod real_data;
 mod tiles;

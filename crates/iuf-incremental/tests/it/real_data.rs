@@ -213,9 +213,8 @@ fn real_data_protocol_runs_writes_results_and_resumes() {
     assert_eq!(l.strategy(), Strategy::ClassMean);
     assert_eq!(l.features(), iuf_incremental::FeatureKind::Align);
     assert_eq!(l.learned_classes(), vec!["bottle", "tire"]);
-    let set =
-        iuf_incremental::runner::eval_set(&dataset, &store, "bottle", &l, &NoProgress).unwrap();
-    let (m, _) = iuf_incremental::eval::evaluate(&l, &set, &NoProgress).unwrap();
+    let set = iuf_incremental::runner::eval_set(&dataset, "bottle", &l).unwrap();
+    let (m, _) = iuf_incremental::eval::evaluate(&l, &set, &store, &NoProgress).unwrap();
     assert_eq!(Some(m.image_auroc), r.metrics["image_auroc"][1][0]);
     assert_eq!(m.pixel_auroc, r.metrics["pixel_auroc"][1][0]);
 }

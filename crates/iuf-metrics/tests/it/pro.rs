@@ -138,3 +138,95 @@ fn random_maps_match_brute_force_reference() {
         );
     }
 }
+
+/// The definition evaluated plainly: every pixel sorted by score from the highest down, one curve
+/// point per distinct score, the trapezoid rule cut at `max_fpr`. `regions[i]` is pixel i's region
+/// (0 = normal) and `sizes[r - 1]` region r's size.
+fn plain_pro(scores: &[f32], regions: &[usize], sizes: &[usize], max_fpr: f64) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let normal = regions.iter().filter(|&&r| r == 0).count() as f64;
+    let (mut x, mut y, mut area) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut fp, mut overlap) = (0usize, 0.0f64);
+    let mut points = Vec::new();
+    let mut k = 0;
+    while k < order.len() {
+        let s = scores[order[k]];
+        while k < order.len() && scores[order[k]] == s {
+            match regions[order[k]] {
+                0 => fp += 1,
+                r => overlap += 1.0 / sizes[r - 1] as f64,
+            }
+            k += 1;
+        }
+        points.push((fp as f64 / normal, (overlap / sizes.len() as f64).min(1.0)));
+    }
+    points.push((1.0, 1.0));
+    for (px, py) in points {
+        if px <= max_fpr {
+            area += 0.5 * (y + py) * (px - x);
+            (x, y) = (px, py);
+        } else {
+            let at = y + (py - y) * (max_fpr - x) / (px - x);
+            area += 0.5 * (y + at) * (max_fpr - x);
+            break;
+        }
+    }
+    area / max_fpr
+}
+
+/// Maps large enough for every path of the fast curve (65,536 score buckets, buckets sorted
+/// alone, the sweep stopping inside one): rectangular defects that never touch (so the regions
+/// are known by construction), scores spread over many exponents, squeezed into one bucket,
+/// rounded to a few values (ties), or negative.
+#[test]
+fn large_maps_equal_the_plain_definition() {
+    let (w, h, n) = (96usize, 80usize, 12usize);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut unit = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let shapes: [fn(f32, bool) -> f32; 4] = [
+        |u, a| (u + if a { 0.3 } else { 0.0 }).powi(6) * 1e3,
+        |u, a| 1.0 + (u + if a { 0.2 } else { 0.0 }) * 1e-3,
+        |u, a| ((u + if a { 0.25 } else { 0.0 }) * 10.0).round() / 10.0,
+        |u, a| -3.0 + 4.0 * u + if a { 1.0 } else { 0.0 },
+    ];
+    for shape in shapes {
+        let mut maps = Vec::new();
+        let mut masks = Vec::new();
+        let mut all_scores = Vec::new();
+        let mut all_regions = Vec::new();
+        let mut sizes = Vec::new();
+        for i in 0..n {
+            let mut region = vec![0usize; w * h];
+            if i % 4 != 3 {
+                // Up to three rectangles in separate 32-pixel columns, a gap between them.
+                for c in 0..1 + i % 3 {
+                    let (rw, rh) = (2 + (unit() * 20.0) as usize, 1 + (unit() * 30.0) as usize);
+                    let (x0, y0) = (c * 32 + (unit() * 8.0) as usize, (unit() * 40.0) as usize);
+                    sizes.push(rw * rh);
+                    for y in y0..y0 + rh {
+                        region[y * w + x0..y * w + x0 + rw].fill(sizes.len());
+                    }
+                }
+            }
+            let map: Vec<f32> = region.iter().map(|&r| shape(unit(), r != 0)).collect();
+            masks.push(region.iter().map(|&r| r != 0).collect::<Vec<bool>>());
+            all_scores.extend_from_slice(&map);
+            all_regions.extend_from_slice(&region);
+            maps.push(map);
+        }
+        for max_fpr in [0.001, 0.05, PRO_MAX_FPR, 0.999, 1.0] {
+            let expected = plain_pro(&all_scores, &all_regions, &sizes, max_fpr);
+            let found = pro_of(&maps, &masks, w, max_fpr);
+            assert!(
+                (found - expected).abs() <= 1e-12,
+                "max_fpr {max_fpr}: PRO {found}, plain definition {expected}"
+            );
+        }
+    }
+}

@@ -10,6 +10,12 @@ those of ``iuf predict --json``)::
     print(r.object, r.score, r.threshold, r.decision)
     r.map                                    # float32 anomaly map at the image's size
 
+``iuf.train`` and ``iuf.learn`` learn models as ``iuf train`` and ``iuf learn`` do (the same
+arguments, the same model file), reporting ``iuf.Progress`` to an optional callback::
+
+    iuf.train("mvtec", "model.safetensors", classes=["bottle"], progress=print)
+    iuf.learn("model.safetensors", "mvtec", "model2.safetensors", classes=["pill"])
+
 ``iuf.metrics`` evaluates scores and maps (AUROC, AP, F1-max, AU-PRO).
 """
 
@@ -20,14 +26,20 @@ from ._iuf import (
     Inspection,
     Model,
     ModelError,
+    Progress,
     WeightsError,
     __version__,
+    learn,
+    train,
 )
 from . import metrics
 
 __all__ = [
     "Model",
     "Inspection",
+    "train",
+    "learn",
+    "Progress",
     "IufError",
     "ModelError",
     "WeightsError",

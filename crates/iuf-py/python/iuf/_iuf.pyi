@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -116,6 +116,97 @@ class Model:
         """Inspects several images, in ``iuf predict``'s batches of at most 8 (faster than one
         at a time). The answers are those of ``inspect`` for each image, in order. One image
         that fails raises for the whole call; its message starts ``images[i]``."""
+
+class Progress:
+    """Where a learning step (``train``, ``learn``) stands, as its ``progress`` callback sees
+    it. The callback is called on the thread that called ``train``/``learn``, with the GIL;
+    consecutive advances may be told as one."""
+
+    @property
+    def kind(self) -> Literal["status", "start", "advance", "message", "finish"]:
+        """What happened: ``'status'`` (the step is set up; ``message`` says what it will do),
+        ``'start'`` (a phase begins), ``'advance'`` (``done`` moved), ``'message'`` (a new
+        ``message``, e.g. the training loss), ``'finish'`` (the phase is done)."""
+    @property
+    def phase(self) -> str:
+        """The current phase, e.g. ``'features'`` or ``'epochs'`` (``''`` before the first)."""
+    @property
+    def done(self) -> int:
+        """Units of the phase done (images, epochs)."""
+    @property
+    def total(self) -> int:
+        """Units of the phase in all."""
+    @property
+    def message(self) -> Optional[str]:
+        """The phase's latest message (the step's description for ``'status'``), or None."""
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+def train(
+    data: PathLike,
+    out: PathLike,
+    *,
+    classes: Optional[Union[Sequence[str], str]] = None,
+    method: str = "memory",
+    num_classes: int = 15,
+    backbone: str = "lite0",
+    preset: Literal["cpu", "paper", "tiny"] = "cpu",
+    config: Optional[PathLike] = None,
+    epochs: Optional[int] = None,
+    incremental_epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    seed: Optional[int] = None,
+    precision: Optional[Literal["f32", "bf16", "auto"]] = None,
+    tile: Optional[Union[int, Literal["auto"]]] = None,
+    overlap: int = 0,
+    tile_input: Optional[int] = None,
+    tile_memory: Literal["shared", "per-position"] = "shared",
+    weights: Optional[PathLike] = None,
+    strict_weights: bool = False,
+    cache_dir: Optional[PathLike] = None,
+    feature_cache: bool = True,
+    progress: Optional[Callable[[Progress], object]] = None,
+) -> dict:
+    """Trains a new model on the first objects, as ``iuf train`` does with the same flags
+    (``iuf train --help`` explains each; ``feature_cache=False`` is ``--no-feature-cache``), and
+    writes it to ``out``: the same model file, bit for bit the same scores.
+
+    ``data``: a dataset folder in MVTec AD or VisA layout. ``classes``: the objects to learn (a
+    list, or ``'a,b'``; None: every class of the dataset). ``method``: ``'memory'`` (no network,
+    seconds), ``'iuf+memory'``, ``'iuf'``, ... ``weights``: the backbone's ``.safetensors`` or
+    ``.pth``; None for the download cache.
+
+    The step runs with the GIL released; ``progress`` is called with a ``Progress`` on this
+    thread. An exception raised by ``progress``, or Ctrl-C (``KeyboardInterrupt``), stops the
+    step at its next report and is raised here; the model file is written (to a temporary name,
+    then renamed) only when every report was delivered without one. Returns the dict
+    ``iuf train --json`` prints (model, model_bytes, step, learned, threshold_quantile,
+    thresholds).
+
+    Raises ``FileNotFoundError`` (a missing data, weights or config path), ``ValueError`` or
+    ``TypeError`` (arguments of the wrong kind), ``IufError`` (anything ``iuf train`` refuses,
+    with its message).
+    """
+
+def learn(
+    model: PathLike,
+    data: PathLike,
+    out: PathLike,
+    *,
+    classes: Optional[Union[Sequence[str], str]] = None,
+    epochs: Optional[int] = None,
+    precision: Optional[Literal["f32", "bf16", "auto"]] = None,
+    weights: Optional[PathLike] = None,
+    strict_weights: bool = False,
+    cache_dir: Optional[PathLike] = None,
+    feature_cache: bool = True,
+    progress: Optional[Callable[[Progress], object]] = None,
+) -> dict:
+    """Teaches the trained ``model`` new objects from their images only, as ``iuf learn`` does,
+    and writes the updated model to ``out`` (``model`` is never modified). ``classes``: the new
+    objects (None: every class of ``data`` the model does not know yet). ``epochs``: of this
+    step, for network methods (None: the model's recipe). Progress, stopping and errors as in
+    ``train``; returns the dict ``iuf learn --json`` prints."""
 
 def auroc(scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_]) -> float: ...
 def average_precision(

@@ -507,6 +507,19 @@ pub fn generate_with_progress(
     })
 }
 
+/// The products (sorted) of an earlier [`generate`] in `dir` with exactly `cfg`, when every one of
+/// its files is there, so that a caller can reuse them; `None` otherwise.
+pub fn existing(dir: &Path, cfg: &SmallDefectsConfig) -> Option<Vec<String>> {
+    let text = fs::read_to_string(dir.join(MARKER_FILE)).ok()?;
+    let found: SmallDefectsConfig = serde_json::from_str(&text).ok()?;
+    let complete = jobs(dir, cfg)
+        .iter()
+        .all(|j| j.image.is_file() && j.mask.as_ref().is_none_or(|m| m.is_file()));
+    let mut products: Vec<String> = cfg.products.iter().map(|p| p.name().to_string()).collect();
+    products.sort();
+    (found == *cfg && complete).then_some(products)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
