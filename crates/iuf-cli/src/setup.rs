@@ -133,6 +133,13 @@ pub struct ConfigArgs {
     /// model is created.
     #[arg(long, value_name = "F")]
     pub score_margin: Option<f64>,
+    /// Cross-fit the threshold over K folds (default 5 for the memory methods; 0: from the
+    /// held-out good images only): every training image is also scored by the product learned
+    /// again without it, so the threshold is a quantile of hundreds of unseen-image scores, not
+    /// the maximum of a few dozen (which good parts exceed far more often than the quantile
+    /// says). Costs K more learnings of the product's memory. Fixed when the model is created.
+    #[arg(long, value_name = "K")]
+    pub calibration_folds: Option<usize>,
     #[command(flatten)]
     pub precision: PrecisionArg,
     #[command(flatten)]
@@ -190,6 +197,7 @@ impl ConfigArgs {
             batch_size: self.batch_size,
             seed: self.seed,
             score_margin: self.score_margin,
+            calibration_folds: self.calibration_folds,
             precision: self.precision.precision,
             tiles: self.tiles.options(),
         }

@@ -62,6 +62,10 @@ pub struct ObjectImages {
     pub train: u64,
     /// Held-out images (its normalisation and score sketch).
     pub holdout: u64,
+    /// Training images whose cross-fitted scores are in its score sketch too
+    /// (`calibration.folds`; 0 in files written before).
+    #[serde(default)]
+    pub cross_fitted: u64,
 }
 
 /// Good images added to a learned object ([`Learner::add_good`]).
@@ -416,13 +420,14 @@ impl Learner {
                 ObjectImages {
                     train: count(train.class_ids),
                     holdout: holdout.map_or(0, |h| count(h.class_ids)),
+                    cross_fitted: 0,
                 },
             );
         }
-        if let Some(h) = holdout {
-            // Calibration is part of learning: f32 whatever the inference precision.
-            iuf_bf16::scoped(None, || self.calibrate(&new, h))?;
-        }
+        // Calibration is part of learning: f32 whatever the inference precision.
+        iuf_bf16::scoped(None, || {
+            self.calibrate(step, &new, train, holdout, progress)
+        })?;
         let record = StepRecord {
             step,
             classes: new_classes.to_vec(),
@@ -472,7 +477,7 @@ impl Learner {
         if let Some(h) = holdout {
             held = h.features.dim(0)? as u64;
             if held > 0 {
-                iuf_bf16::scoped(None, || self.recalibrate(object, old.holdout, h))?;
+                iuf_bf16::scoped(None, || self.recalibrate(object, old.holdout + old.cross_fitted, h))?;
             }
         }
         self.state.images.insert(
@@ -480,6 +485,7 @@ impl Learner {
             ObjectImages {
                 train: old.train + n as u64,
                 holdout: old.holdout + held,
+                cross_fitted: old.cross_fitted,
             },
         );
         let record = GoodAdded {
@@ -620,13 +626,33 @@ impl Learner {
         Ok(new)
     }
 
-    /// Per new object, from its held-out good images: the normalisation of each scorer's map
-    /// (methods that fuse) and the threshold. Every scorer maps each hold-out image once, as the
-    /// object it belongs to; an image that inspection would take for another object (the
-    /// prototypes disagree) is scored again as that object, so the threshold sees what
-    /// inspection will see.
-    fn calibrate(&mut self, new: &[(String, u32)], holdout: &StepData<'_>) -> Result<()> {
-        if holdout.features.dim(0)? == 0 {
+    /// Per new object, from its good images never trained on: the normalisation of each
+    /// scorer's map (methods that fuse) and the threshold.
+    ///
+    /// The held-out images are mapped by every scorer once, as the object they belong to; an
+    /// image that inspection would take for another object (the prototypes disagree) is scored
+    /// again as that object, so the threshold sees what inspection will see. Their maps give the
+    /// normalisation. With `calibration.folds` K >= 2 (methods without a network), every
+    /// training image is scored too, by the method learned again without it (K-fold cross-fitting,
+    /// [`Self::cross_fitted_scores`]): the threshold is then read from held-out and training
+    /// images together, a quantile of hundreds of scores instead of the maximum of a few dozen.
+    fn calibrate(
+        &mut self,
+        step: usize,
+        new: &[(String, u32)],
+        train: &StepData<'_>,
+        holdout: Option<&StepData<'_>>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let folds = self.cross_fitting_folds();
+        let held_images = match holdout {
+            Some(h) => h.features.dim(0)?,
+            None => 0,
+        };
+        if holdout.is_none() && folds == 0 {
+            return Ok(());
+        }
+        if held_images == 0 && folds == 0 {
             if self.calibrator.normalises() {
                 tracing::warn!(
                     "no held-out good images for {}: maps are not normalised and no threshold is set",
@@ -639,17 +665,19 @@ impl Learner {
         // the normalisations of all new objects first, then (fused) the thresholds.
         let mut held = Vec::new();
         for (c, id) in new {
-            let rows = Step::rows(*id, holdout.class_ids, holdout.features.device())?;
+            let Some(h) = holdout else { continue };
+            let rows = Step::rows(*id, h.class_ids, h.features.device())?;
             if rows.dim(0)? == 0 {
                 continue;
             }
-            let mine = holdout.select(&rows)?;
+            let mine = h.select(&rows)?;
             let as_c = vec![c.clone(); rows.dim(0)?];
             let maps = self.scorer_maps(&mine.view(), Some(&as_c))?;
             let named: Vec<(&str, &Tensor)> = maps.iter().map(|(s, _, m)| (*s, m)).collect();
             self.calibrator.fit_norms(c, &named)?;
             held.push((c, mine, maps));
         }
+        let mut scores: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
         for (c, mine, maps) in held {
             let recognised = match self.object_probs(&mine.align)? {
                 Some(p) => prototypes::recognised(&p, &self.meta.class_names)?,
@@ -661,15 +689,135 @@ impl Learner {
                     .predict_in_scope(&theirs.view(), None, &NoProgress)?
                     .scores)
             };
-            let scores = self
+            let s = self
                 .calibrator
                 .holdout_scores(c, &maps, &recognised, rescore)?;
+            scores.insert(c, s);
+        }
+        for (c, id) in new {
+            let crossed = if folds >= 2 {
+                self.cross_fitted_scores(step, (c, *id), train, folds, progress)?
+            } else {
+                Vec::new()
+            };
+            if let Some(images) = self.state.images.get_mut(c) {
+                images.cross_fitted = crossed.len() as u64;
+            }
+            let mine = scores.entry(c).or_default();
+            mine.extend(crossed);
+            if mine.is_empty() {
+                if self.calibrator.normalises() {
+                    tracing::warn!(
+                        "no held-out good images for {c} and too few to cross-fit: its maps are \
+                         not normalised and no threshold is set"
+                    );
+                }
+                continue;
+            }
             let q = self.cfg.calibration.quantile;
-            if let Some(t) = self.calibrator.fit_scores(c, scores, q) {
+            if let Some(t) = self.calibrator.fit_scores(c, std::mem::take(mine), q) {
                 self.meta.thresholds.insert(c.clone(), t);
             }
         }
         Ok(())
+    }
+
+    /// The K-fold cross-fitting folds of calibration: `calibration.folds` for methods without a
+    /// network (a fold learns the object's memory and Gaussian again, seconds), 0 (held-out
+    /// images only) for those with one (a fold would train the network again).
+    fn cross_fitting_folds(&self) -> usize {
+        match self.cfg.calibration.folds {
+            k if k >= 2 && !self.has_network() && !self.strategy.trains_network() => k,
+            _ => 0,
+        }
+    }
+
+    /// The scores of the training images of `object` (class id `id`), each by the method learned
+    /// without it: the images are dealt into `folds` folds (image i into fold i mod K); for each
+    /// fold, fresh scorers learn the object from the other folds' images and map this fold's,
+    /// which the calibrator fuses with the object's normalisation and scores. An object with
+    /// fewer than 2 K training images gets none (too few to leave a fifth out). When the object
+    /// has no normalisation yet (no held-out images), the first fold's first maps give it.
+    fn cross_fitted_scores(
+        &mut self,
+        step: usize,
+        (object, id): (&String, u32),
+        train: &StepData<'_>,
+        folds: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        let device = train.features.device().clone();
+        let rows: Vec<u32> = (0..train.class_ids.len() as u32)
+            .filter(|&i| train.class_ids[i as usize] == id)
+            .collect();
+        let n = rows.len();
+        if n < 2 * folds {
+            tracing::info!(
+                class = %object,
+                images = n,
+                "too few training images to cross-fit the threshold ({} needed): held-out images only",
+                2 * folds
+            );
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        progress.start(&format!("calibrating {object} ({folds} folds)"), folds as u64);
+        let one = [(object.clone(), id)];
+        let mut out = Vec::with_capacity(n);
+        for k in 0..folds {
+            let (fit, score): (Vec<(usize, u32)>, Vec<(usize, u32)>) =
+                rows.iter().copied().enumerate().partition(|(i, _)| i % folds != k);
+            let pick = |v: &[(usize, u32)]| -> Result<Tensor> {
+                let r: Vec<u32> = v.iter().map(|&(_, r)| r).collect();
+                let len = r.len();
+                Ok(Tensor::from_vec(r, len, &device)?)
+            };
+            let fit_x = train.select(&pick(&fit)?)?;
+            let ids = vec![id; fit.len()];
+            let mut scorers = scorer::scorers(self.strategy, &self.cfg, &device, None)?;
+            let info = Step {
+                index: step,
+                new: &one,
+                is_base: true,
+                cfg: &self.cfg,
+                strategy: self.strategy,
+                progress: &NoProgress,
+            };
+            for s in &mut scorers {
+                s.learn(&info, &fit_x.with_ids(&ids))?;
+            }
+            drop(fit_x);
+            let score_x = train.select(&pick(&score)?)?;
+            let score_x = score_x.view();
+            let total = score.len();
+            for start in (0..total).step_by(EVAL_BATCH) {
+                let len = EVAL_BATCH.min(total - start);
+                let part = score_x.narrow(start, len)?;
+                let as_object = vec![object.clone(); len];
+                let maps: Vec<(&'static str, f64, Tensor)> = self
+                    .outputs_of(&scorers, &part.view(), Some(&as_object))?
+                    .into_iter()
+                    .map(|(s, w, m)| (s, w, m.maps))
+                    .collect();
+                if self.calibrator.norms(object).is_none() {
+                    let named: Vec<(&str, &Tensor)> =
+                        maps.iter().map(|(s, _, m)| (*s, m)).collect();
+                    self.calibrator.fit_norms(object, &named)?;
+                }
+                let fused = self.calibrator.fuse(&as_object, &maps)?;
+                out.extend(self.calibrator.scores(&fused)?);
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        tracing::info!(
+            class = %object,
+            images = n,
+            folds,
+            seconds = started.elapsed().as_secs_f64(),
+            "threshold cross-fitted"
+        );
+        Ok(out)
     }
 
     /// Every scorer's maps of `x` (those that know every image's object), with its name and
@@ -691,6 +839,17 @@ impl Learner {
         x: &StepData<'_>,
         objects: Option<&[String]>,
     ) -> Result<Vec<(&'static str, f64, scorer::Maps)>> {
+        self.outputs_of(&self.scorers, x, objects)
+    }
+
+    /// [`Self::scorer_outputs`] of another list of this method's scorers (the cross-fitting
+    /// folds').
+    fn outputs_of(
+        &self,
+        scorers: &[Box<dyn Scorer>],
+        x: &StepData<'_>,
+        objects: Option<&[String]>,
+    ) -> Result<Vec<(&'static str, f64, scorer::Maps)>> {
         let (_, _, gh, gw) = x.features.dims4()?;
         let whole = (gh * iuf_model::MAP_STRIDE, gw * iuf_model::MAP_STRIDE);
         let fused = match &self.cfg.tiles {
@@ -698,7 +857,7 @@ impl Learner {
             None => whole,
         };
         let mut out = Vec::new();
-        for s in &self.scorers {
+        for s in scorers {
             // A scorer joins only when it knows every image's object (a model file may hold
             // objects learned before it had this scorer).
             if let Some(objects) = objects {

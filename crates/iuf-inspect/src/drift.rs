@@ -60,7 +60,8 @@ impl Default for DriftConfig {
 struct Calibration {
     /// The 101 quantiles of the held-out good scores.
     sketch: Vec<f32>,
-    /// Held-out images behind the sketch (101 when the model does not record it).
+    /// Good images behind the sketch, held out or cross-fitted (101 when the model does not
+    /// record it).
     holdout: u64,
 }
 
@@ -177,7 +178,7 @@ impl DriftWatch {
                     let holdout = learner
                         .object_images()
                         .get(&o)
-                        .map_or(101, |n| n.holdout.max(1));
+                        .map_or(101, |n| (n.holdout + n.cross_fitted).max(1));
                     calibration.insert(
                         o,
                         Calibration {

@@ -130,6 +130,8 @@ pub struct ConfigOptions {
     pub seed: Option<u64>,
     /// `calibration.score_margin`: the band of the map the image score leaves out.
     pub score_margin: Option<f64>,
+    /// `calibration.folds`: K-fold cross-fitting of the threshold (0: held-out images only).
+    pub calibration_folds: Option<usize>,
     pub precision: Option<Precision>,
     pub tiles: Option<TileOptions>,
 }
@@ -144,6 +146,7 @@ impl Default for ConfigOptions {
             batch_size: None,
             seed: None,
             score_margin: None,
+            calibration_folds: None,
             precision: None,
             tiles: None,
         }
@@ -215,6 +218,9 @@ pub fn train_config(
     }
     if let Some(m) = options.score_margin {
         cfg.calibration.score_margin = m;
+    }
+    if let Some(k) = options.calibration_folds {
+        cfg.calibration.folds = k;
     }
     if let Some(p) = options.precision {
         check_precision(p, spelling)?;

@@ -467,6 +467,7 @@ pub(crate) fn train<'py>(
             batch_size,
             seed,
             score_margin: None,
+            calibration_folds: None,
             precision: self::precision(precision)?,
             tiles,
         },

@@ -2,6 +2,7 @@
 //! versions, and the protocol runner end to end on real images from ../shared/datasets/mvtec-mini
 //! with the real Lite0 backbone.
 
+mod calibration;
 mod compat;
 mod learner;
 mod more;
