@@ -13,6 +13,7 @@ Lighting 2: 0.7 x brightness, then a colour cast (+18 red, -14 blue), clipped to
 Usage: python3 lighting_more.py MVTEC_MINI [OUT]
 """
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -71,7 +72,8 @@ def main():
         lighting2(load(p)).save(rest / f"test-{p.stem}.png")
     # The dataset layout wants a test set beside train/good (it is not read by --more).
     for d in ("test", "ground_truth"):
-        (out / "L2more" / "bottle" / d).symlink_to(l1 / d)
+        link = out / "L2more" / "bottle" / d
+        link.symlink_to(os.path.relpath(l1 / d, link.parent))
     make_orig(src, out, random.Random(26))
     print(f"wrote {out}")
 

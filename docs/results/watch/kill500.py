@@ -2,20 +2,11 @@
 # `iuf watch --sort move` is killed with SIGKILL three times and restarted; then every image
 # must have exactly one result and be in exactly one sort folder.
 import collections, glob, json, os, shutil, signal, subprocess, sys, threading, time
-import pathlib
-# Run from anywhere: the checkout holds this file; ../shared sits beside the checkout. IUF_BIN
-# picks the binary (default target/debug/iuf; the note's numbers were taken with it), WORK the
-# scratch folder (default target/watch-bench; the model is trained there on first use).
-REPO = pathlib.Path(__file__).resolve().parents[3]
-SHARED = REPO.parent / "shared"
-IUF = os.environ.get("IUF_BIN", str(REPO / "target/debug/iuf"))
-W = str(SHARED / "weights/efficientnet-lite0/efficientnet-lite0-57934424.pth")
-base = os.environ.get("WORK", "target/watch-bench")
-os.makedirs(base, exist_ok=True)
-if not os.path.exists(f"{base}/m.safetensors"):
-    subprocess.run([IUF, "--weights", W, "--cache-dir", f"{base}/cache", "--threads", "2", "train",
-                    "--data", str(SHARED / "datasets/mvtec-mini"), "--classes", "bottle,tire",
-                    "--out", f"{base}/m.safetensors"], check=True)
+import sys as _sys, pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from common import IUF, SHARED, W, workdir_with_model  # noqa: E402
+
+base = workdir_with_model()
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 kills = [float(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "4,9,14").split(",")]
 srcs = sorted(glob.glob(f"{SHARED}/datasets/mvtec-mini/bottle/test/*/*.png")) + \

@@ -1,20 +1,11 @@
 # From a file being closed to its result line on `iuf watch`'s stdout, over N images dropped
 # one at a time, against `iuf predict`'s per-image time on the same images; alternated A/B.
 import glob, json, os, re, shutil, subprocess, sys, time, statistics
-import pathlib
-# Run from anywhere: the checkout holds this file; ../shared sits beside the checkout. IUF_BIN
-# picks the binary (default target/debug/iuf; the note's numbers were taken with it), WORK the
-# scratch folder (default target/watch-bench; the model is trained there on first use).
-REPO = pathlib.Path(__file__).resolve().parents[3]
-SHARED = REPO.parent / "shared"
-IUF = os.environ.get("IUF_BIN", str(REPO / "target/debug/iuf"))
-W = str(SHARED / "weights/efficientnet-lite0/efficientnet-lite0-57934424.pth")
-base = os.environ.get("WORK", "target/watch-bench")
-os.makedirs(base, exist_ok=True)
-if not os.path.exists(f"{base}/m.safetensors"):
-    subprocess.run([IUF, "--weights", W, "--cache-dir", f"{base}/cache", "--threads", "2", "train",
-                    "--data", str(SHARED / "datasets/mvtec-mini"), "--classes", "bottle,tire",
-                    "--out", f"{base}/m.safetensors"], check=True)
+import sys as _sys, pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from common import IUF, SHARED, W, workdir_with_model  # noqa: E402
+
+base = workdir_with_model()
 model = f"{base}/m.safetensors"
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
