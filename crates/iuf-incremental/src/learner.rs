@@ -477,7 +477,9 @@ impl Learner {
         if let Some(h) = holdout {
             held = h.features.dim(0)? as u64;
             if held > 0 {
-                iuf_bf16::scoped(None, || self.recalibrate(object, old.holdout + old.cross_fitted, h))?;
+                iuf_bf16::scoped(None, || {
+                    self.recalibrate(object, old.holdout + old.cross_fitted, h)
+                })?;
             }
         }
         self.state.images.insert(
@@ -761,12 +763,18 @@ impl Learner {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        progress.start(&format!("calibrating {object} ({folds} folds)"), folds as u64);
+        progress.start(
+            &format!("calibrating {object} ({folds} folds)"),
+            folds as u64,
+        );
         let one = [(object.clone(), id)];
         let mut out = Vec::with_capacity(n);
         for k in 0..folds {
-            let (fit, score): (Vec<(usize, u32)>, Vec<(usize, u32)>) =
-                rows.iter().copied().enumerate().partition(|(i, _)| i % folds != k);
+            let (fit, score): (Vec<(usize, u32)>, Vec<(usize, u32)>) = rows
+                .iter()
+                .copied()
+                .enumerate()
+                .partition(|(i, _)| i % folds != k);
             let pick = |v: &[(usize, u32)]| -> Result<Tensor> {
                 let r: Vec<u32> = v.iter().map(|&(_, r)| r).collect();
                 let len = r.len();

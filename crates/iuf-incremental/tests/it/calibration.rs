@@ -92,9 +92,7 @@ fn cross_fitting_moves_the_threshold_and_nothing_else() {
     let again = learn_a(&config(5, 0.99), &train);
     let held_only = learn_a(&config(0, 0.99), &train);
     let (tf, tm) = (features(4, 0, 77), memory_features(4, 0, 77));
-    let p1 = crossed
-        .predict_images(&tf, Some(&tm), &NoProgress)
-        .unwrap();
+    let p1 = crossed.predict_images(&tf, Some(&tm), &NoProgress).unwrap();
     let p0 = held_only
         .predict_images(&tf, Some(&tm), &NoProgress)
         .unwrap();
@@ -105,7 +103,10 @@ fn cross_fitting_moves_the_threshold_and_nothing_else() {
         crossed.calibrator().norms("a"),
         held_only.calibrator().norms("a")
     );
-    assert_ne!(crossed.calibrator().sketch("a"), held_only.calibrator().sketch("a"));
+    assert_ne!(
+        crossed.calibrator().sketch("a"),
+        held_only.calibrator().sketch("a")
+    );
     assert_eq!(crossed.threshold("a", 0.99), again.threshold("a", 0.99));
 }
 
