@@ -770,15 +770,17 @@ impl Learner {
         let one = [(object.clone(), id)];
         let mut out = Vec::with_capacity(n);
         for k in 0..folds {
-            let (fit, score): (Vec<(usize, u32)>, Vec<(usize, u32)>) = rows
-                .iter()
-                .copied()
-                .enumerate()
-                .partition(|(i, _)| i % folds != k);
-            let pick = |v: &[(usize, u32)]| -> Result<Tensor> {
-                let r: Vec<u32> = v.iter().map(|&(_, r)| r).collect();
-                let len = r.len();
-                Ok(Tensor::from_vec(r, len, &device)?)
+            // Image i of the object goes to fold i mod K: learned from by the other folds.
+            let (mut fit, mut score) = (Vec::new(), Vec::new());
+            for (i, &r) in rows.iter().enumerate() {
+                if i % folds == k {
+                    score.push(r);
+                } else {
+                    fit.push(r);
+                }
+            }
+            let pick = |v: &[u32]| -> Result<Tensor> {
+                Ok(Tensor::from_vec(v.to_vec(), v.len(), &device)?)
             };
             let fit_x = train.select(&pick(&fit)?)?;
             let ids = vec![id; fit.len()];
