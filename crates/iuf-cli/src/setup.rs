@@ -93,6 +93,12 @@ pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Le
     open::load_model_bytes(path, bytes, device, &open::CLI)
 }
 
+/// [`load_model_bytes`] for inspecting images only (`serve`'s served model: what updates need
+/// is read again from the file when an update comes).
+pub fn load_model_for_inspection(path: &Path, bytes: &[u8], device: &Device) -> Result<Learner> {
+    open::load_model_for_inspection(path, bytes, device, &open::CLI)
+}
+
 /// Splits `a,b , c` into class names (no empty names, no duplicates).
 pub fn parse_classes(list: &str) -> Result<Vec<String>> {
     args::parse_classes(list, Spelling::Flags)

@@ -95,6 +95,9 @@ pub struct Learner {
     calibrator: Calibrator,
     /// None before the first step (and in files that predate them).
     prototypes: Option<Prototypes>,
+    /// Opened to inspect images only ([`Learner::load_bytes_for_inspection`]): the statistics
+    /// that updates need were not read, so it can neither learn nor be saved.
+    inspection_only: bool,
 }
 
 impl Learner {
@@ -146,6 +149,7 @@ impl Learner {
             state,
             scorers,
             prototypes: None,
+            inspection_only: false,
         })
     }
 
@@ -161,6 +165,30 @@ impl Learner {
             iuf_model::load_model_bytes(path, bytes, device)?,
             device,
         )
+    }
+
+    /// [`Learner::load_bytes`] for inspecting images only (`iuf serve`): the tensors kept for
+    /// updating an object exactly (the Gaussians' image counts and scatter matrices, 14 of the
+    /// default 22 MiB per object) are checked against the file's digest but not read, so a
+    /// replica holds and copies only what scoring reads. Such a learner scores exactly as one
+    /// loaded whole; it refuses to learn, to add images and to be saved.
+    pub fn load_bytes_for_inspection(path: &Path, bytes: &[u8], device: &Device) -> Result<Self> {
+        let loaded =
+            iuf_model::load_model_bytes_except(path, bytes, device, &scorer::is_update_statistic)?;
+        let mut learner = Self::from_loaded(path, loaded, device)?;
+        learner.inspection_only = true;
+        Ok(learner)
+    }
+
+    /// Refuses a change to a learner opened for inspection only.
+    fn check_changeable(&self, what: &str) -> Result<()> {
+        if self.inspection_only {
+            return Err(Error::Config(format!(
+                "cannot {what}: this model was opened to inspect images only (without the \
+                 statistics updates need); load it whole (`Learner::load`)"
+            )));
+        }
+        Ok(())
     }
 
     fn from_loaded(path: &Path, loaded: iuf_model::LoadedModel, device: &Device) -> Result<Self> {
@@ -186,11 +214,13 @@ impl Learner {
             device: device.clone(),
             meta: loaded.meta,
             state,
+            inspection_only: false,
         })
     }
 
     /// Writes the model file (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.check_changeable("save it")?;
         let mut tensors = Vec::new();
         for s in &self.scorers {
             tensors.extend(s.state(&self.cfg)?);
@@ -384,6 +414,7 @@ impl Learner {
         holdout: Option<&StepData<'_>>,
         progress: &dyn Progress,
     ) -> Result<StepRecord> {
+        self.check_changeable("learn")?;
         let n = train.check_training(step, new_classes)?;
         let new = self.register(new_classes)?;
         let start = Instant::now();
@@ -507,6 +538,7 @@ impl Learner {
     /// method with a network, a model written before the statistics were kept. Returns its
     /// class id.
     pub fn check_add_good(&self, object: &str) -> Result<u32> {
+        self.check_changeable("add good images")?;
         if !self.meta.learned.iter().any(|l| l.class == object) {
             return Err(Error::Config(format!(
                 "the model has not learned `{object}` (it knows {:?}); learn it first",

@@ -249,6 +249,18 @@ pub fn load_model(path: &Path, device: &Device, names: &Names) -> Result<Learner
     Learner::load(path, device).with_context(|| cannot_load(path))
 }
 
+/// [`load_model_bytes`] for inspecting images only ([`Learner::load_bytes_for_inspection`]:
+/// the statistics kept for updates are checked but not read; the learner cannot be changed).
+pub fn load_model_for_inspection(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+    names: &Names,
+) -> Result<Learner> {
+    refuse_non_model(path, FileKind::of_bytes(bytes), names)?;
+    Learner::load_bytes_for_inspection(path, bytes, device).with_context(|| cannot_load(path))
+}
+
 /// [`load_model`] on the file's bytes, already read.
 pub fn load_model_bytes(
     path: &Path,

@@ -242,6 +242,18 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel
 /// [`load_model`] on a file's bytes already read (`path` names the file in messages). One read
 /// gives the caller both the model and, for instance, a digest of exactly those bytes.
 pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<LoadedModel> {
+    load_model_bytes_except(path, bytes, device, &|_| false)
+}
+
+/// [`load_model_bytes`] without the tensors `skip` names: they are checked against the file's
+/// digest like every other tensor but not read into memory (a model opened to inspect images
+/// needs no statistics kept for updates).
+pub fn load_model_bytes_except(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<LoadedModel> {
     let corrupt = |reason: String| ModelError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -314,6 +326,9 @@ pub fn load_model_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Lo
     let mut weights = Vec::new();
     let mut state = Vec::new();
     for name in names {
+        if skip(&name) {
+            continue;
+        }
         let view = st
             .tensor(&name)
             .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;

@@ -28,8 +28,9 @@ pub use config::{
 pub use discriminator::{Discriminator, DiscriminatorOutput};
 pub use error::{ModelError, Result, TensorProblem};
 pub use file::{
-    assign_tensors, load_model, load_model_bytes, remove_stale_temps, save_model, temp_path,
-    LearnedClass, LoadedModel, MissingTensors, ModelBytes, ModelMeta, FORMAT_VERSION, STATE_PREFIX,
+    assign_tensors, load_model, load_model_bytes, load_model_bytes_except, remove_stale_temps,
+    save_model, temp_path, LearnedClass, LoadedModel, MissingTensors, ModelBytes, ModelMeta,
+    FORMAT_VERSION, STATE_PREFIX,
 };
 pub use gaussian::{GaussianConfig, PositionGaussian};
 pub use map::{anomaly_map, gaussian_blur, image_scores, stitch, MAP_STRIDE, SCORE_POOL};

@@ -75,7 +75,9 @@ pub fn load(
     // a pass over every byte: run them side by side.
     let (sha256, loaded) = std::thread::scope(|s| {
         let sha = s.spawn(|| iuf_backbone::fetch::sha256_hex(&bytes));
-        let loaded = setup::load_model_bytes(path, &bytes, device);
+        // Inspection only: the statistics kept for updates stay in the file (an update reads
+        // the file again), so every replica holds only what scoring reads.
+        let loaded = setup::load_model_for_inspection(path, &bytes, device);
         (sha.join().expect("sha256 thread"), loaded)
     });
     let mut learner = loaded.map_err(|e| {

@@ -47,6 +47,13 @@ pub(crate) const PER_OBJECT_PREFIXES: [&str; 4] = [
     class_mean::CLASS_MEAN_PREFIX,
 ];
 
+/// Whether the state tensor `name` is kept only to update an object exactly (a Gaussian's image
+/// count and scatter matrices), never read to score: inspection may leave it unread.
+pub fn is_update_statistic(name: &str) -> bool {
+    name.starts_with(gaussian::GAUSSIAN_PREFIX)
+        && (name.ends_with(".scatter") || name.ends_with(".count"))
+}
+
 /// The scorers of `strategy`, new (`from: None`) or read back from a model file. The one place
 /// where a method says what it is made of; adding a scorer adds a line here.
 pub fn scorers(

@@ -205,3 +205,51 @@ fn a_set_threshold_is_used_and_recorded() {
         .set_threshold("c", ThresholdRule::Value(1.0), "x")
         .is_err());
 }
+
+/// Guarantee: a model opened for inspection only (`iuf serve`'s) leaves the update statistics
+/// unread yet scores bit for bit as the model loaded whole, and refuses to add images, to learn
+/// and to be saved (it would write a model without them) with the reason.
+#[test]
+fn a_model_opened_for_inspection_scores_the_same_and_refuses_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = two_objects(Strategy::Memory);
+    let path = dir.path().join("m.safetensors");
+    l.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let whole = Learner::load(&path, &Device::Cpu).unwrap();
+    let mut seen = Learner::load_bytes_for_inspection(&path, &bytes, &Device::Cpu).unwrap();
+    let (tf, tm) = (features(5, 1, 31), memory_features(5, 1, 31));
+    let p_whole = whole.predict_images(&tf, Some(&tm), &NoProgress).unwrap();
+    let p_seen = seen.predict_images(&tf, Some(&tm), &NoProgress).unwrap();
+    assert_eq!(values(&p_whole.maps), values(&p_seen.maps));
+    assert_eq!(p_whole.scores, p_seen.scores);
+    assert_eq!(seen.threshold("b", 0.99), whole.threshold("b", 0.99));
+
+    let refused = |e: iuf_incremental::Error| {
+        let e = e.to_string();
+        assert!(e.contains("inspect images only"), "{e}");
+    };
+    let (f, m) = (features(6, 1, 44), memory_features(6, 1, 44));
+    refused(
+        seen.add_good("b", &data(&f, &m, &[]), None)
+            .err()
+            .expect("adding images is refused"),
+    );
+    refused(
+        seen.save(&dir.path().join("x.safetensors"))
+            .err()
+            .expect("saving is refused"),
+    );
+    assert!(!dir.path().join("x.safetensors").exists());
+    refused(
+        seen.learn_step(
+            2,
+            &["c".to_string()],
+            &data(&f, &m, &[2; 6]),
+            None,
+            &NoProgress,
+        )
+        .err()
+        .expect("learning is refused"),
+    );
+}
