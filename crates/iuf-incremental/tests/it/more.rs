@@ -232,13 +232,11 @@ fn a_model_opened_for_inspection_scores_the_same_and_refuses_changes() {
     let (f, m) = (features(6, 1, 44), memory_features(6, 1, 44));
     refused(
         seen.add_good("b", &data(&f, &m, &[]), None)
-            .err()
-            .expect("adding images is refused"),
+            .expect_err("adding images is refused"),
     );
     refused(
         seen.save(&dir.path().join("x.safetensors"))
-            .err()
-            .expect("saving is refused"),
+            .expect_err("saving is refused"),
     );
     assert!(!dir.path().join("x.safetensors").exists());
     refused(
@@ -249,7 +247,6 @@ fn a_model_opened_for_inspection_scores_the_same_and_refuses_changes() {
             None,
             &NoProgress,
         )
-        .err()
-        .expect("learning is refused"),
+        .expect_err("learning is refused"),
     );
 }
