@@ -197,9 +197,12 @@ pub fn merge(sources: &[Source<'_>]) -> Result<Merged> {
                 ),
             ));
         }
-        // Everything of the configuration must agree but the number of object slots.
+        // Everything of the configuration must agree but the number of object slots and the
+        // cross-fitting folds (they set each object's threshold when it was learned, which the
+        // merge carries; scores do not depend on them).
         let mut cfg = st.train_config.clone();
         cfg.model.num_classes = base.train_config.model.num_classes;
+        cfg.calibration.folds = base.train_config.calibration.folds;
         let mut meta_cfg = s.model.meta.config.clone();
         meta_cfg.num_classes = first.model.meta.config.num_classes;
         if cfg != base.train_config || meta_cfg != first.model.meta.config {
