@@ -68,16 +68,22 @@ pub(crate) fn build_memory(
              variation, expect false alarms; more defect-free images make it better"
         );
     }
-    // The seed depends on the object, so two objects never share a draw by accident.
-    let seed = cfg.seed ^ fnv1a(key.as_bytes());
-    let memory = PatchMemory::build(
-        features,
-        &MemoryConfig {
-            seed,
-            ..cfg.clone()
-        },
-    )?;
-    // Stored as f16: round now, so the model in memory scores exactly as the file will.
+    let memory = PatchMemory::build(features, &seeded(cfg, key))?;
+    as_stored(memory, cfg)
+}
+
+/// `cfg` with its seed mixed with `key`: the seed depends on the object (and tile position), so
+/// two objects never share a draw by accident.
+fn seeded(cfg: &MemoryConfig, key: &str) -> MemoryConfig {
+    MemoryConfig {
+        seed: cfg.seed ^ fnv1a(key.as_bytes()),
+        ..cfg.clone()
+    }
+}
+
+/// `memory` as the model file will hold it: stored as f16, rounded now, so that the model in
+/// memory scores exactly as the file will.
+fn as_stored(memory: PatchMemory, cfg: &MemoryConfig) -> Result<PatchMemory> {
     Ok(if cfg.f16 {
         PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
     } else {
@@ -97,19 +103,8 @@ pub(crate) fn extend_memory(
     if features.dim(0)? == 0 {
         return Err(Error::Msg(format!("no good images to add to `{class}`")));
     }
-    let seed = cfg.seed ^ fnv1a(key.as_bytes());
-    let memory = old.extend(
-        &features.to_device(old.bank().device())?,
-        &MemoryConfig {
-            seed,
-            ..cfg.clone()
-        },
-    )?;
-    Ok(if cfg.f16 {
-        PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
-    } else {
-        memory
-    })
+    let memory = old.extend(&features.to_device(old.bank().device())?, &seeded(cfg, key))?;
+    as_stored(memory, cfg)
 }
 
 impl Scorer for NearestNeighbour {
