@@ -27,6 +27,10 @@ pub struct Args {
     /// The output model file (written atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// Without the update statistics, as `iuf merge --without-statistics` writes the file a
+    /// service loads.
+    #[arg(long)]
+    pub without_statistics: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -65,7 +69,10 @@ pub fn run(a: Args) -> Result<()> {
             }
         })
         .collect();
-    let merged = merge::merge(&sources).context("merging the copies")?;
+    let mut merged = merge::merge(&sources).context("merging the copies")?;
+    if a.without_statistics {
+        merged = merged.without_statistics()?;
+    }
     merged
         .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;

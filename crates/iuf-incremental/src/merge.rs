@@ -22,7 +22,7 @@ use iuf_model::{LearnedClass, LoadedModel, ModelMeta};
 use crate::error::{Error, Result};
 use crate::learner::LearnerState;
 use crate::prototypes::Prototypes;
-use crate::scorer::PER_OBJECT_PREFIXES;
+use crate::scorer::{is_update_statistic, PER_OBJECT_PREFIXES};
 
 const PROTOTYPE_PREFIX: &str = "state.prototype.";
 
@@ -65,6 +65,21 @@ impl Merged {
     pub fn save(&self, path: &Path) -> Result<()> {
         iuf_model::save_model(path, &VarMap::new(), &self.meta, &self.state)?;
         Ok(())
+    }
+
+    /// The merged model without the statistics exact updates need (the Gaussians' image counts
+    /// and scatter matrices, most of a default object's bytes): the file a service loads, which
+    /// scores every object exactly as with them. Its configuration says
+    /// `gaussian.keep_statistics: false`, so `iuf learn --more` refuses its objects (with that
+    /// reason): images are added to the sources, merged again afterwards.
+    pub fn without_statistics(mut self) -> Result<Self> {
+        self.state.retain(|(name, _)| !is_update_statistic(name));
+        let mut st: LearnerState = serde_json::from_value(self.meta.extra.clone())
+            .map_err(|e| Error::Msg(format!("reading the merged learner state: {e}")))?;
+        st.train_config.gaussian.keep_statistics = false;
+        self.meta.extra = serde_json::to_value(&st)
+            .map_err(|e| Error::Msg(format!("serialising the merged learner state: {e}")))?;
+        Ok(self)
     }
 }
 

@@ -84,6 +84,37 @@ fn real_products_learned_apart_and_merged_score_bit_for_bit_as_their_own_models(
             assert!(b.3 > 0.5, "{}: probability {}", b.0, b.3);
         }
     }
+
+    // The file a service loads: without the update statistics, a fraction of the size, every
+    // score the same; `learn --more` refuses it and says why.
+    let lean = s.path("line/lean.safetensors");
+    s.iuf("merge")
+        .arg(&bottle)
+        .arg(&tire)
+        .arg("--without-statistics")
+        .out(&lean)
+        .ok();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&lean) * 2 < size(&merged),
+        "{} bytes without the statistics, {} with",
+        size(&lean),
+        size(&merged)
+    );
+    let folder = data.join("tire").join("test");
+    let full = predictions(&s, &merged, &folder, "tire-full");
+    let without = predictions(&s, &lean, &folder, "tire-lean");
+    assert_eq!(full, without);
+    s.iuf("learn")
+        .model(&lean)
+        .data(&data)
+        .classes("tire")
+        .arg("--more")
+        .out(s.path("more.safetensors"))
+        .fails_with(&[
+            "without the statistics an exact update needs",
+            "keep_statistics: false",
+        ]);
 }
 
 /// Guarantee: merges that would not score as their sources are refused, naming the file and the
@@ -146,8 +177,12 @@ fn merges_that_cannot_keep_the_sources_scores_are_refused_with_the_reason() {
             "cannot be merged",
         ]);
 
-    // One file only, a file twice, the output over an input.
-    s.iuf("merge").arg(&fabric).out(&out).fails();
+    // One file only (unless it is to lose its statistics), a file twice, the output over an
+    // input.
+    s.iuf("merge")
+        .arg(&fabric)
+        .out(&out)
+        .fails_with(&["merge needs two or more", "--without-statistics"]);
     s.iuf("merge")
         .arg(&fabric)
         .arg(&fabric)
