@@ -154,6 +154,10 @@ def test_an_exception_at_the_last_report_still_writes_nothing(trained, data, lit
 
 def test_ctrl_c_stops_the_step(data, lite0, tmp_path):
     out = tmp_path / "model.safetensors"
+    # Python raises KeyboardInterrupt only where SIGINT was not ignored when it started; a shell
+    # ignores it in the commands it starts in the background (`... &`), so CI run that way would
+    # see no interrupt at all. Ctrl-C as a user presses it: Python's own handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -161,6 +165,7 @@ def test_ctrl_c_stops_the_step(data, lite0, tmp_path):
             iuf.train(data, out, classes=["bottle", "pill"], weights=lite0, feature_cache=False)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []
 
 
