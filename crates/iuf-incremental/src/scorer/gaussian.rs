@@ -37,10 +37,11 @@ impl Gaussians {
     }
 }
 
-/// `g` as the model file will hold it: with f16 model files, the precision matrices rounded now,
-/// so that the model in memory scores exactly as the file will.
+/// `g` as the model file will hold it: with f16 model files or 8-bit precision matrices
+/// (`gaussian.int8`), the precision matrices rounded now, so that the model in memory scores
+/// exactly as the file will.
 fn as_stored(g: PositionGaussian, cfg: &TrainConfig) -> Result<PositionGaussian> {
-    Ok(if cfg.memory.f16 {
+    Ok(if cfg.memory.f16 || cfg.gaussian.int8 {
         PositionGaussian::from_state(&g.to_state("", DType::F16)?, "")?.expect("written just now")
     } else {
         g
