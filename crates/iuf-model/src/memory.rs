@@ -108,6 +108,8 @@ pub fn patches_of(features: &Tensor) -> Result<Tensor> {
 /// One object's memory: `[M, C]` patch features.
 #[derive(Debug, Clone)]
 pub struct PatchMemory {
+    /// f32, or f16 as a model file stores it (half the resident bytes; widened to f32, exactly,
+    /// for each scoring call: 0.6 M values, well under a millisecond).
     bank: Tensor,
     /// `|m|^2` of every row, `[M]`.
     norms: Tensor,
@@ -117,7 +119,8 @@ pub struct PatchMemory {
 }
 
 impl PatchMemory {
-    /// A memory holding exactly `bank` `[M, C]` (e.g. read back from a model file).
+    /// A memory holding exactly `bank` `[M, C]` (e.g. read back from a model file): kept as f16
+    /// when it is f16, else as f32.
     pub fn from_bank(bank: Tensor) -> Result<Self> {
         let (m, _) = bank.dims2()?;
         if m == 0 {
@@ -127,8 +130,11 @@ impl PatchMemory {
                 found: format!("{:?}", bank.dims()),
             });
         }
-        let bank = bank.to_dtype(DType::F32)?.contiguous()?;
-        let norms = bank.sqr()?.sum(1)?;
+        let bank = match bank.dtype() {
+            DType::F16 => bank.contiguous()?,
+            _ => bank.to_dtype(DType::F32)?.contiguous()?,
+        };
+        let norms = bank.to_dtype(DType::F32)?.sqr()?.sum(1)?;
         Ok(Self {
             bank,
             norms,
@@ -181,7 +187,7 @@ impl PatchMemory {
             n => n.saturating_sub(self.len()).max(1),
         };
         let new = draw_candidates(&patches, room, &mut rng)?;
-        let pool = Tensor::cat(&[&self.bank, &new], 0)?;
+        let pool = Tensor::cat(&[&self.f32_bank()?, &new], 0)?;
         Self::select(&pool, cfg, &mut rng)
     }
 
@@ -218,9 +224,14 @@ impl PatchMemory {
         Self::from_bank(pool.index_select(&chosen_t, 0)?)
     }
 
-    /// The memory patches `[M, C]`.
+    /// The memory patches `[M, C]`, as held (f16 when read from an f16 model file).
     pub fn bank(&self) -> &Tensor {
         &self.bank
+    }
+
+    /// The memory patches `[M, C]` in f32 (a copy when held as f16).
+    fn f32_bank(&self) -> Result<Tensor> {
+        Ok(self.bank.to_dtype(DType::F32)?)
     }
 
     /// Patches held.
@@ -250,18 +261,19 @@ impl PatchMemory {
             });
         }
         let q = patches_of(features)?;
-        let d2 = if q.device().is_cpu() && self.bank.device().is_cpu() {
+        let bank = self.f32_bank()?;
+        let d2 = if q.device().is_cpu() && bank.device().is_cpu() {
             let rows = b * h * w;
             let products = match iuf_bf16::active() {
                 Some(cpu) => BlockProducts::Bf16(cpu, self.packed_bank()?),
                 None => BlockProducts::F32,
             };
-            let v = nearest_sq(products, &q, &self.bank, &self.norms, rows, c)?;
+            let v = nearest_sq(products, &q, &bank, &self.norms, rows, c)?;
             Tensor::from_vec(v, rows, &Device::Cpu)?
         } else {
             // Any other device: the same products as candle ops, in query blocks.
             let mut parts = Vec::new();
-            let bank_t = self.bank.t()?;
+            let bank_t = bank.t()?;
             for start in (0..q.dim(0)?).step_by(QUERY_BLOCK) {
                 let len = QUERY_BLOCK.min(q.dim(0)? - start);
                 let qb = q.narrow(0, start, len)?;
@@ -285,7 +297,7 @@ impl PatchMemory {
         if let Some(p) = self.packed.get() {
             return Ok(p);
         }
-        let p = with_f32(&self.bank, "memory bank", |bd| {
+        let p = with_f32(&self.f32_bank()?, "memory bank", |bd| {
             Ok(iuf_bf16::PackedB::pack(
                 self.channels(),
                 self.len(),

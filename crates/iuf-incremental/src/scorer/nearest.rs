@@ -27,8 +27,11 @@ impl NearestNeighbour {
     pub fn new(device: &Device, from: Option<&LoadedModel>) -> Result<Self> {
         let mut banks = BTreeMap::new();
         for (class, t) in per_object_state(from, MEMORY_PREFIX) {
-            let bank = t.to_dtype(DType::F32)?.to_device(device)?;
-            banks.insert(class.to_string(), PatchMemory::from_bank(bank)?);
+            // Held as stored (f16 by default): widened per scoring call.
+            banks.insert(
+                class.to_string(),
+                PatchMemory::from_bank(t.to_device(device)?)?,
+            );
         }
         Ok(Self { banks })
     }
@@ -81,11 +84,11 @@ fn seeded(cfg: &MemoryConfig, key: &str) -> MemoryConfig {
     }
 }
 
-/// `memory` as the model file will hold it: stored as f16, rounded now, so that the model in
-/// memory scores exactly as the file will.
+/// `memory` as the model file will hold it: stored as f16, rounded now (and held so), so that
+/// the model in memory scores exactly as the file will.
 fn as_stored(memory: PatchMemory, cfg: &MemoryConfig) -> Result<PatchMemory> {
     Ok(if cfg.f16 {
-        PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+        PatchMemory::from_bank(memory.bank().to_dtype(DType::F16)?)?
     } else {
         memory
     })

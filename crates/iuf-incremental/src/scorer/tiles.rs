@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use iuf_model::{LoadedModel, MemoryConfig, PatchMemory};
 
 use super::interface::{
@@ -35,8 +35,10 @@ impl TiledMemory {
     pub fn new(cfg: &TileConfig, device: &Device, from: Option<&LoadedModel>) -> Result<Self> {
         let mut banks = BTreeMap::new();
         for (key, t) in per_object_state(from, TILES_PREFIX) {
-            let bank = t.to_dtype(DType::F32)?.to_device(device)?;
-            banks.insert(key.to_string(), PatchMemory::from_bank(bank)?);
+            banks.insert(
+                key.to_string(),
+                PatchMemory::from_bank(t.to_device(device)?)?,
+            );
         }
         Ok(Self {
             cfg: cfg.clone(),
