@@ -127,7 +127,18 @@ pub fn report_step(g: &Global, learned: &Learned) -> Result<()> {
     for (c, t) in &thresholds {
         match t {
             Some(t) => {
-                println!("  threshold of {c} (quantile {q} of held-out good scores): {t:.4}")
+                // The good scores the quantile is of: held out, and with cross-fitting
+                // (`calibration.folds`) every training image scored by a model without it.
+                let of = match learner.object_images().get(c.as_str()) {
+                    Some(n) if n.cross_fitted > 0 => format!(
+                        "{} good scores: {} held out, {} cross-fitted",
+                        n.holdout + n.cross_fitted,
+                        n.holdout,
+                        n.cross_fitted
+                    ),
+                    _ => "held-out good scores".to_string(),
+                };
+                println!("  threshold of {c} (quantile {q} of {of}): {t:.4}")
             }
             None => {
                 println!("  {c}: no held-out images, so no threshold (predict reports no decision)")
