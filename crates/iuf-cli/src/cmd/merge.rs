@@ -23,7 +23,7 @@ pub struct MergeArgs {
     #[arg(value_name = "MODEL", num_args = 1.., required = true)]
     pub models: Vec<PathBuf>,
     /// Leave out the statistics that exact updates need (each Gaussian's image count and scatter
-    /// matrices: 13.9 of a default object's 17.6 MiB). The file a service loads: every object
+    /// matrices: 13.9 of a default object's 18.8 MiB). The file a service loads: every object
     /// scores exactly as with them, and `iuf learn --more` refuses its objects, so keep the
     /// sources (add good images to them, then merge again).
     #[arg(long)]
