@@ -177,18 +177,32 @@ fn dequantize(codes: &Tensor, scales: &Tensor, k: usize) -> Result<Tensor> {
     let mut full = vec![0f32; q * k * k];
     full.par_chunks_mut(k * k)
         .zip(codes.par_chunks(len).zip(scales.par_chunks(k)))
-        .for_each(|(m, (src, scale))| {
-            let mut at = 0;
-            for i in 0..k {
-                for j in i..k {
-                    let v = (src[at] as f32 - CODE_ZERO) * scale[i];
-                    m[i * k + j] = v;
-                    m[j * k + i] = v;
-                    at += 1;
+        .for_each_init(
+            || vec![0f32; len],
+            |values, (m, (src, scale))| {
+                let mut at = 0;
+                for (i, s) in scale.iter().enumerate() {
+                    for code in &src[at..at + (k - i)] {
+                        values[at] = (*code as f32 - CODE_ZERO) * s;
+                        at += 1;
+                    }
                 }
-            }
-        });
+                fill_symmetric(m, values, k);
+            },
+        );
     Ok(Tensor::from_vec(full, (q, k, k), &Device::Cpu)?)
+}
+
+/// One `k` x `k` symmetric matrix `m` (row-major) from its upper triangle `packed` row by row.
+fn fill_symmetric(m: &mut [f32], packed: &[f32], k: usize) {
+    let mut at = 0;
+    for i in 0..k {
+        for j in i..k {
+            m[i * k + j] = packed[at];
+            m[j * k + i] = packed[at];
+            at += 1;
+        }
+    }
 }
 
 /// `[Q, k, k]` f32 symmetric matrices from `[Q, k (k + 1) / 2]` packed upper triangles (f16 or f32).
@@ -207,16 +221,6 @@ fn unpack(packed: &Tensor, k: usize) -> Result<Tensor> {
         }
     };
     let mut full = vec![0f32; q * k * k];
-    let fill = |m: &mut [f32], src: &[f32]| {
-        let mut at = 0;
-        for i in 0..k {
-            for j in i..k {
-                m[i * k + j] = src[at];
-                m[j * k + i] = src[at];
-                at += 1;
-            }
-        }
-    };
     match packed.dtype() {
         DType::F16 => {
             use half::slice::HalfFloatSliceExt;
@@ -227,7 +231,7 @@ fn unpack(packed: &Tensor, k: usize) -> Result<Tensor> {
                     || vec![0f32; len],
                     |scratch, (m, src)| {
                         src.convert_to_f32_slice(scratch);
-                        fill(m, scratch);
+                        fill_symmetric(m, scratch, k);
                     },
                 );
         }
@@ -235,7 +239,7 @@ fn unpack(packed: &Tensor, k: usize) -> Result<Tensor> {
             let v = &cpu.as_slice::<f32>()?[start..start + q * len];
             full.par_chunks_mut(k * k)
                 .zip(v.par_chunks(len))
-                .for_each(|(m, src)| fill(m, src));
+                .for_each(|(m, src)| fill_symmetric(m, src, k));
         }
     }
     Ok(Tensor::from_vec(full, (q, k, k), &Device::Cpu)?)
@@ -600,14 +604,7 @@ fn unpack_upper(packed: &Tensor, q: usize, k: usize) -> Result<Tensor> {
     let packed: Vec<f32> = packed.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut full = vec![0f32; q * k * k];
     for (m, src) in full.chunks_exact_mut(k * k).zip(packed.chunks_exact(len)) {
-        let mut at = 0;
-        for i in 0..k {
-            for j in i..k {
-                m[i * k + j] = src[at];
-                m[j * k + i] = src[at];
-                at += 1;
-            }
-        }
+        fill_symmetric(m, src, k);
     }
     Ok(Tensor::from_vec(full, (q, k, k), &Device::Cpu)?)
 }
@@ -651,13 +648,12 @@ mod tests {
     use super::*;
 
     /// The default with the precision matrices in floats (f32 in memory, the file's dtype).
-    const FLOAT: GaussianConfig = GaussianConfig {
-        dims: 0,
-        shrinkage: 1.0,
-        share: 1,
-        keep_statistics: true,
-        int8: false,
-    };
+    fn float() -> GaussianConfig {
+        GaussianConfig {
+            int8: false,
+            ..GaussianConfig::default()
+        }
+    }
 
     /// Every token's score of `x`, flattened.
     fn scores(g: &PositionGaussian, x: &Tensor) -> Vec<f32> {
@@ -676,7 +672,7 @@ mod tests {
         let dev = Device::Cpu;
         let train = Tensor::randn(0f32, 1f32, (12, 4, 2, 2), &dev).unwrap();
         let test = Tensor::randn(0f32, 1f32, (2, 4, 2, 2), &dev).unwrap();
-        let g = PositionGaussian::fit(&train, &FLOAT).unwrap();
+        let g = PositionGaussian::fit(&train, &float()).unwrap();
         let full = g.to_state("g.", DType::F32).unwrap();
         let lean = g.without_statistics().to_state("g.", DType::F32).unwrap();
         let names = |st: &[(String, Tensor)]| -> Vec<String> {
@@ -756,7 +752,7 @@ mod tests {
     fn f16_precision_is_kept_as_stored_and_scores_alike_after_a_round_trip() {
         let dev = Device::Cpu;
         let train = Tensor::randn(0f32, 1f32, (30, 20, 2, 2), &dev).unwrap();
-        let g = PositionGaussian::fit(&train, &FLOAT).unwrap();
+        let g = PositionGaussian::fit(&train, &float()).unwrap();
         assert_eq!(g.precision_dtype(), DType::F32);
         let half = PositionGaussian::from_state(&g.to_state("", DType::F16).unwrap(), "")
             .unwrap()
@@ -866,7 +862,7 @@ mod tests {
     fn int8_precision_is_a_quarter_of_the_bytes_and_scores_within_a_percent() {
         let dev = Device::Cpu;
         let train = Tensor::randn(0f32, 1f32, (60, 16, 2, 2), &dev).unwrap();
-        let f32_cfg = FLOAT;
+        let f32_cfg = float();
         let cfg = GaussianConfig {
             int8: true,
             ..f32_cfg.clone()
